@@ -1,0 +1,232 @@
+/* wacast-ctl: the operator's command line. Applies migrations, loads demo
+ * data, shows campaigns, and watches one campaign with a live progress bar.
+ * It talks to PostgreSQL only (DATABASE_URL), with blocking libpq: it is a
+ * tool, not a daemon. */
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <libpq-fe.h>
+
+#include "wc_log.h"
+#include "wc_migrate.h"
+
+static const char *database_url(void)
+{
+    const char *u = getenv("DATABASE_URL");
+    return u && *u ? u : "postgresql://localhost/wacast";
+}
+
+static PGconn *connect_db(void)
+{
+    const char *keys[] = {"dbname", "connect_timeout", "application_name", NULL};
+    const char *vals[] = {database_url(), "10", "wacast-ctl", NULL};
+    PGconn *c = PQconnectdbParams(keys, vals, 1);
+    if (PQstatus(c) != CONNECTION_OK) {
+        char redacted[512];
+        wc_log_redact_url(database_url(), redacted, sizeof redacted);
+        fprintf(stderr, "wacast-ctl: cannot reach PostgreSQL at %s: %s", redacted, PQerrorMessage(c));
+        exit(1);
+    }
+    return c;
+}
+
+static PGresult *exec_or_die(PGconn *c, const char *sql, int n, const char *const *params)
+{
+    PGresult *r = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(r);
+    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
+        fprintf(stderr, "wacast-ctl: %s", PQerrorMessage(c));
+        exit(1);
+    }
+    return r;
+}
+
+static int cmd_migrate(void)
+{
+    char err[512];
+    int n = wc_migrate(database_url(), err, sizeof err);
+    if (n < 0) {
+        fprintf(stderr, "wacast-ctl: %s\n", err);
+        return 1;
+    }
+    printf("migrations: %d applied, %zu known\n", n, wc_migrations_count);
+    return 0;
+}
+
+/* Demo data: one user, D simulated devices, N leads, one campaign due now. */
+static int cmd_demo_seed(int argc, char **argv)
+{
+    long leads = 10000, devices = 50;
+    const char *min_delay = "0.2", *max_delay = "0.6";
+    for (int i = 0; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--leads"))
+            leads = strtol(argv[i + 1], NULL, 10);
+        else if (!strcmp(argv[i], "--devices"))
+            devices = strtol(argv[i + 1], NULL, 10);
+        else if (!strcmp(argv[i], "--min-delay"))
+            min_delay = argv[i + 1];
+        else if (!strcmp(argv[i], "--max-delay"))
+            max_delay = argv[i + 1];
+        else {
+            fprintf(stderr, "wacast-ctl: demo-seed: unknown option %s\n", argv[i]);
+            return 2;
+        }
+    }
+    if (leads < 1 || devices < 1) {
+        fprintf(stderr, "wacast-ctl: demo-seed: --leads and --devices must be positive\n");
+        return 2;
+    }
+    PGconn *c = connect_db();
+    char nleads[32], ndev[32];
+    snprintf(nleads, sizeof nleads, "%ld", leads);
+    snprintf(ndev, sizeof ndev, "%ld", devices);
+    PQclear(exec_or_die(c, "BEGIN", 0, NULL));
+    PGresult *r = exec_or_die(c, "INSERT INTO users (name) VALUES ('demo') RETURNING id", 0, NULL);
+    char user[64];
+    snprintf(user, sizeof user, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    const char *p1[] = {user, ndev, min_delay, max_delay};
+    PQclear(exec_or_die(c,
+                        "INSERT INTO user_devices (user_id, device_name, phone, platform, min_delay_seconds,"
+                        " max_delay_seconds) SELECT $1, 'demo-' || g, '+6030' || lpad(g::text, 7, '0'), 'sim',"
+                        " $3::numeric, $4::numeric FROM generate_series(1, $2::int) g",
+                        4, p1));
+    const char *p2[] = {user, nleads};
+    PQclear(exec_or_die(c,
+                        "INSERT INTO leads (user_id, device_id, name, phone, niche, target_status)"
+                        " SELECT $1, (SELECT id FROM user_devices WHERE user_id = $1 ORDER BY id"
+                        " OFFSET (g % (SELECT count(*) FROM user_devices WHERE user_id = $1)) LIMIT 1),"
+                        " 'Lead ' || g, '012' || lpad(g::text, 7, '0'), 'demo',"
+                        " CASE WHEN g % 3 = 0 THEN 'customer' ELSE 'prospect' END::lead_target_status"
+                        " FROM generate_series(1, $2::int) g",
+                        2, p2));
+    const char *p3[] = {user};
+    r = exec_or_die(c,
+                    "INSERT INTO campaigns (user_id, title, message, target_status, scheduled_at)"
+                    " VALUES ($1, 'demo', '{Hi|Hello|Hey} {{name}}, {{greeting}}! This is a wacast demo.',"
+                    " 'all', now()) RETURNING id",
+                    1, p3);
+    printf("%s\n", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    PQclear(exec_or_die(c, "COMMIT", 0, NULL));
+    PQfinish(c);
+    return 0;
+}
+
+static volatile sig_atomic_t interrupted;
+static void on_sigint(int sig)
+{
+    (void)sig;
+    interrupted = 1;
+}
+
+/* Prints a progress bar until the campaign is in a final state. */
+static int cmd_watch(const char *campaign, long timeout_s)
+{
+    PGconn *c = connect_db();
+    signal(SIGINT, on_sigint);
+    bool tty = isatty(STDOUT_FILENO);
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    const char *params[] = {campaign};
+    for (;;) {
+        PGresult *r = exec_or_die(
+            c,
+            "SELECT status, total_count, sent_count, failed_count, skipped_count, cancelled_count,"
+            " coalesce(status_reason, ''),"
+            " (SELECT count(*) FROM broadcast_messages WHERE campaign_id = $1 AND status = 'queued')"
+            " FROM campaigns WHERE id = $1",
+            1, params);
+        if (PQntuples(r) == 0) {
+            fprintf(stderr, "wacast-ctl: no campaign %s\n", campaign);
+            return 1;
+        }
+        const char *status = PQgetvalue(r, 0, 0);
+        long total = atol(PQgetvalue(r, 0, 1)), sent = atol(PQgetvalue(r, 0, 2)),
+             failed = atol(PQgetvalue(r, 0, 3)), skipped = atol(PQgetvalue(r, 0, 4)),
+             cancelled = atol(PQgetvalue(r, 0, 5)), queued = atol(PQgetvalue(r, 0, 7));
+        long done = sent + failed + skipped + cancelled;
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        double elapsed = (double)(now.tv_sec - start.tv_sec) + (now.tv_nsec - start.tv_nsec) / 1e9;
+        int width = 40, filled = total > 0 ? (int)(width * (double)done / (double)total) : 0;
+        char bar[64];
+        for (int i = 0; i < width; i++)
+            bar[i] = i < filled ? '#' : '.';
+        bar[width] = '\0';
+        bool final = !strcmp(status, "finished") || !strcmp(status, "failed") ||
+                     !strcmp(status, "cancelled");
+        printf("%s[%s] %5.1f%% %ld/%ld sent=%ld failed=%ld skipped=%ld queued=%ld %s %.0fs  %s",
+               tty ? "\r" : "", bar, total ? 100.0 * (double)done / (double)total : 0.0, done, total,
+               sent, failed, skipped, queued, status, elapsed, tty ? "" : "\n");
+        fflush(stdout);
+        if (final) {
+            printf("\ncampaign %s %s: total=%ld sent=%ld failed=%ld skipped=%ld cancelled=%ld in %.1fs%s%s\n",
+                   campaign, status, total, sent, failed, skipped, cancelled, elapsed,
+                   PQgetvalue(r, 0, 6)[0] ? " — " : "", PQgetvalue(r, 0, 6));
+            PQclear(r);
+            PQfinish(c);
+            return strcmp(status, "finished") == 0 ? 0 : 1;
+        }
+        PQclear(r);
+        if (interrupted || (timeout_s > 0 && elapsed > (double)timeout_s)) {
+            printf("\nwacast-ctl: stopped watching (%s)\n", interrupted ? "interrupted" : "timeout");
+            PQfinish(c);
+            return 1;
+        }
+        usleep(tty ? 250000 : 2000000);
+    }
+}
+
+static int cmd_campaigns(void)
+{
+    PGconn *c = connect_db();
+    PGresult *r = exec_or_die(c,
+                              "SELECT id, status, total_count, sent_count, failed_count, skipped_count,"
+                              " coalesce(status_reason, '') FROM campaigns ORDER BY created_at DESC LIMIT 50",
+                              0, NULL);
+    printf("%-36s  %-10s %8s %8s %8s %8s  %s\n", "id", "status", "total", "sent", "failed", "skipped",
+           "reason");
+    for (int i = 0; i < PQntuples(r); i++)
+        printf("%-36s  %-10s %8s %8s %8s %8s  %s\n", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
+               PQgetvalue(r, i, 2), PQgetvalue(r, i, 3), PQgetvalue(r, i, 4), PQgetvalue(r, i, 5),
+               PQgetvalue(r, i, 6));
+    PQclear(r);
+    PQfinish(c);
+    return 0;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: wacast-ctl COMMAND\n\n"
+               "  migrate                      apply sql/ migrations (each once)\n"
+               "  demo-seed [--leads N] [--devices D] [--min-delay S] [--max-delay S]\n"
+               "                               one demo user with simulated devices, leads and a\n"
+               "                               campaign due now; prints the campaign id\n"
+               "  watch CAMPAIGN [TIMEOUT_S]   live progress until the campaign ends\n"
+               "  campaigns                    the latest campaigns and their counts\n\n"
+               "Settings: DATABASE_URL (default postgresql://localhost/wacast).\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "migrate"))
+        return cmd_migrate();
+    if (!strcmp(argv[1], "demo-seed"))
+        return cmd_demo_seed(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "watch") && argc >= 3)
+        return cmd_watch(argv[2], argc >= 4 ? strtol(argv[3], NULL, 10) : 0);
+    if (!strcmp(argv[1], "campaigns"))
+        return cmd_campaigns();
+    usage(stderr);
+    return 2;
+}

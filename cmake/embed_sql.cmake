@@ -1,0 +1,15 @@
+# Writes a C file holding every migration (name + text) in order.
+# Called as: cmake -DOUT=file.c -DFILES="a.sql;b.sql" -P embed_sql.cmake
+set(body "/* generated from sql/ by cmake/embed_sql.cmake: do not edit */\n#include \"wc_migrate.h\"\n")
+set(table "const wc_migration wc_migrations[] = {\n")
+set(i 0)
+foreach(f ${FILES})
+  get_filename_component(name ${f} NAME)
+  file(READ ${f} hex HEX)
+  string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," hex "${hex}")
+  string(APPEND body "static const char sql_${i}[] = {${hex}0x00};\n")
+  string(APPEND table "    {\"${name}\", sql_${i}},\n")
+  math(EXPR i "${i}+1")
+endforeach()
+string(APPEND table "};\nconst size_t wc_migrations_count = ${i};\n")
+file(WRITE ${OUT} "${body}${table}")

@@ -1,0 +1,988 @@
+/* wacast-dispatcher: the router and the status sink.
+ *
+ * Router. Reads the jobs stream in a consumer group and appends each message
+ * to the outbox stream of a device: the lead's own device when it is online,
+ * else another online device of the same user (round-robin), skipping outboxes
+ * that are full (a script appends only below a cap, so Redis memory stays
+ * bounded). A message with no usable device waits in memory, unacknowledged,
+ * and is routed again every second: nothing is dropped, and when a device
+ * comes back the messages go out. Entries are acknowledged and deleted only
+ * once appended to an outbox.
+ *
+ * Sink. Reads the results stream and writes statuses and campaign counters to
+ * PostgreSQL, one statement per batch (UPDATE ... FROM unnest(...)), guarded
+ * by the message state machine so a status never moves backwards; then
+ * acknowledges the batch and finishes campaigns whose messages are all done.
+ *
+ * Both readers block on their own Redis connections; everything else shares
+ * one pipelined connection. A dispatcher that dies leaves its unacknowledged
+ * entries to XAUTOCLAIM by its peers. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#include "wacast.pb-c.h"
+#include "wc_daemon.h"
+#include "wc_keys.h"
+#include "wc_log.h"
+#include "wc_map.h"
+#include "wc_sql.h"
+
+typedef struct dispatcher_cfg {
+    wc_common_cfg c;
+    long route_batch;
+    long sink_batch;
+    long outbox_max;
+    long parked_max;
+    long refresh_ms;
+    long online_grace_ms;
+    long claim_idle_ms;
+} dispatcher_cfg;
+
+static const wc_cfg_entry cfg_table[] = {
+    WC_CFG_DAEMON(wc_common_cfg),
+    {"WACAST_ROUTE_BATCH", WC_CFG_INT, "500", "jobs read per batch", offsetof(dispatcher_cfg, route_batch), 1,
+     100000, false},
+    {"WACAST_SINK_BATCH", WC_CFG_INT, "2000", "results written per statement",
+     offsetof(dispatcher_cfg, sink_batch), 1, 100000, false},
+    {"WACAST_OUTBOX_MAX", WC_CFG_INT, "1000", "entries an outbox may hold before routing skips it",
+     offsetof(dispatcher_cfg, outbox_max), 1, 10000000, false},
+    {"WACAST_PARKED_MAX", WC_CFG_INT, "20000",
+     "jobs waiting for a device before the router stops reading", offsetof(dispatcher_cfg, parked_max), 1,
+     10000000, false},
+    {"WACAST_DEVICE_REFRESH_MS", WC_CFG_INT, "1000", "how often online devices are re-read",
+     offsetof(dispatcher_cfg, refresh_ms), 100, 600000, false},
+    {"WACAST_ONLINE_GRACE_MS", WC_CFG_INT, "30000",
+     "a device counts as online while its sender's heartbeat is younger than this",
+     offsetof(dispatcher_cfg, online_grace_ms), 1000, 3600000, false},
+    {"WACAST_CLAIM_IDLE_MS", WC_CFG_INT, "30000",
+     "entries unacknowledged this long by a dead consumer are taken over",
+     offsetof(dispatcher_cfg, claim_idle_ms), 1000, 3600000, false},
+};
+
+#define DISPATCHER_METRICS(X)                                                                      \
+    X(jobs_routed, "jobs appended to a device outbox")                                             \
+    X(jobs_parked, "times a job had to wait for a device")                                         \
+    X(jobs_invalid, "jobs that could not be decoded")                                              \
+    X(results_written, "status changes written to PostgreSQL")                                     \
+    X(results_ignored, "results that would have moved a status backwards, or were repeats")        \
+    X(campaigns_finished, "campaigns moved to finished or failed")                                 \
+    X(entries_claimed, "stream entries taken over from dead consumers")                            \
+    X(redis_errors, "Redis commands that failed")                                                  \
+    X(pg_errors, "PostgreSQL statements that failed")
+
+typedef struct dispatcher_metrics {
+#define X(name, help) uint64_t name;
+    DISPATCHER_METRICS(X)
+#undef X
+} dispatcher_metrics;
+
+/* The online devices of one user, for round-robin. */
+typedef struct user_devices {
+    char **ids;
+    size_t n;
+    size_t next;
+} user_devices;
+
+typedef struct route_job {
+    struct route_job *next;
+    char entry_id[48];
+    Wacast__Job *job;
+    uint8_t *payload;
+    size_t payload_len;
+    size_t tried;  /* devices tried in this round */
+    char device[40];
+} route_job;
+
+typedef struct route_batch route_batch;
+
+typedef struct dispatcher {
+    wc_daemon d;
+    dispatcher_cfg cfg;
+    dispatcher_metrics m;
+    wc_redis *jobs_rd, *results_rd;
+    wc_map users;   /* user_id -> user_devices */
+    wc_map online;  /* device_id -> (void *)1 */
+    bool devices_loaded, refreshing;
+    /* router */
+    bool jobs_reading, jobs_pel;
+    route_job *parked;
+    size_t nparked;
+    route_batch *routing;
+    /* sink */
+    bool results_reading, results_pel, sink_writing;
+    struct event *refresh_timer, *parked_timer, *claim_timer, *sweep_timer, *read_timer;
+} dispatcher;
+
+struct route_batch {
+    dispatcher *ds;
+    route_job *jobs; /* every job of this round */
+    int pending;     /* EVAL replies outstanding */
+};
+
+static const char *OUTBOX_APPEND =
+    "if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end "
+    "return redis.call('XADD', KEYS[1], '*', 'j', ARGV[2])";
+
+static void read_jobs(dispatcher *ds);
+static void read_results(dispatcher *ds);
+
+static bool reply_ok(dispatcher *ds, redisReply *r)
+{
+    if (!r || r->type == REDIS_REPLY_ERROR) {
+        ds->m.redis_errors++;
+        return false;
+    }
+    return true;
+}
+
+static void on_void(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    reply_ok(arg, reply);
+}
+
+static void on_group(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    (void)reply; /* BUSYGROUP when it exists */
+    (void)arg;
+}
+
+/* Sends head... followed by the space-separated ids (stream entry ids have
+ * no spaces). Returns what wc_redis_commandv returns. */
+static int command_with_ids(wc_redis *r, wc_redis_cb *cb, void *arg, const char *const *head,
+                            int nhead, struct evbuffer *ids)
+{
+    evbuffer_add(ids, "\0", 1);
+    char *list = strdup((const char *)evbuffer_pullup(ids, -1));
+    if (!list)
+        abort();
+    size_t n = 0;
+    for (char *p = list; *p; p++)
+        n += *p == ' ';
+    const char **argv = calloc((size_t)nhead + n + 1, sizeof *argv);
+    if (!argv)
+        abort();
+    int argc = 0;
+    for (int i = 0; i < nhead; i++)
+        argv[argc++] = head[i];
+    char *save = NULL;
+    for (char *tok = strtok_r(list, " ", &save); tok; tok = strtok_r(NULL, " ", &save))
+        argv[argc++] = tok;
+    int rc = wc_redis_commandv(r, cb, arg, argc, argv, NULL);
+    free(argv);
+    free(list);
+    return rc;
+}
+
+/* XACK then XDEL of the entries in ids (space-separated). -1 when not sent. */
+static int ack_and_delete(dispatcher *ds, const char *stream, const char *group,
+                          struct evbuffer *ids, wc_redis_cb *cb)
+{
+    const char *ack[] = {"XACK", stream, group};
+    const char *del[] = {"XDEL", stream};
+    struct evbuffer *copy = evbuffer_new();
+    evbuffer_add(copy, evbuffer_pullup(ids, -1), evbuffer_get_length(ids));
+    int rc = command_with_ids(ds->d.redis, cb, ds, ack, 3, ids);
+    if (rc == 0 && command_with_ids(ds->d.redis, cb, ds, del, 2, copy) < 0)
+        ds->m.redis_errors++;
+    evbuffer_free(copy);
+    if (rc < 0)
+        ds->m.redis_errors++;
+    return rc;
+}
+
+static void create_groups(dispatcher *ds)
+{
+    if (wc_redis_command(ds->d.redis, on_group, ds, "XGROUP CREATE %s %s 0 MKSTREAM", WC_KEY_JOBS,
+                         WC_GROUP_DISPATCH) < 0 ||
+        wc_redis_command(ds->d.redis, on_group, ds, "XGROUP CREATE %s %s 0 MKSTREAM", WC_KEY_RESULTS,
+                         WC_GROUP_SINK) < 0)
+        ds->m.redis_errors++;
+}
+
+/* ---- devices ------------------------------------------------------------------------------ */
+
+static void clear_devices(dispatcher *ds)
+{
+    for (size_t i = 0; i < ds->users.cap; i++) {
+        if (!wc_map_live(&ds->users, i))
+            continue;
+        user_devices *u = ds->users.slots[i].value;
+        for (size_t j = 0; j < u->n; j++)
+            free(u->ids[j]);
+        free(u->ids);
+        free(u);
+    }
+    wc_map_free(&ds->users);
+    wc_map_free(&ds->online);
+    wc_map_init(&ds->users);
+    wc_map_init(&ds->online);
+}
+
+static void on_devices(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    dispatcher *ds = arg;
+    ds->refreshing = false;
+    if (!res) {
+        ds->m.pg_errors++;
+        wc_warn("reading devices: %s", err);
+        return;
+    }
+    /* Keep each user's round-robin position across refreshes. */
+    wc_map cursors;
+    wc_map_init(&cursors);
+    for (size_t i = 0; i < ds->users.cap; i++) {
+        if (wc_map_live(&ds->users, i)) {
+            user_devices *u = ds->users.slots[i].value;
+            if (wc_map_put(&cursors, ds->users.slots[i].key, (void *)(uintptr_t)(u->next + 1)) < 0)
+                abort();
+        }
+    }
+    clear_devices(ds);
+    int n = PQntuples(res);
+    for (int r = 0; r < n; r++) {
+        const char *id = PQgetvalue(res, r, 0), *user = PQgetvalue(res, r, 1);
+        user_devices *u = wc_map_get(&ds->users, user);
+        if (!u) {
+            u = calloc(1, sizeof *u);
+            if (!u || wc_map_put(&ds->users, user, u) < 0)
+                abort();
+            uintptr_t c = (uintptr_t)wc_map_get(&cursors, user);
+            u->next = c ? c - 1 : 0;
+        }
+        char **ids = realloc(u->ids, (u->n + 1) * sizeof *ids);
+        if (!ids)
+            abort();
+        u->ids = ids;
+        u->ids[u->n++] = strdup(id);
+        if (wc_map_put(&ds->online, id, (void *)1) < 0)
+            abort();
+    }
+    wc_map_free(&cursors);
+    if (!ds->devices_loaded) {
+        ds->devices_loaded = true;
+        wc_info("%d online device(s)", n);
+        read_jobs(ds);
+    }
+}
+
+static void on_refresh(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    dispatcher *ds = arg;
+    if (ds->refreshing)
+        return;
+    char grace[32];
+    snprintf(grace, sizeof grace, "%f", ds->cfg.online_grace_ms / 1000.0);
+    const char *params[] = {grace};
+    if (wc_pg_query(ds->d.pg,
+                    "SELECT id, user_id FROM user_devices WHERE status = 'online' "
+                    "AND last_seen > now() - make_interval(secs => $1::float8) ORDER BY user_id, id",
+                    1, params, on_devices, ds) == 0)
+        ds->refreshing = true;
+}
+
+/* ---- router ------------------------------------------------------------------------------- */
+
+static void free_route_job(route_job *j)
+{
+    if (j->job)
+        wacast__job__free_unpacked(j->job, NULL);
+    free(j->payload);
+    free(j);
+}
+
+/* The next device to try for a job, or NULL when every candidate was tried. */
+static const char *pick_device(dispatcher *ds, route_job *j)
+{
+    Wacast__Job *job = j->job;
+    user_devices *u = wc_map_get(&ds->users, job->user_id);
+    size_t n = u ? u->n : 0;
+    /* Try 0: the lead's own device, when online. Then the user's others in turn. */
+    if (j->tried == 0) {
+        j->tried++;
+        if (job->device_id[0] && wc_map_get(&ds->online, job->device_id))
+            return job->device_id;
+    }
+    if (n == 0 || j->tried > n)
+        return NULL;
+    j->tried++;
+    const char *id = u->ids[u->next % n];
+    u->next++;
+    return id;
+}
+
+static void finish_route_batch(route_batch *b);
+
+static void on_appended(wc_redis *r, redisReply *reply, void *arg);
+
+static void try_route(route_batch *b, route_job *j)
+{
+    dispatcher *ds = b->ds;
+    const char *dev;
+    while ((dev = pick_device(ds, j)) != NULL) {
+        char outbox[128], cap[32];
+        wc_key_outbox(outbox, sizeof outbox, dev);
+        snprintf(cap, sizeof cap, "%ld", ds->cfg.outbox_max);
+        snprintf(j->device, sizeof j->device, "%s", dev);
+        /* The outbox copy names the chosen device. */
+        free(j->payload);
+        char *preferred = j->job->device_id;
+        j->job->device_id = j->device;
+        j->payload_len = wacast__job__get_packed_size(j->job);
+        j->payload = malloc(j->payload_len ? j->payload_len : 1);
+        if (!j->payload)
+            abort();
+        wacast__job__pack(j->job, j->payload);
+        j->job->device_id = preferred;
+        const char *argv[] = {"EVAL", OUTBOX_APPEND, "1", outbox, cap, (const char *)j->payload};
+        size_t lens[] = {4, strlen(OUTBOX_APPEND), 1, strlen(outbox), strlen(cap), j->payload_len};
+        if (wc_redis_commandv(ds->d.redis, on_appended, j, 6, argv, lens) == 0) {
+            b->pending++;
+            return;
+        }
+        ds->m.redis_errors++;
+        j->device[0] = '\0';
+        return; /* Redis down: parks below when the batch finishes */
+    }
+    j->device[0] = '\0';
+}
+
+static route_batch *current_batch; /* the batch whose replies are in flight */
+
+static void on_appended(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    route_job *j = arg;
+    route_batch *b = current_batch;
+    dispatcher *ds = b->ds;
+    b->pending--;
+    if (!reply_ok(ds, reply)) {
+        j->device[0] = '\0'; /* parked, tried again later */
+    } else if (reply->type != REDIS_REPLY_STRING) {
+        /* Outbox full: try the user's next device. */
+        j->device[0] = '\0';
+        try_route(b, j);
+    }
+    if (b->pending == 0)
+        finish_route_batch(b);
+}
+
+static void on_acked(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    reply_ok(arg, reply);
+}
+
+static void finish_route_batch(route_batch *b)
+{
+    dispatcher *ds = b->ds;
+    current_batch = NULL;
+    ds->routing = NULL;
+    struct evbuffer *ids = evbuffer_new();
+    wc_map woken;
+    wc_map_init(&woken);
+    size_t nacked = 0;
+    route_job *j = b->jobs, *next;
+    for (; j; j = next) {
+        next = j->next;
+        if (j->device[0]) {
+            evbuffer_add_printf(ids, " %s", j->entry_id);
+            nacked++;
+            ds->m.jobs_routed++;
+            if (!wc_map_get(&woken, j->device) && wc_map_put(&woken, j->device, (void *)1) < 0)
+                abort();
+            free_route_job(j);
+        } else {
+            /* No device for now: keep it unacknowledged and try again later. */
+            ds->m.jobs_parked++;
+            j->tried = 0;
+            j->next = ds->parked;
+            ds->parked = j;
+            ds->nparked++;
+        }
+    }
+    /* If the ack is lost, the entries come back and are routed again; the
+     * sender's idempotency marker keeps that from sending twice. */
+    if (nacked)
+        (void)ack_and_delete(ds, WC_KEY_JOBS, WC_GROUP_DISPATCH, ids, on_acked);
+    for (size_t i = 0; i < woken.cap; i++) {
+        if (wc_map_live(&woken, i) &&
+            wc_redis_command(ds->d.redis, on_void, ds, "PUBLISH %s %s", WC_KEY_WAKE, woken.slots[i].key) < 0)
+            ds->m.redis_errors++;
+    }
+    wc_map_free(&woken);
+    evbuffer_free(ids);
+    free(b);
+    read_jobs(ds);
+}
+
+/* Routes a list of jobs; one batch at a time. */
+static void route(dispatcher *ds, route_job *jobs)
+{
+    route_batch *b = calloc(1, sizeof *b);
+    if (!b)
+        abort();
+    b->ds = ds;
+    b->jobs = jobs;
+    ds->routing = b;
+    current_batch = b;
+    for (route_job *j = jobs; j; j = j->next)
+        try_route(b, j);
+    if (b->pending == 0)
+        finish_route_batch(b);
+}
+
+static void on_jobs(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    dispatcher *ds = arg;
+    ds->jobs_reading = false;
+    if (!reply_ok(ds, reply)) {
+        if (reply && strstr(reply->str, "NOGROUP"))
+            create_groups(ds);
+        return; /* the read timer tries again */
+    }
+    redisReply *entries = NULL;
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
+        reply->element[0]->type == REDIS_REPLY_ARRAY && reply->element[0]->elements == 2)
+        entries = reply->element[0]->element[1];
+    if (!entries || entries->type != REDIS_REPLY_ARRAY || entries->elements == 0) {
+        ds->jobs_pel = false;
+        read_jobs(ds);
+        return;
+    }
+    route_job *head = NULL, **tail = &head;
+    struct evbuffer *bad = NULL;
+    for (size_t i = 0; i < entries->elements; i++) {
+        redisReply *e = entries->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[0]->type != REDIS_REPLY_STRING)
+            continue;
+        Wacast__Job *job = NULL;
+        redisReply *fields = e->element[1];
+        for (size_t k = 0; fields->type == REDIS_REPLY_ARRAY && k + 1 < fields->elements; k += 2) {
+            redisReply *key = fields->element[k], *val = fields->element[k + 1];
+            if (key->type == REDIS_REPLY_STRING && !strcmp(key->str, "j") && val->type == REDIS_REPLY_STRING)
+                job = wacast__job__unpack(NULL, val->len, (const uint8_t *)val->str);
+        }
+        if (!job) {
+            /* Undecodable (or deleted under us): nothing to route; ack it away. */
+            ds->m.jobs_invalid++;
+            wc_error("jobs entry %s has no valid job; dropping it", e->element[0]->str);
+            if (!bad)
+                bad = evbuffer_new();
+            evbuffer_add_printf(bad, " %s", e->element[0]->str);
+            continue;
+        }
+        route_job *j = calloc(1, sizeof *j);
+        if (!j)
+            abort();
+        snprintf(j->entry_id, sizeof j->entry_id, "%s", e->element[0]->str);
+        j->job = job;
+        *tail = j;
+        tail = &j->next;
+    }
+    if (bad) {
+        (void)ack_and_delete(ds, WC_KEY_JOBS, WC_GROUP_DISPATCH, bad, on_acked);
+        evbuffer_free(bad);
+    }
+    if (!head) {
+        read_jobs(ds);
+        return;
+    }
+    route(ds, head);
+}
+
+static void read_jobs(dispatcher *ds)
+{
+    if (ds->jobs_reading || ds->routing || ds->d.stopping || !ds->devices_loaded)
+        return;
+    if (ds->nparked >= (size_t)ds->cfg.route_batch && ds->nparked >= (size_t)ds->cfg.parked_max)
+        return; /* back-pressure: the parked jobs go first */
+    char count[32];
+    snprintf(count, sizeof count, "%ld", ds->cfg.route_batch);
+    /* Our own pending entries first (after a restart or a takeover), then new ones. */
+    if (wc_redis_command(ds->jobs_rd, on_jobs, ds,
+                         "XREADGROUP GROUP %s %s COUNT %s BLOCK %s STREAMS %s %s", WC_GROUP_DISPATCH,
+                         ds->cfg.c.instance_id, count, ds->jobs_pel ? "0" : "1000", WC_KEY_JOBS,
+                         ds->jobs_pel ? "0" : ">") == 0)
+        ds->jobs_reading = true;
+}
+
+static void on_parked_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    dispatcher *ds = arg;
+    if (ds->routing || !ds->parked)
+        return;
+    route_job *jobs = ds->parked;
+    ds->parked = NULL;
+    ds->nparked = 0;
+    route(ds, jobs);
+}
+
+/* Keeps our parked entries from looking abandoned to peers' XAUTOCLAIM. */
+static void touch_parked(dispatcher *ds)
+{
+    if (!ds->parked)
+        return;
+    struct evbuffer *ids = evbuffer_new();
+    for (route_job *j = ds->parked; j; j = j->next)
+        evbuffer_add_printf(ids, " %s", j->entry_id);
+    evbuffer_add_printf(ids, " JUSTID");
+    const char *head[] = {"XCLAIM", WC_KEY_JOBS, WC_GROUP_DISPATCH, ds->cfg.c.instance_id, "0"};
+    if (command_with_ids(ds->d.redis, on_void, ds, head, 5, ids) < 0)
+        ds->m.redis_errors++;
+    evbuffer_free(ids);
+}
+
+/* ---- sink --------------------------------------------------------------------------------- */
+
+typedef struct sink_batch {
+    dispatcher *ds;
+    struct evbuffer *entry_ids;
+} sink_batch;
+
+static const char *status_name(Wacast__Status s)
+{
+    switch (s) {
+    case WACAST__STATUS__STATUS_SENT:
+        return "sent";
+    case WACAST__STATUS__STATUS_DELIVERED:
+        return "delivered";
+    case WACAST__STATUS__STATUS_READ:
+        return "read";
+    case WACAST__STATUS__STATUS_FAILED:
+        return "failed";
+    case WACAST__STATUS__STATUS_SKIPPED:
+        return "skipped";
+    case WACAST__STATUS__STATUS_CANCELLED:
+        return "cancelled";
+    default:
+        return NULL;
+    }
+}
+
+/* Higher wins when one batch holds two results for a message. */
+static int status_rank(Wacast__Status s)
+{
+    switch (s) {
+    case WACAST__STATUS__STATUS_SENT:
+        return 1;
+    case WACAST__STATUS__STATUS_DELIVERED:
+        return 2;
+    case WACAST__STATUS__STATUS_READ:
+        return 3;
+    case WACAST__STATUS__STATUS_FAILED:
+    case WACAST__STATUS__STATUS_SKIPPED:
+    case WACAST__STATUS__STATUS_CANCELLED:
+        return 4;
+    default:
+        return 0;
+    }
+}
+
+/* Appends a text value as a quoted array element. */
+static void array_text(struct evbuffer *b, const char *s, bool first)
+{
+    if (!first)
+        evbuffer_add(b, ",", 1);
+    evbuffer_add(b, "\"", 1);
+    for (; s && *s; s++) {
+        if (*s == '"' || *s == '\\')
+            evbuffer_add(b, "\\", 1);
+        evbuffer_add(b, s, 1);
+    }
+    evbuffer_add(b, "\"", 1);
+}
+
+static const char *SINK_SQL =
+    "WITH input AS ("
+    " SELECT * FROM unnest($1::bigint[], $2::message_status[], $3::text[], $4::text[], $5::text[],"
+    " $6::text[], $7::bigint[], $8::int[])"
+    " AS t(id, status, error_code, error_message, device_id, provider_id, at_us, attempt)),"
+    " locked AS ("
+    " SELECT m.id, m.status AS old_status FROM broadcast_messages m JOIN input i ON i.id = m.id"
+    " ORDER BY m.id FOR UPDATE OF m),"
+    " upd AS ("
+    " UPDATE broadcast_messages m SET status = i.status,"
+    " device_id = COALESCE(NULLIF(i.device_id, '')::uuid, m.device_id),"
+    " error_code = CASE WHEN i.status = 'failed' THEN NULLIF(i.error_code, '') ELSE m.error_code END,"
+    " error_message = CASE WHEN i.status = 'failed' THEN NULLIF(i.error_message, '') ELSE m.error_message END,"
+    " provider_message_id = COALESCE(NULLIF(i.provider_id, ''), m.provider_message_id),"
+    " attempts = GREATEST(m.attempts, i.attempt),"
+    " sent_at = CASE WHEN i.status IN ('sent', 'delivered', 'read')"
+    "   THEN COALESCE(m.sent_at, to_timestamp(i.at_us / 1e6)) ELSE m.sent_at END,"
+    " delivered_at = CASE WHEN i.status IN ('delivered', 'read')"
+    "   THEN COALESCE(m.delivered_at, to_timestamp(i.at_us / 1e6)) ELSE m.delivered_at END,"
+    " read_at = CASE WHEN i.status = 'read' THEN to_timestamp(i.at_us / 1e6) ELSE m.read_at END,"
+    " failed_at = CASE WHEN i.status = 'failed' THEN to_timestamp(i.at_us / 1e6) ELSE m.failed_at END,"
+    " updated_at = now()"
+    " FROM input i JOIN locked l ON l.id = i.id"
+    " WHERE m.id = i.id AND wacast_message_can_move(l.old_status, i.status)"
+    " RETURNING m.campaign_id, l.old_status, m.status AS new_status),"
+    " delta AS ("
+    " SELECT campaign_id,"
+    " count(*) FILTER (WHERE new_status IN ('sent', 'delivered', 'read')"
+    "   AND old_status NOT IN ('sent', 'delivered', 'read')) AS sent,"
+    " count(*) FILTER (WHERE new_status IN ('delivered', 'read')"
+    "   AND old_status NOT IN ('delivered', 'read')) AS delivered,"
+    " count(*) FILTER (WHERE new_status = 'read') AS read,"
+    " count(*) FILTER (WHERE new_status = 'failed') AS failed,"
+    " count(*) FILTER (WHERE new_status = 'skipped') AS skipped,"
+    " count(*) FILTER (WHERE new_status = 'cancelled') AS cancelled"
+    " FROM upd GROUP BY campaign_id ORDER BY campaign_id),"
+    " camp AS ("
+    " UPDATE campaigns c SET sent_count = c.sent_count + d.sent,"
+    " delivered_count = c.delivered_count + d.delivered, read_count = c.read_count + d.read,"
+    " failed_count = c.failed_count + d.failed, skipped_count = c.skipped_count + d.skipped,"
+    " cancelled_count = c.cancelled_count + d.cancelled"
+    " FROM delta d WHERE c.id = d.campaign_id RETURNING c.id)"
+    " SELECT (SELECT count(*) FROM upd), (SELECT coalesce(array_agg(id), '{}') FROM camp)";
+
+static void on_finished(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    dispatcher *ds = arg;
+    if (!res) {
+        ds->m.pg_errors++;
+        wc_warn("finishing campaigns: %s", err);
+        return;
+    }
+    for (int i = 0; i < PQntuples(res); i++) {
+        ds->m.campaigns_finished++;
+        wc_info("campaign %s %s", PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
+    }
+}
+
+static void finish_campaigns(dispatcher *ds, const char *uuid_array)
+{
+    const char *params[] = {uuid_array};
+    if (wc_pg_query(ds->d.pg, WC_SQL_FINISH_CAMPAIGNS, 1, params, on_finished, ds) < 0)
+        ds->m.pg_errors++;
+}
+
+static void on_sink_acked(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    reply_ok(arg, reply);
+}
+
+static void on_sink_written(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    sink_batch *sb = arg;
+    dispatcher *ds = sb->ds;
+    ds->sink_writing = false;
+    if (!res) {
+        /* Not acknowledged: the entries stay pending and are read again. */
+        ds->m.pg_errors++;
+        wc_warn("writing statuses: %s", err);
+        ds->results_pel = true;
+    } else {
+        long changed = strtol(PQgetvalue(res, 0, 0), NULL, 10);
+        ds->m.results_written += (uint64_t)changed;
+        if (ack_and_delete(ds, WC_KEY_RESULTS, WC_GROUP_SINK, sb->entry_ids, on_sink_acked) < 0)
+            ds->results_pel = true;
+        const char *campaigns = PQgetvalue(res, 0, 1);
+        if (strcmp(campaigns, "{}") != 0)
+            finish_campaigns(ds, campaigns);
+    }
+    evbuffer_free(sb->entry_ids);
+    free(sb);
+    read_results(ds);
+}
+
+typedef struct sink_row {
+    Wacast__Result *res;
+} sink_row;
+
+static void on_results(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    dispatcher *ds = arg;
+    ds->results_reading = false;
+    if (!reply_ok(ds, reply)) {
+        if (reply && strstr(reply->str, "NOGROUP"))
+            create_groups(ds);
+        return;
+    }
+    redisReply *entries = NULL;
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
+        reply->element[0]->type == REDIS_REPLY_ARRAY && reply->element[0]->elements == 2)
+        entries = reply->element[0]->element[1];
+    if (!entries || entries->type != REDIS_REPLY_ARRAY || entries->elements == 0) {
+        ds->results_pel = false;
+        read_results(ds);
+        return;
+    }
+    sink_batch *sb = calloc(1, sizeof *sb);
+    if (!sb)
+        abort();
+    sb->ds = ds;
+    sb->entry_ids = evbuffer_new();
+    /* One row per message: the furthest status in this batch wins. */
+    wc_map by_id;
+    wc_map_init(&by_id);
+    Wacast__Result **all = calloc(entries->elements, sizeof *all);
+    if (!all)
+        abort();
+    size_t nall = 0;
+    for (size_t i = 0; i < entries->elements; i++) {
+        redisReply *e = entries->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[0]->type != REDIS_REPLY_STRING)
+            continue;
+        evbuffer_add_printf(sb->entry_ids, " %s", e->element[0]->str);
+        redisReply *fields = e->element[1];
+        Wacast__Result *res = NULL;
+        for (size_t k = 0; fields->type == REDIS_REPLY_ARRAY && k + 1 < fields->elements; k += 2) {
+            redisReply *key = fields->element[k], *val = fields->element[k + 1];
+            if (key->type == REDIS_REPLY_STRING && !strcmp(key->str, "r") && val->type == REDIS_REPLY_STRING)
+                res = wacast__result__unpack(NULL, val->len, (const uint8_t *)val->str);
+        }
+        if (!res || !status_name(res->status)) {
+            ds->m.results_ignored++;
+            if (res)
+                wacast__result__free_unpacked(res, NULL);
+            continue;
+        }
+        all[nall++] = res;
+        char key[32];
+        snprintf(key, sizeof key, "%" PRId64, res->message_id);
+        Wacast__Result *prev = wc_map_get(&by_id, key);
+        if (!prev || status_rank(res->status) > status_rank(prev->status)) {
+            if (wc_map_put(&by_id, key, res) < 0)
+                abort();
+        }
+    }
+    struct evbuffer *a[8];
+    for (int k = 0; k < 8; k++) {
+        a[k] = evbuffer_new();
+        evbuffer_add(a[k], "{", 1);
+    }
+    size_t rows = 0;
+    for (size_t i = 0; i < by_id.cap; i++) {
+        if (!wc_map_live(&by_id, i))
+            continue;
+        Wacast__Result *res = by_id.slots[i].value;
+        bool first = rows == 0;
+        evbuffer_add_printf(a[0], "%s%" PRId64, first ? "" : ",", res->message_id);
+        evbuffer_add_printf(a[1], "%s%s", first ? "" : ",", status_name(res->status));
+        array_text(a[2], res->error_code, first);
+        array_text(a[3], res->error_message, first);
+        array_text(a[4], res->device_id, first);
+        array_text(a[5], res->provider_message_id, first);
+        evbuffer_add_printf(a[6], "%s%" PRId64, first ? "" : ",", res->at_us);
+        evbuffer_add_printf(a[7], "%s%u", first ? "" : ",", res->attempt);
+        rows++;
+    }
+    const char *params[8];
+    for (int k = 0; k < 8; k++) {
+        evbuffer_add(a[k], "}\0", 2);
+        params[k] = (const char *)evbuffer_pullup(a[k], -1);
+    }
+    ds->m.results_ignored += nall - rows;
+    if (rows > 0 && wc_pg_query(ds->d.pg, SINK_SQL, 8, params, on_sink_written, sb) == 0) {
+        ds->sink_writing = true;
+    } else if (rows > 0) {
+        ds->m.pg_errors++;
+        ds->results_pel = true;
+        evbuffer_free(sb->entry_ids);
+        free(sb);
+    } else {
+        /* Nothing usable in the batch: acknowledge it away. */
+        (void)ack_and_delete(ds, WC_KEY_RESULTS, WC_GROUP_SINK, sb->entry_ids, on_sink_acked);
+        evbuffer_free(sb->entry_ids);
+        free(sb);
+    }
+    for (int k = 0; k < 8; k++)
+        evbuffer_free(a[k]);
+    for (size_t i = 0; i < nall; i++)
+        wacast__result__free_unpacked(all[i], NULL);
+    free(all);
+    wc_map_free(&by_id);
+    if (!ds->sink_writing)
+        read_results(ds);
+}
+
+static void read_results(dispatcher *ds)
+{
+    if (ds->results_reading || ds->sink_writing)
+        return;
+    if (ds->d.stopping) {
+        wc_daemon_exit(&ds->d);
+        return;
+    }
+    char count[32];
+    snprintf(count, sizeof count, "%ld", ds->cfg.sink_batch);
+    if (wc_redis_command(ds->results_rd, on_results, ds,
+                         "XREADGROUP GROUP %s %s COUNT %s BLOCK %s STREAMS %s %s", WC_GROUP_SINK,
+                         ds->cfg.c.instance_id, count, ds->results_pel ? "0" : "1000", WC_KEY_RESULTS,
+                         ds->results_pel ? "0" : ">") == 0)
+        ds->results_reading = true;
+}
+
+/* ---- periodic work ------------------------------------------------------------------------ */
+
+static void on_read_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    dispatcher *ds = arg;
+    /* Restarts readers after a Redis outage; no-ops while they run. */
+    read_jobs(ds);
+    read_results(ds);
+}
+
+static void on_autoclaimed(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    dispatcher *ds = arg;
+    if (!reply_ok(ds, reply) || reply->type != REDIS_REPLY_ARRAY || reply->elements < 2)
+        return;
+    redisReply *ids = reply->element[1];
+    if (ids->type == REDIS_REPLY_ARRAY && ids->elements > 0) {
+        ds->m.entries_claimed += ids->elements;
+        wc_info("took over %zu entries from a dead consumer", ids->elements);
+        /* They are ours now: read our pending list next. */
+        ds->jobs_pel = true;
+        ds->results_pel = true;
+    }
+}
+
+static void on_claim_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    dispatcher *ds = arg;
+    if (!wc_redis_ready(ds->d.redis))
+        return;
+    touch_parked(ds);
+    char idle[32];
+    snprintf(idle, sizeof idle, "%ld", ds->cfg.claim_idle_ms);
+    if (wc_redis_command(ds->d.redis, on_autoclaimed, ds, "XAUTOCLAIM %s %s %s %s 0-0 COUNT 1000 JUSTID",
+                         WC_KEY_JOBS, WC_GROUP_DISPATCH, ds->cfg.c.instance_id, idle) < 0 ||
+        wc_redis_command(ds->d.redis, on_autoclaimed, ds, "XAUTOCLAIM %s %s %s %s 0-0 COUNT 1000 JUSTID",
+                         WC_KEY_RESULTS, WC_GROUP_SINK, ds->cfg.c.instance_id, idle) < 0)
+        ds->m.redis_errors++;
+}
+
+static void on_processing(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    dispatcher *ds = arg;
+    if (!res) {
+        ds->m.pg_errors++;
+        wc_warn("listing campaigns: %s", err);
+        return;
+    }
+    const char *ids = PQgetvalue(res, 0, 0);
+    if (strcmp(ids, "{}") != 0)
+        finish_campaigns(ds, ids);
+}
+
+static void on_sweep_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    dispatcher *ds = arg;
+    if (wc_pg_query(ds->d.pg,
+                    "SELECT coalesce(array_agg(id), '{}')::text FROM campaigns WHERE status = 'processing'",
+                    0, NULL, on_processing, ds) < 0)
+        ds->m.pg_errors++;
+}
+
+static void on_connected(wc_redis *r, void *arg)
+{
+    (void)r;
+    dispatcher *ds = arg;
+    create_groups(ds);
+    ds->jobs_pel = true;
+    ds->results_pel = true;
+}
+
+static void on_stop(wc_daemon *d, void *arg)
+{
+    (void)d;
+    dispatcher *ds = arg;
+    /* Parked and unrouted jobs stay pending in the group: a peer claims them.
+     * The sink finishes its batch in flight, then the loop ends. */
+    if (!ds->sink_writing)
+        wc_daemon_exit(&ds->d);
+}
+
+static bool ready(void *arg, char *why, size_t whylen)
+{
+    dispatcher *ds = arg;
+    return wc_daemon_ready(&ds->d, why, whylen);
+}
+
+static void metrics(struct evbuffer *out, void *arg)
+{
+    dispatcher *ds = arg;
+#define X(name, help) wc_metric(out, "wacast_dispatcher_" #name "_total", "counter", help, (double)ds->m.name);
+    DISPATCHER_METRICS(X)
+#undef X
+    wc_metric(out, "wacast_dispatcher_jobs_waiting", "gauge", "jobs waiting for a device",
+              (double)ds->nparked);
+    wc_metric(out, "wacast_dispatcher_online_devices", "gauge", "devices the router can use",
+              (double)ds->online.len);
+}
+
+int main(int argc, char **argv)
+{
+    static dispatcher ds;
+    wc_daemon_init(&ds.d, "wacast-dispatcher",
+                   "Routes messages to device outboxes and writes delivery statuses to PostgreSQL.",
+                   cfg_table, sizeof cfg_table / sizeof cfg_table[0], &ds.cfg, argc, argv, ready,
+                   metrics, &ds);
+    wc_map_init(&ds.users);
+    wc_map_init(&ds.online);
+    char err[256];
+    /* Blocking reads need connections of their own; BLOCK is under the timeout. */
+    long tmo = ds.cfg.c.timeout_ms < 3000 ? 3000 : ds.cfg.c.timeout_ms;
+    ds.jobs_rd = wc_redis_new(ds.d.base, ds.cfg.c.redis_url, "redis-jobs", (int)tmo, err, sizeof err);
+    ds.results_rd = wc_redis_new(ds.d.base, ds.cfg.c.redis_url, "redis-results", (int)tmo, err, sizeof err);
+    if (!ds.jobs_rd || !ds.results_rd) {
+        fprintf(stderr, "wacast-dispatcher: %s\n", err);
+        return 1;
+    }
+    ds.jobs_pel = ds.results_pel = true;
+    wc_redis_on_connect(ds.d.redis, on_connected, &ds);
+    wc_daemon_on_stop(&ds.d, on_stop, &ds);
+    ds.refresh_timer = wc_daemon_every(&ds.d, (int)ds.cfg.refresh_ms, on_refresh, &ds);
+    ds.parked_timer = wc_daemon_every(&ds.d, 1000, on_parked_timer, &ds);
+    ds.claim_timer = wc_daemon_every(&ds.d, 5000, on_claim_timer, &ds);
+    ds.sweep_timer = wc_daemon_every(&ds.d, 2000, on_sweep_timer, &ds);
+    ds.read_timer = wc_daemon_every(&ds.d, 250, on_read_timer, &ds);
+    on_refresh(-1, 0, &ds);
+    int rc = wc_daemon_run(&ds.d);
+
+    event_free(ds.refresh_timer);
+    event_free(ds.parked_timer);
+    event_free(ds.claim_timer);
+    event_free(ds.sweep_timer);
+    event_free(ds.read_timer);
+    while (ds.parked) {
+        route_job *j = ds.parked;
+        ds.parked = j->next;
+        free_route_job(j);
+    }
+    clear_devices(&ds);
+    wc_map_free(&ds.users);
+    wc_map_free(&ds.online);
+    wc_redis_free(ds.jobs_rd);
+    wc_redis_free(ds.results_rd);
+    wc_daemon_free(&ds.d);
+    wc_config_free(cfg_table, sizeof cfg_table / sizeof cfg_table[0], &ds.cfg);
+    return rc;
+}

@@ -1,0 +1,79 @@
+/* How a device sends: a small vtable per platform (user_devices.platform).
+ * The sender opens one transport instance per device it owns, calls send()
+ * for one message at a time, and closes it when the device leaves.
+ *
+ * Contract of send(): returns 0 when the send started; the callback then runs
+ * exactly once, later (never from inside send()), with the outcome. Returns
+ * -1 when it could not start (the callback is not called).
+ * close() may be called with a send in flight: the transport must then call
+ * the callback with WC_SEND_RETRY ("closed") before close() returns, or never
+ * touch the callback again. */
+#ifndef WC_TRANSPORT_H
+#define WC_TRANSPORT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+struct event_base;
+struct wc_redis;
+
+typedef enum {
+    WC_SEND_OK = 0,   /* accepted by the provider: status 'sent' */
+    WC_SEND_RETRY,    /* transient: try again later (timeout, 5xx, throttled) */
+    WC_SEND_FAIL,     /* permanent for this message: status 'failed' */
+} wc_send_outcome;
+
+typedef struct wc_send_result {
+    wc_send_outcome outcome;
+    char error_code[48];     /* machine readable */
+    char error_message[256]; /* human readable */
+    char provider_id[128];   /* provider's message id on success */
+    int retry_after_ms;      /* hint for WC_SEND_RETRY (0: caller's back-off) */
+} wc_send_result;
+
+typedef struct wc_send_request {
+    int64_t message_id;
+    const char *campaign_id;
+    const char *device_id;
+    const char *recipient; /* E.164 */
+    const char *content;
+    const char *media_url; /* NULL or "" when none */
+    uint32_t attempt;
+} wc_send_request;
+
+typedef void wc_send_cb(void *arg, const wc_send_result *res);
+
+/* What a transport gets from the sender. */
+typedef struct wc_transport_env {
+    struct event_base *base;
+    struct wc_redis *redis;
+    const char *instance_id; /* the sender's name, recorded by the sim */
+    /* sim defaults, overridable per device in user_devices.settings */
+    int sim_latency_ms;
+    double sim_failure_rate;
+    long sim_record_maxlen;
+} wc_transport_env;
+
+typedef struct wc_transport_ops {
+    const char *platform;
+    /* Opens a device. settings is user_devices.settings (may be NULL).
+     * Returns the instance, or NULL with a reason in err (device goes offline). */
+    void *(*open)(const wc_transport_env *env, const char *device_id, json_t *settings,
+                  char *err, size_t errlen);
+    int (*send)(void *inst, const wc_send_request *req, wc_send_cb *cb, void *arg);
+    void (*close)(void *inst);
+} wc_transport_ops;
+
+/* The transport for a platform name, or NULL when unknown. */
+const wc_transport_ops *wc_transport_find(const char *platform);
+
+extern const wc_transport_ops wc_transport_sim;
+
+/* Redis key of the sim's record of every send (a stream; fields: msg, campaign,
+ * device, to, text, sender, ts_us, ok). */
+#define WC_SIM_RECORD_KEY "wacast:sim:sends"
+
+#endif

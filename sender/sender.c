@@ -1,0 +1,1192 @@
+/* wacast-sender: holds a share of the devices and sends their messages.
+ *
+ * Ownership. Senders announce themselves in a sorted set with a heartbeat;
+ * each one computes, for every device, the rendezvous-hash winner among the
+ * live senders and tries to take a lease (SET NX PX) on the devices it wins.
+ * A lease is renewed on every heartbeat and only by its owner (a script checks
+ * the value), so a device sends from at most one process: a sender that cannot
+ * renew stops sending from that device at once, and one that dies loses its
+ * leases when they expire. When the set of live senders changes, devices that
+ * now hash elsewhere are released as soon as their current step ends.
+ *
+ * Each owned device is a small state machine (device_step) on the one event
+ * loop: wait until its next send time, read one entry from its outbox stream,
+ * claim the message's idempotency marker, send through its transport, then
+ * record the outcome (marker, results stream, XACK, next send time) in one
+ * pipeline. The next send time is stored in Redis too, so pacing holds when a
+ * device moves to another sender. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <sodium.h>
+
+#include "wacast.pb-c.h"
+#include "wc_daemon.h"
+#include "wc_keys.h"
+#include "wc_log.h"
+#include "wc_map.h"
+#include "wc_transport.h"
+
+typedef struct sender_cfg {
+    wc_common_cfg c;
+    long lease_ttl_ms;
+    long refresh_ms;
+    long idle_poll_ms;
+    long max_attempts;
+    long retry_base_ms;
+    long idempotency_ttl_s;
+    long stop_timeout_ms;
+    long sim_latency_ms;
+    double sim_failure_rate;
+    long sim_record_maxlen;
+} sender_cfg;
+
+static const wc_cfg_entry cfg_table[] = {
+    WC_CFG_DAEMON(wc_common_cfg),
+    {"WACAST_LEASE_TTL_MS", WC_CFG_INT, "10000",
+     "device lease time-to-live; a dead sender's devices move after this", offsetof(sender_cfg, lease_ttl_ms),
+     500, 600000, false},
+    {"WACAST_DEVICE_REFRESH_MS", WC_CFG_INT, "2000", "how often the device list is re-read",
+     offsetof(sender_cfg, refresh_ms), 100, 600000, false},
+    {"WACAST_IDLE_POLL_MS", WC_CFG_INT, "5000",
+     "how often an idle device re-checks its outbox without a wake-up", offsetof(sender_cfg, idle_poll_ms),
+     50, 600000, false},
+    {"WACAST_MAX_ATTEMPTS", WC_CFG_INT, "5", "sends of one message before it fails",
+     offsetof(sender_cfg, max_attempts), 1, 100, false},
+    {"WACAST_RETRY_BASE_MS", WC_CFG_INT, "1000", "first retry back-off (doubles, with jitter)",
+     offsetof(sender_cfg, retry_base_ms), 1, 3600000, false},
+    {"WACAST_IDEMPOTENCY_TTL_S", WC_CFG_INT, "604800", "how long a message's marker is kept",
+     offsetof(sender_cfg, idempotency_ttl_s), 60, 31536000, false},
+    {"WACAST_STOP_TIMEOUT_MS", WC_CFG_INT, "10000", "longest wait for in-flight sends at SIGTERM",
+     offsetof(sender_cfg, stop_timeout_ms), 0, 600000, false},
+    {"WACAST_SIM_LATENCY_MS", WC_CFG_INT, "0", "simulated devices: provider latency",
+     offsetof(sender_cfg, sim_latency_ms), 0, 600000, false},
+    {"WACAST_SIM_FAILURE_RATE", WC_CFG_DOUBLE, "0", "simulated devices: share of sends that fail",
+     offsetof(sender_cfg, sim_failure_rate), 0, 1, false},
+    {"WACAST_SIM_RECORD_MAXLEN", WC_CFG_INT, "5000000", "simulated devices: sends kept in the record",
+     offsetof(sender_cfg, sim_record_maxlen), 1000, 1000000000, false},
+};
+
+#define SENDER_METRICS(X)                                                                          \
+    X(sent, "messages accepted by a transport")                                                    \
+    X(failed, "messages that failed for good")                                                     \
+    X(retried, "sends that will be retried")                                                       \
+    X(duplicates_dropped, "outbox entries dropped because another device owns the message")        \
+    X(replayed, "outcomes re-reported from the idempotency marker")                                \
+    X(in_doubt, "messages whose previous send attempt has an unknown outcome")                     \
+    X(leases_acquired, "device leases taken")                                                      \
+    X(leases_lost, "device leases lost to expiry or another sender")                               \
+    X(leases_released, "device leases handed back")                                                \
+    X(redis_errors, "Redis commands that failed")                                                  \
+    X(pg_errors, "PostgreSQL queries that failed")
+
+typedef struct sender_metrics {
+#define X(name, help) uint64_t name;
+    SENDER_METRICS(X)
+#undef X
+} sender_metrics;
+
+typedef enum {
+    DEV_UNOWNED,   /* not ours */
+    DEV_ACQUIRING, /* lease SET NX in flight */
+    DEV_OFFLINE,   /* ours, transport would not open; retrying */
+    DEV_IDLE,      /* ours, outbox empty at last look */
+    DEV_PACING,    /* ours, waiting for the next send time (timer) */
+    DEV_READING,   /* XREADGROUP in flight */
+    DEV_CLAIMING,  /* idempotency marker SET NX / GET in flight */
+    DEV_SENDING,   /* transport send in flight */
+    DEV_REPORTING, /* outcome pipeline in flight */
+} dev_state;
+
+static const char *dev_state_names[] = {"unowned", "acquiring", "offline", "idle", "pacing",
+                                        "reading", "claiming",  "sending", "reporting"};
+
+typedef struct fleet fleet;
+
+typedef struct device {
+    fleet *f;
+    char id[40];
+    char platform[24];
+    char *settings; /* user_devices.settings as JSON text */
+    uint32_t min_delay_ms, max_delay_ms;
+    dev_state state;
+    bool seen;       /* present in the last device list */
+    bool want;       /* we should own it (rendezvous winner, not stopping) */
+    bool pel_mode;   /* read our pending entries ("0") before new ones (">") */
+    bool online;     /* transport open */
+    int64_t next_at_us;     /* earliest next send (wall clock) */
+    int64_t lease_until_us; /* our lease is valid until (monotonic, with margin) */
+    int open_backoff_ms;
+    struct event *timer;
+    void *transport;
+    const wc_transport_ops *ops;
+    /* the message in hand */
+    char entry_id[48];
+    Wacast__Job *job;
+    uint32_t attempts;
+    int pending_replies;
+    bool reply_failed;
+} device;
+
+struct fleet {
+    wc_daemon d;
+    sender_cfg cfg;
+    sender_metrics m;
+    wc_redis *sub;
+    wc_map devices;
+    char **live;
+    size_t nlive;
+    bool refreshing;
+    bool heartbeat_ok;
+    size_t held;
+    size_t online;
+    wc_transport_env tenv;
+    struct event *refresh_timer, *heartbeat_timer, *idle_timer, *status_timer, *stop_timer;
+    /* device status changes waiting to be written: "id\tstatus\treason" lines */
+    struct evbuffer *status_ids, *status_vals, *status_reasons;
+    size_t status_pending;
+    bool status_flushing;
+};
+
+static void device_step(device *dv);
+static void device_release(device *dv);
+
+static const char *LEASE_RENEW =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+    "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+static const char *LEASE_RELEASE =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+    "return redis.call('DEL', KEYS[1]) else return 0 end";
+
+/* ---- helpers ---------------------------------------------------------------------------- */
+
+static bool reply_ok(fleet *f, redisReply *r)
+{
+    if (!r || r->type == REDIS_REPLY_ERROR) {
+        f->m.redis_errors++;
+        return false;
+    }
+    return true;
+}
+
+static void set_state(device *dv, dev_state s)
+{
+    wc_debug("device %s: %s -> %s", dv->id, dev_state_names[dv->state], dev_state_names[s]);
+    dv->state = s;
+}
+
+static void arm_timer(device *dv, int64_t delay_us)
+{
+    if (delay_us < 0)
+        delay_us = 0;
+    struct timeval tv = {(time_t)(delay_us / 1000000), (suseconds_t)(delay_us % 1000000)};
+    evtimer_add(dv->timer, &tv);
+}
+
+static void queue_status(fleet *f, device *dv, const char *status, const char *reason)
+{
+    if (f->status_pending)
+        evbuffer_add(f->status_ids, ",", 1);
+    if (f->status_pending)
+        evbuffer_add(f->status_vals, ",", 1);
+    if (f->status_pending)
+        evbuffer_add(f->status_reasons, ",", 1);
+    evbuffer_add_printf(f->status_ids, "%s", dv->id);
+    evbuffer_add_printf(f->status_vals, "%s", status);
+    /* Array literal element: quote and escape. */
+    evbuffer_add(f->status_reasons, "\"", 1);
+    for (const char *p = reason ? reason : ""; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            evbuffer_add(f->status_reasons, "\\", 1);
+        evbuffer_add(f->status_reasons, p, 1);
+    }
+    evbuffer_add(f->status_reasons, "\"", 1);
+    f->status_pending++;
+}
+
+static void free_job(device *dv)
+{
+    if (dv->job)
+        wacast__job__free_unpacked(dv->job, NULL);
+    dv->job = NULL;
+    dv->entry_id[0] = '\0';
+    dv->attempts = 0;
+}
+
+/* ---- lease and transport ---------------------------------------------------------------- */
+
+static void close_transport(device *dv)
+{
+    if (dv->transport) {
+        void *t = dv->transport;
+        dv->transport = NULL;
+        dv->ops->close(t);
+    }
+    if (dv->online)
+        dv->f->online--;
+    dv->online = false;
+}
+
+static void open_transport(device *dv)
+{
+    fleet *f = dv->f;
+    char err[256] = "";
+    dv->ops = wc_transport_find(dv->platform);
+    if (!dv->ops) {
+        snprintf(err, sizeof err, "unknown platform '%s'", dv->platform);
+    } else {
+        json_error_t jerr;
+        json_t *settings = dv->settings ? json_loads(dv->settings, 0, &jerr) : NULL;
+        dv->transport = dv->ops->open(&f->tenv, dv->id, settings, err, sizeof err);
+        json_decref(settings);
+    }
+    if (!dv->transport) {
+        if (dv->state != DEV_OFFLINE || dv->open_backoff_ms == 0)
+            wc_warn("device %s offline: %s", dv->id, err);
+        queue_status(f, dv, "offline", err);
+        set_state(dv, DEV_OFFLINE);
+        dv->open_backoff_ms = dv->open_backoff_ms ? dv->open_backoff_ms * 2 : 1000;
+        if (dv->open_backoff_ms > 60000)
+            dv->open_backoff_ms = 60000;
+        arm_timer(dv, (int64_t)dv->open_backoff_ms * 1000);
+        return;
+    }
+    dv->open_backoff_ms = 0;
+    dv->online = true;
+    f->online++;
+    queue_status(f, dv, "online", NULL);
+    dv->pel_mode = true;
+    set_state(dv, DEV_IDLE);
+    device_step(dv);
+}
+
+static void on_autoclaim(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    device *dv = arg;
+    if (!reply_ok(dv->f, reply))
+        wc_warn("device %s: XAUTOCLAIM failed: %s", dv->id, reply ? reply->str : "no reply");
+    if (dv->state != DEV_ACQUIRING)
+        return;
+    if (!dv->want) {
+        device_release(dv);
+        return;
+    }
+    open_transport(dv);
+}
+
+static void on_next_loaded(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    device *dv = arg;
+    fleet *f = dv->f;
+    if (reply_ok(f, reply) && reply->type == REDIS_REPLY_STRING)
+        dv->next_at_us = strtoll(reply->str, NULL, 10);
+}
+
+static void on_group_created(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    (void)reply; /* BUSYGROUP is the usual answer */
+    (void)arg;
+}
+
+static void on_lease_set(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    device *dv = arg;
+    fleet *f = dv->f;
+    if (dv->state != DEV_ACQUIRING)
+        return;
+    if (!reply_ok(f, reply) || reply->type != REDIS_REPLY_STATUS) {
+        set_state(dv, DEV_UNOWNED); /* held by another sender, or Redis trouble: next heartbeat */
+        return;
+    }
+    if (!dv->want || !dv->seen) {
+        /* Ownership changed while the SET was in flight. */
+        f->held++;
+        device_release(dv);
+        return;
+    }
+    f->held++;
+    f->m.leases_acquired++;
+    dv->lease_until_us = wc_mono_us() + (f->cfg.lease_ttl_ms * 1000) * 2 / 3;
+    char outbox[128], next[128];
+    wc_key_outbox(outbox, sizeof outbox, dv->id);
+    wc_key_next(next, sizeof next, dv->id);
+    /* The previous owner's next send time, its pending entries, then open. The
+     * replies come back in order, so open_transport runs after all three. */
+    int rc = wc_redis_command(f->d.redis, on_next_loaded, dv, "GET %s", next);
+    rc |= wc_redis_command(f->d.redis, on_group_created, dv, "XGROUP CREATE %s %s 0 MKSTREAM",
+                           outbox, WC_GROUP_SEND);
+    rc |= wc_redis_command(f->d.redis, on_autoclaim, dv, "XAUTOCLAIM %s %s %s 0 0-0 COUNT 1000 JUSTID",
+                           outbox, WC_GROUP_SEND, f->cfg.c.instance_id);
+    if (rc != 0) {
+        /* Connection went down mid-way; the lease expires on its own. */
+        f->held--;
+        set_state(dv, DEV_UNOWNED);
+    }
+}
+
+static void device_acquire(device *dv)
+{
+    fleet *f = dv->f;
+    char lease[128], ttl[32];
+    wc_key_lease(lease, sizeof lease, dv->id);
+    snprintf(ttl, sizeof ttl, "%ld", f->cfg.lease_ttl_ms);
+    if (wc_redis_command(f->d.redis, on_lease_set, dv, "SET %s %s NX PX %s", lease,
+                         f->cfg.c.instance_id, ttl) == 0)
+        set_state(dv, DEV_ACQUIRING);
+}
+
+static void on_lease_released(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    (void)arg;
+    (void)reply;
+}
+
+static void maybe_finish_stop(fleet *f);
+
+/* Hands the device back: only from a resting state (no send in flight). */
+static void device_release(device *dv)
+{
+    fleet *f = dv->f;
+    evtimer_del(dv->timer);
+    close_transport(dv);
+    free_job(dv);
+    char lease[128];
+    wc_key_lease(lease, sizeof lease, dv->id);
+    const char *argv[] = {"EVAL", LEASE_RELEASE, "1", lease, f->cfg.c.instance_id};
+    if (wc_redis_commandv(f->d.redis, on_lease_released, dv, 5, argv, NULL) < 0)
+        f->m.redis_errors++;
+    f->held--;
+    f->m.leases_released++;
+    set_state(dv, DEV_UNOWNED);
+    maybe_finish_stop(f);
+}
+
+/* The lease is gone (expired or taken): stop at once, whatever the state. */
+static void device_lost(device *dv)
+{
+    fleet *f = dv->f;
+    wc_warn("device %s: lease lost", dv->id);
+    f->m.leases_lost++;
+    evtimer_del(dv->timer);
+    close_transport(dv);
+    free_job(dv);
+    f->held--;
+    set_state(dv, DEV_UNOWNED);
+    maybe_finish_stop(f);
+}
+
+/* ---- the send cycle --------------------------------------------------------------------- */
+
+static void report(device *dv, const Wacast__Result *res);
+
+static int64_t draw_delay_us(const device *dv, const Wacast__Job *job)
+{
+    uint32_t lo = dv->min_delay_ms, hi = dv->max_delay_ms;
+    if (job && (job->min_delay_ms || job->max_delay_ms)) {
+        lo = job->min_delay_ms;
+        hi = job->max_delay_ms;
+    }
+    if (hi < lo)
+        hi = lo;
+    /* Uniform in [lo, hi] milliseconds, with microsecond resolution. */
+    uint64_t span_us = (uint64_t)(hi - lo) * 1000;
+    uint64_t r = span_us ? ((uint64_t)randombytes_random() << 32 | randombytes_random()) % (span_us + 1)
+                         : 0;
+    return (int64_t)lo * 1000 + (int64_t)r;
+}
+
+static void on_sent(void *arg, const wc_send_result *sr)
+{
+    device *dv = arg;
+    fleet *f = dv->f;
+    if (dv->state != DEV_SENDING || !dv->job)
+        return; /* closed under us: the release path already cleaned up */
+    Wacast__Result res = WACAST__RESULT__INIT;
+    res.message_id = dv->job->message_id;
+    res.campaign_id = dv->job->campaign_id;
+    res.device_id = dv->id;
+    res.at_us = wc_now_us();
+    res.attempt = dv->attempts;
+    res.error_code = (char *)sr->error_code;
+    res.error_message = (char *)sr->error_message;
+    res.provider_message_id = (char *)sr->provider_id;
+    if (sr->outcome == WC_SEND_OK) {
+        res.status = WACAST__STATUS__STATUS_SENT;
+        f->m.sent++;
+    } else if (sr->outcome == WC_SEND_RETRY && dv->attempts < (uint32_t)f->cfg.max_attempts) {
+        /* Keep the entry in our pending list; read it again after a back-off. */
+        f->m.retried++;
+        int64_t backoff = (int64_t)f->cfg.retry_base_ms * 1000 << (dv->attempts - 1 > 16 ? 16 : dv->attempts - 1);
+        backoff += randombytes_uniform((uint32_t)(backoff / 2 + 1));
+        if (sr->retry_after_ms > 0 && (int64_t)sr->retry_after_ms * 1000 > backoff)
+            backoff = (int64_t)sr->retry_after_ms * 1000;
+        wc_info("device %s: message %" PRId64 " attempt %u: %s (%s); retrying in %" PRId64 " ms",
+                dv->id, dv->job->message_id, dv->attempts, sr->error_message, sr->error_code,
+                backoff / 1000);
+        int64_t next = wc_now_us() + backoff;
+        if (next > dv->next_at_us)
+            dv->next_at_us = next;
+        uint32_t attempts = dv->attempts;
+        char entry[48];
+        snprintf(entry, sizeof entry, "%s", dv->entry_id);
+        wacast__job__free_unpacked(dv->job, NULL);
+        dv->job = NULL;
+        dv->attempts = attempts; /* kept for the re-read of the same entry */
+        snprintf(dv->entry_id, sizeof dv->entry_id, "%s", entry);
+        dv->pel_mode = true;
+        set_state(dv, DEV_IDLE);
+        device_step(dv);
+        return;
+    } else {
+        res.status = WACAST__STATUS__STATUS_FAILED;
+        f->m.failed++;
+    }
+    report(dv, &res);
+}
+
+static void send_now(device *dv)
+{
+    fleet *f = dv->f;
+    if (!dv->transport || wc_mono_us() > dv->lease_until_us) {
+        /* No transport or lease in doubt: leave the entry pending and rest. */
+        dv->pel_mode = true;
+        free_job(dv);
+        set_state(dv, DEV_IDLE);
+        return;
+    }
+    Wacast__Job *job = dv->job;
+    wc_send_request req = {
+        .message_id = job->message_id,
+        .campaign_id = job->campaign_id,
+        .device_id = dv->id,
+        .recipient = job->recipient,
+        .content = job->content,
+        .media_url = job->media_url,
+        .attempt = dv->attempts + 1,
+    };
+    int64_t now = wc_now_us();
+    /* Pacing is measured from the start of one send to the start of the next. */
+    dv->next_at_us = now + draw_delay_us(dv, job);
+    dv->attempts++;
+    set_state(dv, DEV_SENDING);
+    if (dv->ops->send(dv->transport, &req, on_sent, dv) < 0) {
+        wc_send_result sr = {.outcome = WC_SEND_RETRY};
+        snprintf(sr.error_code, sizeof sr.error_code, "transport_busy");
+        snprintf(sr.error_message, sizeof sr.error_message, "the transport could not start the send");
+        on_sent(dv, &sr);
+    }
+    (void)f;
+}
+
+static void on_marker_get(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    device *dv = arg;
+    fleet *f = dv->f;
+    if (dv->state != DEV_CLAIMING)
+        return;
+    if (!reply_ok(f, reply)) {
+        dv->pel_mode = true;
+        free_job(dv);
+        set_state(dv, DEV_IDLE);
+        arm_timer(dv, 500000);
+        return;
+    }
+    if (reply->type != REDIS_REPLY_STRING || reply->len < 2) {
+        /* The marker expired between SET NX and GET: claim again. */
+        set_state(dv, DEV_IDLE);
+        device_step(dv);
+        return;
+    }
+    if (reply->str[0] == 'd') {
+        /* Outcome already known: report it again (the sink is idempotent) and ack. */
+        Wacast__Result *res =
+            wacast__result__unpack(NULL, reply->len - 2, (const uint8_t *)reply->str + 2);
+        f->m.replayed++;
+        if (res) {
+            report(dv, res);
+            wacast__result__free_unpacked(res, NULL);
+            return;
+        }
+    }
+    /* "c:<device>:<sender>": a send is, or was, under way. */
+    char mine[160];
+    snprintf(mine, sizeof mine, "c:%s:%s", dv->id, f->cfg.c.instance_id);
+    if (reply->len == strlen(mine) && memcmp(reply->str, mine, reply->len) == 0) {
+        send_now(dv); /* our own earlier attempt (a retry) */
+        return;
+    }
+    char same_device[64];
+    snprintf(same_device, sizeof same_device, "c:%s:", dv->id);
+    Wacast__Result res = WACAST__RESULT__INIT;
+    res.message_id = dv->job->message_id;
+    res.campaign_id = dv->job->campaign_id;
+    res.device_id = dv->id;
+    res.at_us = wc_now_us();
+    res.attempt = dv->attempts;
+    if (strncmp(reply->str, same_device, strlen(same_device)) == 0) {
+        /* A sender died after handing this message to the transport and before
+         * recording the outcome. Sending again could deliver it twice; the
+         * outcome is reported as in doubt rather than guessed. */
+        f->m.in_doubt++;
+        res.status = WACAST__STATUS__STATUS_FAILED;
+        res.error_code = "in_doubt";
+        res.error_message = "a previous send attempt was interrupted; its outcome is unknown";
+        wc_warn("device %s: message %" PRId64 " in doubt (%.*s)", dv->id, dv->job->message_id,
+                (int)reply->len, reply->str);
+        report(dv, &res);
+        return;
+    }
+    /* Another device holds this message (a duplicate entry): drop our copy. */
+    f->m.duplicates_dropped++;
+    res.status = WACAST__STATUS__STATUS_UNSPECIFIED;
+    report(dv, &res);
+}
+
+static void on_marker_set(wc_redis *r, redisReply *reply, void *arg)
+{
+    device *dv = arg;
+    fleet *f = dv->f;
+    if (dv->state != DEV_CLAIMING)
+        return;
+    if (!reply_ok(f, reply)) {
+        dv->pel_mode = true;
+        free_job(dv);
+        set_state(dv, DEV_IDLE);
+        arm_timer(dv, 500000);
+        return;
+    }
+    if (reply->type == REDIS_REPLY_STATUS) {
+        send_now(dv);
+        return;
+    }
+    char key[64];
+    wc_key_msg(key, sizeof key, (long long)dv->job->message_id);
+    if (wc_redis_command(r, on_marker_get, dv, "GET %s", key) < 0) {
+        dv->pel_mode = true;
+        free_job(dv);
+        set_state(dv, DEV_IDLE);
+    }
+}
+
+static void claim(device *dv)
+{
+    fleet *f = dv->f;
+    char key[64], val[160], ttl[32];
+    wc_key_msg(key, sizeof key, (long long)dv->job->message_id);
+    snprintf(val, sizeof val, "c:%s:%s", dv->id, f->cfg.c.instance_id);
+    snprintf(ttl, sizeof ttl, "%ld", f->cfg.idempotency_ttl_s);
+    set_state(dv, DEV_CLAIMING);
+    if (wc_redis_command(f->d.redis, on_marker_set, dv, "SET %s %s NX EX %s", key, val, ttl) < 0) {
+        dv->pel_mode = true;
+        free_job(dv);
+        set_state(dv, DEV_IDLE);
+    }
+}
+
+static void on_read(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    device *dv = arg;
+    fleet *f = dv->f;
+    if (dv->state != DEV_READING)
+        return;
+    if (!reply_ok(f, reply)) {
+        if (reply && reply->type == REDIS_REPLY_ERROR && strstr(reply->str, "NOGROUP")) {
+            char outbox[128];
+            wc_key_outbox(outbox, sizeof outbox, dv->id);
+            if (wc_redis_command(f->d.redis, on_group_created, dv, "XGROUP CREATE %s %s 0 MKSTREAM",
+                                 outbox, WC_GROUP_SEND) < 0)
+                f->m.redis_errors++;
+        }
+        set_state(dv, DEV_IDLE);
+        arm_timer(dv, 500000);
+        return;
+    }
+    /* [[stream, [[id, [field, value, ...]], ...]]] or nil */
+    redisReply *entries = NULL;
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
+        reply->element[0]->type == REDIS_REPLY_ARRAY && reply->element[0]->elements == 2)
+        entries = reply->element[0]->element[1];
+    if (!entries || entries->type != REDIS_REPLY_ARRAY || entries->elements == 0) {
+        if (dv->pel_mode) {
+            dv->pel_mode = false;
+            set_state(dv, DEV_IDLE);
+            device_step(dv);
+        } else {
+            set_state(dv, DEV_IDLE);
+            if (!dv->want)
+                device_release(dv);
+        }
+        return;
+    }
+    redisReply *e = entries->element[0];
+    if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[0]->type != REDIS_REPLY_STRING) {
+        wc_error("device %s: unexpected outbox entry shape", dv->id);
+        set_state(dv, DEV_IDLE);
+        return;
+    }
+    char entry_id[48];
+    snprintf(entry_id, sizeof entry_id, "%s", e->element[0]->str);
+    if (strcmp(entry_id, dv->entry_id) != 0)
+        dv->attempts = 0; /* a different entry than the one we retried */
+    snprintf(dv->entry_id, sizeof dv->entry_id, "%s", entry_id);
+    redisReply *fields = e->element[1];
+    Wacast__Job *job = NULL;
+    if (fields->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i + 1 < fields->elements; i += 2) {
+            redisReply *k = fields->element[i], *v = fields->element[i + 1];
+            if (k->type == REDIS_REPLY_STRING && !strcmp(k->str, "j") && v->type == REDIS_REPLY_STRING)
+                job = wacast__job__unpack(NULL, v->len, (const uint8_t *)v->str);
+        }
+    }
+    if (!job) {
+        /* A deleted entry (nil fields) or a corrupt payload: ack it away. */
+        wc_error("device %s: outbox entry %s has no valid job; dropping it", dv->id, entry_id);
+        dv->job = NULL;
+        Wacast__Result res = WACAST__RESULT__INIT;
+        report(dv, &res);
+        return;
+    }
+    dv->job = job;
+    claim(dv);
+}
+
+static void on_report_reply(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    device *dv = arg;
+    if (!reply_ok(dv->f, reply))
+        dv->reply_failed = true;
+    if (--dv->pending_replies > 0)
+        return;
+    if (dv->state != DEV_REPORTING)
+        return;
+    if (dv->reply_failed)
+        dv->pel_mode = true; /* the entry may still be pending: re-read it */
+    free_job(dv);
+    set_state(dv, DEV_IDLE);
+    device_step(dv);
+}
+
+/* Records an outcome: marker, results stream, ack, next send time. A result
+ * with status UNSPECIFIED only acknowledges (duplicate or corrupt entry). */
+static void report(device *dv, const Wacast__Result *res)
+{
+    fleet *f = dv->f;
+    wc_redis *rc = f->d.redis;
+    set_state(dv, DEV_REPORTING);
+    dv->pending_replies = 0;
+    dv->reply_failed = false;
+    char outbox[128], key[64], ttl[32], next_key[128], next_val[32];
+    wc_key_outbox(outbox, sizeof outbox, dv->id);
+    int rcode = 0;
+    if (res->status != WACAST__STATUS__STATUS_UNSPECIFIED) {
+        size_t len = wacast__result__get_packed_size(res);
+        uint8_t *buf = malloc(len + 2);
+        if (!buf)
+            abort();
+        buf[0] = 'd';
+        buf[1] = ':';
+        wacast__result__pack(res, buf + 2);
+        wc_key_msg(key, sizeof key, (long long)res->message_id);
+        snprintf(ttl, sizeof ttl, "%ld", f->cfg.idempotency_ttl_s);
+        const char *set_argv[] = {"SET", key, (const char *)buf, "EX", ttl};
+        size_t set_len[] = {3, strlen(key), len + 2, 2, strlen(ttl)};
+        rcode |= wc_redis_commandv(rc, on_report_reply, dv, 5, set_argv, set_len);
+        dv->pending_replies += rcode == 0;
+        const char *xadd_argv[] = {"XADD", WC_KEY_RESULTS, "*", "r", (const char *)buf + 2};
+        size_t xadd_len[] = {4, strlen(WC_KEY_RESULTS), 1, 1, len};
+        rcode |= wc_redis_commandv(rc, on_report_reply, dv, 5, xadd_argv, xadd_len);
+        dv->pending_replies += rcode == 0;
+        free(buf);
+    }
+    if (dv->entry_id[0]) {
+        rcode |= wc_redis_command(rc, on_report_reply, dv, "XACK %s %s %s", outbox, WC_GROUP_SEND,
+                                  dv->entry_id);
+        dv->pending_replies += rcode == 0;
+        rcode |= wc_redis_command(rc, on_report_reply, dv, "XDEL %s %s", outbox, dv->entry_id);
+        dv->pending_replies += rcode == 0;
+    }
+    wc_key_next(next_key, sizeof next_key, dv->id);
+    snprintf(next_val, sizeof next_val, "%" PRId64, dv->next_at_us);
+    rcode |= wc_redis_command(rc, on_report_reply, dv, "SET %s %s PX 86400000", next_key, next_val);
+    dv->pending_replies += rcode == 0;
+    if (rcode != 0)
+        dv->reply_failed = true;
+    if (dv->pending_replies == 0) {
+        dv->pel_mode = true;
+        free_job(dv);
+        set_state(dv, DEV_IDLE);
+        arm_timer(dv, 500000);
+    }
+}
+
+/* Moves a resting device forward: release, wait, or read the next entry. */
+static void device_step(device *dv)
+{
+    fleet *f = dv->f;
+    if (dv->state != DEV_IDLE && dv->state != DEV_PACING)
+        return;
+    if (!dv->want) {
+        device_release(dv);
+        return;
+    }
+    if (!wc_redis_ready(f->d.redis)) {
+        set_state(dv, DEV_IDLE);
+        arm_timer(dv, 500000);
+        return;
+    }
+    int64_t wait = dv->next_at_us - wc_now_us();
+    if (wait > 0) {
+        set_state(dv, DEV_PACING);
+        arm_timer(dv, wait);
+        return;
+    }
+    char outbox[128];
+    wc_key_outbox(outbox, sizeof outbox, dv->id);
+    set_state(dv, DEV_READING);
+    if (wc_redis_command(f->d.redis, on_read, dv, "XREADGROUP GROUP %s %s COUNT 1 STREAMS %s %s",
+                         WC_GROUP_SEND, f->cfg.c.instance_id, outbox, dv->pel_mode ? "0" : ">") < 0) {
+        set_state(dv, DEV_IDLE);
+        arm_timer(dv, 500000);
+    }
+}
+
+static void on_device_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    device *dv = arg;
+    if (dv->state == DEV_OFFLINE) {
+        if (!dv->want) {
+            device_release(dv);
+            return;
+        }
+        open_transport(dv);
+        return;
+    }
+    if (dv->state == DEV_PACING)
+        set_state(dv, DEV_IDLE);
+    device_step(dv);
+}
+
+/* ---- fleet: device list, live senders, leases ------------------------------------------- */
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static bool wins(fleet *f, const device *dv)
+{
+    if (f->d.stopping || !dv->seen || f->nlive == 0)
+        return false;
+    uint64_t best = 0;
+    const char *winner = NULL;
+    for (size_t i = 0; i < f->nlive; i++) {
+        char buf[256];
+        int n = snprintf(buf, sizeof buf, "%s/%s", f->live[i], dv->id);
+        uint64_t h = wc_hash64(buf, (size_t)n, 0);
+        if (!winner || h > best) {
+            best = h;
+            winner = f->live[i];
+        }
+    }
+    return winner && strcmp(winner, f->cfg.c.instance_id) == 0;
+}
+
+static void rebalance(fleet *f)
+{
+    for (size_t i = 0; i < f->devices.cap; i++) {
+        if (!wc_map_live(&f->devices, i))
+            continue;
+        device *dv = f->devices.slots[i].value;
+        dv->want = f->heartbeat_ok && wins(f, dv);
+        if (dv->want && dv->state == DEV_UNOWNED)
+            device_acquire(dv);
+        else if (!dv->want && (dv->state == DEV_IDLE || dv->state == DEV_PACING ||
+                               dv->state == DEV_OFFLINE))
+            device_release(dv);
+    }
+}
+
+static void on_devices(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    fleet *f = arg;
+    f->refreshing = false;
+    if (!res) {
+        f->m.pg_errors++;
+        wc_warn("reading devices: %s", err);
+        return;
+    }
+    for (size_t i = 0; i < f->devices.cap; i++)
+        if (wc_map_live(&f->devices, i))
+            ((device *)f->devices.slots[i].value)->seen = false;
+    int n = PQntuples(res);
+    for (int r = 0; r < n; r++) {
+        const char *id = PQgetvalue(res, r, 0);
+        device *dv = wc_map_get(&f->devices, id);
+        if (!dv) {
+            dv = calloc(1, sizeof *dv);
+            if (!dv)
+                abort();
+            dv->f = f;
+            snprintf(dv->id, sizeof dv->id, "%s", id);
+            dv->timer = evtimer_new(f->d.base, on_device_timer, dv);
+            if (!dv->timer || wc_map_put(&f->devices, dv->id, dv) < 0)
+                abort();
+        }
+        dv->seen = true;
+        snprintf(dv->platform, sizeof dv->platform, "%s", PQgetvalue(res, r, 1));
+        dv->min_delay_ms = (uint32_t)strtoul(PQgetvalue(res, r, 2), NULL, 10);
+        dv->max_delay_ms = (uint32_t)strtoul(PQgetvalue(res, r, 3), NULL, 10);
+        const char *settings = PQgetvalue(res, r, 4);
+        if (!dv->settings || strcmp(dv->settings, settings) != 0) {
+            free(dv->settings);
+            dv->settings = strdup(settings);
+        }
+    }
+    rebalance(f);
+}
+
+static void on_refresh(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    fleet *f = arg;
+    if (f->refreshing || f->d.stopping)
+        return;
+    static const char *sql =
+        "SELECT id, platform, (min_delay_seconds * 1000)::bigint, (max_delay_seconds * 1000)::bigint, "
+        "settings::text FROM user_devices";
+    if (wc_pg_query(f->d.pg, sql, 0, NULL, on_devices, f) == 0)
+        f->refreshing = true;
+}
+
+static void on_live(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    fleet *f = arg;
+    if (!reply_ok(f, reply) || reply->type != REDIS_REPLY_ARRAY) {
+        f->heartbeat_ok = false;
+        return;
+    }
+    for (size_t i = 0; i < f->nlive; i++)
+        free(f->live[i]);
+    free(f->live);
+    f->nlive = 0;
+    f->live = calloc(reply->elements + 1, sizeof *f->live);
+    if (!f->live)
+        abort();
+    for (size_t i = 0; i < reply->elements; i++)
+        if (reply->element[i]->type == REDIS_REPLY_STRING)
+            f->live[f->nlive++] = strdup(reply->element[i]->str);
+    qsort(f->live, f->nlive, sizeof *f->live, cmp_str);
+    f->heartbeat_ok = true;
+    rebalance(f);
+}
+
+static void on_renewed(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    device *dv = arg;
+    fleet *f = dv->f;
+    if (dv->state == DEV_UNOWNED || dv->state == DEV_ACQUIRING)
+        return;
+    if (!reply_ok(f, reply))
+        return; /* Redis trouble: lease_until runs out and sends stop by themselves */
+    if (reply->type == REDIS_REPLY_INTEGER && reply->integer == 1) {
+        dv->lease_until_us = wc_mono_us() + (f->cfg.lease_ttl_ms * 1000) * 2 / 3;
+        return;
+    }
+    /* Expired or someone else's now. A send in flight cannot be recalled; its
+     * callback finds the device unowned and drops the result, and the message's
+     * marker resolves it on the next owner. */
+    device_lost(dv);
+}
+
+static void on_void(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    fleet *f = arg;
+    reply_ok(f, reply);
+}
+
+static void on_last_seen(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    fleet *f = arg;
+    if (!res) {
+        f->m.pg_errors++;
+        wc_warn("updating last_seen: %s", err);
+    }
+}
+
+static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    fleet *f = arg;
+    if (f->d.stopping || !wc_redis_ready(f->d.redis))
+        return;
+    long long now_ms = wc_now_us() / 1000;
+    char score[32], min[32], old[32], ttl[32];
+    snprintf(score, sizeof score, "%lld", now_ms);
+    snprintf(min, sizeof min, "%lld", now_ms - f->cfg.lease_ttl_ms);
+    snprintf(old, sizeof old, "(%lld", now_ms - 10 * f->cfg.lease_ttl_ms);
+    snprintf(ttl, sizeof ttl, "%ld", f->cfg.lease_ttl_ms);
+    int rc = wc_redis_command(f->d.redis, on_void, f, "ZADD %s %s %s", WC_KEY_SENDERS, score,
+                              f->cfg.c.instance_id);
+    rc |= wc_redis_command(f->d.redis, on_void, f, "ZREMRANGEBYSCORE %s -inf %s", WC_KEY_SENDERS, old);
+    rc |= wc_redis_command(f->d.redis, on_live, f, "ZRANGEBYSCORE %s %s +inf", WC_KEY_SENDERS, min);
+    if (rc != 0)
+        return;
+    /* Renew every lease we hold, and tell PostgreSQL the online ones are alive. */
+    struct evbuffer *ids = evbuffer_new();
+    size_t nids = 0;
+    for (size_t i = 0; i < f->devices.cap; i++) {
+        if (!wc_map_live(&f->devices, i))
+            continue;
+        device *dv = f->devices.slots[i].value;
+        if (dv->state == DEV_UNOWNED || dv->state == DEV_ACQUIRING)
+            continue;
+        char lease[128];
+        wc_key_lease(lease, sizeof lease, dv->id);
+        const char *argv[] = {"EVAL", LEASE_RENEW, "1", lease, f->cfg.c.instance_id, ttl};
+        if (wc_redis_commandv(f->d.redis, on_renewed, dv, 6, argv, NULL) < 0)
+            f->m.redis_errors++;
+        if (dv->online) {
+            evbuffer_add_printf(ids, "%s%s", nids ? "," : "{", dv->id);
+            nids++;
+        }
+    }
+    if (nids) {
+        evbuffer_add(ids, "}\0", 2);
+        const char *params[] = {(const char *)evbuffer_pullup(ids, -1)};
+        if (wc_pg_query(f->d.pg, "UPDATE user_devices SET last_seen = now() WHERE id = ANY($1::uuid[])",
+                        1, params, on_last_seen, f) < 0)
+            f->m.pg_errors++;
+    }
+    evbuffer_free(ids);
+}
+
+static void on_status_written(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    fleet *f = arg;
+    f->status_flushing = false;
+    if (!res) {
+        f->m.pg_errors++;
+        wc_warn("writing device statuses: %s", err);
+    }
+}
+
+static void on_status_flush(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    fleet *f = arg;
+    if (!f->status_pending || f->status_flushing)
+        return;
+    evbuffer_add(f->status_ids, "}\0", 2);
+    evbuffer_add(f->status_vals, "}\0", 2);
+    evbuffer_add(f->status_reasons, "}\0", 2);
+    evbuffer_prepend(f->status_ids, "{", 1);
+    evbuffer_prepend(f->status_vals, "{", 1);
+    evbuffer_prepend(f->status_reasons, "{", 1);
+    const char *params[] = {(const char *)evbuffer_pullup(f->status_ids, -1),
+                            (const char *)evbuffer_pullup(f->status_vals, -1),
+                            (const char *)evbuffer_pullup(f->status_reasons, -1)};
+    /* Last write wins per device within a batch: take the last occurrence. */
+    static const char *sql =
+        "UPDATE user_devices d SET status = u.status::device_status, status_reason = NULLIF(u.reason, ''), "
+        "last_seen = now() FROM (SELECT DISTINCT ON (id) id, status, reason FROM unnest($1::uuid[], "
+        "$2::text[], $3::text[]) WITH ORDINALITY AS t(id, status, reason, n) ORDER BY id, n DESC) u "
+        "WHERE d.id = u.id";
+    if (wc_pg_query(f->d.pg, sql, 3, params, on_status_written, f) == 0)
+        f->status_flushing = true;
+    else
+        f->m.pg_errors++;
+    evbuffer_drain(f->status_ids, evbuffer_get_length(f->status_ids));
+    evbuffer_drain(f->status_vals, evbuffer_get_length(f->status_vals));
+    evbuffer_drain(f->status_reasons, evbuffer_get_length(f->status_reasons));
+    f->status_pending = 0;
+}
+
+static void on_wake(wc_redis *r, const char *channel, const char *msg, size_t len, void *arg)
+{
+    (void)r;
+    (void)channel;
+    fleet *f = arg;
+    char id[40];
+    if (len >= sizeof id)
+        return;
+    memcpy(id, msg, len);
+    id[len] = '\0';
+    device *dv = wc_map_get(&f->devices, id);
+    if (dv && dv->state == DEV_IDLE)
+        device_step(dv);
+}
+
+static void on_idle_poll(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    fleet *f = arg;
+    for (size_t i = 0; i < f->devices.cap; i++) {
+        if (!wc_map_live(&f->devices, i))
+            continue;
+        device *dv = f->devices.slots[i].value;
+        if (dv->state == DEV_IDLE && !evtimer_pending(dv->timer, NULL))
+            device_step(dv);
+    }
+}
+
+/* ---- shutdown --------------------------------------------------------------------------- */
+
+static void on_left(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    (void)reply;
+    fleet *f = arg;
+    wc_info("stopped: all devices handed back");
+    wc_daemon_exit(&f->d);
+}
+
+static void maybe_finish_stop(fleet *f)
+{
+    if (!f->d.stopping || f->held > 0 || f->stop_timer == NULL)
+        return;
+    event_free(f->stop_timer);
+    f->stop_timer = NULL;
+    on_status_flush(-1, 0, f);
+    if (wc_redis_command(f->d.redis, on_left, f, "ZREM %s %s", WC_KEY_SENDERS, f->cfg.c.instance_id) < 0)
+        wc_daemon_exit(&f->d);
+}
+
+static void on_stop_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    fleet *f = arg;
+    wc_warn("stop timeout: %zu device(s) still busy; exiting (their leases expire)", f->held);
+    wc_daemon_exit(&f->d);
+}
+
+static void on_stop(wc_daemon *d, void *arg)
+{
+    (void)d;
+    fleet *f = arg;
+    f->stop_timer = evtimer_new(f->d.base, on_stop_deadline, f);
+    struct timeval tv = {f->cfg.stop_timeout_ms / 1000, (f->cfg.stop_timeout_ms % 1000) * 1000};
+    evtimer_add(f->stop_timer, &tv);
+    wc_info("stopping: handing back %zu device(s)", f->held);
+    /* Devices at rest go now; busy ones when their current step ends. */
+    rebalance(f);
+    maybe_finish_stop(f);
+}
+
+/* ---- HTTP --------------------------------------------------------------------------------- */
+
+static bool ready(void *arg, char *why, size_t whylen)
+{
+    fleet *f = arg;
+    return wc_daemon_ready(&f->d, why, whylen);
+}
+
+static void metrics(struct evbuffer *out, void *arg)
+{
+    fleet *f = arg;
+#define X(name, help) wc_metric(out, "wacast_sender_" #name "_total", "counter", help, (double)f->m.name);
+    SENDER_METRICS(X)
+#undef X
+    size_t by_state[sizeof dev_state_names / sizeof dev_state_names[0]] = {0};
+    for (size_t i = 0; i < f->devices.cap; i++)
+        if (wc_map_live(&f->devices, i))
+            by_state[((device *)f->devices.slots[i].value)->state]++;
+    evbuffer_add_printf(out, "# HELP wacast_sender_devices devices known to this sender, by state\n"
+                             "# TYPE wacast_sender_devices gauge\n");
+    for (size_t s = 0; s < sizeof by_state / sizeof by_state[0]; s++) {
+        char labels[64];
+        snprintf(labels, sizeof labels, "state=\"%s\"", dev_state_names[s]);
+        wc_metric_labeled(out, "wacast_sender_devices", labels, (double)by_state[s]);
+    }
+    wc_metric(out, "wacast_sender_devices_held", "gauge", "device leases held", (double)f->held);
+    wc_metric(out, "wacast_sender_live_senders", "gauge", "senders seen alive", (double)f->nlive);
+}
+
+int main(int argc, char **argv)
+{
+    static fleet f;
+    wc_daemon_init(&f.d, "wacast-sender",
+                   "Holds a share of the devices, paces each one and sends through its transport.",
+                   cfg_table, sizeof cfg_table / sizeof cfg_table[0], &f.cfg, argc, argv, ready,
+                   metrics, &f);
+    wc_map_init(&f.devices);
+    f.status_ids = evbuffer_new();
+    f.status_vals = evbuffer_new();
+    f.status_reasons = evbuffer_new();
+    f.tenv = (wc_transport_env){
+        .base = f.d.base,
+        .redis = f.d.redis,
+        .instance_id = f.cfg.c.instance_id,
+        .sim_latency_ms = (int)f.cfg.sim_latency_ms,
+        .sim_failure_rate = f.cfg.sim_failure_rate,
+        .sim_record_maxlen = f.cfg.sim_record_maxlen,
+    };
+    char err[256];
+    f.sub = wc_redis_new(f.d.base, f.cfg.c.redis_url, "redis-wake", (int)f.cfg.c.timeout_ms, err,
+                         sizeof err);
+    if (!f.sub || wc_redis_subscribe(f.sub, WC_KEY_WAKE, on_wake, &f) < 0) {
+        fprintf(stderr, "wacast-sender: cannot subscribe to wake-ups: %s\n", err);
+        return 1;
+    }
+    wc_daemon_on_stop(&f.d, on_stop, &f);
+    long hb = f.cfg.lease_ttl_ms / 3;
+    f.heartbeat_timer = wc_daemon_every(&f.d, (int)hb, on_heartbeat, &f);
+    f.refresh_timer = wc_daemon_every(&f.d, (int)f.cfg.refresh_ms, on_refresh, &f);
+    f.idle_timer = wc_daemon_every(&f.d, (int)f.cfg.idle_poll_ms, on_idle_poll, &f);
+    f.status_timer = wc_daemon_every(&f.d, 250, on_status_flush, &f);
+    on_heartbeat(-1, 0, &f);
+    on_refresh(-1, 0, &f);
+    int rc = wc_daemon_run(&f.d);
+
+    event_free(f.heartbeat_timer);
+    event_free(f.refresh_timer);
+    event_free(f.idle_timer);
+    event_free(f.status_timer);
+    if (f.stop_timer)
+        event_free(f.stop_timer);
+    for (size_t i = 0; i < f.devices.cap; i++) {
+        if (!wc_map_live(&f.devices, i))
+            continue;
+        device *dv = f.devices.slots[i].value;
+        close_transport(dv);
+        free_job(dv);
+        event_free(dv->timer);
+        free(dv->settings);
+        free(dv);
+    }
+    wc_map_free(&f.devices);
+    for (size_t i = 0; i < f.nlive; i++)
+        free(f.live[i]);
+    free(f.live);
+    evbuffer_free(f.status_ids);
+    evbuffer_free(f.status_vals);
+    evbuffer_free(f.status_reasons);
+    wc_redis_free(f.sub);
+    wc_daemon_free(&f.d);
+    wc_config_free(cfg_table, sizeof cfg_table / sizeof cfg_table[0], &f.cfg);
+    return rc;
+}
