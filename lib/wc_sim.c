@@ -39,8 +39,9 @@ struct sim_send {
 };
 
 static void *sim_open(const wc_transport_env *env, const char *device_id, json_t *settings,
-                      char *err, size_t errlen)
+                      json_t *credentials, char *err, size_t errlen)
 {
+    (void)credentials;
     json_t *off = settings ? json_object_get(settings, "sim_offline") : NULL;
     if (off && json_is_true(off)) {
         snprintf(err, errlen, "simulated device is offline");

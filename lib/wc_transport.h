@@ -59,10 +59,12 @@ typedef struct wc_transport_env {
 
 typedef struct wc_transport_ops {
     const char *platform;
-    /* Opens a device. settings is user_devices.settings (may be NULL).
-     * Returns the instance, or NULL with a reason in err (device goes offline). */
+    /* Opens a device. settings is user_devices.settings (may be NULL);
+     * credentials is the device's unsealed credentials JSON object (may be
+     * NULL; never log it). Returns the instance, or NULL with a reason in err
+     * (the device goes offline with that reason). */
     void *(*open)(const wc_transport_env *env, const char *device_id, json_t *settings,
-                  char *err, size_t errlen);
+                  json_t *credentials, char *err, size_t errlen);
     int (*send)(void *inst, const wc_send_request *req, wc_send_cb *cb, void *arg);
     void (*close)(void *inst);
 } wc_transport_ops;

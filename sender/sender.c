@@ -241,7 +241,7 @@ static void open_transport(device *dv)
     } else {
         json_error_t jerr;
         json_t *settings = dv->settings ? json_loads(dv->settings, 0, &jerr) : NULL;
-        dv->transport = dv->ops->open(&f->tenv, dv->id, settings, err, sizeof err);
+        dv->transport = dv->ops->open(&f->tenv, dv->id, settings, NULL, err, sizeof err);
         json_decref(settings);
     }
     if (!dv->transport) {
