@@ -13,7 +13,7 @@
  *   available via wc_pg_last_sqlstate() inside the callback.
  * - Queries wait while the pool (re)connects; a query not answered within
  *   timeout_ms of being queued fails with err "timeout" (and the connection it
- *   was running on is dropped and reopened).
+ *   was running on is dropped and reopened). timeout_ms <= 0: no time-out.
  * - Connections reconnect with exponential back-off (100 ms .. 5 s).
  * - Never call wc_pg_free() from inside one of its callbacks.
  * - Parameters are text; NULL in values[] is SQL NULL.

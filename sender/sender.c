@@ -473,12 +473,14 @@ static void send_now(device *dv)
         .media_url = job->media_url,
         .attempt = dv->attempts + 1,
     };
-    int64_t now = wc_now_us();
-    /* Pacing is measured from the start of one send to the start of the next. */
-    dv->next_at_us = now + draw_delay_us(dv, job);
     dv->attempts++;
     set_state(dv, DEV_SENDING);
-    if (dv->ops->send(dv->transport, &req, on_sent, dv) < 0) {
+    int rc = dv->ops->send(dv->transport, &req, on_sent, dv);
+    /* Pacing runs from the start of one send to the start of the next; the
+     * clock is read after the transport took the message, so the gap between
+     * two sends as the provider sees them is never shorter than the delay. */
+    dv->next_at_us = wc_now_us() + draw_delay_us(dv, job);
+    if (rc < 0) {
         wc_send_result sr = {.outcome = WC_SEND_RETRY};
         snprintf(sr.error_code, sizeof sr.error_code, "transport_busy");
         snprintf(sr.error_message, sizeof sr.error_message, "the transport could not start the send");
