@@ -366,8 +366,10 @@ pid_t wt_spawn(wt_env *env, const char *program, const char *name, const char *c
     wt_child *ch = &env->children[env->nchildren];
     char path[512];
     wt_program_path(program, path, sizeof path);
+    char dir[sizeof env->dir];
+    memcpy(dir, env->dir, sizeof dir);
     snprintf(ch->name, sizeof ch->name, "%s", name);
-    snprintf(ch->log, sizeof ch->log, "%s/%s.log", env->dir, name);
+    snprintf(ch->log, sizeof ch->log, "%s/%s.log", dir, name);
     static char db[300], rd[200];
     snprintf(db, sizeof db, "DATABASE_URL=%s", env->database_url);
     snprintf(rd, sizeof rd, "REDIS_URL=%s", env->redis_url);

@@ -1,0 +1,201 @@
+#!/usr/bin/env node
+// Runs the measured part of one benchmark phase (wacast or the baseline):
+//   1. snapshots the CPU counters of every process of the phase;
+//   2. makes the campaign due (UPDATE campaigns SET scheduled_at = now()):
+//      the end-to-end clock starts at that instant;
+//   3. samples progress every intervalMs into a JSON-lines time series
+//      (rows inserted, jobs published/routed, sends recorded, statuses
+//      written, stream backlogs, cumulative CPU seconds per process);
+//   4. stops when every message has a final status written in PostgreSQL
+//      and the campaign is finished (or at the time-out), and snapshots the
+//      CPU counters and peak memory again, before anyone is sent SIGTERM.
+// Writes a summary JSON. Usage: node phase.js CONFIG.json
+'use strict';
+const fs = require('fs');
+const http = require('http');
+const { pg, Redis, procCpu, procMem, procPss, childrenOf, sleep, readJson } = require('./lib');
+
+const cfg = readJson(process.argv[2]);
+
+function getMetrics(url) {
+  return new Promise((resolve) => {
+    const req = http.get(url, { timeout: 400 }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => (body += d));
+      res.on('end', () => {
+        const out = {};
+        for (const line of body.split('\n')) {
+          if (!line || line[0] === '#') continue;
+          const sp = line.lastIndexOf(' ');
+          out[line.slice(0, sp)] = Number(line.slice(sp + 1));
+        }
+        resolve(out);
+      });
+    });
+    req.on('error', () => resolve(null));
+    req.on('timeout', () => req.destroy());
+  });
+}
+
+// CPU seconds and memory of one configured process (or process tree).
+function readProc(p) {
+  if (!p.tree) {
+    const c = procCpu(p.pid);
+    const m = procMem(p.pid);
+    if (!c) return null;
+    return { cpu: c.utime + c.stime + c.cutime + c.cstime, hwmKb: m ? m.hwmKb : 0, rssKb: m ? m.rssKb : 0 };
+  }
+  // PostgreSQL: the postmaster, its live children, and the children it has
+  // already reaped (cutime/cstime of the postmaster).
+  const root = procCpu(p.pid);
+  if (!root) return null;
+  let cpu = root.utime + root.stime + root.cutime + root.cstime;
+  let hwmKb = procMem(p.pid)?.hwmKb || 0;
+  let pssKb = procPss(p.pid);
+  let n = 1;
+  for (const kid of childrenOf(p.pid)) {
+    const c = procCpu(kid);
+    if (!c) continue;
+    cpu += c.utime + c.stime;
+    hwmKb = Math.max(hwmKb, procMem(kid)?.hwmKb || 0);
+    pssKb += procPss(kid);
+    n++;
+  }
+  return { cpu, hwmKb, pssKb, nproc: n };
+}
+
+async function main() {
+  const db = new pg.Client({ connectionString: cfg.db, application_name: 'bench-phase' });
+  await db.connect();
+  const redis = new Redis(cfg.redis, { lazyConnect: false, maxRetriesPerRequest: 3 });
+  const out = fs.createWriteStream(cfg.out);
+
+  const start = {};
+  for (const p of cfg.procs) start[p.name] = readProc(p);
+  const peak = {};
+  for (const p of cfg.procs) peak[p.name] = { rssKb: 0, pssKb: 0, hwmKb: 0 };
+
+  const due = await db.query(
+    'UPDATE campaigns SET scheduled_at = now() WHERE id = $1 RETURNING extract(epoch FROM due_at) AS due',
+    [cfg.campaign]
+  );
+  const t0 = Date.now();
+  const dueEpoch = due.rows[0].due;
+  let last = null;
+  let timedOut = false;
+  let samples = 0;
+  for (;;) {
+    const tick = Date.now();
+    const t = (tick - t0) / 1000;
+    const c = (
+      await db.query(
+        'SELECT status, total_count, sent_count, failed_count, skipped_count, cancelled_count,' +
+          ' extract(epoch FROM finished_at) AS finished FROM campaigns WHERE id = $1',
+        [cfg.campaign]
+      )
+    ).rows[0];
+    const pipe = redis.pipeline();
+    pipe.xlen(cfg.simKey);
+    for (const k of Object.values(cfg.streams || {})) pipe.xlen(k);
+    for (const k of Object.values(cfg.lists || {})) pipe.llen(k);
+    if (cfg.publishedKey) pipe.get(cfg.publishedKey);
+    const r = (await pipe.exec()).map(([e, v]) => (e ? null : Number(v || 0)));
+    const s = {
+      t: Number(t.toFixed(3)),
+      status: c.status,
+      inserted: c.total_count,
+      sent_recorded: r[0],
+      written: c.sent_count + c.failed_count + c.skipped_count + c.cancelled_count,
+      sent_written: c.sent_count,
+      failed: c.failed_count,
+      skipped: c.skipped_count,
+      backlog: {},
+      cpu: {},
+    };
+    let i = 1;
+    for (const k of Object.keys(cfg.streams || {})) s.backlog[k] = r[i++];
+    for (const k of Object.keys(cfg.lists || {})) s.backlog[k] = r[i++];
+    if (cfg.publishedKey) s.published = r[i++];
+    const ms = await Promise.all((cfg.metrics || []).map((m) => getMetrics(m.url)));
+    (cfg.metrics || []).forEach((m, k) => {
+      for (const [field, name] of Object.entries(m.fields)) {
+        const v = ms[k] ? ms[k][name] : undefined;
+        if (v !== undefined) s[field] = (s[field] || 0) + v;
+      }
+    });
+    for (const p of cfg.procs) {
+      const now = readProc(p);
+      if (!now || !start[p.name]) continue;
+      s.cpu[p.name] = Number((now.cpu - start[p.name].cpu).toFixed(2));
+      peak[p.name].rssKb = Math.max(peak[p.name].rssKb, now.rssKb || 0);
+      peak[p.name].pssKb = Math.max(peak[p.name].pssKb, now.pssKb || 0);
+      peak[p.name].hwmKb = Math.max(peak[p.name].hwmKb, now.hwmKb || 0);
+      if (now.nproc) peak[p.name].nproc = Math.max(peak[p.name].nproc || 0, now.nproc);
+    }
+    out.write(JSON.stringify(s) + '\n');
+    samples++;
+    last = { s, c };
+    const final = ['finished', 'failed', 'cancelled'].includes(c.status);
+    if (final && c.total_count > 0 && s.written >= c.total_count) break;
+    if (final && c.total_count === 0) break;
+    if (t > cfg.timeoutS) {
+      timedOut = true;
+      break;
+    }
+    const wait = cfg.intervalMs - (Date.now() - tick);
+    if (wait > 0) await sleep(wait);
+  }
+  // CPU and memory before anything is stopped.
+  const end = {};
+  for (const p of cfg.procs) end[p.name] = readProc(p);
+  const wall = (Date.now() - t0) / 1000;
+  const c = last.c;
+  const e2e = c.finished ? c.finished - dueEpoch : null;
+  const procs = {};
+  for (const p of cfg.procs) {
+    const a = start[p.name],
+      b = end[p.name];
+    procs[p.name] = {
+      pid: p.pid,
+      cpu_s: a && b ? Number((b.cpu - a.cpu).toFixed(2)) : null,
+      peak_rss_mb: b ? Number((Math.max(b.hwmKb, peak[p.name].hwmKb) / 1024).toFixed(1)) : null,
+    };
+    if (p.tree) {
+      procs[p.name].peak_pss_total_mb = Number((peak[p.name].pssKb / 1024).toFixed(1));
+      procs[p.name].processes = peak[p.name].nproc || null;
+    }
+  }
+  const summary = {
+    name: cfg.name,
+    campaign: cfg.campaign,
+    status: c.status,
+    timed_out: timedOut,
+    total: c.total_count,
+    sent: c.sent_count,
+    failed: c.failed_count,
+    skipped: c.skipped_count,
+    cancelled: c.cancelled_count,
+    e2e_s: e2e,
+    wall_s: wall,
+    msgs_per_s: e2e && c.total_count ? c.total_count / e2e : null,
+    samples,
+    procs,
+  };
+  fs.writeFileSync(cfg.summary, JSON.stringify(summary, null, 2));
+  out.end();
+  await db.end();
+  redis.disconnect();
+  console.log(
+    `${cfg.name}: ${c.status} total=${c.total_count} sent=${c.sent_count} failed=${c.failed_count}` +
+      ` skipped=${c.skipped_count} in ${e2e ? e2e.toFixed(2) : '?'} s` +
+      (summary.msgs_per_s ? ` = ${Math.round(summary.msgs_per_s)} msg/s` : '') +
+      (timedOut ? ' (TIMED OUT)' : '')
+  );
+  process.exit(timedOut ? 3 : 0);
+}
+
+main().catch((e) => {
+  console.error(`phase ${cfg.name}: ${e.stack || e}`);
+  process.exit(1);
+});
