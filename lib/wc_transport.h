@@ -19,6 +19,7 @@
 
 struct event_base;
 struct wc_redis;
+struct wc_httpc;
 
 typedef enum {
     WC_SEND_OK = 0,   /* accepted by the provider: status 'sent' */
@@ -26,12 +27,23 @@ typedef enum {
     WC_SEND_FAIL,     /* permanent for this message: status 'failed' */
 } wc_send_outcome;
 
+/* What the result says about the device itself, beyond this one message. */
+typedef enum {
+    WC_DEVICE_OK = 0,  /* nothing to do */
+    WC_DEVICE_PAUSE,   /* provider restricted the sender (spam/policy): stop sending from it
+                          until an operator resumes it */
+    WC_DEVICE_OFFLINE, /* the device cannot send (credentials rejected, logged out): take it
+                          offline; the message was not consumed */
+} wc_device_action;
+
 typedef struct wc_send_result {
     wc_send_outcome outcome;
-    char error_code[48];     /* machine readable */
+    char error_code[48];     /* machine readable (provider codes as decimal, e.g. "131050") */
     char error_message[256]; /* human readable */
     char provider_id[128];   /* provider's message id on success */
     int retry_after_ms;      /* hint for WC_SEND_RETRY (0: caller's back-off) */
+    int device_action;       /* wc_device_action */
+    char device_reason[128]; /* why, when device_action != WC_DEVICE_OK */
 } wc_send_result;
 
 typedef struct wc_send_request {
@@ -51,6 +63,9 @@ typedef struct wc_transport_env {
     struct event_base *base;
     struct wc_redis *redis;
     const char *instance_id; /* the sender's name, recorded by the sim */
+    /* HTTP client shared by the transports that call out (cloudapi, gowa).
+     * NULL: each such transport shares one client per event base by itself. */
+    struct wc_httpc *httpc;
     /* sim defaults, overridable per device in user_devices.settings */
     int sim_latency_ms;
     double sim_failure_rate;
@@ -72,7 +87,7 @@ typedef struct wc_transport_ops {
 /* The transport for a platform name, or NULL when unknown. */
 const wc_transport_ops *wc_transport_find(const char *platform);
 
-extern const wc_transport_ops wc_transport_sim;
+extern const wc_transport_ops wc_transport_sim, wc_transport_cloudapi, wc_transport_gowa;
 
 /* Redis key of the sim's record of every send (a stream; fields: msg, campaign,
  * device, to, text, sender, ts_us, ok). */

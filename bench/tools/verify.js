@@ -1,0 +1,145 @@
+#!/usr/bin/env node
+// Proves a run sent every lead exactly once, from the outside:
+//   - PostgreSQL: one message row per eligible lead, distinct recipients,
+//     every row 'sent' (and no other final state), campaign counters agree;
+//   - the simulated provider's record (a Redis stream): one entry per
+//     message row, the right campaign, recipient and non-empty text, no
+//     duplicates, nothing unknown.
+// Also computes the queued -> sent latency percentiles (queued_at -> sent_at)
+// and due -> sent. Usage: node verify.js CONFIG.json (db, campaign, redis,
+// simKey, expected, out). Exit 0 when correct, 4 when not.
+'use strict';
+const fs = require('fs');
+const { pg, Redis, readJson } = require('./lib');
+
+const cfg = readJson(process.argv[2]);
+
+async function main() {
+  const db = new pg.Client({ connectionString: cfg.db, application_name: 'bench-verify' });
+  await db.connect();
+  const errors = [];
+  const camp = (
+    await db.query(
+      'SELECT status, user_id, total_count, sent_count, failed_count, skipped_count, due_at FROM campaigns WHERE id = $1',
+      [cfg.campaign]
+    )
+  ).rows[0];
+  const eligible = (
+    await db.query('SELECT count(*) AS n FROM leads WHERE user_id = $1 AND opted_out_at IS NULL', [camp.user_id])
+  ).rows[0].n;
+  const pgc = (
+    await db.query(
+      `SELECT count(*) AS rows, count(DISTINCT recipient_phone) AS phones, count(DISTINCT lead_id) AS leads,
+              count(*) FILTER (WHERE status = 'sent') AS sent,
+              count(*) FILTER (WHERE status <> 'sent') AS not_sent,
+              count(*) FILTER (WHERE sent_at IS NULL) AS no_sent_at,
+              count(*) FILTER (WHERE queued_at IS NULL) AS no_queued_at,
+              count(*) FILTER (WHERE content = '') AS empty_content
+       FROM broadcast_messages WHERE campaign_id = $1`,
+      [cfg.campaign]
+    )
+  ).rows[0];
+  const expected = cfg.expected ?? eligible;
+  if (eligible !== expected) errors.push(`eligible leads ${eligible} != expected ${expected}`);
+  if (pgc.rows !== expected) errors.push(`message rows ${pgc.rows} != ${expected}`);
+  if (pgc.phones !== expected) errors.push(`distinct recipients in PostgreSQL ${pgc.phones} != ${expected}`);
+  if (pgc.leads !== expected) errors.push(`distinct leads in PostgreSQL ${pgc.leads} != ${expected}`);
+  if (pgc.sent !== expected) errors.push(`rows with status sent ${pgc.sent} != ${expected}`);
+  if (pgc.not_sent) errors.push(`${pgc.not_sent} row(s) not in status sent`);
+  if (pgc.no_sent_at) errors.push(`${pgc.no_sent_at} row(s) without sent_at`);
+  if (camp.status !== 'finished') errors.push(`campaign status ${camp.status}, not finished`);
+  if (camp.total_count !== expected || camp.sent_count !== expected)
+    errors.push(`campaign counters total=${camp.total_count} sent=${camp.sent_count}, expected ${expected}`);
+
+  // Message id -> recipient, to check every provider record against.
+  const byId = new Map();
+  const r = await db.query({
+    text: 'SELECT id, recipient_phone FROM broadcast_messages WHERE campaign_id = $1',
+    values: [cfg.campaign],
+    rowMode: 'array',
+  });
+  for (const [id, phone] of r.rows) byId.set(String(id), phone);
+
+  const redis = new Redis(cfg.redis);
+  const seen = new Set();
+  const rec = { entries: 0, other_campaign: 0, unknown_msg: 0, duplicates: 0, wrong_recipient: 0, empty_text: 0, not_ok: 0 };
+  let from = '-';
+  for (;;) {
+    const page = await redis.xrange(cfg.simKey, from, '+', 'COUNT', 20000);
+    for (const [id, fields] of page) {
+      const f = {};
+      for (let k = 0; k + 1 < fields.length; k += 2) f[fields[k]] = fields[k + 1];
+      if (f.campaign !== cfg.campaign) {
+        rec.other_campaign++;
+        continue;
+      }
+      rec.entries++;
+      if (f.ok !== '1') rec.not_ok++;
+      const phone = byId.get(f.msg);
+      if (phone === undefined) rec.unknown_msg++;
+      else if (phone !== f.to) rec.wrong_recipient++;
+      if (!f.text) rec.empty_text++;
+      if (seen.has(f.msg)) rec.duplicates++;
+      else seen.add(f.msg);
+    }
+    if (page.length < 20000) break;
+    from = '(' + page[page.length - 1][0];
+  }
+  redis.disconnect();
+  rec.distinct_messages = seen.size;
+  if (rec.entries !== expected) errors.push(`provider record holds ${rec.entries} send(s) for the campaign, expected ${expected}`);
+  if (rec.distinct_messages !== expected) errors.push(`provider record: ${rec.distinct_messages} distinct messages, expected ${expected}`);
+  for (const k of ['unknown_msg', 'duplicates', 'wrong_recipient', 'empty_text', 'not_ok'])
+    if (rec[k]) errors.push(`provider record: ${rec[k]} ${k.replace('_', ' ')}`);
+
+  const lat = (
+    await db.query(
+      `WITH l AS (
+         SELECT extract(epoch FROM sent_at - queued_at) * 1000 AS q_ms,
+                extract(epoch FROM sent_at - $2::timestamptz) * 1000 AS d_ms
+         FROM broadcast_messages WHERE campaign_id = $1 AND sent_at IS NOT NULL)
+       SELECT count(q_ms) AS n,
+              count(*) FILTER (WHERE q_ms < 0) AS negative,
+              percentile_cont(ARRAY[0.5, 0.9, 0.99, 0.999]) WITHIN GROUP (ORDER BY q_ms) AS q,
+              max(q_ms) AS q_max, avg(q_ms) AS q_avg,
+              percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY d_ms) AS d,
+              max(d_ms) AS d_max
+       FROM l`,
+      [cfg.campaign, camp.due_at]
+    )
+  ).rows[0];
+  await db.end();
+  const round = (x) => (x === null || x === undefined ? null : Number(Number(x).toFixed(1)));
+  const result = {
+    ok: errors.length === 0,
+    errors,
+    expected,
+    postgres: pgc,
+    record: rec,
+    latency_ms: {
+      queued_to_sent: {
+        n: lat.n,
+        negative: lat.negative,
+        p50: round(lat.q && lat.q[0]),
+        p90: round(lat.q && lat.q[1]),
+        p99: round(lat.q && lat.q[2]),
+        p999: round(lat.q && lat.q[3]),
+        max: round(lat.q_max),
+        avg: round(lat.q_avg),
+      },
+      due_to_sent: { p50: round(lat.d && lat.d[0]), p90: round(lat.d && lat.d[1]), p99: round(lat.d && lat.d[2]), max: round(lat.d_max) },
+    },
+  };
+  fs.writeFileSync(cfg.out, JSON.stringify(result, null, 2));
+  console.log(
+    `verify ${cfg.name}: ${result.ok ? 'OK' : 'WRONG'}: ${pgc.rows} rows, ${pgc.sent} sent, ${pgc.phones} distinct recipients;` +
+      ` record ${rec.entries} sends, ${rec.distinct_messages} distinct, ${rec.duplicates} duplicates` +
+      (errors.length ? '\n  ' + errors.join('\n  ') : '')
+  );
+  process.exit(result.ok ? 0 : 4);
+}
+
+main().catch((e) => {
+  console.error(`verify ${cfg.name}: ${e.stack || e}`);
+  process.exit(1);
+});

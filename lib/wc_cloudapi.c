@@ -1,0 +1,863 @@
+/* Transport `cloudapi`: Meta's WhatsApp Business Cloud API.
+ *
+ * A send is one POST {base_url}/{api_version}/{phone_number_id}/messages with
+ * a bearer token and a JSON body that validates against Meta's OpenAPI
+ * schemas (text, image by link or uploaded media id, template). The outcome
+ * is keyed on the error's numeric code, never its wording, and each code gets
+ * the handling Meta documents (see classify()).
+ *
+ * Throughput: Meta caps messages per second per business number, and several
+ * device rows may use one number, so every instance on this loop that uses a
+ * phone_number_id draws from one token bucket (settings.mps per second, a
+ * tenth of a second's worth of burst). A send over the ceiling waits on the
+ * bucket's timer rather than firing and collecting 130429s. The bucket is per
+ * process: devices of one number spread over several senders each get the
+ * full rate (130429 then slows each of them down).
+ *
+ * settings:    {"phone_number_id": "1234567890" (required),
+ *               "base_url": "https://graph.facebook.com", "api_version": "v23.0",
+ *               "mps": 80, "timeout_ms": 15000}
+ * credentials: {"access_token": "EAAG..."} (never logged)
+ *
+ * Content: plain text; an image when media_url is set (a URL is sent as
+ * "link", "media:<id>" as an uploaded media "id"; the text becomes the
+ * caption); a template when the content is "template:" followed by JSON
+ * {"name": "...", "language": "en_US" or {"code": "en_US"}, "components": [...]}.
+ * The wacast message id goes out as biz_opaque_callback_data, so status
+ * webhooks can be matched even if a response was lost. */
+#include <ctype.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <jansson.h>
+#include <sodium.h>
+
+#include "wc_daemon.h"
+#include "wc_httpc.h"
+#include "wc_log.h"
+#include "wc_transport.h"
+
+#define CA_DEFAULT_BASE_URL "https://graph.facebook.com"
+#define CA_DEFAULT_API_VERSION "v23.0"
+#define CA_DEFAULT_MPS 80.0
+#define CA_MAX_MPS 10000.0
+#define CA_DEFAULT_TIMEOUT_MS 15000
+#define CA_TEMPLATE_PREFIX "template:"
+#define CA_MEDIA_ID_PREFIX "media:"
+
+#define CA_PAIR_RETRY_MS 6000         /* ~1 message per 6 s per recipient */
+#define CA_ECOSYSTEM_RETRY_MS 3600000 /* 131049: Meta asks for a much later retry */
+#define CA_MAX_BACKOFF_MS 60000
+
+typedef struct ca_bucket ca_bucket;
+typedef struct ca_send ca_send;
+
+typedef struct ca_device {
+    struct event_base *base;
+    wc_httpc *http;
+    bool shared_http; /* from wc_httpc_shared_acquire() */
+    bool closing;
+    char device_id[64];
+    char phone_number_id[64];
+    char *messages_url;
+    char *auth_header; /* "Authorization: Bearer ..."; wiped on close */
+    long timeout_ms;
+    ca_bucket *bucket;
+    ca_send *sends; /* not yet called back */
+} ca_device;
+
+struct ca_send {
+    ca_device *dev;
+    ca_send *prev, *next; /* the device's sends */
+    ca_send *qnext;       /* the bucket's queue */
+    bool queued;
+    wc_send_cb *cb;
+    void *arg;
+    char *body;
+    size_t body_len;
+    uint32_t attempt;
+    wc_httpc_call *call;
+    struct event *later; /* completion without a request (bad content) */
+    wc_send_result res;
+};
+
+/* One per (base_url, phone_number_id) on an event base. */
+struct ca_bucket {
+    ca_bucket *next;
+    int refs;
+    struct event_base *base;
+    char *key;
+    double mps;
+    double burst;
+    double tokens;
+    int64_t refilled_us;
+    int64_t paused_until_us; /* after a 130429 every send on the number waits */
+    int throttle_streak;
+    ca_send *qhead, *qtail;
+    struct event *timer;
+};
+
+static ca_bucket *buckets;
+
+static void post(ca_send *s);
+static void finish(ca_send *s);
+
+/* ---- token bucket ------------------------------------------------------------------------ */
+
+static double burst_for(double mps)
+{
+    double b = floor(mps / 10.0);
+    return b < 1.0 ? 1.0 : b;
+}
+
+static void bucket_refill(ca_bucket *b, int64_t now)
+{
+    if (now > b->refilled_us) {
+        b->tokens += (double)(now - b->refilled_us) * b->mps / 1e6;
+        if (b->tokens > b->burst)
+            b->tokens = b->burst;
+        b->refilled_us = now;
+    }
+}
+
+static void bucket_arm(ca_bucket *b, int64_t now)
+{
+    if (!b->qhead)
+        return;
+    int64_t wait_us = 0;
+    if (b->tokens < 1.0)
+        wait_us = (int64_t)ceil((1.0 - b->tokens) * 1e6 / b->mps);
+    if (b->paused_until_us - now > wait_us)
+        wait_us = b->paused_until_us - now;
+    if (wait_us < 1)
+        wait_us = 1;
+    struct timeval tv = {(time_t)(wait_us / 1000000), (suseconds_t)(wait_us % 1000000)};
+    evtimer_add(b->timer, &tv);
+}
+
+static void on_bucket_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    ca_bucket *b = arg;
+    int64_t now = wc_mono_us();
+    bucket_refill(b, now);
+    /* post() never calls back synchronously, so the queue cannot change under us. */
+    while (b->qhead && now >= b->paused_until_us && b->tokens >= 1.0) {
+        ca_send *s = b->qhead;
+        b->qhead = s->qnext;
+        if (!b->qhead)
+            b->qtail = NULL;
+        s->qnext = NULL;
+        s->queued = false;
+        b->tokens -= 1.0;
+        post(s);
+    }
+    bucket_arm(b, now);
+}
+
+static ca_bucket *bucket_acquire(struct event_base *base, const char *key, double mps)
+{
+    for (ca_bucket *b = buckets; b; b = b->next) {
+        if (b->base == base && strcmp(b->key, key) == 0) {
+            if (mps < b->mps) {
+                /* Devices disagree on the ceiling: the lowest wins. */
+                b->mps = mps;
+                b->burst = burst_for(mps);
+                if (b->tokens > b->burst)
+                    b->tokens = b->burst;
+            }
+            b->refs++;
+            return b;
+        }
+    }
+    ca_bucket *b = calloc(1, sizeof *b);
+    if (!b)
+        return NULL;
+    b->key = strdup(key);
+    b->timer = evtimer_new(base, on_bucket_timer, b);
+    if (!b->key || !b->timer) {
+        free(b->key);
+        if (b->timer)
+            event_free(b->timer);
+        free(b);
+        return NULL;
+    }
+    b->base = base;
+    b->mps = mps;
+    b->burst = burst_for(mps);
+    b->tokens = b->burst;
+    b->refilled_us = wc_mono_us();
+    b->refs = 1;
+    b->next = buckets;
+    buckets = b;
+    return b;
+}
+
+static void bucket_release(ca_bucket *b)
+{
+    if (!b || --b->refs > 0)
+        return;
+    for (ca_bucket **pp = &buckets; *pp; pp = &(*pp)->next) {
+        if (*pp == b) {
+            *pp = b->next;
+            break;
+        }
+    }
+    event_free(b->timer);
+    free(b->key);
+    free(b);
+}
+
+/* Sends at once when a token is free and nobody waits; otherwise queues. */
+static void bucket_take(ca_bucket *b, ca_send *s)
+{
+    int64_t now = wc_mono_us();
+    bucket_refill(b, now);
+    if (!b->qhead && now >= b->paused_until_us && b->tokens >= 1.0) {
+        b->tokens -= 1.0;
+        post(s);
+        return;
+    }
+    s->queued = true;
+    s->qnext = NULL;
+    if (b->qtail)
+        b->qtail->qnext = s;
+    else
+        b->qhead = s;
+    b->qtail = s;
+    bucket_arm(b, now);
+}
+
+static void bucket_dequeue(ca_bucket *b, ca_send *s)
+{
+    ca_send *prev = NULL;
+    for (ca_send *q = b->qhead; q; prev = q, q = q->qnext) {
+        if (q != s)
+            continue;
+        if (prev)
+            prev->qnext = q->qnext;
+        else
+            b->qhead = q->qnext;
+        if (b->qtail == q)
+            b->qtail = prev;
+        break;
+    }
+    s->queued = false;
+    s->qnext = NULL;
+}
+
+/* 130429: the number is over its rate. Hold every send on it for a while,
+ * growing with repeated throttles; returns the pause in ms. */
+static int bucket_throttled(ca_bucket *b, int min_ms)
+{
+    int64_t now = wc_mono_us();
+    /* Many sends in flight come back throttled together: count one streak
+     * step per pause, not per response. 1 s, 2 s, 4 s, ... up to 60 s. */
+    if (now >= b->paused_until_us && b->throttle_streak < 7)
+        b->throttle_streak++;
+    int ms = 1000 << (b->throttle_streak - 1);
+    if (ms < min_ms)
+        ms = min_ms;
+    if (ms > CA_MAX_BACKOFF_MS)
+        ms = CA_MAX_BACKOFF_MS;
+    int64_t until = now + (int64_t)ms * 1000;
+    if (until > b->paused_until_us)
+        b->paused_until_us = until;
+    b->tokens = 0;
+    b->refilled_us = now;
+    return ms;
+}
+
+/* ---- outcome ----------------------------------------------------------------------------- */
+
+static int backoff_ms(uint32_t attempt)
+{
+    uint32_t shift = attempt > 6 ? 6 : attempt;
+    int ms = 1000 << shift;
+    return ms > CA_MAX_BACKOFF_MS ? CA_MAX_BACKOFF_MS : ms;
+}
+
+static void set_result(wc_send_result *r, wc_send_outcome outcome, const char *code,
+                       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static void set_result(wc_send_result *r, wc_send_outcome outcome, const char *code,
+                       const char *fmt, ...)
+{
+    r->outcome = outcome;
+    snprintf(r->error_code, sizeof r->error_code, "%s", code);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->error_message, sizeof r->error_message, fmt, ap);
+    va_end(ap);
+}
+
+static void set_device(wc_send_result *r, wc_device_action action, const char *reason)
+{
+    r->device_action = action;
+    snprintf(r->device_reason, sizeof r->device_reason, "%s", reason);
+}
+
+enum ca_kind {
+    CA_FAIL,      /* permanent for this message */
+    CA_TRANSIENT, /* retry with back-off */
+    CA_THROTTLE,  /* number over its rate: retry, slow the number down */
+    CA_PAIR,      /* too many to this recipient: retry this one later */
+    CA_LATER,     /* retry much later (hours) */
+    CA_SPAM,      /* fail, and pause the device */
+    CA_ACCOUNT,   /* account blocked: retry later, pause the device */
+    CA_AUTH,      /* token or permission: retry, take the device offline */
+};
+
+static enum ca_kind kind_of(long code, long http_status)
+{
+    switch (code) {
+    case 130429: /* rate limit hit (throughput) */
+    case 4:      /* app-level API call limit */
+    case 80007:  /* WABA rate limit */
+        return CA_THROTTLE;
+    case 131056: /* pair rate limit: same business number to same recipient */
+        return CA_PAIR;
+    case 131049: /* ecosystem engagement limit: "retry later", in practice hours */
+        return CA_LATER;
+    case 131048: /* spam rate limit */
+    case 368:    /* temporarily blocked for policy violations */
+        return CA_SPAM;
+    case 131031: /* business account locked */
+    case 131042: /* business eligibility (payment) issue */
+        return CA_ACCOUNT;
+    case 0:   /* AuthException */
+    case 3:   /* capability or permission */
+    case 10:  /* permission denied */
+    case 190: /* access token expired or invalid */
+        return CA_AUTH;
+    case 1:      /* API unknown */
+    case 2:      /* API service */
+    case 131000: /* something went wrong */
+    case 131016: /* service unavailable */
+    case 133004: /* server temporarily unavailable */
+        return CA_TRANSIENT;
+    default:
+        break;
+    }
+    if (code >= 200 && code <= 299) /* API permission errors */
+        return CA_AUTH;
+    return http_status >= 500 ? CA_TRANSIENT : CA_FAIL;
+}
+
+/* Fills s->res from a completed HTTP exchange or a network error. */
+static void classify(ca_send *s, const wc_httpc_resp *resp)
+{
+    wc_send_result *r = &s->res;
+    ca_device *dev = s->dev;
+    if (resp->error) {
+        set_result(r, WC_SEND_RETRY, resp->timed_out ? "timeout" : "network",
+                   "Cloud API unreachable: %s", resp->error);
+        r->retry_after_ms = backoff_ms(s->attempt);
+        return;
+    }
+    json_error_t jerr;
+    json_t *root = json_loadb(resp->body, resp->body_len, 0, &jerr);
+    if (resp->status >= 200 && resp->status < 300) {
+        json_t *id = json_object_get(json_array_get(json_object_get(root, "messages"), 0), "id");
+        r->outcome = WC_SEND_OK;
+        if (json_is_string(id)) {
+            snprintf(r->provider_id, sizeof r->provider_id, "%s", json_string_value(id));
+        } else {
+            /* Accepted (2xx) but no wamid: do not send it twice; statuses
+             * still match by biz_opaque_callback_data. */
+            snprintf(r->error_message, sizeof r->error_message,
+                     "accepted without a message id in the response");
+            wc_warn("cloudapi device %s: HTTP %ld without messages[0].id", dev->device_id,
+                    resp->status);
+        }
+        dev->bucket->throttle_streak = 0;
+        json_decref(root);
+        return;
+    }
+
+    json_t *err = json_object_get(root, "error");
+    json_t *jcode = json_object_get(err, "code");
+    long code = -1;
+    if (json_is_integer(jcode))
+        code = (long)json_integer_value(jcode);
+    else if (json_is_string(jcode))
+        code = strtol(json_string_value(jcode), NULL, 10);
+    const char *message = json_string_value(json_object_get(err, "message"));
+    const char *details =
+        json_string_value(json_object_get(json_object_get(err, "error_data"), "details"));
+    char code_str[24];
+    if (code >= 0) {
+        snprintf(code_str, sizeof code_str, "%ld", code);
+    } else {
+        snprintf(code_str, sizeof code_str, "http_%ld", resp->status);
+        /* No error object: judge by the HTTP status alone. */
+        if (resp->status == 429)
+            code = 130429;
+        else if (resp->status == 401)
+            code = 190;
+    }
+    char text[256], why[128];
+    if (message && details)
+        snprintf(text, sizeof text, "%s: %s", message, details);
+    else if (message || details)
+        snprintf(text, sizeof text, "%s", message ? message : details);
+    else
+        snprintf(text, sizeof text, "HTTP %ld from the Cloud API", resp->status);
+
+    switch (kind_of(code, resp->status)) {
+    case CA_FAIL:
+        set_result(r, WC_SEND_FAIL, code_str, "%s", text);
+        break;
+    case CA_TRANSIENT:
+        set_result(r, WC_SEND_RETRY, code_str, "%s", text);
+        r->retry_after_ms = backoff_ms(s->attempt);
+        break;
+    case CA_THROTTLE:
+        set_result(r, WC_SEND_RETRY, code_str, "%s", text);
+        r->retry_after_ms = bucket_throttled(dev->bucket, backoff_ms(s->attempt));
+        break;
+    case CA_PAIR:
+        set_result(r, WC_SEND_RETRY, code_str, "%s", text);
+        r->retry_after_ms = CA_PAIR_RETRY_MS;
+        break;
+    case CA_LATER:
+        set_result(r, WC_SEND_RETRY, code_str, "%s", text);
+        r->retry_after_ms = CA_ECOSYSTEM_RETRY_MS;
+        break;
+    case CA_SPAM:
+        set_result(r, WC_SEND_FAIL, code_str, "%s", text);
+        snprintf(why, sizeof why, "Cloud API restricted the number (%s)", code_str);
+        set_device(r, WC_DEVICE_PAUSE, why);
+        break;
+    case CA_ACCOUNT:
+        set_result(r, WC_SEND_RETRY, code_str, "%s", text);
+        r->retry_after_ms = CA_ECOSYSTEM_RETRY_MS;
+        snprintf(why, sizeof why, "Cloud API account blocked (%s)", code_str);
+        set_device(r, WC_DEVICE_PAUSE, why);
+        break;
+    case CA_AUTH:
+        set_result(r, WC_SEND_RETRY, code_str, "%s", text);
+        r->retry_after_ms = backoff_ms(s->attempt);
+        snprintf(why, sizeof why, "token invalid (%s)", code_str);
+        set_device(r, WC_DEVICE_OFFLINE, why);
+        break;
+    }
+    if (r->device_action != WC_DEVICE_OK)
+        wc_warn("cloudapi device %s: %s: %s", dev->device_id, r->device_reason, text);
+    json_decref(root);
+}
+
+/* ---- request body ------------------------------------------------------------------------ */
+
+/* "+60123456789" -> "60123456789"; false unless 1..15 digits remain. */
+static bool to_digits(const char *e164, char *out, size_t outlen)
+{
+    if (!e164)
+        return false;
+    if (*e164 == '+')
+        e164++;
+    size_t n = strlen(e164);
+    if (n == 0 || n > 15 || n >= outlen)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if (!isdigit((unsigned char)e164[i]))
+            return false;
+    }
+    memcpy(out, e164, n + 1);
+    return true;
+}
+
+/* Builds the "template" object from "template:{...}". NULL with why on bad input. */
+static json_t *template_object(const char *spec, char *why, size_t whylen)
+{
+    json_error_t jerr;
+    json_t *in = json_loads(spec, 0, &jerr);
+    if (!json_is_object(in)) {
+        snprintf(why, whylen, "template reference is not a JSON object: %s",
+                 in ? "wrong type" : jerr.text);
+        json_decref(in);
+        return NULL;
+    }
+    json_t *out = NULL;
+    const char *name = json_string_value(json_object_get(in, "name"));
+    json_t *lang = json_object_get(in, "language");
+    const char *code = json_is_string(lang) ? json_string_value(lang)
+                                            : json_string_value(json_object_get(lang, "code"));
+    json_t *components = json_object_get(in, "components");
+    if (!name || !*name) {
+        snprintf(why, whylen, "template reference needs a \"name\"");
+        goto end;
+    }
+    if (!code || !*code) {
+        snprintf(why, whylen, "template reference needs a \"language\" code");
+        goto end;
+    }
+    if (components) {
+        if (!json_is_array(components)) {
+            snprintf(why, whylen, "template \"components\" must be an array");
+            goto end;
+        }
+        size_t i;
+        json_t *c;
+        json_array_foreach(components, i, c)
+        {
+            if (!json_is_string(json_object_get(c, "type"))) {
+                snprintf(why, whylen, "template component %zu needs a \"type\"", i);
+                goto end;
+            }
+        }
+    }
+    /* The schema requires policy next to code; "deterministic" is its only value. */
+    out = json_pack("{s:s, s:{s:s, s:s}}", "name", name, "language", "code", code, "policy",
+                    "deterministic");
+    if (out && components && json_array_size(components) > 0)
+        json_object_set(out, "components", components);
+    if (!out)
+        snprintf(why, whylen, "out of memory");
+end:
+    json_decref(in);
+    return out;
+}
+
+/* The JSON body of a send, or NULL with an error code and reason. */
+static char *build_body(const wc_send_request *req, const char **code, char *why, size_t whylen)
+{
+    char to[24];
+    if (!to_digits(req->recipient, to, sizeof to)) {
+        *code = "invalid_recipient";
+        snprintf(why, whylen, "recipient is not an E.164 number");
+        return NULL;
+    }
+    char opaque[32];
+    snprintf(opaque, sizeof opaque, "%" PRId64, req->message_id);
+    json_t *msg = json_pack("{s:s, s:s, s:s, s:s}", "messaging_product", "whatsapp",
+                            "recipient_type", "individual", "to", to,
+                            "biz_opaque_callback_data", opaque);
+    if (!msg)
+        goto oom;
+    const char *content = req->content ? req->content : "";
+    const char *media = req->media_url && *req->media_url ? req->media_url : NULL;
+    if (strncmp(content, CA_TEMPLATE_PREFIX, strlen(CA_TEMPLATE_PREFIX)) == 0) {
+        json_t *tpl = template_object(content + strlen(CA_TEMPLATE_PREFIX), why, whylen);
+        if (!tpl) {
+            *code = "bad_template";
+            json_decref(msg);
+            return NULL;
+        }
+        json_object_set_new(msg, "type", json_string("template"));
+        json_object_set_new(msg, "template", tpl);
+    } else if (media) {
+        json_t *image = json_object();
+        if (!image)
+            goto oom;
+        if (strncmp(media, CA_MEDIA_ID_PREFIX, strlen(CA_MEDIA_ID_PREFIX)) == 0) {
+            json_object_set_new(image, "id", json_string(media + strlen(CA_MEDIA_ID_PREFIX)));
+        } else if (strncmp(media, "http://", 7) == 0 || strncmp(media, "https://", 8) == 0) {
+            json_object_set_new(image, "link", json_string(media));
+        } else {
+            json_decref(image);
+            json_decref(msg);
+            *code = "unsupported_media";
+            snprintf(why, whylen,
+                     "the Cloud API takes an http(s) link or an uploaded media id, not this "
+                     "media_url");
+            return NULL;
+        }
+        if (*content)
+            json_object_set_new(image, "caption", json_string(content));
+        json_object_set_new(msg, "type", json_string("image"));
+        json_object_set_new(msg, "image", image);
+    } else {
+        if (!*content) {
+            json_decref(msg);
+            *code = "empty_message";
+            snprintf(why, whylen, "nothing to send: no content and no media");
+            return NULL;
+        }
+        json_object_set_new(msg, "type", json_string("text"));
+        json_object_set_new(msg, "text",
+                            json_pack("{s:s, s:b}", "body", content, "preview_url", 0));
+    }
+    char *body = json_dumps(msg, JSON_COMPACT);
+    json_decref(msg);
+    if (body)
+        return body;
+oom:
+    json_decref(msg);
+    *code = "out_of_memory";
+    snprintf(why, whylen, "out of memory building the request");
+    return NULL;
+}
+
+/* ---- sends ------------------------------------------------------------------------------- */
+
+static void send_free(ca_send *s)
+{
+    event_free(s->later);
+    free(s->body);
+    free(s);
+}
+
+static void unlink_send(ca_send *s)
+{
+    ca_device *dev = s->dev;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        dev->sends = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    s->prev = s->next = NULL;
+}
+
+/* Calls back once with s->res and frees s. */
+static void finish(ca_send *s)
+{
+    unlink_send(s);
+    wc_send_cb *cb = s->cb;
+    void *arg = s->arg;
+    wc_send_result res = s->res;
+    send_free(s);
+    cb(arg, &res);
+}
+
+static void on_later(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    finish(arg);
+}
+
+/* Completes on the next loop turn (never from inside send()). The event was
+ * made when the send started, so only a libevent failure can stop it. */
+static int finish_later(ca_send *s)
+{
+    struct timeval zero = {0, 0};
+    return evtimer_add(s->later, &zero);
+}
+
+static void on_response(void *arg, const wc_httpc_resp *resp)
+{
+    ca_send *s = arg;
+    s->call = NULL;
+    classify(s, resp);
+    finish(s);
+}
+
+static void post(ca_send *s)
+{
+    ca_device *dev = s->dev;
+    const char *headers[] = {"Content-Type: application/json", dev->auth_header, NULL};
+    wc_httpc_req req = {
+        .method = "POST",
+        .url = dev->messages_url,
+        .headers = headers,
+        .body = s->body,
+        .body_len = s->body_len,
+        .timeout_ms = dev->timeout_ms,
+    };
+    s->call = wc_httpc_start(dev->http, &req, on_response, s);
+    if (!s->call) {
+        set_result(&s->res, WC_SEND_RETRY, "http_client", "could not start the HTTP request");
+        s->res.retry_after_ms = backoff_ms(s->attempt);
+        if (finish_later(s) < 0) {
+            wc_error("cloudapi device %s: cannot schedule a completion", dev->device_id);
+            abort(); /* the loop itself is broken */
+        }
+    }
+}
+
+static int ca_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, void *arg)
+{
+    ca_device *dev = inst;
+    if (!dev || dev->closing || !req || !cb)
+        return -1;
+    ca_send *s = calloc(1, sizeof *s);
+    if (!s)
+        return -1;
+    s->later = evtimer_new(dev->base, on_later, s);
+    if (!s->later) {
+        free(s);
+        return -1;
+    }
+    s->dev = dev;
+    s->cb = cb;
+    s->arg = arg;
+    s->attempt = req->attempt;
+    s->next = dev->sends;
+    if (dev->sends)
+        dev->sends->prev = s;
+    dev->sends = s;
+
+    const char *code = NULL;
+    char why[256];
+    s->body = build_body(req, &code, why, sizeof why);
+    if (!s->body) {
+        set_result(&s->res, strcmp(code, "out_of_memory") == 0 ? WC_SEND_RETRY : WC_SEND_FAIL,
+                   code, "%s", why);
+        if (finish_later(s) < 0) {
+            unlink_send(s);
+            send_free(s);
+            return -1;
+        }
+        return 0;
+    }
+    s->body_len = strlen(s->body);
+    bucket_take(dev->bucket, s);
+    return 0;
+}
+
+/* ---- open and close ---------------------------------------------------------------------- */
+
+static const char *setting_str(json_t *settings, const char *key, const char *dflt)
+{
+    const char *v = json_string_value(json_object_get(settings, key));
+    return v && *v ? v : dflt;
+}
+
+static bool url_safe(const char *s)
+{
+    if (!*s)
+        return false;
+    for (; *s; s++) {
+        if (!isalnum((unsigned char)*s) && *s != '.' && *s != '_' && *s != '-')
+            return false;
+    }
+    return true;
+}
+
+static void ca_close(void *inst);
+
+static void *ca_open(const wc_transport_env *env, const char *device_id, json_t *settings,
+                     json_t *credentials, char *err, size_t errlen)
+{
+    const char *base_url = setting_str(settings, "base_url", CA_DEFAULT_BASE_URL);
+    const char *version = setting_str(settings, "api_version", CA_DEFAULT_API_VERSION);
+    char pnid[64] = "";
+    json_t *jp = json_object_get(settings, "phone_number_id");
+    if (json_is_string(jp))
+        snprintf(pnid, sizeof pnid, "%s", json_string_value(jp));
+    else if (json_is_integer(jp))
+        snprintf(pnid, sizeof pnid, "%" JSON_INTEGER_FORMAT, json_integer_value(jp));
+    double mps = CA_DEFAULT_MPS;
+    json_t *jm = json_object_get(settings, "mps");
+    if (jm)
+        mps = json_is_number(jm) ? json_number_value(jm) : -1;
+    long timeout_ms = CA_DEFAULT_TIMEOUT_MS;
+    json_t *jt = json_object_get(settings, "timeout_ms");
+    if (jt)
+        timeout_ms = json_is_integer(jt) ? (long)json_integer_value(jt) : -1;
+    const char *token = json_string_value(json_object_get(credentials, "access_token"));
+
+    if (!url_safe(pnid)) {
+        snprintf(err, errlen, "cloudapi: settings.phone_number_id is missing or malformed");
+        return NULL;
+    }
+    if (!url_safe(version)) {
+        snprintf(err, errlen, "cloudapi: settings.api_version is malformed");
+        return NULL;
+    }
+    if (strncmp(base_url, "https://", 8) != 0 && strncmp(base_url, "http://", 7) != 0) {
+        snprintf(err, errlen, "cloudapi: settings.base_url must start with https://");
+        return NULL;
+    }
+    if (!(mps > 0 && mps <= CA_MAX_MPS)) {
+        snprintf(err, errlen, "cloudapi: settings.mps must be a number in (0, %.0f]", CA_MAX_MPS);
+        return NULL;
+    }
+    if (timeout_ms <= 0) {
+        snprintf(err, errlen, "cloudapi: settings.timeout_ms must be a positive integer");
+        return NULL;
+    }
+    if (!token || !*token || strpbrk(token, "\r\n")) {
+        snprintf(err, errlen, "cloudapi: credentials.access_token is missing or malformed");
+        return NULL;
+    }
+
+    ca_device *dev = calloc(1, sizeof *dev);
+    if (!dev) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    dev->base = env->base;
+    dev->timeout_ms = timeout_ms;
+    snprintf(dev->device_id, sizeof dev->device_id, "%s", device_id ? device_id : "");
+    snprintf(dev->phone_number_id, sizeof dev->phone_number_id, "%s", pnid);
+    size_t blen = strlen(base_url);
+    while (blen > 0 && base_url[blen - 1] == '/')
+        blen--;
+    char key[1024];
+    int n = snprintf(key, sizeof key, "%.*s|%s", (int)blen, base_url, pnid);
+    if (asprintf(&dev->messages_url, "%.*s/%s/%s/messages", (int)blen, base_url, version, pnid) <
+            0 ||
+        n < 0 || (size_t)n >= sizeof key) {
+        dev->messages_url = NULL;
+        snprintf(err, errlen, "cloudapi: settings.base_url is too long");
+        goto error;
+    }
+    if (asprintf(&dev->auth_header, "Authorization: Bearer %s", token) < 0) {
+        dev->auth_header = NULL;
+        snprintf(err, errlen, "out of memory");
+        goto error;
+    }
+    if (env->httpc) {
+        dev->http = env->httpc;
+    } else {
+        dev->http = wc_httpc_shared_acquire(env->base);
+        dev->shared_http = dev->http != NULL;
+    }
+    dev->bucket = bucket_acquire(env->base, key, mps);
+    if (!dev->http || !dev->bucket) {
+        snprintf(err, errlen, "out of memory");
+        goto error;
+    }
+    return dev;
+
+error:
+    ca_close(dev);
+    return NULL;
+}
+
+static void ca_close(void *inst)
+{
+    ca_device *dev = inst;
+    if (!dev)
+        return;
+    dev->closing = true;
+    while (dev->sends) {
+        ca_send *s = dev->sends;
+        if (s->call)
+            wc_httpc_cancel(s->call);
+        s->call = NULL;
+        if (s->queued)
+            bucket_dequeue(dev->bucket, s);
+        evtimer_del(s->later);
+        /* Whatever was decided, the caller hears "closed": the message was not
+         * confirmed sent, so it goes back to the queue. */
+        memset(&s->res, 0, sizeof s->res);
+        set_result(&s->res, WC_SEND_RETRY, "closed", "the device was closed during the send");
+        finish(s);
+    }
+    bucket_release(dev->bucket);
+    if (dev->shared_http)
+        wc_httpc_shared_release(dev->http);
+    free(dev->messages_url);
+    if (dev->auth_header) {
+        sodium_memzero(dev->auth_header, strlen(dev->auth_header));
+        free(dev->auth_header);
+    }
+    free(dev);
+}
+
+const wc_transport_ops wc_transport_cloudapi = {
+    .platform = "cloudapi",
+    .open = ca_open,
+    .send = ca_send_msg,
+    .close = ca_close,
+};
