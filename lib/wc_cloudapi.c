@@ -536,9 +536,9 @@ static char *build_body(const wc_send_request *req, const char **code, char *why
     }
     char opaque[32];
     snprintf(opaque, sizeof opaque, "%" PRId64, req->message_id);
-    json_t *msg = json_pack("{s:s, s:s, s:s, s:s}", "messaging_product", "whatsapp",
-                            "recipient_type", "individual", "to", to,
-                            "biz_opaque_callback_data", opaque);
+    json_t *msg =
+        json_pack("{s:s, s:s, s:s, s:s}", "messaging_product", "whatsapp", "recipient_type",
+                  "individual", "to", to, "biz_opaque_callback_data", opaque);
     if (!msg)
         goto oom;
     const char *content = req->content ? req->content : "";
@@ -699,8 +699,8 @@ static int ca_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, v
     char why[256];
     s->body = build_body(req, &code, why, sizeof why);
     if (!s->body) {
-        set_result(&s->res, strcmp(code, "out_of_memory") == 0 ? WC_SEND_RETRY : WC_SEND_FAIL,
-                   code, "%s", why);
+        set_result(&s->res, strcmp(code, "out_of_memory") == 0 ? WC_SEND_RETRY : WC_SEND_FAIL, code,
+                   "%s", why);
         if (finish_later(s) < 0) {
             unlink_send(s);
             send_free(s);

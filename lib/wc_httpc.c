@@ -147,7 +147,8 @@ static void complete(wc_httpc_call *call, CURLcode rc, const char *forced_error)
         if (call->too_large) {
             snprintf(why, sizeof why, "response body larger than %zu bytes", call->max);
         } else {
-            snprintf(why, sizeof why, "%s", call->errbuf[0] ? call->errbuf : curl_easy_strerror(rc));
+            snprintf(why, sizeof why, "%s",
+                     call->errbuf[0] ? call->errbuf : curl_easy_strerror(rc));
         }
         r.error = why;
         r.timed_out = rc == CURLE_OPERATION_TIMEDOUT;
@@ -185,7 +186,8 @@ static void on_sock_event(evutil_socket_t fd, short what, void *arg)
 {
     httpc_sock *s = arg;
     wc_httpc *c = s->c; /* s may be freed by curl below */
-    int flags = ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
+    int flags =
+        ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
     int running = 0;
     c->dispatching++;
     curl_multi_socket_action(c->multi, fd, flags, &running);
@@ -358,8 +360,8 @@ wc_httpc_call *wc_httpc_start(wc_httpc *c, const wc_httpc_req *req, wc_httpc_cb 
     if (!call->easy)
         goto error;
     CURL *e = call->easy;
-    long connect_ms = req->connect_timeout_ms > 0 ? req->connect_timeout_ms
-                                                  : WC_HTTPC_CONNECT_TIMEOUT_MS;
+    long connect_ms =
+        req->connect_timeout_ms > 0 ? req->connect_timeout_ms : WC_HTTPC_CONNECT_TIMEOUT_MS;
     if (connect_ms > req->timeout_ms)
         connect_ms = req->timeout_ms;
     if (curl_easy_setopt(e, CURLOPT_URL, req->url) != CURLE_OK ||
@@ -390,8 +392,7 @@ wc_httpc_call *wc_httpc_start(wc_httpc *c, const wc_httpc_req *req, wc_httpc_cb 
     if (req->username) {
         curl_easy_setopt(e, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
         if (curl_easy_setopt(e, CURLOPT_USERNAME, req->username) != CURLE_OK ||
-            curl_easy_setopt(e, CURLOPT_PASSWORD, req->password ? req->password : "") !=
-                CURLE_OK)
+            curl_easy_setopt(e, CURLOPT_PASSWORD, req->password ? req->password : "") != CURLE_OK)
             goto error;
     }
 

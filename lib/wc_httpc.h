@@ -36,22 +36,22 @@ typedef struct wc_httpc_form wc_httpc_form;
 #define WC_HTTPC_CONNECT_TIMEOUT_MS 10000
 
 typedef struct wc_httpc_req {
-    const char *method;          /* NULL: POST when a body or form is set, else GET */
-    const char *url;             /* http:// or https:// only */
-    const char *const *headers;  /* NULL-terminated "Name: value" lines; may be NULL */
-    const void *body;            /* request body (copied); may be NULL */
+    const char *method;         /* NULL: POST when a body or form is set, else GET */
+    const char *url;            /* http:// or https:// only */
+    const char *const *headers; /* NULL-terminated "Name: value" lines; may be NULL */
+    const void *body;           /* request body (copied); may be NULL */
     size_t body_len;
-    const wc_httpc_form *form;   /* multipart/form-data body instead of body (copied) */
-    long timeout_ms;             /* whole exchange; must be > 0 */
-    long connect_timeout_ms;     /* 0: WC_HTTPC_CONNECT_TIMEOUT_MS */
-    const char *username;        /* basic auth when not NULL */
+    const wc_httpc_form *form; /* multipart/form-data body instead of body (copied) */
+    long timeout_ms;           /* whole exchange; must be > 0 */
+    long connect_timeout_ms;   /* 0: WC_HTTPC_CONNECT_TIMEOUT_MS */
+    const char *username;      /* basic auth when not NULL */
     const char *password;
-    size_t max_response;         /* 0: WC_HTTPC_MAX_RESPONSE */
+    size_t max_response; /* 0: WC_HTTPC_MAX_RESPONSE */
 } wc_httpc_req;
 
 typedef struct wc_httpc_resp {
-    long status;              /* HTTP status; 0 when no response arrived */
-    const char *body;         /* never NULL; "" when empty */
+    long status;      /* HTTP status; 0 when no response arrived */
+    const char *body; /* never NULL; "" when empty */
     size_t body_len;
     const char *content_type; /* NULL when the server sent none */
     const char *error;        /* NULL for a complete exchange; otherwise why */

@@ -68,10 +68,9 @@ static int parse_key(const char *name, const char *s, unsigned char key[KEY_LEN]
         ok = sodium_hex2bin(key, KEY_LEN, s, n, NULL, &got, &end) == 0 && got == KEY_LEN &&
              end == s + n;
     }
-    static const int variants[] = {sodium_base64_VARIANT_ORIGINAL,
-                                   sodium_base64_VARIANT_ORIGINAL_NO_PADDING,
-                                   sodium_base64_VARIANT_URLSAFE,
-                                   sodium_base64_VARIANT_URLSAFE_NO_PADDING};
+    static const int variants[] = {
+        sodium_base64_VARIANT_ORIGINAL, sodium_base64_VARIANT_ORIGINAL_NO_PADDING,
+        sodium_base64_VARIANT_URLSAFE, sodium_base64_VARIANT_URLSAFE_NO_PADDING};
     for (size_t i = 0; !ok && i < sizeof variants / sizeof variants[0]; i++) {
         /* Decode into a larger buffer so an over-long key is caught, not truncated. */
         unsigned char buf[KEY_LEN + 8];
@@ -164,8 +163,8 @@ static bool try_open(const seal_key *key, const uint8_t *sealed, size_t len, cha
 {
     if (key->id != sealed[1])
         return false;
-    return crypto_secretbox_open_easy((unsigned char *)plain, sealed + HEADER_LEN,
-                                      len - HEADER_LEN, sealed + 2, key->key) == 0;
+    return crypto_secretbox_open_easy((unsigned char *)plain, sealed + HEADER_LEN, len - HEADER_LEN,
+                                      sealed + 2, key->key) == 0;
 }
 
 int wc_unseal(const wc_seal_keys *k, const uint8_t *sealed, size_t len, char **plain,

@@ -22,9 +22,9 @@ struct wc_redis;
 struct wc_httpc;
 
 typedef enum {
-    WC_SEND_OK = 0,   /* accepted by the provider: status 'sent' */
-    WC_SEND_RETRY,    /* transient: try again later (timeout, 5xx, throttled) */
-    WC_SEND_FAIL,     /* permanent for this message: status 'failed' */
+    WC_SEND_OK = 0, /* accepted by the provider: status 'sent' */
+    WC_SEND_RETRY,  /* transient: try again later (timeout, 5xx, throttled) */
+    WC_SEND_FAIL,   /* permanent for this message: status 'failed' */
 } wc_send_outcome;
 
 /* What the result says about the device itself, beyond this one message. */

@@ -297,7 +297,8 @@ static void test_multipart_form(void **state)
     assert_non_null(strstr(r.body, "ctype=multipart/form-data; boundary="));
     assert_non_null(strstr(r.body, "name=\"phone\"\r\n\r\n60123456789@s.whatsapp.net\r\n"));
     assert_non_null(strstr(r.body, "name=\"caption\"\r\n\r\nhi there\r\n"));
-    assert_non_null(strstr(r.body, "name=\"image\"; filename=\"a.png\"\r\nContent-Type: image/png"));
+    assert_non_null(
+        strstr(r.body, "name=\"image\"; filename=\"a.png\"\r\nContent-Type: image/png"));
 }
 
 static void test_500_passes_through(void **state)
@@ -412,8 +413,7 @@ static void test_thousand_concurrent(void **state)
     for (int i = 0; i < N; i++) {
         char want[40];
         snprintf(want, sizeof want, "body=req-%d", i);
-        if (rs[i].calls != 1 || rs[i].has_error || rs[i].status != 200 ||
-            !strstr(rs[i].body, want))
+        if (rs[i].calls != 1 || rs[i].has_error || rs[i].status != 200 || !strstr(rs[i].body, want))
             fail_msg("request %d: calls=%d status=%ld error=%s", i, rs[i].calls, rs[i].status,
                      rs[i].error);
         /* "req-1" is a prefix of "req-10": check the exact end of the echo. */

@@ -182,7 +182,8 @@ static void test_bad_keys(void **state)
     expect_bad("00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff00", NULL,
                "32 bytes");
     /* 64 characters that are not hex. */
-    expect_bad("zz112233445566778899aabbccddeeff00112233445566778899aabbccddeeff", NULL, "32 bytes");
+    expect_bad("zz112233445566778899aabbccddeeff00112233445566778899aabbccddeeff", NULL,
+               "32 bytes");
     /* base64 of 31 and 33 bytes. */
     expect_bad("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHg==", NULL, "32 bytes");
     expect_bad("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8g", NULL, "32 bytes");
@@ -258,9 +259,9 @@ static void test_env_and_keygen(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip),     cmocka_unit_test(test_tamper_detected),
-        cmocka_unit_test(test_rotation),       cmocka_unit_test(test_bad_keys),
-        cmocka_unit_test(test_key_spellings),  cmocka_unit_test(test_env_and_keygen),
+        cmocka_unit_test(test_round_trip),    cmocka_unit_test(test_tamper_detected),
+        cmocka_unit_test(test_rotation),      cmocka_unit_test(test_bad_keys),
+        cmocka_unit_test(test_key_spellings), cmocka_unit_test(test_env_and_keygen),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

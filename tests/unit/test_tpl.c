@@ -458,22 +458,9 @@ static void test_err_buffer_contract(void **state)
     wc_buf_free(NULL);
 }
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-#if defined(__SANITIZE_ADDRESS__)
-#define SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define SANITIZED 1
-#endif
-#endif
-
-static void test_render_speed_and_no_allocation(void **state)
+/* Rendering reuses the caller's buffer: after the first render nothing is
+ * allocated. (How fast rendering is belongs to the bench, not to a test.) */
+static void test_render_reuses_buffer(void **state)
 {
     wc_tpl *t = compile_ok("{{greeting}} {{name | default \"there\"}}, {Hi|Hello|Hey}! Our "
                            "{{niche}} promo {is live|starts {today|tomorrow}} in {{lead.city}}. "
@@ -486,8 +473,7 @@ static void test_render_speed_and_no_allocation(void **state)
         wc_tpl_render(t, lookup_kv, (void *)aisyah, &rng, 9, 4096, &out, err, sizeof err), 0);
     char *data = out.data;
     size_t cap = out.cap;
-    const int n = 1000000;
-    double start = now_seconds();
+    const int n = 100000;
     size_t total = 0;
     for (int i = 0; i < n; i++) {
         if (wc_tpl_render(t, lookup_kv, (void *)aisyah, &rng, i % 24, 4096, &out, err,
@@ -495,19 +481,10 @@ static void test_render_speed_and_no_allocation(void **state)
             fail_msg("render %d failed: %s", i, err);
         total += out.len;
     }
-    double elapsed = now_seconds() - start;
     /* The buffer was reused: nothing was allocated after the first render. */
     assert_ptr_equal(out.data, data);
     assert_int_equal(out.cap, cap);
     assert_true(total > (size_t)n * 60);
-#ifdef SANITIZED
-    const double limit = 10.0;
-#else
-    const double limit = 1.0;
-#endif
-    print_message("%d renders in %.3f s\n", n, elapsed);
-    if (elapsed >= limit)
-        fail_msg("%d renders took %.3f s, limit %.1f s", n, elapsed, limit);
     wc_buf_free(&out);
     wc_tpl_free(t);
 }
@@ -534,7 +511,7 @@ int main(void)
         cmocka_unit_test(test_nesting_depth),
         cmocka_unit_test(test_known_vars),
         cmocka_unit_test(test_err_buffer_contract),
-        cmocka_unit_test(test_render_speed_and_no_allocation),
+        cmocka_unit_test(test_render_reuses_buffer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,627 @@
+/* Transport `gowa`: a device logged in to WhatsApp Web behind the REST API of
+ * go-whatsapp-web-multidevice. One HTTP call per send:
+ *   text:  POST {base_url}/send/message  JSON {"phone": "<digits>@s.whatsapp.net", "message": ...}
+ *   image: POST {base_url}/send/image    multipart: phone, caption, and image_url (a link) or
+ *          image (a file part, from a base64 data: URL)
+ * with basic auth and X-Device-Id selecting the device when the gateway holds
+ * several. The gateway answers {"code": "SUCCESS", "results": {"message_id": ...}}
+ * or an error code and message, which are reported as they came.
+ *
+ * settings:    {"base_url": "http://gowa:3000" (required), "device_id": "...",
+ *               "timeout_ms": 15000}
+ * credentials: {"username": "...", "password": "..."} (basic auth; never logged)
+ *
+ * Also the QR login (wc_gowa.h) used to pair a device. */
+#include "wc_gowa.h"
+
+#include <ctype.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <jansson.h>
+#include <sodium.h>
+
+#include "wc_log.h"
+#include "wc_transport.h"
+
+#define GW_DEFAULT_TIMEOUT_MS 15000
+#define GW_MAX_BACKOFF_MS 60000
+#define GW_JID_SUFFIX "@s.whatsapp.net"
+#define GW_MAX_IMAGE (16 * 1024 * 1024)
+
+typedef struct gw_send gw_send;
+
+typedef struct gw_device {
+    struct event_base *base;
+    wc_httpc *http;
+    bool shared_http;
+    bool closing;
+    char device_id[64];  /* wacast's device id, for logs */
+    char *base_url;      /* without a trailing '/' */
+    char *device_header; /* "X-Device-Id: ..." or NULL */
+    char *username;      /* NULL: no basic auth */
+    char *password;
+    long timeout_ms;
+    gw_send *sends;
+} gw_device;
+
+struct gw_send {
+    gw_device *dev;
+    gw_send *prev, *next;
+    wc_send_cb *cb;
+    void *arg;
+    uint32_t attempt;
+    wc_httpc_call *call;
+    struct event *later;
+    wc_send_result res;
+};
+
+static int backoff_ms(uint32_t attempt)
+{
+    uint32_t shift = attempt > 6 ? 6 : attempt;
+    int ms = 1000 << shift;
+    return ms > GW_MAX_BACKOFF_MS ? GW_MAX_BACKOFF_MS : ms;
+}
+
+static void set_result(wc_send_result *r, wc_send_outcome outcome, const char *code,
+                       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static void set_result(wc_send_result *r, wc_send_outcome outcome, const char *code,
+                       const char *fmt, ...)
+{
+    r->outcome = outcome;
+    snprintf(r->error_code, sizeof r->error_code, "%s", code);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->error_message, sizeof r->error_message, fmt, ap);
+    va_end(ap);
+}
+
+static void free_secret(char *s)
+{
+    if (s) {
+        sodium_memzero(s, strlen(s));
+        free(s);
+    }
+}
+
+/* The gateway's "code" (a string, or a number in some error bodies). */
+static void gateway_code(json_t *root, long status, char *out, size_t outlen)
+{
+    json_t *code = json_object_get(root, "code");
+    if (json_is_string(code) && *json_string_value(code))
+        snprintf(out, outlen, "%s", json_string_value(code));
+    else if (json_is_integer(code))
+        snprintf(out, outlen, "%" JSON_INTEGER_FORMAT, json_integer_value(code));
+    else
+        snprintf(out, outlen, "http_%ld", status);
+}
+
+static void classify(gw_send *s, const wc_httpc_resp *resp)
+{
+    wc_send_result *r = &s->res;
+    if (resp->error) {
+        set_result(r, WC_SEND_RETRY, resp->timed_out ? "timeout" : "network",
+                   "gateway unreachable: %s", resp->error);
+        r->retry_after_ms = backoff_ms(s->attempt);
+        return;
+    }
+    json_t *root = json_loadb(resp->body, resp->body_len, 0, NULL);
+    char code[48];
+    gateway_code(root, resp->status, code, sizeof code);
+    const char *message = json_string_value(json_object_get(root, "message"));
+    if (!message)
+        message = "";
+
+    if (resp->status == 401) {
+        set_result(r, WC_SEND_RETRY, code, "gateway rejected credentials%s%s", *message ? ": " : "",
+                   message);
+        r->retry_after_ms = backoff_ms(s->attempt);
+        r->device_action = WC_DEVICE_OFFLINE;
+        snprintf(r->device_reason, sizeof r->device_reason, "gateway rejected credentials");
+        wc_warn("gowa device %s: gateway rejected credentials (HTTP 401)", s->dev->device_id);
+    } else if (resp->status >= 200 && resp->status < 300) {
+        const char *id =
+            json_string_value(json_object_get(json_object_get(root, "results"), "message_id"));
+        if (strcmp(code, "SUCCESS") == 0 && id && *id) {
+            r->outcome = WC_SEND_OK;
+            snprintf(r->provider_id, sizeof r->provider_id, "%s", id);
+        } else if (strcmp(code, "SUCCESS") == 0) {
+            /* Sent, by the gateway's word, but with no id to track it by. */
+            r->outcome = WC_SEND_OK;
+            snprintf(r->error_message, sizeof r->error_message,
+                     "accepted without a message id in the response");
+        } else {
+            set_result(r, WC_SEND_FAIL, code, "%s", *message ? message : "gateway refused");
+        }
+    } else if (resp->status >= 500 || resp->status == 429 || resp->status == 408) {
+        set_result(r, WC_SEND_RETRY, code, "gateway HTTP %ld%s%s", resp->status,
+                   *message ? ": " : "", message);
+        r->retry_after_ms = backoff_ms(s->attempt);
+    } else {
+        set_result(r, WC_SEND_FAIL, code, "%s", *message ? message : "gateway refused");
+    }
+    json_decref(root);
+}
+
+static void unlink_send(gw_send *s)
+{
+    gw_device *dev = s->dev;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        dev->sends = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    s->prev = s->next = NULL;
+}
+
+static void finish(gw_send *s)
+{
+    unlink_send(s);
+    wc_send_cb *cb = s->cb;
+    void *arg = s->arg;
+    wc_send_result res = s->res;
+    event_free(s->later);
+    free(s);
+    cb(arg, &res);
+}
+
+static void on_later(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    finish(arg);
+}
+
+static void on_response(void *arg, const wc_httpc_resp *resp)
+{
+    gw_send *s = arg;
+    s->call = NULL;
+    classify(s, resp);
+    finish(s);
+}
+
+/* "data:image/png;base64,...." -> bytes and mime type; -1 when not one. */
+static int decode_data_url(const char *url, unsigned char **out, size_t *outlen, char *mime,
+                           size_t mimelen)
+{
+    if (strncmp(url, "data:", 5) != 0)
+        return -1;
+    const char *comma = strchr(url, ',');
+    const char *b64 = strstr(url, ";base64,");
+    if (!comma || !b64 || b64 + 7 != comma)
+        return -1;
+    size_t mlen = (size_t)(b64 - (url + 5));
+    if (mlen == 0 || mlen >= mimelen)
+        return -1;
+    memcpy(mime, url + 5, mlen);
+    mime[mlen] = '\0';
+    const char *data = comma + 1;
+    size_t dlen = strlen(data);
+    size_t cap = dlen / 4 * 3 + 3;
+    if (cap > GW_MAX_IMAGE)
+        return -1;
+    unsigned char *buf = malloc(cap);
+    if (!buf)
+        return -1;
+    size_t got = 0;
+    if (sodium_base642bin(buf, cap, data, dlen, " \r\n", &got, NULL,
+                          sodium_base64_VARIANT_ORIGINAL) != 0 ||
+        got == 0) {
+        free(buf);
+        return -1;
+    }
+    *out = buf;
+    *outlen = got;
+    return 0;
+}
+
+static const char *extension_for(const char *mime)
+{
+    if (strcmp(mime, "image/png") == 0)
+        return "png";
+    if (strcmp(mime, "image/webp") == 0)
+        return "webp";
+    return "jpg";
+}
+
+/* Starts the HTTP call; fills s->res and returns -1 when the content is unusable. */
+static int start_call(gw_send *s, const wc_send_request *req)
+{
+    gw_device *dev = s->dev;
+    const char *to = req->recipient ? req->recipient : "";
+    if (*to == '+')
+        to++;
+    size_t n = strlen(to);
+    bool digits = n > 0 && n <= 15;
+    for (size_t i = 0; digits && i < n; i++)
+        digits = isdigit((unsigned char)to[i]) != 0;
+    if (!digits) {
+        set_result(&s->res, WC_SEND_FAIL, "invalid_recipient", "recipient is not an E.164 number");
+        return -1;
+    }
+    char phone[48];
+    snprintf(phone, sizeof phone, "%s" GW_JID_SUFFIX, to);
+    const char *content = req->content ? req->content : "";
+    const char *media = req->media_url && *req->media_url ? req->media_url : NULL;
+
+    const char *headers[3] = {NULL, NULL, NULL};
+    int h = 0;
+    if (dev->device_header)
+        headers[h++] = dev->device_header;
+    char *url = NULL;
+    char *body = NULL;
+    wc_httpc_form *form = NULL;
+    unsigned char *image = NULL;
+    int rc = -1;
+
+    if (media) {
+        if (asprintf(&url, "%s/send/image", dev->base_url) < 0) {
+            url = NULL;
+            goto oom;
+        }
+        form = wc_httpc_form_new();
+        if (!form || wc_httpc_form_add(form, "phone", phone) < 0 ||
+            (*content && wc_httpc_form_add(form, "caption", content) < 0))
+            goto oom;
+        if (strncmp(media, "http://", 7) == 0 || strncmp(media, "https://", 8) == 0) {
+            if (wc_httpc_form_add(form, "image_url", media) < 0)
+                goto oom;
+        } else {
+            size_t ilen = 0;
+            char mime[64], filename[32];
+            if (decode_data_url(media, &image, &ilen, mime, sizeof mime) < 0) {
+                set_result(&s->res, WC_SEND_FAIL, "unsupported_media",
+                           "media_url must be an http(s) link or a base64 data: URL");
+                goto end;
+            }
+            snprintf(filename, sizeof filename, "image.%s", extension_for(mime));
+            if (wc_httpc_form_add_file(form, "image", filename, mime, image, ilen) < 0)
+                goto oom;
+        }
+    } else {
+        if (!*content) {
+            set_result(&s->res, WC_SEND_FAIL, "empty_message",
+                       "nothing to send: no content and no media");
+            goto end;
+        }
+        if (asprintf(&url, "%s/send/message", dev->base_url) < 0) {
+            url = NULL;
+            goto oom;
+        }
+        json_t *msg = json_pack("{s:s, s:s}", "phone", phone, "message", content);
+        body = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
+        json_decref(msg);
+        if (!body)
+            goto oom;
+        headers[h++] = "Content-Type: application/json";
+    }
+    wc_httpc_req hreq = {
+        .method = "POST",
+        .url = url,
+        .headers = headers,
+        .body = body,
+        .body_len = body ? strlen(body) : 0,
+        .form = form,
+        .timeout_ms = dev->timeout_ms,
+        .username = dev->username,
+        .password = dev->password,
+    };
+    s->call = wc_httpc_start(dev->http, &hreq, on_response, s);
+    if (!s->call) {
+        set_result(&s->res, WC_SEND_RETRY, "http_client", "could not start the HTTP request");
+        s->res.retry_after_ms = backoff_ms(s->attempt);
+        goto end;
+    }
+    rc = 0;
+    goto end;
+
+oom:
+    set_result(&s->res, WC_SEND_RETRY, "out_of_memory", "out of memory building the request");
+    s->res.retry_after_ms = backoff_ms(s->attempt);
+end:
+    free(url);
+    free(body);
+    free(image);
+    wc_httpc_form_free(form);
+    return rc;
+}
+
+static int gw_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, void *arg)
+{
+    gw_device *dev = inst;
+    if (!dev || dev->closing || !req || !cb)
+        return -1;
+    gw_send *s = calloc(1, sizeof *s);
+    if (!s)
+        return -1;
+    s->later = evtimer_new(dev->base, on_later, s);
+    if (!s->later) {
+        free(s);
+        return -1;
+    }
+    s->dev = dev;
+    s->cb = cb;
+    s->arg = arg;
+    s->attempt = req->attempt;
+    s->next = dev->sends;
+    if (dev->sends)
+        dev->sends->prev = s;
+    dev->sends = s;
+    if (start_call(s, req) < 0) {
+        /* Report on the next loop turn, never from inside send(). */
+        struct timeval zero = {0, 0};
+        if (evtimer_add(s->later, &zero) < 0) {
+            unlink_send(s);
+            event_free(s->later);
+            free(s);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void gw_close(void *inst)
+{
+    gw_device *dev = inst;
+    if (!dev)
+        return;
+    dev->closing = true;
+    while (dev->sends) {
+        gw_send *s = dev->sends;
+        if (s->call)
+            wc_httpc_cancel(s->call);
+        s->call = NULL;
+        evtimer_del(s->later);
+        memset(&s->res, 0, sizeof s->res);
+        set_result(&s->res, WC_SEND_RETRY, "closed", "the device was closed during the send");
+        finish(s);
+    }
+    if (dev->shared_http)
+        wc_httpc_shared_release(dev->http);
+    free(dev->base_url);
+    free(dev->device_header);
+    free_secret(dev->username);
+    free_secret(dev->password);
+    free(dev);
+}
+
+static void *gw_open(const wc_transport_env *env, const char *device_id, json_t *settings,
+                     json_t *credentials, char *err, size_t errlen)
+{
+    const char *base_url = json_string_value(json_object_get(settings, "base_url"));
+    const char *gw_device_id = json_string_value(json_object_get(settings, "device_id"));
+    long timeout_ms = GW_DEFAULT_TIMEOUT_MS;
+    json_t *jt = json_object_get(settings, "timeout_ms");
+    if (jt)
+        timeout_ms = json_is_integer(jt) ? (long)json_integer_value(jt) : -1;
+    const char *user = json_string_value(json_object_get(credentials, "username"));
+    const char *pass = json_string_value(json_object_get(credentials, "password"));
+
+    if (!base_url ||
+        (strncmp(base_url, "http://", 7) != 0 && strncmp(base_url, "https://", 8) != 0)) {
+        snprintf(err, errlen, "gowa: settings.base_url (http:// or https://) is required");
+        return NULL;
+    }
+    if (gw_device_id && strpbrk(gw_device_id, "\r\n")) {
+        snprintf(err, errlen, "gowa: settings.device_id is malformed");
+        return NULL;
+    }
+    if (timeout_ms <= 0) {
+        snprintf(err, errlen, "gowa: settings.timeout_ms must be a positive integer");
+        return NULL;
+    }
+    if (user && strchr(user, ':')) {
+        snprintf(err, errlen, "gowa: credentials.username must not contain ':'");
+        return NULL;
+    }
+
+    gw_device *dev = calloc(1, sizeof *dev);
+    if (!dev) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    dev->base = env->base;
+    dev->timeout_ms = timeout_ms;
+    snprintf(dev->device_id, sizeof dev->device_id, "%s", device_id ? device_id : "");
+    size_t blen = strlen(base_url);
+    while (blen > 0 && base_url[blen - 1] == '/')
+        blen--;
+    dev->base_url = strndup(base_url, blen);
+    if (gw_device_id && *gw_device_id &&
+        asprintf(&dev->device_header, "X-Device-Id: %s", gw_device_id) < 0)
+        dev->device_header = NULL;
+    if (user && *user) {
+        dev->username = strdup(user);
+        dev->password = strdup(pass ? pass : "");
+    }
+    if (env->httpc) {
+        dev->http = env->httpc;
+    } else {
+        dev->http = wc_httpc_shared_acquire(env->base);
+        dev->shared_http = dev->http != NULL;
+    }
+    if (!dev->base_url || (gw_device_id && *gw_device_id && !dev->device_header) ||
+        (user && *user && (!dev->username || !dev->password)) || !dev->http) {
+        snprintf(err, errlen, "out of memory");
+        gw_close(dev);
+        return NULL;
+    }
+    return dev;
+}
+
+const wc_transport_ops wc_transport_gowa = {
+    .platform = "gowa",
+    .open = gw_open,
+    .send = gw_send_msg,
+    .close = gw_close,
+};
+
+/* ---- QR login ---------------------------------------------------------------------------- */
+
+typedef struct gw_login {
+    wc_httpc *http;
+    char *base_url;
+    char *device_header;
+    char *user, *pass;
+    wc_gowa_qr_cb *cb;
+    void *arg;
+    char *qr_link;
+    int qr_duration;
+} gw_login;
+
+static void login_free(gw_login *l)
+{
+    free(l->base_url);
+    free(l->device_header);
+    free_secret(l->user);
+    free_secret(l->pass);
+    free(l->qr_link);
+    free(l);
+}
+
+static void login_fail(gw_login *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void login_fail(gw_login *l, const char *fmt, ...)
+{
+    char why[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    wc_gowa_qr qr = {.error = why};
+    wc_gowa_qr_cb *cb = l->cb;
+    void *arg = l->arg;
+    login_free(l);
+    cb(arg, &qr);
+}
+
+static int login_get(gw_login *l, const char *url, bool with_auth, wc_httpc_cb *cb)
+{
+    const char *headers[] = {l->device_header, NULL};
+    wc_httpc_req req = {
+        .method = "GET",
+        .url = url,
+        .headers = l->device_header ? headers : NULL,
+        .timeout_ms = GW_DEFAULT_TIMEOUT_MS,
+        .username = with_auth ? l->user : NULL,
+        .password = with_auth ? l->pass : NULL,
+        .max_response = 4 * 1024 * 1024,
+    };
+    return wc_httpc_request(l->http, &req, cb, l);
+}
+
+static void on_qr_image(void *arg, const wc_httpc_resp *resp)
+{
+    gw_login *l = arg;
+    if (resp->error) {
+        login_fail(l, "fetching the QR image: %s", resp->error);
+        return;
+    }
+    if (resp->status != 200 || resp->body_len == 0) {
+        login_fail(l, "fetching the QR image: HTTP %ld", resp->status);
+        return;
+    }
+    size_t b64len = sodium_base64_ENCODED_LEN(resp->body_len, sodium_base64_VARIANT_ORIGINAL);
+    char *b64 = malloc(b64len);
+    if (!b64) {
+        login_fail(l, "out of memory");
+        return;
+    }
+    sodium_bin2base64(b64, b64len, (const unsigned char *)resp->body, resp->body_len,
+                      sodium_base64_VARIANT_ORIGINAL);
+    wc_gowa_qr qr = {.qr_link = l->qr_link,
+                     .qr_duration = l->qr_duration,
+                     .png_base64 = b64,
+                     .png_len = resp->body_len};
+    wc_gowa_qr_cb *cb = l->cb;
+    void *cbarg = l->arg;
+    l->qr_link = NULL;
+    login_free(l);
+    cb(cbarg, &qr);
+    free((char *)qr.qr_link);
+    free(b64);
+}
+
+static void on_login(void *arg, const wc_httpc_resp *resp)
+{
+    gw_login *l = arg;
+    if (resp->error) {
+        login_fail(l, "gateway unreachable: %s", resp->error);
+        return;
+    }
+    json_t *root = json_loadb(resp->body, resp->body_len, 0, NULL);
+    char code[48];
+    gateway_code(root, resp->status, code, sizeof code);
+    const char *message = json_string_value(json_object_get(root, "message"));
+    json_t *results = json_object_get(root, "results");
+    const char *link = json_string_value(json_object_get(results, "qr_link"));
+    json_t *dur = json_object_get(results, "qr_duration");
+    if (resp->status == 401) {
+        login_fail(l, "gateway rejected credentials");
+    } else if (resp->status != 200 || strcmp(code, "SUCCESS") != 0) {
+        login_fail(l, "gateway: %s: %s", code, message ? message : "login refused");
+    } else if (!link || !*link) {
+        login_fail(l, "gateway: no results.qr_link in the login response");
+    } else {
+        /* A relative link is served by the gateway itself. */
+        int n = link[0] == '/' ? asprintf(&l->qr_link, "%s%s", l->base_url, link)
+                               : asprintf(&l->qr_link, "%s", link);
+        if (n < 0) {
+            l->qr_link = NULL;
+            login_fail(l, "out of memory");
+        } else {
+            l->qr_duration = json_is_integer(dur) ? (int)json_integer_value(dur) : 0;
+            /* Send credentials only back to the gateway that asked for them. */
+            size_t blen = strlen(l->base_url);
+            bool same = strncmp(l->qr_link, l->base_url, blen) == 0 &&
+                        (l->qr_link[blen] == '/' || l->qr_link[blen] == '\0');
+            if (login_get(l, l->qr_link, same, on_qr_image) < 0)
+                login_fail(l, "could not start fetching the QR image");
+        }
+    }
+    json_decref(root);
+}
+
+int wc_gowa_login_qr(wc_httpc *c, const char *base_url, const char *device_id, const char *user,
+                     const char *pass, wc_gowa_qr_cb *cb, void *arg)
+{
+    if (!c || !base_url || !cb ||
+        (strncmp(base_url, "http://", 7) != 0 && strncmp(base_url, "https://", 8) != 0) ||
+        (device_id && strpbrk(device_id, "\r\n")))
+        return -1;
+    gw_login *l = calloc(1, sizeof *l);
+    if (!l)
+        return -1;
+    l->http = c;
+    l->cb = cb;
+    l->arg = arg;
+    size_t blen = strlen(base_url);
+    while (blen > 0 && base_url[blen - 1] == '/')
+        blen--;
+    l->base_url = strndup(base_url, blen);
+    if (device_id && *device_id && asprintf(&l->device_header, "X-Device-Id: %s", device_id) < 0)
+        l->device_header = NULL;
+    if (user) {
+        l->user = strdup(user);
+        l->pass = strdup(pass ? pass : "");
+    }
+    char *url = NULL;
+    if (!l->base_url || (device_id && *device_id && !l->device_header) ||
+        (user && (!l->user || !l->pass)) || asprintf(&url, "%s/app/login", l->base_url) < 0) {
+        login_free(l);
+        return -1;
+    }
+    int rc = login_get(l, url, true, on_login);
+    free(url);
+    if (rc < 0) {
+        login_free(l);
+        return -1;
+    }
+    return 0;
+}
