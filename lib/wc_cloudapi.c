@@ -105,7 +105,6 @@ struct ca_bucket {
 static ca_bucket *buckets;
 
 static void post(ca_send *s);
-static void finish(ca_send *s);
 
 /* ---- token bucket ------------------------------------------------------------------------ */
 

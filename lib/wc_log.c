@@ -64,7 +64,8 @@ void wc_log_redact_url(const char *url, char *out, size_t outlen)
     char *scheme = strstr(out, "://");
     if (scheme) {
         char *userinfo = scheme + 3;
-        char *at = strchr(userinfo, '@');
+        /* The last '@' ends the credentials: a password may contain '@' or '/'. */
+        char *at = strrchr(userinfo, '@');
         char *colon = strchr(userinfo, ':');
         if (at && colon && colon < at) {
             char rest[1024];

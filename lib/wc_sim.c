@@ -14,6 +14,7 @@
 #include <event2/event.h>
 #include <sodium.h>
 
+#include "wc_keys.h"
 #include "wc_log.h"
 #include "wc_redis.h"
 #include "wc_transport.h"
@@ -95,13 +96,14 @@ static void on_recorded(wc_redis *r, redisReply *reply, void *arg)
         free(s);
         return;
     }
-    if (!reply || reply->type == REDIS_REPLY_ERROR) {
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements == 0 ||
+        reply->element[0]->type != REDIS_REPLY_STRING) {
         /* The record is the device's "network": no record, no send. */
         s->res.outcome = WC_SEND_RETRY;
         snprintf(s->res.error_code, sizeof s->res.error_code, "sim_unavailable");
         snprintf(s->res.error_message, sizeof s->res.error_message,
                  "simulated provider unreachable: %s",
-                 reply ? reply->str : "redis connection lost");
+                 reply && reply->type == REDIS_REPLY_ERROR ? reply->str : "redis unavailable");
         s->res.provider_id[0] = '\0';
         finish(s);
         return;
@@ -116,6 +118,35 @@ static void on_recorded(wc_redis *r, redisReply *reply, void *arg)
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     if (!s->timer || evtimer_add(s->timer, &tv) < 0)
         finish(s);
+}
+
+static void on_queued(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    (void)reply; /* "OK"/"QUEUED"; the EXEC reply says whether it all happened */
+    (void)arg;
+}
+
+/* Appends the Meta-shaped status webhook body for one status. */
+static char *callback_body(const char *device_id, const char *provider_id, const char *status,
+                           const wc_send_request *req, long long ts_s)
+{
+    json_t *st = json_pack("{s:s, s:s, s:s, s:s, s:s}", "id", provider_id, "status", status,
+                           "timestamp", "0", "recipient_id", req->recipient[0] == '+' ? req->recipient + 1 : req->recipient,
+                           "biz_opaque_callback_data", "");
+    char ts[32], msg[32];
+    snprintf(ts, sizeof ts, "%lld", ts_s);
+    snprintf(msg, sizeof msg, "%" PRId64, req->message_id);
+    json_object_set_new(st, "timestamp", json_string(ts));
+    json_object_set_new(st, "biz_opaque_callback_data", json_string(msg));
+    json_t *body = json_pack(
+        "{s:s, s:[{s:s, s:[{s:s, s:{s:s, s:{s:s, s:s}, s:[o]}}]}]}", "object",
+        "whatsapp_business_account", "entry", "id", "sim", "changes", "field", "messages", "value",
+        "messaging_product", "whatsapp", "metadata", "display_phone_number", device_id,
+        "phone_number_id", device_id, "statuses", st);
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    return text;
 }
 
 static int sim_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, void *arg)
@@ -143,8 +174,9 @@ static int sim_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, 
     }
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t now_us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
     char ts_us[32], msg[32], maxlen[32];
-    snprintf(ts_us, sizeof ts_us, "%" PRId64, (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000);
+    snprintf(ts_us, sizeof ts_us, "%" PRId64, now_us);
     snprintf(msg, sizeof msg, "%" PRId64, req->message_id);
     snprintf(maxlen, sizeof maxlen, "%ld", d->env->sim_record_maxlen);
     const char *argv[] = {"XADD",        WC_SIM_RECORD_KEY, "MAXLEN",  "~",
@@ -154,7 +186,37 @@ static int sim_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, 
                           "sender",      d->env->instance_id, "ts_us", ts_us,
                           "ok",          fail ? "0" : "1"};
     int argc = (int)(sizeof argv / sizeof argv[0]);
-    if (wc_redis_commandv(d->env->redis, on_recorded, s, argc, argv, NULL) < 0) {
+    /* The record and the provider's later webhooks happen together or not at
+     * all; the commands are queued back to back on the one connection. */
+    wc_redis *r = d->env->redis;
+    int rc = wc_redis_command(r, on_queued, NULL, "MULTI");
+    rc |= wc_redis_commandv(r, on_queued, NULL, argc, argv, NULL);
+    const char *cbs = d->env->sim_callbacks ? d->env->sim_callbacks : "";
+    int step = 0;
+    while (!fail && rc == 0 && *cbs) {
+        char status[16];
+        size_t n = strcspn(cbs, ",");
+        snprintf(status, sizeof status, "%.*s", (int)(n < 15 ? n : 15), cbs);
+        cbs += n + (cbs[n] == ',');
+        if (strcmp(status, "sent") && strcmp(status, "delivered") && strcmp(status, "read"))
+            continue;
+        step++;
+        char *body = callback_body(d->device_id, s->res.provider_id, status, req, (long long)ts.tv_sec);
+        if (!body) {
+            rc = -1;
+            break;
+        }
+        char due[32];
+        snprintf(due, sizeof due, "%" PRId64, now_us / 1000 + (int64_t)step * d->env->sim_callback_delay_ms);
+        rc |= wc_redis_command(r, on_queued, NULL, "ZADD %s %s %s", WC_KEY_SIM_CALLBACKS, due, body);
+        free(body);
+    }
+    if (rc != 0) {
+        /* The connection dropped mid-way: MULTI is discarded with it. */
+        free(s);
+        return -1;
+    }
+    if (wc_redis_command(r, on_recorded, s, "EXEC") < 0) {
         free(s);
         return -1;
     }

@@ -70,6 +70,11 @@ typedef struct wc_transport_env {
     int sim_latency_ms;
     double sim_failure_rate;
     long sim_record_maxlen;
+    /* Status webhooks the sim's "provider" sends after accepting a message:
+     * a comma list of sent, delivered, read ("" for none), the first one
+     * sim_callback_delay_ms after the send and each next one as long again. */
+    const char *sim_callbacks;
+    int sim_callback_delay_ms;
 } wc_transport_env;
 
 typedef struct wc_transport_ops {
@@ -92,5 +97,11 @@ extern const wc_transport_ops wc_transport_sim, wc_transport_cloudapi, wc_transp
 /* Redis key of the sim's record of every send (a stream; fields: msg, campaign,
  * device, to, text, sender, ts_us, ok). */
 #define WC_SIM_RECORD_KEY "wacast:sim:sends"
+
+/* The sim's provider side lives in Redis, not in the sender, so it outlives a
+ * sender that dies mid-send, as a real provider would: the record of a send
+ * and its status webhooks (Meta-shaped JSON bodies, in the sorted set
+ * WC_KEY_SIM_CALLBACKS scored by due time in ms) are written in one MULTI.
+ * The dispatcher delivers due webhooks through its webhook code path. */
 
 #endif

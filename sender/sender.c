@@ -43,6 +43,11 @@ typedef struct sender_cfg {
     long sim_latency_ms;
     double sim_failure_rate;
     long sim_record_maxlen;
+    char *sim_callbacks;
+    long sim_callback_delay_ms;
+    long in_doubt_ms;
+    long holds_ms;
+    long dead_maxlen;
 } sender_cfg;
 
 static const wc_cfg_entry cfg_table[] = {
@@ -69,6 +74,18 @@ static const wc_cfg_entry cfg_table[] = {
      offsetof(sender_cfg, sim_failure_rate), 0, 1, false},
     {"WACAST_SIM_RECORD_MAXLEN", WC_CFG_INT, "5000000", "simulated devices: sends kept in the record",
      offsetof(sender_cfg, sim_record_maxlen), 1000, 1000000000, false},
+    {"WACAST_SIM_CALLBACKS", WC_CFG_STR, "",
+     "simulated devices: status webhooks to emit after a send (comma list of sent, delivered, read)",
+     offsetof(sender_cfg, sim_callbacks), 1, 0, false},
+    {"WACAST_SIM_CALLBACK_DELAY_MS", WC_CFG_INT, "200", "simulated devices: delay between status webhooks",
+     offsetof(sender_cfg, sim_callback_delay_ms), 0, 3600000, false},
+    {"WACAST_IN_DOUBT_MS", WC_CFG_INT, "60000",
+     "how long to wait for the status of a send a dead sender left in doubt before sending again",
+     offsetof(sender_cfg, in_doubt_ms), 0, 86400000, false},
+    {"WACAST_HOLDS_MS", WC_CFG_INT, "250", "how often paused and cancelled campaigns are re-read",
+     offsetof(sender_cfg, holds_ms), 50, 60000, false},
+    {"WACAST_DEAD_MAXLEN", WC_CFG_INT, "100000", "entries kept in the dead-letter stream",
+     offsetof(sender_cfg, dead_maxlen), 100, 100000000, false},
 };
 
 #define SENDER_METRICS(X)                                                                          \
@@ -78,6 +95,10 @@ static const wc_cfg_entry cfg_table[] = {
     X(duplicates_dropped, "outbox entries dropped because another device owns the message")        \
     X(replayed, "outcomes re-reported from the idempotency marker")                                \
     X(in_doubt, "messages whose previous send attempt has an unknown outcome")                     \
+    X(in_doubt_resent, "in-doubt messages sent again after no status arrived")                     \
+    X(held_paused, "messages set aside because their campaign is paused")                          \
+    X(held_cancelled, "messages not sent because their campaign was cancelled")                    \
+    X(dead_lettered, "messages that ran out of attempts (copied to the dead-letter stream)")       \
     X(leases_acquired, "device leases taken")                                                      \
     X(leases_lost, "device leases lost to expiry or another sender")                               \
     X(leases_released, "device leases handed back")                                                \
@@ -97,15 +118,19 @@ typedef enum {
     DEV_IDLE,      /* ours, outbox empty at last look */
     DEV_PACING,    /* ours, waiting for the next send time (timer) */
     DEV_READING,   /* XREADGROUP in flight */
-    DEV_CLAIMING,  /* idempotency marker SET NX / GET in flight */
+    DEV_CLAIMING,  /* idempotency marker claim (or parking a paused job) in flight */
+    DEV_DOUBT,     /* waiting for the status of a send a dead sender left in doubt */
     DEV_SENDING,   /* transport send in flight */
     DEV_REPORTING, /* outcome pipeline in flight */
 } dev_state;
 
-static const char *dev_state_names[] = {"unowned", "acquiring", "offline", "idle", "pacing",
-                                        "reading", "claiming",  "sending", "reporting"};
+static const char *dev_state_names[] = {"unowned", "acquiring", "offline", "idle",   "pacing",
+                                        "reading", "claiming",  "doubt",   "sending", "reporting"};
 
 typedef struct fleet fleet;
+
+/* Campaign holds, from PostgreSQL: the value in fleet.holds. */
+enum { HOLD_NONE = 0, HOLD_PAUSED = 1, HOLD_CANCELLED = 2 };
 
 typedef struct device {
     fleet *f;
@@ -128,6 +153,7 @@ typedef struct device {
     char entry_id[48];
     Wacast__Job *job;
     uint32_t attempts;
+    int64_t doubt_since_us; /* monotonic; 0 when not in doubt */
     int pending_replies;
     bool reply_failed;
 } device;
@@ -138,6 +164,8 @@ struct fleet {
     sender_metrics m;
     wc_redis *sub;
     wc_map devices;
+    wc_map holds; /* campaign id -> HOLD_PAUSED / HOLD_CANCELLED */
+    bool holds_reading;
     char **live;
     size_t nlive;
     bool refreshing;
@@ -145,7 +173,8 @@ struct fleet {
     size_t held;
     size_t online;
     wc_transport_env tenv;
-    struct event *refresh_timer, *heartbeat_timer, *idle_timer, *status_timer, *stop_timer;
+    struct event *refresh_timer, *heartbeat_timer, *idle_timer, *status_timer, *stop_timer,
+        *holds_timer;
     /* device status changes waiting to be written: "id\tstatus\treason" lines */
     struct evbuffer *status_ids, *status_vals, *status_reasons;
     size_t status_pending;
@@ -215,6 +244,7 @@ static void free_job(device *dv)
     dv->job = NULL;
     dv->entry_id[0] = '\0';
     dv->attempts = 0;
+    dv->doubt_since_us = 0;
 }
 
 /* ---- lease and transport ---------------------------------------------------------------- */
@@ -404,6 +434,13 @@ static int64_t draw_delay_us(const device *dv, const Wacast__Job *job)
     return (int64_t)lo * 1000 + (int64_t)r;
 }
 
+static void on_void_device(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    device *dv = arg;
+    reply_ok(dv->f, reply);
+}
+
 static void on_sent(void *arg, const wc_send_result *sr)
 {
     device *dv = arg;
@@ -449,6 +486,19 @@ static void on_sent(void *arg, const wc_send_result *sr)
     } else {
         res.status = WACAST__STATUS__STATUS_FAILED;
         f->m.failed++;
+        if (sr->outcome == WC_SEND_RETRY) {
+            /* Out of attempts: failed with the last error, and kept for a look. */
+            f->m.dead_lettered++;
+            char maxlen[32], msg[32], attempts[16];
+            snprintf(maxlen, sizeof maxlen, "%ld", f->cfg.dead_maxlen);
+            snprintf(msg, sizeof msg, "%" PRId64, dv->job->message_id);
+            snprintf(attempts, sizeof attempts, "%u", dv->attempts);
+            const char *argv[] = {"XADD", WC_KEY_DEAD, "MAXLEN", "~", maxlen, "*", "msg", msg,
+                                  "campaign", dv->job->campaign_id, "device", dv->id, "attempts", attempts,
+                                  "error_code", sr->error_code, "error", sr->error_message};
+            if (wc_redis_commandv(f->d.redis, on_void_device, dv, 17, argv, NULL) < 0)
+                f->m.redis_errors++;
+        }
     }
     report(dv, &res);
 }
@@ -489,7 +539,81 @@ static void send_now(device *dv)
     (void)f;
 }
 
-static void on_marker_get(wc_redis *r, redisReply *reply, void *arg)
+/* A result that only acknowledges the entry (nothing to report). */
+static void drop_entry(device *dv)
+{
+    Wacast__Result res = WACAST__RESULT__INIT;
+    report(dv, &res);
+}
+
+static void report_status(device *dv, Wacast__Status status, const char *code, const char *message)
+{
+    Wacast__Result res = WACAST__RESULT__INIT;
+    res.message_id = dv->job->message_id;
+    res.campaign_id = dv->job->campaign_id;
+    res.device_id = dv->id;
+    res.at_us = wc_now_us();
+    res.attempt = dv->attempts;
+    res.status = status;
+    res.error_code = (char *)code;
+    res.error_message = (char *)message;
+    report(dv, &res);
+}
+
+static void claim(device *dv, bool force);
+
+/* Acts on the marker's state as the claim script returned it. */
+static void on_marker(device *dv, const char *v, size_t len)
+{
+    fleet *f = dv->f;
+    if (len >= 2 && v[0] == 'd') {
+        /* Outcome already known: report it again (the sink is idempotent) and ack. */
+        Wacast__Result *res = wacast__result__unpack(NULL, len - 2, (const uint8_t *)v + 2);
+        f->m.replayed++;
+        if (res) {
+            report(dv, res);
+            wacast__result__free_unpacked(res, NULL);
+            return;
+        }
+        drop_entry(dv);
+        return;
+    }
+    char mine[160], same_device[64];
+    snprintf(mine, sizeof mine, "c:%s:%s", dv->id, f->cfg.c.instance_id);
+    snprintf(same_device, sizeof same_device, "c:%s:", dv->id);
+    if (len == strlen(mine) && memcmp(v, mine, len) == 0) {
+        send_now(dv); /* our own earlier attempt: a retry */
+        return;
+    }
+    if (len > strlen(same_device) && memcmp(v, same_device, strlen(same_device)) == 0) {
+        /* A sender died after handing this message to the transport and
+         * before recording the outcome. The provider's status callback, when
+         * it comes, records it ("d:"); wait for it for a bounded time, then
+         * conclude the send never happened and send. */
+        int64_t now = wc_mono_us();
+        if (dv->doubt_since_us == 0) {
+            dv->doubt_since_us = now;
+            f->m.in_doubt++;
+            wc_warn("device %s: message %" PRId64 " in doubt (%.*s); waiting for its status", dv->id,
+                    dv->job->message_id, (int)len, v);
+        }
+        if (now - dv->doubt_since_us >= f->cfg.in_doubt_ms * 1000) {
+            wc_warn("device %s: message %" PRId64 ": no status within %ld ms; sending it", dv->id,
+                    dv->job->message_id, f->cfg.in_doubt_ms);
+            f->m.in_doubt_resent++;
+            claim(dv, true);
+            return;
+        }
+        set_state(dv, DEV_DOUBT);
+        arm_timer(dv, 500000);
+        return;
+    }
+    /* Another device holds this message (a duplicate entry): drop our copy. */
+    f->m.duplicates_dropped++;
+    drop_entry(dv);
+}
+
+static void on_claimed(wc_redis *r, redisReply *reply, void *arg)
 {
     (void)r;
     device *dv = arg;
@@ -503,84 +627,24 @@ static void on_marker_get(wc_redis *r, redisReply *reply, void *arg)
         arm_timer(dv, 500000);
         return;
     }
-    if (reply->type != REDIS_REPLY_STRING || reply->len < 2) {
-        /* The marker expired between SET NX and GET: claim again. */
-        set_state(dv, DEV_IDLE);
-        device_step(dv);
+    if (reply->type == REDIS_REPLY_STATUS) {
+        dv->doubt_since_us = 0;
+        send_now(dv);
         return;
     }
-    if (reply->str[0] == 'd') {
-        /* Outcome already known: report it again (the sink is idempotent) and ack. */
-        Wacast__Result *res =
-            wacast__result__unpack(NULL, reply->len - 2, (const uint8_t *)reply->str + 2);
-        f->m.replayed++;
-        if (res) {
-            report(dv, res);
-            wacast__result__free_unpacked(res, NULL);
-            return;
-        }
-    }
-    /* "c:<device>:<sender>": a send is, or was, under way. */
-    char mine[160];
-    snprintf(mine, sizeof mine, "c:%s:%s", dv->id, f->cfg.c.instance_id);
-    if (reply->len == strlen(mine) && memcmp(reply->str, mine, reply->len) == 0) {
-        send_now(dv); /* our own earlier attempt (a retry) */
-        return;
-    }
-    char same_device[64];
-    snprintf(same_device, sizeof same_device, "c:%s:", dv->id);
-    Wacast__Result res = WACAST__RESULT__INIT;
-    res.message_id = dv->job->message_id;
-    res.campaign_id = dv->job->campaign_id;
-    res.device_id = dv->id;
-    res.at_us = wc_now_us();
-    res.attempt = dv->attempts;
-    if (strncmp(reply->str, same_device, strlen(same_device)) == 0) {
-        /* A sender died after handing this message to the transport and before
-         * recording the outcome. Sending again could deliver it twice; the
-         * outcome is reported as in doubt rather than guessed. */
-        f->m.in_doubt++;
-        res.status = WACAST__STATUS__STATUS_FAILED;
-        res.error_code = "in_doubt";
-        res.error_message = "a previous send attempt was interrupted; its outcome is unknown";
-        wc_warn("device %s: message %" PRId64 " in doubt (%.*s)", dv->id, dv->job->message_id,
-                (int)reply->len, reply->str);
-        report(dv, &res);
-        return;
-    }
-    /* Another device holds this message (a duplicate entry): drop our copy. */
-    f->m.duplicates_dropped++;
-    res.status = WACAST__STATUS__STATUS_UNSPECIFIED;
-    report(dv, &res);
-}
-
-static void on_marker_set(wc_redis *r, redisReply *reply, void *arg)
-{
-    device *dv = arg;
-    fleet *f = dv->f;
-    if (dv->state != DEV_CLAIMING)
-        return;
-    if (!reply_ok(f, reply)) {
+    if (reply->type != REDIS_REPLY_STRING) {
         dv->pel_mode = true;
         free_job(dv);
         set_state(dv, DEV_IDLE);
         arm_timer(dv, 500000);
         return;
     }
-    if (reply->type == REDIS_REPLY_STATUS) {
-        send_now(dv);
-        return;
-    }
-    char key[64];
-    wc_key_msg(key, sizeof key, (long long)dv->job->message_id);
-    if (wc_redis_command(r, on_marker_get, dv, "GET %s", key) < 0) {
-        dv->pel_mode = true;
-        free_job(dv);
-        set_state(dv, DEV_IDLE);
-    }
+    on_marker(dv, reply->str, reply->len);
 }
 
-static void claim(device *dv)
+/* Claims the message's marker for this device and sender; force overrides an
+ * abandoned claim (after the in-doubt wait). */
+static void claim(device *dv, bool force)
 {
     fleet *f = dv->f;
     char key[64], val[160], ttl[32];
@@ -588,11 +652,64 @@ static void claim(device *dv)
     snprintf(val, sizeof val, "c:%s:%s", dv->id, f->cfg.c.instance_id);
     snprintf(ttl, sizeof ttl, "%ld", f->cfg.idempotency_ttl_s);
     set_state(dv, DEV_CLAIMING);
-    if (wc_redis_command(f->d.redis, on_marker_set, dv, "SET %s %s NX EX %s", key, val, ttl) < 0) {
+    const char *argv[] = {"EVAL", WC_MARK_SCRIPT, "1", key, val, ttl, force ? "d" : "cd"};
+    if (wc_redis_commandv(f->d.redis, on_claimed, dv, 7, argv, NULL) < 0) {
         dv->pel_mode = true;
         free_job(dv);
         set_state(dv, DEV_IDLE);
     }
+}
+
+static void on_parked(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    device *dv = arg;
+    if (dv->state != DEV_CLAIMING)
+        return;
+    if (!reply_ok(dv->f, reply)) {
+        dv->pel_mode = true;
+        free_job(dv);
+        set_state(dv, DEV_IDLE);
+        arm_timer(dv, 500000);
+        return;
+    }
+    drop_entry(dv);
+}
+
+/* A job of a paused campaign leaves the outbox for the campaign's paused
+ * stream (the dispatcher brings it back on resume), so the device's other
+ * campaigns are not held up behind it. */
+static void park_paused(device *dv, const uint8_t *payload, size_t len)
+{
+    fleet *f = dv->f;
+    char key[128];
+    wc_key_paused(key, sizeof key, dv->job->campaign_id);
+    set_state(dv, DEV_CLAIMING);
+    f->m.held_paused++;
+    const char *argv[] = {"XADD", key, "*", "j", (const char *)payload};
+    size_t lens[] = {4, strlen(key), 1, 1, len};
+    if (wc_redis_commandv(f->d.redis, on_parked, dv, 5, argv, lens) < 0) {
+        dv->pel_mode = true;
+        free_job(dv);
+        set_state(dv, DEV_IDLE);
+    }
+}
+
+/* Decides what to do with a job just read: hold it, drop it, or claim it. */
+static void consider(device *dv, const uint8_t *payload, size_t len)
+{
+    fleet *f = dv->f;
+    uintptr_t hold = (uintptr_t)wc_map_get(&f->holds, dv->job->campaign_id);
+    if (hold == HOLD_PAUSED) {
+        park_paused(dv, payload, len);
+        return;
+    }
+    if (hold == HOLD_CANCELLED) {
+        f->m.held_cancelled++;
+        report_status(dv, WACAST__STATUS__STATUS_CANCELLED, "cancelled", "the campaign was cancelled");
+        return;
+    }
+    claim(dv, false);
 }
 
 static void on_read(wc_redis *r, redisReply *reply, void *arg)
@@ -644,23 +761,27 @@ static void on_read(wc_redis *r, redisReply *reply, void *arg)
     snprintf(dv->entry_id, sizeof dv->entry_id, "%s", entry_id);
     redisReply *fields = e->element[1];
     Wacast__Job *job = NULL;
+    const uint8_t *payload = NULL;
+    size_t payload_len = 0;
     if (fields->type == REDIS_REPLY_ARRAY) {
         for (size_t i = 0; i + 1 < fields->elements; i += 2) {
             redisReply *k = fields->element[i], *v = fields->element[i + 1];
-            if (k->type == REDIS_REPLY_STRING && !strcmp(k->str, "j") && v->type == REDIS_REPLY_STRING)
-                job = wacast__job__unpack(NULL, v->len, (const uint8_t *)v->str);
+            if (k->type == REDIS_REPLY_STRING && !strcmp(k->str, "j") && v->type == REDIS_REPLY_STRING) {
+                payload = (const uint8_t *)v->str;
+                payload_len = v->len;
+                job = wacast__job__unpack(NULL, v->len, payload);
+            }
         }
     }
     if (!job) {
         /* A deleted entry (nil fields) or a corrupt payload: ack it away. */
         wc_error("device %s: outbox entry %s has no valid job; dropping it", dv->id, entry_id);
         dv->job = NULL;
-        Wacast__Result res = WACAST__RESULT__INIT;
-        report(dv, &res);
+        drop_entry(dv);
         return;
     }
     dv->job = job;
-    claim(dv);
+    consider(dv, payload, payload_len);
 }
 
 static void on_report_reply(wc_redis *r, redisReply *reply, void *arg)
@@ -777,6 +898,17 @@ static void on_device_timer(evutil_socket_t fd, short what, void *arg)
         open_transport(dv);
         return;
     }
+    if (dv->state == DEV_DOUBT) {
+        if (!dv->want || !dv->job) {
+            free_job(dv);
+            dv->pel_mode = true;
+            set_state(dv, DEV_IDLE);
+            device_step(dv);
+            return;
+        }
+        claim(dv, false); /* look at the marker again */
+        return;
+    }
     if (dv->state == DEV_PACING)
         set_state(dv, DEV_IDLE);
     device_step(dv);
@@ -817,7 +949,7 @@ static void rebalance(fleet *f)
         if (dv->want && dv->state == DEV_UNOWNED)
             device_acquire(dv);
         else if (!dv->want && (dv->state == DEV_IDLE || dv->state == DEV_PACING ||
-                               dv->state == DEV_OFFLINE))
+                               dv->state == DEV_OFFLINE || dv->state == DEV_DOUBT))
             device_release(dv);
     }
 }
@@ -1026,6 +1158,41 @@ static void on_status_flush(evutil_socket_t fd, short what, void *arg)
     f->status_pending = 0;
 }
 
+static void on_holds(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    fleet *f = arg;
+    f->holds_reading = false;
+    if (!res) {
+        f->m.pg_errors++;
+        wc_warn("reading campaign holds: %s", err);
+        return;
+    }
+    wc_map_free(&f->holds);
+    wc_map_init(&f->holds);
+    for (int i = 0; i < PQntuples(res); i++) {
+        uintptr_t hold = PQgetvalue(res, i, 1)[0] == 'p' ? HOLD_PAUSED : HOLD_CANCELLED;
+        if (wc_map_put(&f->holds, PQgetvalue(res, i, 0), (void *)hold) < 0)
+            abort();
+    }
+}
+
+/* Pause must stop sends within a second, whoever paused (dashboard or admin
+ * API): the list is small and re-read often. */
+static void on_holds_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    fleet *f = arg;
+    if (f->holds_reading)
+        return;
+    if (wc_pg_query(f->d.pg,
+                    "SELECT id, status FROM campaigns WHERE status = 'paused' OR (status = 'cancelled'"
+                    " AND coalesce(finished_at, updated_at) > now() - interval '7 days')",
+                    0, NULL, on_holds, f) == 0)
+        f->holds_reading = true;
+}
+
 static void on_wake(wc_redis *r, const char *channel, const char *msg, size_t len, void *arg)
 {
     (void)r;
@@ -1146,7 +1313,10 @@ int main(int argc, char **argv)
         .sim_latency_ms = (int)f.cfg.sim_latency_ms,
         .sim_failure_rate = f.cfg.sim_failure_rate,
         .sim_record_maxlen = f.cfg.sim_record_maxlen,
+        .sim_callbacks = f.cfg.sim_callbacks,
+        .sim_callback_delay_ms = (int)f.cfg.sim_callback_delay_ms,
     };
+    wc_map_init(&f.holds);
     char err[256];
     f.sub = wc_redis_new(f.d.base, f.cfg.c.redis_url, "redis-wake", (int)f.cfg.c.timeout_ms, err,
                          sizeof err);
@@ -1160,6 +1330,8 @@ int main(int argc, char **argv)
     f.refresh_timer = wc_daemon_every(&f.d, (int)f.cfg.refresh_ms, on_refresh, &f);
     f.idle_timer = wc_daemon_every(&f.d, (int)f.cfg.idle_poll_ms, on_idle_poll, &f);
     f.status_timer = wc_daemon_every(&f.d, 250, on_status_flush, &f);
+    f.holds_timer = wc_daemon_every(&f.d, (int)f.cfg.holds_ms, on_holds_timer, &f);
+    on_holds_timer(-1, 0, &f);
     on_heartbeat(-1, 0, &f);
     on_refresh(-1, 0, &f);
     int rc = wc_daemon_run(&f.d);
@@ -1168,6 +1340,8 @@ int main(int argc, char **argv)
     event_free(f.refresh_timer);
     event_free(f.idle_timer);
     event_free(f.status_timer);
+    event_free(f.holds_timer);
+    wc_map_free(&f.holds);
     if (f.stop_timer)
         event_free(f.stop_timer);
     for (size_t i = 0; i < f.devices.cap; i++) {

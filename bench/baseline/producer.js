@@ -136,8 +136,17 @@ async function main() {
     if (rows.length) await expand(rows[0]);
     else await new Promise((r) => setTimeout(r, settings.pollMs));
   }
+  setTimeout(() => {
+    console.error('baseline-producer: close timed out');
+    process.exit(1);
+  }, 5000).unref();
+  let t = Date.now();
   await queue.close();
+  console.log(`baseline-producer: queue closed in ${Date.now() - t} ms`);
+  t = Date.now();
   await pool.end();
+  console.log(`baseline-producer: pool closed in ${Date.now() - t} ms`);
+  process.exit(0);
 }
 
 main().catch((e) => {

@@ -93,8 +93,10 @@ const worker = new Worker(
 worker.on('error', (e) => console.error(`baseline-worker: ${e.message}`));
 
 async function stop() {
+  const t = Date.now();
   clearInterval(timer);
   await worker.close();
+  console.log(`baseline-worker: closed in ${Date.now() - t} ms`);
   while (buf.length || flushing) await (flushing || flush());
   await pool.end();
   provider.disconnect();

@@ -64,6 +64,11 @@ function procPss(pid) {
 }
 
 function childrenOf(ppid) {
+  try {
+    // CONFIG_PROC_CHILDREN: the kernel keeps the list; no /proc scan needed.
+    const s = fs.readFileSync(`/proc/${ppid}/task/${ppid}/children`, 'utf8').trim();
+    return s ? s.split(' ').map(Number) : [];
+  } catch {}
   const out = [];
   for (const d of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(d)) continue;
@@ -73,10 +78,17 @@ function childrenOf(ppid) {
   return out;
 }
 
+// CPU seconds the whole machine spent busy (all cores), from /proc/stat.
+function machineBusy() {
+  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  // user nice system idle iowait irq softirq steal
+  return (f[0] + f[1] + f[2] + f[5] + f[6] + (f[7] || 0)) / CLK_TCK;
+}
+
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 function readJson(file) {
   return JSON.parse(fs.readFileSync(file, 'utf8'));
 }
 
-module.exports = { pg, Redis, procCpu, procMem, procPss, childrenOf, sleep, readJson, baselineRequire };
+module.exports = { pg, Redis, machineBusy, procCpu, procMem, procPss, childrenOf, sleep, readJson, baselineRequire };

@@ -13,7 +13,7 @@
 'use strict';
 const fs = require('fs');
 const http = require('http');
-const { pg, Redis, procCpu, procMem, procPss, childrenOf, sleep, readJson } = require('./lib');
+const { pg, Redis, machineBusy, procCpu, procMem, procPss, childrenOf, sleep, readJson } = require('./lib');
 
 const cfg = readJson(process.argv[2]);
 
@@ -39,7 +39,7 @@ function getMetrics(url) {
 }
 
 // CPU seconds and memory of one configured process (or process tree).
-function readProc(p) {
+function readProc(p, withPss) {
   if (!p.tree) {
     const c = procCpu(p.pid);
     const m = procMem(p.pid);
@@ -52,14 +52,14 @@ function readProc(p) {
   if (!root) return null;
   let cpu = root.utime + root.stime + root.cutime + root.cstime;
   let hwmKb = procMem(p.pid)?.hwmKb || 0;
-  let pssKb = procPss(p.pid);
+  let pssKb = withPss ? procPss(p.pid) : 0;
   let n = 1;
   for (const kid of childrenOf(p.pid)) {
     const c = procCpu(kid);
     if (!c) continue;
     cpu += c.utime + c.stime;
     hwmKb = Math.max(hwmKb, procMem(kid)?.hwmKb || 0);
-    pssKb += procPss(kid);
+    if (withPss) pssKb += procPss(kid);
     n++;
   }
   return { cpu, hwmKb, pssKb, nproc: n };
@@ -76,6 +76,16 @@ async function main() {
   const peak = {};
   for (const p of cfg.procs) peak[p.name] = { rssKb: 0, pssKb: 0, hwmKb: 0 };
 
+  // Where the time goes: statement and command statistics from here on.
+  await db.query('SELECT pg_stat_statements_reset()').catch(() => {});
+  await redis.config('RESETSTAT');
+  const walSql = 'SELECT wal_records, wal_bytes, wal_write, wal_sync FROM pg_stat_wal';
+  const dbSql = 'SELECT xact_commit, tup_inserted, tup_updated, blks_hit, blks_read FROM pg_stat_database WHERE datname = current_database()';
+  const wal0 = (await db.query(walSql)).rows[0];
+  const db0 = (await db.query(dbSql)).rows[0];
+
+  const selfCpu0 = process.cpuUsage();
+  const busy0 = machineBusy();
   const due = await db.query(
     'UPDATE campaigns SET scheduled_at = now() WHERE id = $1 RETURNING extract(epoch FROM due_at) AS due',
     [cfg.campaign]
@@ -125,7 +135,7 @@ async function main() {
       }
     });
     for (const p of cfg.procs) {
-      const now = readProc(p);
+      const now = readProc(p, samples % 4 === 0);
       if (!now || !start[p.name]) continue;
       s.cpu[p.name] = Number((now.cpu - start[p.name].cpu).toFixed(2));
       peak[p.name].rssKb = Math.max(peak[p.name].rssKb, now.rssKb || 0);
@@ -150,6 +160,30 @@ async function main() {
   const end = {};
   for (const p of cfg.procs) end[p.name] = readProc(p);
   const wall = (Date.now() - t0) / 1000;
+  const selfCpu = process.cpuUsage(selfCpu0);
+  const busy = machineBusy() - busy0;
+  const wal1 = (await db.query(walSql)).rows[0];
+  const db1 = (await db.query(dbSql)).rows[0];
+  const delta = (a, b) => Object.fromEntries(Object.keys(a).map((k) => [k, Number(b[k]) - Number(a[k])]));
+  let statements = [];
+  try {
+    statements = (
+      await db.query(
+        `SELECT calls, rows, round(total_exec_time::numeric, 1) AS total_ms, round(mean_exec_time::numeric, 2) AS mean_ms,
+                regexp_replace(query, '\\s+', ' ', 'g') AS query
+         FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+         ORDER BY total_exec_time DESC LIMIT 12`
+      )
+    ).rows;
+  } catch (e) {
+    statements = [{ error: e.message }];
+  }
+  const commands = [];
+  for (const line of (await redis.info('commandstats')).split('\n')) {
+    const m = line.match(/^cmdstat_([^:]+):calls=(\d+),usec=(\d+),usec_per_call=([\d.]+)/);
+    if (m) commands.push({ cmd: m[1], calls: Number(m[2]), usec: Number(m[3]), usec_per_call: Number(m[4]) });
+  }
+  commands.sort((a, b) => b.usec - a.usec);
   const c = last.c;
   const e2e = c.finished ? c.finished - dueEpoch : null;
   const procs = {};
@@ -180,7 +214,11 @@ async function main() {
     wall_s: wall,
     msgs_per_s: e2e && c.total_count ? c.total_count / e2e : null,
     samples,
+    sampler_cpu_s: Number(((selfCpu.user + selfCpu.system) / 1e6).toFixed(2)),
+    machine_busy_cpu_s: Number(busy.toFixed(2)),
     procs,
+    postgres: { wal: delta(wal0, wal1), database: delta(db0, db1), statements },
+    redis_commands: commands,
   };
   fs.writeFileSync(cfg.summary, JSON.stringify(summary, null, 2));
   out.end();

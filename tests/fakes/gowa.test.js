@@ -119,7 +119,8 @@ test('sends an image from a multipart upload', () =>
     }));
 
 test('sends signed receipts, out of order and twice when asked', () =>
-    withFake({ out_of_order_prob: 1, duplicate_prob: 1 }, async ({ send, receiver }) => {
+    // Wide gaps between the receipts, so reversed arrival is unambiguous even on a busy machine.
+    withFake({ out_of_order_prob: 1, duplicate_prob: 1, receipt_delays_ms: { delivered: 1, read: 60 } }, async ({ send, receiver }) => {
         const id = (await send({ phone: '60123456789', message: 'x' })).json.results.message_id;
         await receiver.waitFor((h) => h.length >= 4);
         for (const h of receiver.hits) {

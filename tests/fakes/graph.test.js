@@ -185,7 +185,8 @@ test('sends signed status webhooks with the callback data', () =>
     }));
 
 test('can deliver statuses out of order and twice', () =>
-    withFake({ out_of_order_prob: 1, duplicate_prob: 1 }, async ({ send, receiver }) => {
+    // Wide gaps between the statuses, so reversed arrival is unambiguous even on a busy machine.
+    withFake({ out_of_order_prob: 1, duplicate_prob: 1, status_delays_ms: { sent: 1, delivered: 40, read: 80 } }, async ({ send, receiver }) => {
         await send(textMessage());
         await receiver.waitFor((h) => h.length >= 6);
         const order = receiver.hits.map((h) => h.json.entry[0].changes[0].value.statuses[0].status);
