@@ -1,5 +1,7 @@
 # Writes a C file holding every migration (name + text) in order.
-# Called as: cmake -DOUT=file.c -DFILES="a.sql;b.sql" -P embed_sql.cmake
+# Called as: cmake -DOUT=file.c -DSQL_DIR=sql -P embed_sql.cmake
+file(GLOB FILES ${SQL_DIR}/*.sql)
+list(SORT FILES)
 set(body "/* generated from sql/ by cmake/embed_sql.cmake: do not edit */\n#include \"wc_migrate.h\"\n")
 set(table "const wc_migration wc_migrations[] = {\n")
 set(i 0)

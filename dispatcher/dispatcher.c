@@ -25,23 +25,13 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "dispatcher.h"
 #include "wacast.pb-c.h"
 #include "wc_daemon.h"
 #include "wc_keys.h"
 #include "wc_log.h"
 #include "wc_map.h"
 #include "wc_sql.h"
-
-typedef struct dispatcher_cfg {
-    wc_common_cfg c;
-    long route_batch;
-    long sink_batch;
-    long outbox_max;
-    long parked_max;
-    long refresh_ms;
-    long online_grace_ms;
-    long claim_idle_ms;
-} dispatcher_cfg;
 
 static const wc_cfg_entry cfg_table[] = {
     WC_CFG_DAEMON(wc_common_cfg),
@@ -62,61 +52,26 @@ static const wc_cfg_entry cfg_table[] = {
     {"WACAST_CLAIM_IDLE_MS", WC_CFG_INT, "30000",
      "entries unacknowledged this long by a dead consumer are taken over",
      offsetof(dispatcher_cfg, claim_idle_ms), 1000, 3600000, false},
+    {"WACAST_IDEMPOTENCY_TTL_S", WC_CFG_INT, "604800", "how long a message's marker is kept",
+     offsetof(dispatcher_cfg, idempotency_ttl_s), 60, 31536000, false},
+    {"WACAST_ADMIN_TOKEN", WC_CFG_STR, "",
+     "bearer token of the admin API (/admin/...); empty disables it", offsetof(dispatcher_cfg, admin_token), 1, 0,
+     true},
+    {"WACAST_META_APP_SECRET", WC_CFG_STR, "",
+     "Meta app secret: verifies X-Hub-Signature-256 on /webhooks/cloudapi (empty refuses them)",
+     offsetof(dispatcher_cfg, meta_app_secret), 1, 0, true},
+    {"WACAST_META_VERIFY_TOKEN", WC_CFG_STR, "", "token Meta sends when verifying /webhooks/cloudapi",
+     offsetof(dispatcher_cfg, meta_verify_token), 1, 0, true},
+    {"WACAST_GOWA_WEBHOOK_SECRET", WC_CFG_STR, "",
+     "secret that signs the gateway's webhooks on /webhooks/gowa (empty refuses them)",
+     offsetof(dispatcher_cfg, gowa_webhook_secret), 1, 0, true},
+    {"WACAST_OPT_OUT_WORDS", WC_CFG_STR, "STOP,UNSUBSCRIBE,BERHENTI,STOP ALL,CANCEL,OPT OUT,OPTOUT,BATAL",
+     "inbound replies that opt a lead out (comma list, case-insensitive)", offsetof(dispatcher_cfg, opt_out_words),
+     1, 0, false},
+    {"WACAST_CANCEL_GRACE_S", WC_CFG_INT, "30",
+     "after a cancel, messages still queued this long later are marked cancelled",
+     offsetof(dispatcher_cfg, cancel_grace_s), 1, 86400, false},
 };
-
-#define DISPATCHER_METRICS(X)                                                                      \
-    X(jobs_routed, "jobs appended to a device outbox")                                             \
-    X(jobs_parked, "times a job had to wait for a device")                                         \
-    X(jobs_invalid, "jobs that could not be decoded")                                              \
-    X(results_written, "status changes written to PostgreSQL")                                     \
-    X(results_ignored, "results that would have moved a status backwards, or were repeats")        \
-    X(campaigns_finished, "campaigns moved to finished or failed")                                 \
-    X(entries_claimed, "stream entries taken over from dead consumers")                            \
-    X(redis_errors, "Redis commands that failed")                                                  \
-    X(pg_errors, "PostgreSQL statements that failed")
-
-typedef struct dispatcher_metrics {
-#define X(name, help) uint64_t name;
-    DISPATCHER_METRICS(X)
-#undef X
-} dispatcher_metrics;
-
-/* The online devices of one user, for round-robin. */
-typedef struct user_devices {
-    char **ids;
-    size_t n;
-    size_t next;
-} user_devices;
-
-typedef struct route_job {
-    struct route_job *next;
-    char entry_id[48];
-    Wacast__Job *job;
-    uint8_t *payload;
-    size_t payload_len;
-    size_t tried;  /* devices tried in this round */
-    char device[40];
-} route_job;
-
-typedef struct route_batch route_batch;
-
-typedef struct dispatcher {
-    wc_daemon d;
-    dispatcher_cfg cfg;
-    dispatcher_metrics m;
-    wc_redis *jobs_rd, *results_rd;
-    wc_map users;   /* user_id -> user_devices */
-    wc_map online;  /* device_id -> (void *)1 */
-    bool devices_loaded, refreshing;
-    /* router */
-    bool jobs_reading, jobs_pel;
-    route_job *parked;
-    size_t nparked;
-    route_batch *routing;
-    /* sink */
-    bool results_reading, results_pel, sink_writing;
-    struct event *refresh_timer, *parked_timer, *claim_timer, *sweep_timer, *read_timer;
-} dispatcher;
 
 struct route_batch {
     dispatcher *ds;
@@ -323,6 +278,7 @@ static const char *pick_device(dispatcher *ds, route_job *j)
 static void finish_route_batch(route_batch *b);
 
 static void on_appended(wc_redis *r, redisReply *reply, void *arg);
+static void on_route_marked(wc_redis *r, redisReply *reply, void *arg);
 
 static void try_route(route_batch *b, route_job *j)
 {
@@ -343,9 +299,14 @@ static void try_route(route_batch *b, route_job *j)
             abort();
         wacast__job__pack(j->job, j->payload);
         j->job->device_id = preferred;
-        const char *argv[] = {"EVAL", OUTBOX_APPEND, "1", outbox, cap, (const char *)j->payload};
-        size_t lens[] = {4, strlen(OUTBOX_APPEND), 1, strlen(outbox), strlen(cap), j->payload_len};
-        if (wc_redis_commandv(ds->d.redis, on_appended, j, 6, argv, lens) == 0) {
+        /* Mark the message routed first: a message already being sent or
+         * done (a duplicate job) is dropped here. */
+        char key[64], val[64], ttl[32];
+        wc_key_msg(key, sizeof key, (long long)j->job->message_id);
+        snprintf(val, sizeof val, "r:%s", dev);
+        snprintf(ttl, sizeof ttl, "%ld", ds->cfg.idempotency_ttl_s);
+        const char *argv[] = {"EVAL", WC_MARK_SCRIPT, "1", key, val, ttl, "cd"};
+        if (wc_redis_commandv(ds->d.redis, on_route_marked, j, 7, argv, NULL) == 0) {
             b->pending++;
             return;
         }
@@ -357,6 +318,40 @@ static void try_route(route_batch *b, route_job *j)
 }
 
 static route_batch *current_batch; /* the batch whose replies are in flight */
+
+static void append(route_batch *b, route_job *j)
+{
+    dispatcher *ds = b->ds;
+    char outbox[128], cap[32];
+    wc_key_outbox(outbox, sizeof outbox, j->device);
+    snprintf(cap, sizeof cap, "%ld", ds->cfg.outbox_max);
+    const char *argv[] = {"EVAL", OUTBOX_APPEND, "1", outbox, cap, (const char *)j->payload};
+    size_t lens[] = {4, strlen(OUTBOX_APPEND), 1, strlen(outbox), strlen(cap), j->payload_len};
+    if (wc_redis_commandv(ds->d.redis, on_appended, j, 6, argv, lens) == 0) {
+        b->pending++;
+        return;
+    }
+    ds->m.redis_errors++;
+    j->device[0] = '\0';
+}
+
+static void on_route_marked(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    route_job *j = arg;
+    route_batch *b = current_batch;
+    dispatcher *ds = b->ds;
+    b->pending--;
+    if (!reply_ok(ds, reply)) {
+        j->device[0] = '\0';
+    } else if (reply->type == REDIS_REPLY_STATUS) {
+        append(b, j);
+    } else {
+        j->duplicate = true; /* claimed or done elsewhere */
+    }
+    if (b->pending == 0)
+        finish_route_batch(b);
+}
 
 static void on_appended(wc_redis *r, redisReply *reply, void *arg)
 {
@@ -394,7 +389,12 @@ static void finish_route_batch(route_batch *b)
     route_job *j = b->jobs, *next;
     for (; j; j = next) {
         next = j->next;
-        if (j->device[0]) {
+        if (j->duplicate) {
+            evbuffer_add_printf(ids, " %s", j->entry_id);
+            nacked++;
+            ds->m.jobs_duplicate++;
+            free_route_job(j);
+        } else if (j->device[0]) {
             evbuffer_add_printf(ids, " %s", j->entry_id);
             nacked++;
             ds->m.jobs_routed++;
@@ -606,10 +606,17 @@ static void array_text(struct evbuffer *b, const char *s, bool first)
 }
 
 static const char *SINK_SQL =
-    "WITH input AS ("
+    "WITH raw AS ("
     " SELECT * FROM unnest($1::bigint[], $2::message_status[], $3::text[], $4::text[], $5::text[],"
     " $6::text[], $7::bigint[], $8::int[])"
     " AS t(id, status, error_code, error_message, device_id, provider_id, at_us, attempt)),"
+    /* A provider's status may name the message only by the provider's id. */
+    " input AS ("
+    " SELECT DISTINCT ON (coalesce(nullif(r.id, 0), p.id)) coalesce(nullif(r.id, 0), p.id) AS id,"
+    " r.status, r.error_code, r.error_message, r.device_id, r.provider_id, r.at_us, r.attempt"
+    " FROM raw r LEFT JOIN broadcast_messages p ON r.id = 0 AND p.provider_message_id = r.provider_id"
+    " WHERE coalesce(nullif(r.id, 0), p.id) IS NOT NULL"
+    " ORDER BY coalesce(nullif(r.id, 0), p.id), wacast_message_status_rank(r.status) DESC),"
     " locked AS ("
     " SELECT m.id, m.status AS old_status FROM broadcast_messages m JOIN input i ON i.id = m.id"
     " ORDER BY m.id FOR UPDATE OF m),"
@@ -629,7 +636,11 @@ static const char *SINK_SQL =
     " updated_at = now()"
     " FROM input i JOIN locked l ON l.id = i.id"
     " WHERE m.id = i.id AND wacast_message_can_move(l.old_status, i.status)"
-    " RETURNING m.campaign_id, l.old_status, m.status AS new_status),"
+    " RETURNING m.campaign_id, m.lead_id, m.error_code, l.old_status, m.status AS new_status),"
+    /* The recipient stopped marketing messages (131050): keep them out of the next campaign. */
+    " optout AS ("
+    " UPDATE leads SET opted_out_at = now() FROM upd u WHERE leads.id = u.lead_id"
+    " AND u.new_status = 'failed' AND u.error_code = '131050' AND leads.opted_out_at IS NULL RETURNING 1),"
     " delta AS ("
     " SELECT campaign_id,"
     " count(*) FILTER (WHERE new_status IN ('sent', 'delivered', 'read')"
@@ -756,8 +767,15 @@ static void on_results(wc_redis *r, redisReply *reply, void *arg)
             continue;
         }
         all[nall++] = res;
-        char key[32];
-        snprintf(key, sizeof key, "%" PRId64, res->message_id);
+        char key[160];
+        if (res->message_id > 0)
+            snprintf(key, sizeof key, "%" PRId64, res->message_id);
+        else if (res->provider_message_id && res->provider_message_id[0])
+            snprintf(key, sizeof key, "p:%.150s", res->provider_message_id);
+        else {
+            ds->m.results_ignored++;
+            continue;
+        }
         Wacast__Result *prev = wc_map_get(&by_id, key);
         if (!prev || status_rank(res->status) > status_rank(prev->status)) {
             if (wc_map_put(&by_id, key, res) < 0)
@@ -964,6 +982,8 @@ int main(int argc, char **argv)
     ds.claim_timer = wc_daemon_every(&ds.d, 5000, on_claim_timer, &ds);
     ds.sweep_timer = wc_daemon_every(&ds.d, 2000, on_sweep_timer, &ds);
     ds.read_timer = wc_daemon_every(&ds.d, 250, on_read_timer, &ds);
+    events_init(&ds);
+    control_init(&ds);
     on_refresh(-1, 0, &ds);
     int rc = wc_daemon_run(&ds.d);
 
@@ -972,6 +992,8 @@ int main(int argc, char **argv)
     event_free(ds.claim_timer);
     event_free(ds.sweep_timer);
     event_free(ds.read_timer);
+    events_free(&ds);
+    control_free(&ds);
     while (ds.parked) {
         route_job *j = ds.parked;
         ds.parked = j->next;

@@ -41,7 +41,7 @@ typedef struct wc_cfg_entry {
          offsetof(T, log_level), 1, 0, false},                                                     \
     {                                                                                              \
         "WACAST_INSTANCE_ID", WC_CFG_STR, "",                                                      \
-            "name of this process in Redis consumer groups and leases (default: host-pid-random)", \
+            "name of this process in Redis consumer groups and leases; empty: host-pid-random", \
             offsetof(T, instance_id), 1, 0, false                                                  \
     }
 

@@ -16,7 +16,15 @@
 
 #include "wc_log.h"
 
+typedef struct prefix_route {
+    char prefix[64];
+    wc_http_handler *cb;
+    void *arg;
+} prefix_route;
+
 struct wc_http {
+    prefix_route routes[8];
+    int nroutes;
     struct evhttp *http;
     struct evhttp_bound_socket *sock;
     wc_http_ready_fn *ready;
@@ -135,8 +143,27 @@ static void on_metrics(struct evhttp_request *req, void *arg)
 
 static void on_other(struct evhttp_request *req, void *arg)
 {
-    (void)arg;
+    wc_http *h = arg;
+    const char *uri = evhttp_request_get_uri(req);
+    for (int i = 0; uri && i < h->nroutes; i++) {
+        if (strncmp(uri, h->routes[i].prefix, strlen(h->routes[i].prefix)) == 0) {
+            h->routes[i].cb(req, h->routes[i].arg);
+            return;
+        }
+    }
     wc_http_reply_error(req, 404, "not found");
+}
+
+int wc_http_route_prefix(wc_http *h, const char *prefix, wc_http_handler *cb, void *arg)
+{
+    if (!h || h->nroutes >= (int)(sizeof h->routes / sizeof h->routes[0]) ||
+        strlen(prefix) >= sizeof h->routes[0].prefix)
+        return -1;
+    prefix_route *r = &h->routes[h->nroutes++];
+    snprintf(r->prefix, sizeof r->prefix, "%s", prefix);
+    r->cb = cb;
+    r->arg = arg;
+    return 0;
 }
 
 wc_http *wc_http_new(struct event_base *base, const char *bind, int port, wc_http_ready_fn *ready,

@@ -29,6 +29,12 @@ void wc_http_free(wc_http *h);
 struct evhttp *wc_http_evhttp(wc_http *h);
 int wc_http_port(const wc_http *h);
 
+/* Routes every request whose path starts with prefix (e.g. "/admin/") to cb;
+ * up to 8 prefixes, checked in the order added. */
+typedef void wc_http_handler(struct evhttp_request *req, void *arg);
+int wc_http_route_prefix(wc_http *h, const char *prefix, wc_http_handler *cb, void *arg)
+    __attribute__((warn_unused_result));
+
 /* Replies with a JSON body {"error": message} and the status code. */
 void wc_http_reply_error(struct evhttp_request *req, int code, const char *message);
 /* Replies with a JSON body as given. */

@@ -30,6 +30,7 @@
 #include "wc_log.h"
 #include "wc_map.h"
 #include "wc_phone.h"
+#include "wc_publish.h"
 #include "wc_sql.h"
 #include "wc_tpl.h"
 
@@ -141,7 +142,7 @@ typedef struct scheduler {
     int publish_pending;
     bool publish_failed;
     bool reconciling; /* a reconciler query is in flight */
-    struct event *poll_timer, *reconcile_timer, *retry_timer;
+    struct event *poll_timer, *reconcile_timer, *retry_timer, *claim_now;
     uint64_t rng;
 } scheduler;
 
@@ -182,10 +183,16 @@ static void free_campaign(campaign *c)
 
 static void end_expansion(scheduler *s)
 {
+    bool had = s->c != NULL;
     free_rows(s);
     free_campaign(s->c);
     s->c = NULL;
     set_state(s, EXP_IDLE);
+    /* Another campaign may be due already: look now, not at the next poll. */
+    if (had && !s->d.stopping) {
+        struct timeval now = {0, 0};
+        evtimer_add(s->claim_now, &now);
+    }
 }
 
 /* Something failed (Redis or PostgreSQL away): drop the claim's work in hand
@@ -346,7 +353,8 @@ static void claim(scheduler *s)
         "WITH due AS ("
         " SELECT id, status AS old_status FROM campaigns"
         " WHERE (status = 'pending' AND due_at <= now())"
-        "    OR (status = 'triggered' AND claimed_at < now() - make_interval(secs => $2::float8))"
+        "    OR (status = 'triggered'"
+        "        AND coalesce(claimed_at, '-infinity') < now() - make_interval(secs => $2::float8))"
         " ORDER BY due_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)"
         " UPDATE campaigns c SET status = 'triggered', triggered_at = coalesce(c.triggered_at, now()),"
         " claimed_by = $1, claimed_at = now()"
@@ -397,6 +405,24 @@ static void on_vars(wc_pg *pg, PGresult *res, const char *err, void *arg)
     }
     set_state(s, EXP_SELECT);
     exp_step(s);
+}
+
+static const char *phone_reason_text(const char *why)
+{
+    static const struct {
+        const char *code, *text;
+    } texts[] = {
+        {"empty", "no digits"},
+        {"invalid_characters", "contains letters or symbols"},
+        {"invalid_country_code", "no valid country code"},
+        {"too_short", "too few digits"},
+        {"too_long", "too many digits"},
+        {"invalid_default_country", "WACAST_DEFAULT_COUNTRY is not a country code"},
+    };
+    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++)
+        if (why && !strcmp(why, texts[i].code))
+            return texts[i].text;
+    return "not a phone number";
 }
 
 /* Template variables for one lead. */
@@ -491,7 +517,8 @@ static void on_leads(wc_pg *pg, PGresult *res, const char *err, void *arg)
         if (wc_phone_normalize(raw_phone, s->cfg.default_country, phone, sizeof phone, &why) < 0) {
             status = "skipped";
             snprintf(code, sizeof code, "invalid_phone");
-            snprintf(message, sizeof message, "invalid phone number '%.100s': %s", raw_phone, why);
+            snprintf(message, sizeof message, "invalid phone number '%.100s': %s (%s)", raw_phone,
+                     phone_reason_text(why), why);
             recipient = raw_phone;
         } else if (wc_map_get(&c->phones, phone)) {
             /* The same person under another spelling of the number: one message. */
@@ -817,9 +844,12 @@ static void on_processing(wc_pg *pg, PGresult *res, const char *err, void *arg)
     if (PQntuples(res) > 0) {
         const char *status = PQgetvalue(res, 0, 0);
         long total = strtol(PQgetvalue(res, 0, 1), NULL, 10);
-        if (!strcmp(status, "finished") && total == 0)
+        if (!strcmp(status, "finished") && total == 0) {
             s->m.campaigns_empty++;
-        wc_info("campaign %s expanded: %ld message(s); now %s", s->c->id, total, status);
+            wc_info("campaign %s finished: no eligible leads", s->c->id);
+        } else {
+            wc_info("campaign %s expanded: %ld message(s); now %s", s->c->id, total, status);
+        }
         /* Results may all have arrived while it was still triggered. */
         char ids[64];
         snprintf(ids, sizeof ids, "{%s}", s->c->id);
@@ -894,7 +924,8 @@ static void exp_step(scheduler *s)
             " status = CASE WHEN total_count = 0 THEN 'finished'::campaign_status"
             "  ELSE 'processing'::campaign_status END,"
             " status_reason = CASE WHEN total_count = 0 THEN 'no eligible leads' ELSE status_reason END,"
-            " finished_at = CASE WHEN total_count = 0 THEN now() ELSE finished_at END"
+            " finished_at = CASE WHEN total_count = 0 THEN now() ELSE finished_at END,"
+            " expanded_at = now()"
             " WHERE id = $1 AND claimed_by = $2 AND status = 'triggered' RETURNING status, total_count";
         if (wc_pg_query(s->d.pg, sql, 2, params, on_processing, s) < 0)
             abandon(s, "cannot queue a query");
@@ -921,12 +952,102 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
     exp_step(arg);
 }
 
-static void on_republished(wc_redis *r, redisReply *reply, void *arg)
+/* ---- reconciler ---------------------------------------------------------------------------- */
+
+/* Candidates are messages pending or queued for longer than
+ * WACAST_RECONCILE_AFTER_S in running campaigns. Their markers in Redis tell
+ * what happened to each:
+ *   pending, any marker   published but never marked queued, or never
+ *                         published: publish (a duplicate is dropped by the
+ *                         marker downstream)
+ *   queued, no marker     lost with Redis data: publish again
+ *   queued, "d:..."       the outcome is known but its result was lost: put
+ *                         the result on the results stream again
+ *   queued, "r:"/"c:"     still travelling (an outbox, a send): leave it, and
+ *                         touch it so the next rounds look at others first */
+typedef struct reconcile {
+    scheduler *s;
+    PGresult *rows;
+    bool *publish;
+} reconcile;
+
+static void reconcile_end(reconcile *rc)
+{
+    rc->s->reconciling = false;
+    PQclear(rc->rows);
+    free(rc->publish);
+    free(rc);
+}
+
+static void on_reconcile_marked(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    scheduler *s = arg;
+    if (!res) {
+        s->m.pg_errors++;
+        wc_warn("reconciler: %s", err);
+    }
+}
+
+static void on_reconcile_published(int published, int n, const char *ids, void *arg)
+{
+    scheduler *s = arg;
+    s->m.messages_republished += (uint64_t)published;
+    wc_info("reconciler: published %d of %d stuck message(s) again", published, n);
+    const char *params[] = {ids};
+    if (wc_pg_query(s->d.pg, WC_SQL_MARK_QUEUED, 1, params, on_reconcile_marked, s) < 0)
+        s->m.pg_errors++;
+}
+
+static void on_result_replayed(wc_redis *r, redisReply *reply, void *arg)
 {
     (void)r;
     scheduler *s = arg;
     if (!reply || reply->type == REDIS_REPLY_ERROR)
         s->m.redis_errors++;
+}
+
+static void on_markers(wc_redis *r, redisReply *reply, void *arg)
+{
+    reconcile *rc = arg;
+    scheduler *s = rc->s;
+    int n = PQntuples(rc->rows);
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || (int)reply->elements != n) {
+        s->m.redis_errors++;
+        reconcile_end(rc);
+        return;
+    }
+    struct evbuffer *alive = evbuffer_new();
+    int npublish = 0, nalive = 0;
+    for (int i = 0; i < n; i++) {
+        bool pending = PQgetvalue(rc->rows, i, 11)[0] == 'p';
+        redisReply *m = reply->element[i];
+        bool absent = m->type != REDIS_REPLY_STRING || m->len < 2;
+        if (pending || absent) {
+            rc->publish[i] = true;
+            npublish++;
+        } else if (m->str[0] == 'd') {
+            const char *argv[] = {"XADD", WC_KEY_RESULTS, "*", "r", m->str + 2};
+            size_t lens[] = {4, strlen(WC_KEY_RESULTS), 1, 1, m->len - 2};
+            if (wc_redis_commandv(r, on_result_replayed, s, 5, argv, lens) < 0)
+                s->m.redis_errors++;
+        } else {
+            evbuffer_add_printf(alive, "%s%s", nalive++ ? "," : "{", PQgetvalue(rc->rows, i, 0));
+        }
+    }
+    if (nalive) {
+        evbuffer_add(alive, "}\0", 2);
+        const char *params[] = {(const char *)evbuffer_pullup(alive, -1)};
+        if (wc_pg_query(s->d.pg,
+                        "UPDATE broadcast_messages SET updated_at = now() WHERE id = ANY($1::bigint[])"
+                        " AND status = 'queued'",
+                        1, params, on_reconcile_marked, s) < 0)
+            s->m.pg_errors++;
+    }
+    evbuffer_free(alive);
+    if (npublish && wc_publish_rows(r, rc->rows, rc->publish, 0, on_reconcile_published, s) < 0)
+        s->m.redis_errors++;
+    reconcile_end(rc);
 }
 
 static void on_stuck(wc_pg *pg, PGresult *res, const char *err, void *arg)
@@ -944,49 +1065,33 @@ static void on_stuck(wc_pg *pg, PGresult *res, const char *err, void *arg)
         s->reconciling = false;
         return;
     }
-    wc_info("reconciler: publishing %d message(s) again", n);
-    s->m.messages_republished += (uint64_t)n;
-    s->reconciling = false;
-    struct evbuffer *ids = evbuffer_new();
-    int published = 0;
-    for (int r = 0; r < n; r++) {
-        Wacast__Job job = WACAST__JOB__INIT;
-        job.message_id = strtoll(PQgetvalue(res, r, 0), NULL, 10);
-        job.lead_id = PQgetvalue(res, r, 1);
-        job.device_id = PQgetvalue(res, r, 2);
-        job.recipient = PQgetvalue(res, r, 3);
-        job.recipient_name = PQgetvalue(res, r, 4);
-        job.content = PQgetvalue(res, r, 5);
-        job.campaign_id = PQgetvalue(res, r, 6);
-        job.user_id = PQgetvalue(res, r, 7);
-        job.media_url = PQgetvalue(res, r, 8);
-        job.min_delay_ms = (uint32_t)strtod(PQgetvalue(res, r, 9), NULL);
-        job.max_delay_ms = (uint32_t)strtod(PQgetvalue(res, r, 10), NULL);
-        job.attempt = 1;
-        job.queued_at_us = wc_now_us();
-        size_t len = wacast__job__get_packed_size(&job);
-        uint8_t *buf = malloc(len ? len : 1);
-        if (!buf)
-            abort();
-        wacast__job__pack(&job, buf);
-        const char *argv[] = {"XADD", WC_KEY_JOBS, "*", "j", (const char *)buf};
-        size_t lens[] = {4, strlen(WC_KEY_JOBS), 1, 1, len};
-        if (wc_redis_commandv(s->d.redis, on_republished, s, 5, argv, lens) == 0) {
-            evbuffer_add_printf(ids, "%s%" PRId64, published ? "," : "{", job.message_id);
-            published++;
+    reconcile *rc = calloc(1, sizeof *rc);
+    bool *publish = calloc((size_t)n, sizeof *publish);
+    const char **argv = calloc((size_t)n + 1, sizeof *argv);
+    char (*keys)[64] = calloc((size_t)n, sizeof *keys);
+    if (!rc || !publish || !argv || !keys)
+        abort();
+    rc->s = s;
+    rc->publish = publish;
+    /* Keep the rows past this callback: the library frees res when it returns. */
+    rc->rows = PQcopyResult(res, PG_COPYRES_ATTRS | PG_COPYRES_TUPLES);
+    argv[0] = "MGET";
+    for (int i = 0; i < n; i++) {
+        wc_key_msg(keys[i], sizeof keys[i], strtoll(PQgetvalue(res, i, 0), NULL, 10));
+        argv[i + 1] = keys[i];
+    }
+    if (!rc->rows || wc_redis_commandv(s->d.redis, on_markers, rc, n + 1, argv, NULL) < 0) {
+        s->m.redis_errors++;
+        if (!rc->rows) {
+            free(publish);
+            free(rc);
+            s->reconciling = false;
+        } else {
+            reconcile_end(rc);
         }
-        free(buf);
     }
-    if (published) {
-        evbuffer_add(ids, "}\0", 2);
-        const char *params[] = {(const char *)evbuffer_pullup(ids, -1)};
-        if (wc_pg_query(s->d.pg,
-                        "UPDATE broadcast_messages SET status = 'queued', queued_at = now(), updated_at = now() "
-                        "WHERE id = ANY($1::bigint[]) AND status = 'pending'",
-                        1, params, on_failed, s) < 0)
-            s->m.pg_errors++;
-    }
-    evbuffer_free(ids);
+    free(argv);
+    free(keys);
 }
 
 static void on_reconcile(evutil_socket_t fd, short what, void *arg)
@@ -994,21 +1099,16 @@ static void on_reconcile(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     scheduler *s = arg;
-    if (s->reconciling || s->d.stopping)
+    if (s->reconciling || s->d.stopping || !wc_redis_ready(s->d.redis))
         return;
     char after[32];
     snprintf(after, sizeof after, "%ld", s->cfg.reconcile_after_s);
     const char *params[] = {after};
     static const char *sql =
-        "SELECT m.id, coalesce(m.lead_id::text, ''), coalesce(l.device_id::text, ''),"
-        " m.recipient_phone, m.recipient_name, m.content, m.campaign_id, m.user_id,"
-        " coalesce(m.media_url, ''), coalesce(c.min_delay_seconds * 1000, 0),"
-        " coalesce(c.max_delay_seconds * 1000, 0)"
-        " FROM broadcast_messages m JOIN campaigns c ON c.id = m.campaign_id"
-        " LEFT JOIN leads l ON l.id = m.lead_id"
-        " WHERE m.status = 'pending' AND c.status = 'processing'"
+        "SELECT " WC_SQL_JOB_COLUMNS ", m.status::text" WC_SQL_JOB_FROM
+        " WHERE m.status IN ('pending', 'queued') AND c.status = 'processing'"
         " AND m.updated_at < now() - make_interval(secs => $1::float8)"
-        " ORDER BY m.id LIMIT 2000";
+        " ORDER BY m.updated_at LIMIT 1000";
     if (wc_pg_query(s->d.pg, sql, 1, params, on_stuck, s) == 0)
         s->reconciling = true;
 }
@@ -1048,14 +1148,16 @@ int main(int argc, char **argv)
     randombytes_buf(&s.rng, sizeof s.rng);
     wc_daemon_on_stop(&s.d, on_stop, &s);
     s.retry_timer = evtimer_new(s.d.base, on_retry, &s);
+    s.claim_now = evtimer_new(s.d.base, on_poll, &s);
     s.poll_timer = wc_daemon_every(&s.d, (int)s.cfg.poll_ms, on_poll, &s);
     s.reconcile_timer = wc_daemon_every(&s.d, (int)s.cfg.reconcile_ms, on_reconcile, &s);
     claim(&s);
     int rc = wc_daemon_run(&s.d);
+    end_expansion(&s);
     event_free(s.poll_timer);
     event_free(s.reconcile_timer);
     event_free(s.retry_timer);
-    end_expansion(&s);
+    event_free(s.claim_now);
     wc_daemon_free(&s.d);
     wc_config_free(cfg_table, sizeof cfg_table / sizeof cfg_table[0], &s.cfg);
     return rc;

@@ -688,7 +688,9 @@ static void park_paused(device *dv, const uint8_t *payload, size_t len)
     f->m.held_paused++;
     const char *argv[] = {"XADD", key, "*", "j", (const char *)payload};
     size_t lens[] = {4, strlen(key), 1, 1, len};
-    if (wc_redis_commandv(f->d.redis, on_parked, dv, 5, argv, lens) < 0) {
+    if (wc_redis_command(f->d.redis, on_void_device, dv, "SADD wacast:paused:index %s",
+                         dv->job->campaign_id) < 0 ||
+        wc_redis_commandv(f->d.redis, on_parked, dv, 5, argv, lens) < 0) {
         dv->pel_mode = true;
         free_job(dv);
         set_state(dv, DEV_IDLE);

@@ -1,0 +1,421 @@
+/* Operator controls. Pause, resume and cancel are plain updates of the
+ * campaign row, so a dashboard can make them without the API; the admin API
+ * (POST /admin/campaigns/<id>/{pause,resume,cancel,retry-failed}, bearer
+ * token) makes the same updates and answers with the new state. What keeps
+ * them true in flight lives here and in the sender:
+ * - pause: senders re-read held campaigns every WACAST_HOLDS_MS and set a
+ *   paused campaign's jobs aside in wacast:paused:<campaign>; when the
+ *   campaign is no longer paused, this file moves them back to the jobs
+ *   stream (resume continues where it stopped);
+ * - cancel: unpublished messages are cancelled at once, senders report the
+ *   ones they meet as cancelled, and whatever is still queued after
+ *   WACAST_CANCEL_GRACE_S is cancelled by the sweep;
+ * - retry-failed: failed messages go back to pending, their markers are
+ *   cleared, and they are published again. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+
+#include "dispatcher.h"
+#include "wc_keys.h"
+#include "wc_log.h"
+#include "wc_publish.h"
+
+#define PAUSED_INDEX "wacast:paused:index"
+
+/* ---- admin API ------------------------------------------------------------------------------- */
+
+typedef struct admin_op {
+    dispatcher *ds;
+    struct evhttp_request *req;
+    char campaign[40];
+    char action[16];
+} admin_op;
+
+static bool is_uuid(const char *s)
+{
+    if (strlen(s) != 36)
+        return false;
+    for (int i = 0; i < 36; i++) {
+        bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+        if (dash ? s[i] != '-' : !strchr("0123456789abcdefABCDEF", s[i]))
+            return false;
+    }
+    return true;
+}
+
+static void reply_campaign(admin_op *op, PGresult *res, int row)
+{
+    char body[512];
+    snprintf(body, sizeof body, "{\"id\":\"%s\",\"status\":\"%s\",\"changed\":%s}", op->campaign,
+             PQgetvalue(res, row, 0), PQgetvalue(res, row, 1));
+    wc_http_reply_json(op->req, 200, body);
+}
+
+static void on_retry_published(int published, int n, const char *ids, void *arg);
+
+static void on_admin_done(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    admin_op *op = arg;
+    dispatcher *ds = op->ds;
+    if (!res) {
+        ds->m.pg_errors++;
+        wc_http_reply_error(op->req, 503, err);
+        free(op);
+        return;
+    }
+    if (PQntuples(res) == 0) {
+        wc_http_reply_error(op->req, 404, "no such campaign");
+        free(op);
+        return;
+    }
+    if (strcmp(PQgetvalue(res, 0, 1), "true") != 0 && strcmp(PQgetvalue(res, 0, 1), "t") != 0) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "cannot %s a campaign that is %s", op->action, PQgetvalue(res, 0, 0));
+        wc_http_reply_error(op->req, 409, msg);
+        free(op);
+        return;
+    }
+    wc_info("admin: campaign %s %s", op->campaign, op->action);
+    reply_campaign(op, res, 0);
+    free(op);
+}
+
+static void on_retry_marked(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    dispatcher *ds = arg;
+    if (!res) {
+        ds->m.pg_errors++;
+        wc_warn("retry-failed: marking queued: %s", err);
+    }
+}
+
+static void on_retry_published(int published, int n, const char *ids, void *arg)
+{
+    dispatcher *ds = arg;
+    wc_info("retry-failed: %d of %d message(s) published again", published, n);
+    const char *params[] = {ids};
+    if (wc_pg_query(ds->d.pg, WC_SQL_MARK_QUEUED, 1, params, on_retry_marked, ds) < 0)
+        ds->m.pg_errors++;
+}
+
+static void on_retry_rows(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    admin_op *op = arg;
+    dispatcher *ds = op->ds;
+    if (!res) {
+        ds->m.pg_errors++;
+        wc_http_reply_error(op->req, 503, err);
+        free(op);
+        return;
+    }
+    int n = PQntuples(res);
+    char body[256];
+    snprintf(body, sizeof body, "{\"id\":\"%s\",\"status\":\"processing\",\"retried\":%d}", op->campaign, n);
+    if (n > 0 && wc_publish_rows(ds->d.redis, res, NULL, 1, on_retry_published, ds) < 0) {
+        /* Rows are pending: the scheduler's reconciler publishes them later. */
+        wc_warn("retry-failed: Redis unavailable; the reconciler will publish %d message(s)", n);
+    }
+    wc_info("admin: campaign %s retry-failed: %d message(s)", op->campaign, n);
+    wc_http_reply_json(op->req, 200, body);
+    free(op);
+}
+
+static const char *SQL_PAUSE =
+    "WITH c AS (SELECT id, status FROM campaigns WHERE id = $1 FOR UPDATE),"
+    " u AS (UPDATE campaigns SET status = 'paused', status_reason = 'paused by operator'"
+    " WHERE id = $1 AND status IN ('pending', 'triggered', 'processing') RETURNING status)"
+    " SELECT coalesce((SELECT status::text FROM u), c.status::text), (SELECT count(*) FROM u) > 0 FROM c";
+
+/* Back to where it was: pending if never triggered, triggered (expansion to
+ * finish; the stale claim is taken by a scheduler) or processing. */
+static const char *SQL_RESUME =
+    "WITH c AS (SELECT id, status FROM campaigns WHERE id = $1 FOR UPDATE),"
+    " u AS (UPDATE campaigns SET status = CASE WHEN triggered_at IS NULL THEN 'pending'::campaign_status"
+    " WHEN expanded_at IS NULL THEN 'triggered'::campaign_status ELSE 'processing'::campaign_status END,"
+    " claimed_at = NULL, status_reason = NULL WHERE id = $1 AND status = 'paused' RETURNING status)"
+    " SELECT coalesce((SELECT status::text FROM u), c.status::text), (SELECT count(*) FROM u) > 0 FROM c";
+
+static const char *SQL_CANCEL =
+    "WITH c AS (SELECT id, status FROM campaigns WHERE id = $1 FOR UPDATE),"
+    " u AS (UPDATE campaigns SET status = 'cancelled', status_reason = 'cancelled by operator',"
+    " finished_at = now() WHERE id = $1 AND status IN ('pending', 'triggered', 'processing', 'paused')"
+    " RETURNING id),"
+    " m AS (UPDATE broadcast_messages SET status = 'cancelled', updated_at = now()"
+    " WHERE campaign_id = $1 AND status = 'pending' AND EXISTS (SELECT 1 FROM u) RETURNING 1),"
+    " n AS (UPDATE campaigns SET cancelled_count = cancelled_count + (SELECT count(*) FROM m)"
+    " WHERE id = $1 AND EXISTS (SELECT 1 FROM u) RETURNING 1)"
+    " SELECT CASE WHEN EXISTS (SELECT 1 FROM u) THEN 'cancelled' ELSE c.status::text END,"
+    " EXISTS (SELECT 1 FROM u), (SELECT count(*) FROM n) FROM c";
+
+static const char *SQL_RETRY_FAILED =
+    "WITH c AS (SELECT id FROM campaigns WHERE id = $1 AND status IN ('processing', 'finished', 'failed')"
+    " FOR UPDATE),"
+    " m AS (UPDATE broadcast_messages SET status = 'pending', error_code = NULL, error_message = NULL,"
+    " failed_at = NULL, attempts = 0, updated_at = now()"
+    " WHERE campaign_id = $1 AND status = 'failed' AND EXISTS (SELECT 1 FROM c) RETURNING id),"
+    " u AS (UPDATE campaigns SET failed_count = failed_count - (SELECT count(*) FROM m),"
+    " status = 'processing', status_reason = NULL, finished_at = NULL"
+    " WHERE id = $1 AND EXISTS (SELECT 1 FROM c) AND (SELECT count(*) FROM m) > 0 RETURNING 1)"
+    " SELECT " WC_SQL_JOB_COLUMNS WC_SQL_JOB_FROM " WHERE m.id IN (SELECT id FROM m)"
+    " AND (SELECT count(*) FROM u) >= 0";
+
+static void on_admin(struct evhttp_request *req, void *arg)
+{
+    dispatcher *ds = arg;
+    ds->m.admin_requests++;
+    if (!ds->cfg.admin_token[0]) {
+        wc_http_reply_error(req, 403, "admin API disabled: set WACAST_ADMIN_TOKEN");
+        return;
+    }
+    if (!wc_http_bearer_ok(req, ds->cfg.admin_token)) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer");
+        wc_http_reply_error(req, 401, "missing or wrong bearer token");
+        return;
+    }
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+        wc_http_reply_error(req, 405, "use POST");
+        return;
+    }
+    /* /admin/campaigns/<uuid>/<action> */
+    const char *path = evhttp_request_get_uri(req);
+    char campaign[64] = "", action[32] = "";
+    if (sscanf(path, "/admin/campaigns/%63[^/]/%31[a-z-]", campaign, action) != 2) {
+        wc_http_reply_error(req, 404, "expected /admin/campaigns/<id>/{pause,resume,cancel,retry-failed}");
+        return;
+    }
+    if (!is_uuid(campaign)) {
+        wc_http_reply_error(req, 400, "campaign id is not a UUID");
+        return;
+    }
+    const char *sql = !strcmp(action, "pause")          ? SQL_PAUSE
+                      : !strcmp(action, "resume")       ? SQL_RESUME
+                      : !strcmp(action, "cancel")       ? SQL_CANCEL
+                      : !strcmp(action, "retry-failed") ? SQL_RETRY_FAILED
+                                                        : NULL;
+    if (!sql) {
+        wc_http_reply_error(req, 404, "unknown action (pause, resume, cancel, retry-failed)");
+        return;
+    }
+    admin_op *op = calloc(1, sizeof *op);
+    if (!op) {
+        wc_http_reply_error(req, 500, "out of memory");
+        return;
+    }
+    op->ds = ds;
+    op->req = req;
+    snprintf(op->campaign, sizeof op->campaign, "%s", campaign);
+    snprintf(op->action, sizeof op->action, "%s", action);
+    const char *params[] = {op->campaign};
+    wc_pg_cb *cb = sql == SQL_RETRY_FAILED ? on_retry_rows : on_admin_done;
+    if (wc_pg_query(ds->d.pg, sql, 1, params, cb, op) < 0) {
+        wc_http_reply_error(req, 503, "database unavailable");
+        free(op);
+    }
+}
+
+/* ---- resumed campaigns: paused jobs back to the jobs stream ------------------------------------ */
+
+typedef struct drain {
+    dispatcher *ds;
+    char campaign[40];
+    char key[96];
+    int pending;
+} drain;
+
+static void drain_step(drain *dr);
+
+static void on_drain_deleted(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    drain *dr = arg;
+    if (!reply || reply->type == REDIS_REPLY_ERROR) {
+        dr->ds->m.redis_errors++;
+        dr->ds->paused_busy = false;
+        free(dr);
+        return;
+    }
+    drain_step(dr);
+}
+
+static void on_requeued(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    drain *dr = arg;
+    if (!reply || reply->type == REDIS_REPLY_ERROR)
+        dr->ds->m.redis_errors++;
+    else
+        dr->ds->m.paused_requeued++;
+}
+
+static void on_drain_range(wc_redis *r, redisReply *reply, void *arg)
+{
+    drain *dr = arg;
+    dispatcher *ds = dr->ds;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY) {
+        ds->m.redis_errors++;
+        ds->paused_busy = false;
+        free(dr);
+        return;
+    }
+    if (reply->elements == 0) {
+        /* Empty: forget it (a sender parking more re-adds it to the index). */
+        if (wc_redis_command(r, on_drain_deleted, dr, "SREM %s %s", PAUSED_INDEX, dr->campaign) < 0) {
+            ds->paused_busy = false;
+            free(dr);
+        }
+        return;
+    }
+    /* Copy to the jobs stream, then delete what was copied. A crash in between
+     * leaves duplicates, which the idempotency marker drops. */
+    const char **del = calloc(reply->elements + 2, sizeof *del);
+    if (!del)
+        abort();
+    del[0] = "XDEL";
+    del[1] = dr->key;
+    int n = 2;
+    for (size_t i = 0; i < reply->elements; i++) {
+        redisReply *e = reply->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2)
+            continue;
+        redisReply *f = e->element[1];
+        for (size_t k = 0; f->type == REDIS_REPLY_ARRAY && k + 1 < f->elements; k += 2) {
+            if (strcmp(f->element[k]->str, "j") != 0)
+                continue;
+            const char *argv[] = {"XADD", WC_KEY_JOBS, "*", "j", f->element[k + 1]->str};
+            size_t lens[] = {4, strlen(WC_KEY_JOBS), 1, 1, f->element[k + 1]->len};
+            if (wc_redis_commandv(r, on_requeued, dr, 5, argv, lens) < 0)
+                ds->m.redis_errors++;
+        }
+        del[n++] = e->element[0]->str;
+    }
+    if (wc_redis_commandv(r, on_drain_deleted, dr, n, del, NULL) < 0) {
+        ds->paused_busy = false;
+        free(dr);
+    }
+    free(del);
+}
+
+static void drain_step(drain *dr)
+{
+    if (wc_redis_command(dr->ds->d.redis, on_drain_range, dr, "XRANGE %s - + COUNT 500", dr->key) < 0) {
+        dr->ds->paused_busy = false;
+        free(dr);
+    }
+}
+
+static void on_resumable(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    dispatcher *ds = arg;
+    if (!res) {
+        ds->m.pg_errors++;
+        wc_warn("reading paused campaigns: %s", err);
+        ds->paused_busy = false;
+        return;
+    }
+    if (PQntuples(res) == 0) {
+        ds->paused_busy = false;
+        return;
+    }
+    /* One campaign per round keeps this simple; the timer comes back. */
+    drain *dr = calloc(1, sizeof *dr);
+    if (!dr)
+        abort();
+    dr->ds = ds;
+    snprintf(dr->campaign, sizeof dr->campaign, "%s", PQgetvalue(res, 0, 0));
+    wc_key_paused(dr->key, sizeof dr->key, dr->campaign);
+    wc_info("campaign %s is no longer paused: requeueing its set-aside messages", dr->campaign);
+    drain_step(dr);
+}
+
+static void on_paused_index(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    dispatcher *ds = arg;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements == 0) {
+        ds->paused_busy = false;
+        return;
+    }
+    struct evbuffer *ids = evbuffer_new();
+    size_t n = 0;
+    for (size_t i = 0; i < reply->elements; i++) {
+        const char *id = reply->element[i]->str;
+        if (reply->element[i]->type == REDIS_REPLY_STRING && is_uuid(id))
+            evbuffer_add_printf(ids, "%s%s", n++ ? "," : "{", id);
+    }
+    if (n == 0) {
+        evbuffer_free(ids);
+        ds->paused_busy = false;
+        return;
+    }
+    evbuffer_add(ids, "}\0", 2);
+    const char *params[] = {(const char *)evbuffer_pullup(ids, -1)};
+    if (wc_pg_query(ds->d.pg,
+                    "SELECT id FROM campaigns WHERE id = ANY($1::uuid[]) AND status <> 'paused'", 1,
+                    params, on_resumable, ds) < 0)
+        ds->paused_busy = false;
+    evbuffer_free(ids);
+}
+
+/* ---- cancel sweep ---------------------------------------------------------------------------- */
+
+static void on_cancel_swept(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    dispatcher *ds = arg;
+    ds->cancel_busy = false;
+    if (!res) {
+        ds->m.pg_errors++;
+        wc_warn("cancel sweep: %s", err);
+    }
+}
+
+static void on_paused_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    dispatcher *ds = arg;
+    if (!ds->paused_busy && wc_redis_ready(ds->d.redis) &&
+        wc_redis_command(ds->d.redis, on_paused_index, ds, "SMEMBERS %s", PAUSED_INDEX) == 0)
+        ds->paused_busy = true;
+    if (!ds->cancel_busy) {
+        char grace[32];
+        snprintf(grace, sizeof grace, "%ld", ds->cfg.cancel_grace_s);
+        const char *params[] = {grace};
+        static const char *sql =
+            "WITH m AS (UPDATE broadcast_messages m SET status = 'cancelled', updated_at = now()"
+            " FROM campaigns c WHERE c.id = m.campaign_id AND c.status = 'cancelled'"
+            " AND c.finished_at < now() - make_interval(secs => $1::float8)"
+            " AND m.status IN ('pending', 'queued') RETURNING m.campaign_id)"
+            " UPDATE campaigns c SET cancelled_count = c.cancelled_count + d.n"
+            " FROM (SELECT campaign_id, count(*) AS n FROM m GROUP BY campaign_id) d"
+            " WHERE c.id = d.campaign_id";
+        if (wc_pg_query(ds->d.pg, sql, 1, params, on_cancel_swept, ds) == 0)
+            ds->cancel_busy = true;
+    }
+}
+
+void control_init(dispatcher *ds)
+{
+    if (ds->d.http && wc_http_route_prefix(ds->d.http, "/admin/", on_admin, ds) < 0) {
+        wc_error("cannot route /admin/");
+        abort();
+    }
+    ds->paused_timer = wc_daemon_every(&ds->d, 1000, on_paused_timer, ds);
+}
+
+void control_free(dispatcher *ds)
+{
+    if (ds->paused_timer)
+        event_free(ds->paused_timer);
+    ds->paused_timer = NULL;
+}

@@ -1,0 +1,112 @@
+/* The dispatcher's shared state: router (dispatcher.c), status events from
+ * webhooks and the sim (events.c), operator controls (control.c). */
+#ifndef DISPATCHER_H
+#define DISPATCHER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "wacast.pb-c.h"
+#include "wc_daemon.h"
+#include "wc_map.h"
+
+typedef struct dispatcher_cfg {
+    wc_common_cfg c;
+    long route_batch;
+    long sink_batch;
+    long outbox_max;
+    long parked_max;
+    long refresh_ms;
+    long online_grace_ms;
+    long claim_idle_ms;
+    long idempotency_ttl_s;
+    char *admin_token;
+    char *meta_app_secret;
+    char *meta_verify_token;
+    char *gowa_webhook_secret;
+    char *opt_out_words;
+    long cancel_grace_s;
+} dispatcher_cfg;
+
+#define DISPATCHER_METRICS(X)                                                                      \
+    X(jobs_routed, "jobs appended to a device outbox")                                             \
+    X(jobs_parked, "times a job had to wait for a device")                                         \
+    X(jobs_invalid, "jobs that could not be decoded")                                              \
+    X(results_written, "status changes written to PostgreSQL")                                     \
+    X(results_ignored, "results that would have moved a status backwards, or were repeats")        \
+    X(campaigns_finished, "campaigns moved to finished or failed")                                 \
+    X(entries_claimed, "stream entries taken over from dead consumers")                            \
+    X(redis_errors, "Redis commands that failed")                                                  \
+    X(pg_errors, "PostgreSQL statements that failed")                                              \
+    X(jobs_duplicate, "jobs dropped because their message is already being sent or done")          \
+    X(webhooks_accepted, "webhook bodies accepted")                                                \
+    X(webhooks_rejected, "webhook requests refused (signature, size, format)")                     \
+    X(status_events, "provider status events turned into results")                                \
+    X(opt_outs, "leads opted out by an inbound reply")                                             \
+    X(sim_callbacks, "simulated provider webhooks delivered")                                      \
+    X(paused_requeued, "messages of resumed campaigns put back on the jobs stream")                \
+    X(admin_requests, "admin API requests served")
+
+typedef struct dispatcher_metrics {
+#define X(name, help) uint64_t name;
+    DISPATCHER_METRICS(X)
+#undef X
+} dispatcher_metrics;
+
+/* The online devices of one user, for round-robin. */
+typedef struct user_devices {
+    char **ids;
+    size_t n;
+    size_t next;
+} user_devices;
+
+typedef struct route_job {
+    struct route_job *next;
+    char entry_id[48];
+    Wacast__Job *job;
+    uint8_t *payload;
+    size_t payload_len;
+    size_t tried;  /* devices tried in this round */
+    bool duplicate; /* its message is claimed or done: acknowledge, do not route */
+    char device[40];
+} route_job;
+
+typedef struct route_batch route_batch;
+
+typedef struct dispatcher {
+    wc_daemon d;
+    dispatcher_cfg cfg;
+    dispatcher_metrics m;
+    wc_redis *jobs_rd, *results_rd;
+    wc_map users;   /* user_id -> user_devices */
+    wc_map online;  /* device_id -> (void *)1 */
+    bool devices_loaded, refreshing;
+    /* router */
+    bool jobs_reading, jobs_pel;
+    route_job *parked;
+    size_t nparked;
+    route_batch *routing;
+    /* sink */
+    bool results_reading, results_pel, sink_writing;
+    struct event *refresh_timer, *parked_timer, *claim_timer, *sweep_timer, *read_timer,
+        *sim_timer, *paused_timer;
+    bool sim_busy, paused_busy, cancel_busy;
+} dispatcher;
+
+/* Appends a status result for the sink (and, with a message id, records the
+ * outcome in the idempotency marker). */
+void dispatcher_status_result(dispatcher *ds, const Wacast__Result *res);
+/* Handles one provider webhook body already authenticated: statuses become
+ * results, inbound opt-out words opt the lead out. Returns 0, or -1 with err
+ * (the body is malformed: answer 400). */
+int dispatcher_webhook_body(dispatcher *ds, int provider, const char *body, size_t len, char *err,
+                            size_t errlen);
+/* Timers and HTTP routes of events.c and control.c. */
+void events_init(dispatcher *ds);
+void control_init(dispatcher *ds);
+void events_free(dispatcher *ds);
+void control_free(dispatcher *ds);
+
+#endif
+
+
