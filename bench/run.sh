@@ -4,7 +4,8 @@
 #   bench/run.sh [--messages N] [--devices D] [--senders S] [--dispatchers K]
 #                [--baseline-workers W] [--baseline-concurrency C]
 #                [--skip-wacast] [--skip-baseline] [--skip-raw] [--profile] [--keep]
-#                [--timeout SECONDS] [--out DIR] [--build DIR] [--no-build]
+#                [--timeout SECONDS] [--budget SECONDS] [--raw-rows R]
+#                [--out DIR] [--build DIR] [--no-build]
 #                [--scheduler-env "K=V ..."] [--dispatcher-env "..."] [--sender-env "..."]
 #
 # Starts its own Redis and PostgreSQL in a temporary folder on free loopback
@@ -26,7 +27,7 @@ root=$(cd "$here/.." && pwd)
 
 messages=1000000
 devices=1000
-senders=1
+senders=2
 dispatchers=1
 baseline_workers=2
 baseline_concurrency=100
@@ -35,7 +36,9 @@ skip_wacast=0
 skip_raw=0
 profile=0
 keep=0
-phase_timeout=300
+phase_timeout=600   # longest a measured phase may run
+budget=570          # the whole run: phases get shorter time-outs so it ends within this
+raw_rows=300000     # rows of the raw PostgreSQL test (at most --messages)
 outdir=$here/results
 build=$root/build-bench
 do_build=1
@@ -57,6 +60,8 @@ while [ $# -gt 0 ]; do
     --profile) profile=1; shift ;;
     --keep) keep=1; shift ;;
     --timeout) phase_timeout=$2; shift 2 ;;
+    --budget) budget=$2; shift 2 ;;
+    --raw-rows) raw_rows=$2; shift 2 ;;
     --out) outdir=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
     --no-build) do_build=0; shift ;;
@@ -67,13 +72,23 @@ while [ $# -gt 0 ]; do
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
-for v in messages devices senders dispatchers baseline_workers baseline_concurrency phase_timeout; do
+for v in messages devices senders dispatchers baseline_workers baseline_concurrency phase_timeout budget raw_rows; do
   [[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -ge 1 ] || { echo "run.sh: --${v//_/-} must be a positive integer" >&2; exit 2; }
 done
 [ "$messages" -le 9999999 ] || { echo "run.sh: --messages must be at most 9,999,999" >&2; exit 2; }
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 started=$(date +%s)
+deadline=$(( started + budget ))
+[ "$raw_rows" -le "$messages" ] || raw_rows=$messages
+# A phase's time-out: --timeout, shortened so that what still has to run
+# after it (reserve seconds) fits in the budget; at least 30 s.
+phase_limit() {
+  local left=$(( deadline - $(date +%s) - $1 ))
+  [ "$left" -lt "$phase_timeout" ] || left=$phase_timeout
+  [ "$left" -ge 30 ] || left=30
+  echo "$left"
+}
 log() { printf '[bench %5ss] %s\n' "$(( $(date +%s) - started ))" "$*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
 
@@ -110,6 +125,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# Runs a long step as a background child and waits for it: bash runs a trap
+# only between commands, so a step in the foreground would hold SIGTERM/SIGINT
+# back until it ends; `wait` is interrupted at once, and cleanup stops the step.
+step() {
+  "$@" &
+  local p=$! rc=0
+  pids+=("$p")
+  wait "$p" || rc=$?
+  return "$rc"
+}
 
 # ---- dependencies -------------------------------------------------------------------------------
 
@@ -204,8 +230,9 @@ psql_q "CREATE EXTENSION pg_stat_statements" 60 bench_seed
 DATABASE_URL="$pg_base/bench_seed" timeout 120 "$build/wacast-ctl" migrate >"$work/log/migrate.log" 2>&1 \
   || die "migrations failed (see $work/log/migrate.log)"
 seed_t0=$(date +%s%N)
-campaign=$(timeout 900 psql "$pg_base/bench_seed" -qtAX -v ON_ERROR_STOP=1 -v leads="$messages" -v devices="$devices" \
-  -f "$here/sql/seed.sql" | sed -n 's/^campaign //p')
+step timeout 900 psql "$pg_base/bench_seed" -qtAX -v ON_ERROR_STOP=1 -v leads="$messages" -v devices="$devices" \
+  -f "$here/sql/seed.sql" >"$work/log/seed.log" 2>&1 || die "seeding failed (see $work/log/seed.log)"
+campaign=$(sed -n 's/^campaign //p' "$work/log/seed.log")
 [ -n "$campaign" ] || die "seeding failed"
 seed_s=$(awk -v a="$(date +%s%N)" -v b="$seed_t0" 'BEGIN { printf "%.1f", (a - b) / 1e9 }')
 for db in wacast baseline; do psql_q "CREATE DATABASE $db TEMPLATE bench_seed STRATEGY FILE_COPY"; done
@@ -293,6 +320,9 @@ if [ "$skip_wacast" -eq 0 ]; then
   wait_for 120 "the wacast daemons to own and bring online $devices devices" wacast_ready
   log "wacast: $devices devices online; making the campaign due"
 
+  # Leave time for the baseline (it needs the longest), the raw tests and the checks.
+  wacast_limit=$(phase_limit $(( 40 + (skip_baseline ? 0 : 200) + (skip_raw ? 0 : 50) )))
+  log "wacast: measuring (time-out ${wacast_limit}s)"
   perf_pid=""
   if [ "$profile" -eq 1 ]; then
     # System-wide: the daemons, redis-server and every postgres backend, one timeline.
@@ -304,11 +334,11 @@ if [ "$skip_wacast" -eq 0 ]; then
 {"name":"wacast","db":"$wacast_db","campaign":"$campaign","redis":"$redis_url",
  "simKey":"wacast:sim:sends","streams":{"jobs":"wacast:jobs","results":"wacast:results"},
  "metrics":[$metrics_json],"procs":[$procs],
- "intervalMs":$interval_ms,"timeoutS":$phase_timeout,
+ "intervalMs":$interval_ms,"timeoutS":$wacast_limit,
  "out":"$work/out/wacast.samples.jsonl","summary":"$work/out/wacast.phase.json"}
 EOF
   wacast_rc=0
-  timeout $(( phase_timeout + 60 )) node "$here/tools/phase.js" "$work/wacast-phase.json" || wacast_rc=$?
+  step timeout $(( wacast_limit + 60 )) node "$here/tools/phase.js" "$work/wacast-phase.json" || wacast_rc=$?
   if [ -n "$perf_pid" ]; then kill -INT "$perf_pid" 2>/dev/null || true; wait "$perf_pid" 2>/dev/null || true; fi
   stop_pids "${daemon_pids[@]}"
   log "wacast: stopped; verifying"
@@ -332,7 +362,7 @@ EOF
  "expected":$messages,"out":"$work/out/wacast.verify.json"}
 EOF
   wacast_ok=0
-  timeout 600 node "$here/tools/verify.js" "$work/wacast-verify.json" || wacast_ok=$?
+  step timeout 600 node "$here/tools/verify.js" "$work/wacast-verify.json" || wacast_ok=$?
   redis_stop
 fi
 
@@ -360,24 +390,25 @@ if [ "$skip_baseline" -eq 0 ]; then
     for i in $(seq "$baseline_workers"); do [ -f "$work/out/baseline-worker-$i.ready" ] || return 1; done
   }
   wait_for 60 "the baseline processes to connect" baseline_ready
+  baseline_limit=$(phase_limit $(( 40 + (skip_raw ? 0 : 50) )))
   cat >"$work/baseline-phase.json" <<EOF
 {"name":"baseline","db":"$base_db","campaign":"$campaign","redis":"$redis_url",
  "simKey":"baseline:sim:sends","lists":{"wait":"bull:sends:wait"},"publishedKey":"bull:sends:id",
  "metrics":[],"procs":[$bprocs],
- "intervalMs":$interval_ms,"timeoutS":$phase_timeout,
+ "intervalMs":$interval_ms,"timeoutS":$baseline_limit,
  "out":"$work/out/baseline.samples.jsonl","summary":"$work/out/baseline.phase.json"}
 EOF
-  log "baseline: making the campaign due"
+  log "baseline: making the campaign due; measuring (time-out ${baseline_limit}s)"
   baseline_rc=0
-  timeout $(( phase_timeout + 60 )) node "$here/tools/phase.js" "$work/baseline-phase.json" || baseline_rc=$?
+  step timeout $(( baseline_limit + 60 )) node "$here/tools/phase.js" "$work/baseline-phase.json" || baseline_rc=$?
   stop_pids "${bpids[@]}"
   log "baseline: stopped; verifying"
   cat >"$work/baseline-verify.json" <<EOF
 {"name":"baseline","db":"$base_db","campaign":"$campaign","redis":"$redis_url","simKey":"baseline:sim:sends",
- "expected":$messages,"out":"$work/out/baseline.verify.json"}
+ "expected":$messages,"partial":$([ "$baseline_rc" = 0 ] && echo false || echo true),"out":"$work/out/baseline.verify.json"}
 EOF
   baseline_ok=0
-  timeout 600 node "$here/tools/verify.js" "$work/baseline-verify.json" || baseline_ok=$?
+  step timeout 600 node "$here/tools/verify.js" "$work/baseline-verify.json" || baseline_ok=$?
   redis_stop
 fi
 
@@ -386,19 +417,21 @@ fi
 if [ "$skip_raw" -eq 0 ]; then
   redis_start raw
   log "raw: redis-benchmark XADD, $messages entries, pipelined (-P 64, 50 clients)"
-  timeout 300 redis-benchmark -p "$redis_port" -c 50 -P 64 -n "$messages" --csv XADD bench '*' f v \
+  # Short of time (a slow baseline): smaller raw tests rather than a blown budget.
+  if [ $(( deadline - $(date +%s) )) -lt 70 ] && [ "$raw_rows" -gt 100000 ]; then raw_rows=100000; fi
+  step timeout 300 redis-benchmark -p "$redis_port" -c 50 -P 64 -n "$messages" --csv XADD bench '*' f v \
     >"$work/out/redis-xadd.csv" 2>"$work/log/redis-benchmark.log" || die "redis-benchmark failed"
   redis-cli -p "$redis_port" del bench >/dev/null
   payload=$(head -c 150 /dev/zero | tr '\0' 'x')
-  timeout 300 redis-benchmark -p "$redis_port" -c 50 -P 64 -n "$messages" --csv XADD bench '*' j "$payload" \
+  step timeout 300 redis-benchmark -p "$redis_port" -c 50 -P 64 -n "$messages" --csv XADD bench '*' j "$payload" \
     >"$work/out/redis-xadd-150.csv" 2>>"$work/log/redis-benchmark.log" || die "redis-benchmark failed"
   redis_stop
   psql_q "CREATE DATABASE raw TEMPLATE bench_seed STRATEGY FILE_COPY"
-  log "raw: PostgreSQL batched INSERT and UPDATE ... FROM unnest, $messages rows, batches of 2000"
+  log "raw: PostgreSQL batched INSERT and UPDATE ... FROM unnest, $raw_rows rows, batches of 2000"
   cat >"$work/raw-pg.json" <<EOF
-{"db":"$pg_base/raw","rows":$messages,"batch":2000,"conns":[1,2],"out":"$work/out/raw-pg.json"}
+{"db":"$pg_base/raw","rows":$raw_rows,"batch":2000,"conns":[1,2],"out":"$work/out/raw-pg.json"}
 EOF
-  timeout 900 node "$here/tools/rawpg.js" "$work/raw-pg.json" || die "raw PostgreSQL benchmark failed"
+  step timeout 900 node "$here/tools/rawpg.js" "$work/raw-pg.json" || die "raw PostgreSQL benchmark failed"
 fi
 
 # ---- report ----------------------------------------------------------------------------------------
@@ -412,14 +445,16 @@ cat >"$work/report.json" <<EOF
  "wacast_rc":"$wacast_rc","wacast_verify_rc":"$wacast_ok",
  "baseline_rc":"$baseline_rc","baseline_verify_rc":"$baseline_ok"}
 EOF
-timeout 120 node "$here/tools/report.js" "$work/report.json" || die "report failed"
+step timeout 120 node "$here/tools/report.js" "$work/report.json" || die "report failed"
 log "done in $(( $(date +%s) - started ))s: $outdir/$stamp.{json,md,png}"
 
 if [ "$skip_wacast" -eq 0 ]; then
-  [ "$wacast_rc" = 0 ] || die "wacast did not finish the campaign within ${phase_timeout}s"
+  [ "$wacast_rc" = 0 ] || die "wacast did not finish the campaign within its time-out (${wacast_limit}s)"
   [ "$wacast_ok" = 0 ] || die "wacast sent a wrong count (see $outdir/$stamp.md)"
 fi
 if [ "$skip_baseline" -eq 0 ]; then
-  [ "$baseline_rc" = 0 ] || die "the baseline did not finish the campaign within ${phase_timeout}s"
+  # A baseline that runs out of time is reported with its steady rate, not fatal;
+  # a baseline that sent something twice is.
+  [ "$baseline_rc" = 0 ] || log "warning: the baseline did not finish within its time-out (${baseline_limit}s); its rate is over the part it did"
   [ "$baseline_ok" = 0 ] || die "the baseline sent a wrong count"
 fi

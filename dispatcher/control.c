@@ -33,8 +33,8 @@
 typedef struct admin_op {
     dispatcher *ds;
     struct evhttp_request *req;
-    char campaign[40];
-    char action[16];
+    char campaign[64];
+    char action[32];
 } admin_op;
 
 static bool is_uuid(const char *s)
@@ -52,8 +52,9 @@ static bool is_uuid(const char *s)
 static void reply_campaign(admin_op *op, PGresult *res, int row)
 {
     char body[512];
+    const char *changed = PQgetvalue(res, row, 1);
     snprintf(body, sizeof body, "{\"id\":\"%s\",\"status\":\"%s\",\"changed\":%s}", op->campaign,
-             PQgetvalue(res, row, 0), PQgetvalue(res, row, 1));
+             PQgetvalue(res, row, 0), changed[0] == 't' ? "true" : "false");
     wc_http_reply_json(op->req, 200, body);
 }
 
@@ -246,6 +247,16 @@ static void on_drain_deleted(wc_redis *r, redisReply *reply, void *arg)
     drain_step(dr);
 }
 
+static void on_drain_done(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    drain *dr = arg;
+    if (!reply || reply->type == REDIS_REPLY_ERROR)
+        dr->ds->m.redis_errors++;
+    dr->ds->paused_busy = false;
+    free(dr);
+}
+
 static void on_requeued(wc_redis *r, redisReply *reply, void *arg)
 {
     (void)r;
@@ -268,7 +279,7 @@ static void on_drain_range(wc_redis *r, redisReply *reply, void *arg)
     }
     if (reply->elements == 0) {
         /* Empty: forget it (a sender parking more re-adds it to the index). */
-        if (wc_redis_command(r, on_drain_deleted, dr, "SREM %s %s", PAUSED_INDEX, dr->campaign) < 0) {
+        if (wc_redis_command(r, on_drain_done, dr, "SREM %s %s", PAUSED_INDEX, dr->campaign) < 0) {
             ds->paused_busy = false;
             free(dr);
         }

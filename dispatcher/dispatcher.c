@@ -606,10 +606,14 @@ static void array_text(struct evbuffer *b, const char *s, bool first)
 }
 
 static const char *SINK_SQL =
+    /* One sink writes at a time (a transaction-scoped advisory lock, taken
+     * before any row lock): two sinks updating the same campaigns' counters
+     * in different orders would deadlock. */
     "WITH raw AS ("
     " SELECT * FROM unnest($1::bigint[], $2::message_status[], $3::text[], $4::text[], $5::text[],"
     " $6::text[], $7::bigint[], $8::int[])"
-    " AS t(id, status, error_code, error_message, device_id, provider_id, at_us, attempt)),"
+    " AS t(id, status, error_code, error_message, device_id, provider_id, at_us, attempt)"
+    " WHERE (SELECT pg_advisory_xact_lock(7161676173740002)) IS NOT NULL),"
     /* A provider's status may name the message only by the provider's id. */
     " input AS ("
     " SELECT DISTINCT ON (coalesce(nullif(r.id, 0), p.id)) coalesce(nullif(r.id, 0), p.id) AS id,"

@@ -143,6 +143,7 @@ typedef struct device {
     bool want;       /* we should own it (rendezvous winner, not stopping) */
     bool pel_mode;   /* read our pending entries ("0") before new ones (">") */
     bool online;     /* transport open */
+    bool reopen;     /* platform or settings changed: reopen the transport at the next rest */
     int64_t next_at_us;     /* earliest next send (wall clock) */
     int64_t lease_until_us; /* our lease is valid until (monotonic, with margin) */
     int open_backoff_ms;
@@ -579,25 +580,30 @@ static void on_marker(device *dv, const char *v, size_t len)
         return;
     }
     char mine[160], same_device[64];
-    snprintf(mine, sizeof mine, "c:%s:%s", dv->id, f->cfg.c.instance_id);
+    snprintf(mine, sizeof mine, "c:%s:%s:", dv->id, f->cfg.c.instance_id);
     snprintf(same_device, sizeof same_device, "c:%s:", dv->id);
-    if (len == strlen(mine) && memcmp(v, mine, len) == 0) {
-        send_now(dv); /* our own earlier attempt: a retry */
+    if (len > strlen(mine) && memcmp(v, mine, strlen(mine)) == 0) {
+        claim(dv, true); /* our own earlier attempt: claim afresh and send again */
         return;
     }
     if (len > strlen(same_device) && memcmp(v, same_device, strlen(same_device)) == 0) {
         /* A sender died after handing this message to the transport and
          * before recording the outcome. The provider's status callback, when
-         * it comes, records it ("d:"); wait for it for a bounded time, then
-         * conclude the send never happened and send. */
-        int64_t now = wc_mono_us();
+         * it comes, records it ("d:"); wait for it until WACAST_IN_DOUBT_MS
+         * after the claim (its time is in the marker, so the wait does not
+         * start over when the device moves again), then conclude the send
+         * never happened and send. */
+        const char *colon = memrchr(v, ':', len);
+        int64_t claimed_ms = colon ? strtoll(colon + 1, NULL, 10) : 0;
+        int64_t wait_ms = claimed_ms + f->cfg.in_doubt_ms - wc_now_us() / 1000;
         if (dv->doubt_since_us == 0) {
-            dv->doubt_since_us = now;
+            dv->doubt_since_us = wc_mono_us();
             f->m.in_doubt++;
-            wc_warn("device %s: message %" PRId64 " in doubt (%.*s); waiting for its status", dv->id,
-                    dv->job->message_id, (int)len, v);
+            wc_warn("device %s: message %" PRId64 " in doubt (%.*s); waiting up to %" PRId64
+                    " ms for its status",
+                    dv->id, dv->job->message_id, (int)len, v, wait_ms > 0 ? wait_ms : 0);
         }
-        if (now - dv->doubt_since_us >= f->cfg.in_doubt_ms * 1000) {
+        if (wait_ms <= 0) {
             wc_warn("device %s: message %" PRId64 ": no status within %ld ms; sending it", dv->id,
                     dv->job->message_id, f->cfg.in_doubt_ms);
             f->m.in_doubt_resent++;
@@ -647,9 +653,9 @@ static void on_claimed(wc_redis *r, redisReply *reply, void *arg)
 static void claim(device *dv, bool force)
 {
     fleet *f = dv->f;
-    char key[64], val[160], ttl[32];
+    char key[64], val[192], ttl[32];
     wc_key_msg(key, sizeof key, (long long)dv->job->message_id);
-    snprintf(val, sizeof val, "c:%s:%s", dv->id, f->cfg.c.instance_id);
+    snprintf(val, sizeof val, "c:%s:%s:%" PRId64, dv->id, f->cfg.c.instance_id, wc_now_us() / 1000);
     snprintf(ttl, sizeof ttl, "%ld", f->cfg.idempotency_ttl_s);
     set_state(dv, DEV_CLAIMING);
     const char *argv[] = {"EVAL", WC_MARK_SCRIPT, "1", key, val, ttl, force ? "d" : "cd"};
@@ -866,6 +872,13 @@ static void device_step(device *dv)
         device_release(dv);
         return;
     }
+    if (dv->reopen) {
+        dv->reopen = false;
+        wc_info("device %s: settings changed; reconnecting its transport", dv->id);
+        close_transport(dv);
+        open_transport(dv);
+        return;
+    }
     if (!wc_redis_ready(f->d.redis)) {
         set_state(dv, DEV_IDLE);
         arm_timer(dv, 500000);
@@ -984,13 +997,27 @@ static void on_devices(wc_pg *pg, PGresult *res, const char *err, void *arg)
                 abort();
         }
         dv->seen = true;
-        snprintf(dv->platform, sizeof dv->platform, "%s", PQgetvalue(res, r, 1));
+        const char *platform = PQgetvalue(res, r, 1);
+        if (strcmp(dv->platform, platform) != 0) {
+            if (dv->platform[0])
+                dv->reopen = true;
+            snprintf(dv->platform, sizeof dv->platform, "%s", platform);
+        }
         dv->min_delay_ms = (uint32_t)strtoul(PQgetvalue(res, r, 2), NULL, 10);
         dv->max_delay_ms = (uint32_t)strtoul(PQgetvalue(res, r, 3), NULL, 10);
         const char *settings = PQgetvalue(res, r, 4);
         if (!dv->settings || strcmp(dv->settings, settings) != 0) {
+            if (dv->settings)
+                dv->reopen = true;
             free(dv->settings);
             dv->settings = strdup(settings);
+        }
+        /* A changed transport setting takes effect at the device's next rest. */
+        if (dv->reopen && dv->state == DEV_OFFLINE) {
+            dv->reopen = false;
+            evtimer_del(dv->timer);
+            dv->open_backoff_ms = 0;
+            open_transport(dv);
         }
     }
     rebalance(f);

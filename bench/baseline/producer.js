@@ -20,6 +20,10 @@ const queue = new Queue(settings.queue, {
   defaultJobOptions: { removeOnComplete: true, removeOnFail: 5000, attempts: 5, backoff: { type: 'exponential', delay: 1000 } },
 });
 
+let stopping = false;
+process.on('SIGTERM', () => (stopping = true));
+process.on('SIGINT', () => (stopping = true));
+
 const CLAIM = `
   UPDATE campaigns c SET status = 'triggered', triggered_at = coalesce(c.triggered_at, now()),
          claimed_by = $1, claimed_at = now()
@@ -118,14 +122,13 @@ async function expand(c) {
     if (ids.length) await pool.query(MARK, [ids]);
     total += created.length;
     if (leads.length < settings.batch) break;
+    if (stopping) return; // SIGTERM mid-campaign: the claim goes stale; nothing half-done
+
   }
   const { rows } = await pool.query(FINISH, [c.id]);
   console.log(`baseline-producer: campaign ${c.id} expanded: ${total} message(s); now ${rows[0] ? rows[0].status : '?'}`);
 }
 
-let stopping = false;
-process.on('SIGTERM', () => (stopping = true));
-process.on('SIGINT', () => (stopping = true));
 
 async function main() {
   await queue.waitUntilReady();

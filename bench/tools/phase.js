@@ -17,9 +17,10 @@ const { pg, Redis, machineBusy, procCpu, procMem, procPss, childrenOf, sleep, re
 
 const cfg = readJson(process.argv[2]);
 
+const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
 function getMetrics(url) {
   return new Promise((resolve) => {
-    const req = http.get(url, { timeout: 400 }, (res) => {
+    const req = http.get(url, { timeout: 400, agent }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (d) => (body += d));
@@ -38,28 +39,32 @@ function getMetrics(url) {
   });
 }
 
-// CPU seconds and memory of one configured process (or process tree).
-function readProc(p, withPss) {
+// CPU seconds and memory of one configured process (or process tree). The
+// high-water marks (VmHWM) and the PSS walk are read only when asked (every
+// 10th sample and at the end): the sampler must stay light.
+function readProc(p, full) {
   if (!p.tree) {
     const c = procCpu(p.pid);
-    const m = procMem(p.pid);
     if (!c) return null;
-    return { cpu: c.utime + c.stime + c.cutime + c.cstime, hwmKb: m ? m.hwmKb : 0, rssKb: m ? m.rssKb : 0 };
+    const m = full ? procMem(p.pid) : null;
+    return { cpu: c.utime + c.stime + c.cutime + c.cstime, hwmKb: m ? m.hwmKb : 0, rssKb: c.rssKb };
   }
   // PostgreSQL: the postmaster, its live children, and the children it has
   // already reaped (cutime/cstime of the postmaster).
   const root = procCpu(p.pid);
   if (!root) return null;
   let cpu = root.utime + root.stime + root.cutime + root.cstime;
-  let hwmKb = procMem(p.pid)?.hwmKb || 0;
-  let pssKb = withPss ? procPss(p.pid) : 0;
+  let hwmKb = full ? procMem(p.pid)?.hwmKb || 0 : 0;
+  let pssKb = full ? procPss(p.pid) : 0;
   let n = 1;
   for (const kid of childrenOf(p.pid)) {
     const c = procCpu(kid);
     if (!c) continue;
     cpu += c.utime + c.stime;
-    hwmKb = Math.max(hwmKb, procMem(kid)?.hwmKb || 0);
-    if (withPss) pssKb += procPss(kid);
+    if (full) {
+      hwmKb = Math.max(hwmKb, procMem(kid)?.hwmKb || 0);
+      pssKb += procPss(kid);
+    }
     n++;
   }
   return { cpu, hwmKb, pssKb, nproc: n };
@@ -72,7 +77,7 @@ async function main() {
   const out = fs.createWriteStream(cfg.out);
 
   const start = {};
-  for (const p of cfg.procs) start[p.name] = readProc(p);
+  for (const p of cfg.procs) start[p.name] = readProc(p, false);
   const peak = {};
   for (const p of cfg.procs) peak[p.name] = { rssKb: 0, pssKb: 0, hwmKb: 0 };
 
@@ -135,7 +140,7 @@ async function main() {
       }
     });
     for (const p of cfg.procs) {
-      const now = readProc(p, samples % 4 === 0);
+      const now = readProc(p, samples % 10 === 0);
       if (!now || !start[p.name]) continue;
       s.cpu[p.name] = Number((now.cpu - start[p.name].cpu).toFixed(2));
       peak[p.name].rssKb = Math.max(peak[p.name].rssKb, now.rssKb || 0);
@@ -158,7 +163,7 @@ async function main() {
   }
   // CPU and memory before anything is stopped.
   const end = {};
-  for (const p of cfg.procs) end[p.name] = readProc(p);
+  for (const p of cfg.procs) end[p.name] = readProc(p, true);
   const wall = (Date.now() - t0) / 1000;
   const selfCpu = process.cpuUsage(selfCpu0);
   const busy = machineBusy() - busy0;
@@ -212,7 +217,11 @@ async function main() {
     cancelled: c.cancelled_count,
     e2e_s: e2e,
     wall_s: wall,
-    msgs_per_s: e2e && c.total_count ? c.total_count / e2e : null,
+    // Finished: every message over due -> finished_at. Cut short by the
+    // time-out: the statuses written so far over the time spent.
+    msgs_per_s: e2e && c.total_count ? c.total_count / e2e : last.s.written / wall,
+    partial: !(e2e && c.total_count),
+    written: last.s.written,
     samples,
     sampler_cpu_s: Number(((selfCpu.user + selfCpu.system) / 1e6).toFixed(2)),
     machine_busy_cpu_s: Number(busy.toFixed(2)),

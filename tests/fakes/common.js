@@ -12,7 +12,7 @@ const https = require('node:https');
 
 // mulberry32: tiny, fast and good enough to make test runs repeatable.
 function makeRng(seed) {
-    let a = (Number(seed) >>> 0) || 0x9e3779b9;
+    let a = Number(seed) >>> 0 || 0x9e3779b9;
     const next = () => {
         a = (a + 0x6d2b79f5) >>> 0;
         let t = a;
@@ -72,10 +72,13 @@ class TimerSet {
         this.timers = new Set();
     }
     after(ms, fn) {
-        const t = setTimeout(() => {
-            this.timers.delete(t);
-            fn();
-        }, Math.max(0, ms));
+        const t = setTimeout(
+            () => {
+                this.timers.delete(t);
+                fn();
+            },
+            Math.max(0, ms),
+        );
         t.unref();
         this.timers.add(t);
         return t;
@@ -183,7 +186,7 @@ class Router {
                     names.push(n);
                     return '([^/]+)';
                 }) +
-                '/?$'
+                '/?$',
         );
         this.routes.push({ method, re, names, handler });
         return this;
@@ -216,6 +219,7 @@ class WebhookSender {
         this.log = new Ring(opts.logCap || 1000);
         this.agents = new Map();
         this.closed = false;
+        this.generation = 0; // bumped by cancelAll(): late answers to old sends are not counted
     }
 
     _agentFor(url) {
@@ -233,12 +237,13 @@ class WebhookSender {
     schedule(payload, delayMs, meta = {}) {
         if (this.closed) return;
         const body = Buffer.from(JSON.stringify(payload));
+        const generation = this.generation;
         this.pending++;
-        this._timer(delayMs, () => this._attempt(body, meta, 0));
+        this._timer(delayMs, () => this._attempt(body, meta, 0, generation));
     }
 
-    _attempt(body, meta, attempt) {
-        if (this.closed) return;
+    _attempt(body, meta, attempt, generation) {
+        if (this.closed || generation !== this.generation) return;
         const target = this.opts.getUrl();
         const entry = { at: new Date().toISOString(), ...meta, attempt: attempt + 1 };
         if (!target) {
@@ -266,14 +271,14 @@ class WebhookSender {
         });
         let settled = false;
         const finish = (ok, status, err) => {
-            if (settled) return;
+            if (settled || generation !== this.generation) return;
             settled = true;
             entry.status = status;
             if (ok) return this._done(entry, true);
             if (attempt < (this.opts.retries ?? 3) && !this.closed) {
                 this.log.push({ ...entry, ok: false, error: err, retrying: true });
                 const backoff = (this.opts.retryBaseMs ?? 200) * 2 ** attempt;
-                this._timer(backoff, () => this._attempt(body, meta, attempt + 1));
+                this._timer(backoff, () => this._attempt(body, meta, attempt + 1, generation));
                 return;
             }
             this._done(entry, false, err);
@@ -282,7 +287,7 @@ class WebhookSender {
         req.on('response', (res) => {
             res.resume();
             res.on('end', () =>
-                finish(res.statusCode >= 200 && res.statusCode < 300, res.statusCode, `HTTP ${res.statusCode}`)
+                finish(res.statusCode >= 200 && res.statusCode < 300, res.statusCode, `HTTP ${res.statusCode}`),
             );
             res.on('error', (e) => finish(false, res.statusCode, e.message));
         });
@@ -313,6 +318,7 @@ class WebhookSender {
     // Forgets everything queued (used by /_control/reset and close()).
     cancelAll() {
         this.timers.clear();
+        this.generation++;
         this.pending = 0;
     }
 
@@ -416,6 +422,15 @@ function loadConfig(defaults, { args, env, prefix }) {
     return cfg;
 }
 
+// What SIGTERM/SIGINT do: exit at once until runMain has a fake to close.
+// One handler for the process's life; removing and re-adding handlers could
+// lose a signal that arrived in between.
+let onStopSignal = () => process.exit(0);
+
+function installSignalHandlers() {
+    for (const sig of ['SIGTERM', 'SIGINT']) process.on(sig, () => onStopSignal());
+}
+
 // Runs a fake as a program: listen, announce the port as the first stdout line
 // (the C harness reads it), exit 0 on SIGTERM/SIGINT after closing everything.
 async function runMain(createFake, defaults, prefix) {
@@ -426,18 +441,25 @@ async function runMain(createFake, defaults, prefix) {
         process.stderr.write(`config error: ${e.message}\n`);
         process.exit(2);
     }
-    const fake = createFake(cfg);
-    const port = await fake.listen(cfg.port ?? 0, cfg.host ?? '127.0.0.1');
-    process.stdout.write(`listening ${port}\n`);
+    // graph.js and gowa.js install the handlers before their slow requires,
+    // so a harness that gives up during start-up still gets a clean exit.
+    let fake = null;
     let stopping = false;
-    const stop = async () => {
+    onStopSignal = async () => {
         if (stopping) return;
         stopping = true;
-        await fake.close();
+        if (fake) await fake.close();
         process.exit(0);
     };
-    process.on('SIGTERM', stop);
-    process.on('SIGINT', stop);
+    try {
+        fake = createFake(cfg);
+        const port = await fake.listen(cfg.port ?? 0, cfg.host ?? '127.0.0.1');
+        if (stopping) return;
+        process.stdout.write(`listening ${port}\n`);
+    } catch (e) {
+        process.stderr.write(`cannot start: ${e.message}\n`);
+        process.exit(1);
+    }
 }
 
 module.exports = {
@@ -451,6 +473,7 @@ module.exports = {
     digitsOf,
     hmacHex,
     httpGet,
+    installSignalHandlers,
     loadConfig,
     makeRng,
     parseArgs,

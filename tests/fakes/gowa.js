@@ -10,8 +10,6 @@
 // Run: node gowa.js [--port N] [--host H] [--config file.json]
 // The first line on stdout is "listening <port>".
 
-const crypto = require('node:crypto');
-const zlib = require('node:zlib');
 const {
     HttpError,
     Ring,
@@ -21,6 +19,7 @@ const {
     createServer,
     deepMerge,
     digitsOf,
+    installSignalHandlers,
     makeRng,
     parseJson,
     parseMultipart,
@@ -29,6 +28,11 @@ const {
     sendJson,
     sniffImage,
 } = require('./common');
+// Before the slow requires below: SIGTERM during start-up still exits 0.
+if (require.main === module) installSignalHandlers();
+
+const crypto = require('node:crypto');
+const zlib = require('node:zlib');
 
 const DEFAULTS = {
     port: 0,
@@ -177,7 +181,10 @@ function createGowaFake(userConfig = {}) {
         const cred = m ? Buffer.from(m[1], 'base64').toString('utf8') : null;
         if (cred !== null && config.basic_auth.includes(cred)) return true;
         // The gateway's basic-auth middleware answers with a bare 401.
-        res.writeHead(401, { 'content-type': 'text/plain; charset=utf-8', 'www-authenticate': 'Basic realm="Restricted"' });
+        res.writeHead(401, {
+            'content-type': 'text/plain; charset=utf-8',
+            'www-authenticate': 'Basic realm="Restricted"',
+        });
         res.end('Unauthorized');
         return false;
     }
@@ -193,16 +200,23 @@ function createGowaFake(userConfig = {}) {
             return null;
         }
         if (!config.devices[wanted]) {
-            reply(res, 404, 'DEVICE_NOT_FOUND', 'device not found; create a device first from /api/devices or provide a valid X-Device-Id', {
-                device_id: wanted,
-            });
+            reply(
+                res,
+                404,
+                'DEVICE_NOT_FOUND',
+                'device not found; create a device first from /api/devices or provide a valid X-Device-Id',
+                {
+                    device_id: wanted,
+                },
+            );
             return null;
         }
         return { id: wanted, device: config.devices[wanted] };
     }
 
     function mustLogin(res, device) {
-        const e = device.state === 'logged_out' ? NOT_LOGGED_IN : device.state === 'disconnected' ? NOT_CONNECTED : null;
+        const e =
+            device.state === 'logged_out' ? NOT_LOGGED_IN : device.state === 'disconnected' ? NOT_CONNECTED : null;
         if (!e) return true;
         counters.rejected++;
         reply(res, e.status, e.code, e.message);
@@ -211,7 +225,7 @@ function createGowaFake(userConfig = {}) {
 
     function takeRule(deviceId, digits) {
         const i = rules.findIndex(
-            (r) => (r.phone === '*' || r.phone === digits) && (r.device_id === undefined || r.device_id === deviceId)
+            (r) => (r.phone === '*' || r.phone === digits) && (r.device_id === undefined || r.device_id === deviceId),
         );
         if (i < 0) return null;
         const r = rules[i];
@@ -315,7 +329,8 @@ function createGowaFake(userConfig = {}) {
             return validation(res, 'invalid request body');
         const b = parsed.value;
         if (typeof b.phone !== 'string' || b.phone.trim() === '') return validation(res, 'phone: cannot be blank.');
-        if (typeof b.message !== 'string' || b.message.trim() === '') return validation(res, 'message: cannot be blank.');
+        if (typeof b.message !== 'string' || b.message.trim() === '')
+            return validation(res, 'message: cannot be blank.');
         if (!mustLogin(res, dev.device)) return;
         const jid = toJid(b.phone);
         if (!jid) {
@@ -350,7 +365,8 @@ function createGowaFake(userConfig = {}) {
         let mime = null;
         if (image) {
             mime = sniffImage(image.data);
-            if (!mime || mime === 'image/webp') return validation(res, 'your image is not allowed. please use jpg/jpeg/png');
+            if (!mime || mime === 'image/webp')
+                return validation(res, 'your image is not allowed. please use jpg/jpeg/png');
         } else {
             try {
                 const u = new URL(imageUrl);
@@ -403,7 +419,8 @@ function createGowaFake(userConfig = {}) {
     function appReconnect(req, res, { url }) {
         const dev = begin(req, res, url);
         if (!dev) return;
-        if (dev.device.state === 'logged_out') return reply(res, NOT_LOGGED_IN.status, NOT_LOGGED_IN.code, NOT_LOGGED_IN.message);
+        if (dev.device.state === 'logged_out')
+            return reply(res, NOT_LOGGED_IN.status, NOT_LOGGED_IN.code, NOT_LOGGED_IN.message);
         dev.device.state = 'logged_in';
         reply(res, 200, 'SUCCESS', 'Reconnect success');
     }
@@ -453,7 +470,10 @@ function createGowaFake(userConfig = {}) {
 
     async function setDevice(req, res, { params }) {
         const b = await jsonBody(req);
-        const d = config.devices[params.id] ?? { jid: `${60300000000 + Object.keys(config.devices).length + 1}@s.whatsapp.net`, state: 'logged_in' };
+        const d = config.devices[params.id] ?? {
+            jid: `${60300000000 + Object.keys(config.devices).length + 1}@s.whatsapp.net`,
+            state: 'logged_in',
+        };
         if (b.state !== undefined && !['logged_in', 'logged_out', 'disconnected'].includes(b.state))
             throw new HttpError(400, 'state must be logged_in, logged_out or disconnected');
         config.devices[params.id] = { ...d, ...b };
@@ -589,7 +609,7 @@ function createGowaFake(userConfig = {}) {
         })
         .add('GET', '/_control/sent', listSent)
         .add('GET', '/_control/webhooks', (req, res) =>
-            sendJson(res, 200, { pending: webhooks.pending, deliveries: webhooks.log.items })
+            sendJson(res, 200, { pending: webhooks.pending, deliveries: webhooks.log.items }),
         )
         .add('POST', '/_control/drain', async (req, res, { url }) => {
             const left = await webhooks.drain(Number(url.searchParams.get('timeout_ms') || 5000));
@@ -602,8 +622,15 @@ function createGowaFake(userConfig = {}) {
     const http = createServer(router, {
         onNotFound(req, res, url, pathMatched) {
             if (url.pathname.startsWith('/_control/'))
-                return sendJson(res, pathMatched ? 405 : 404, { error: `no control endpoint ${req.method} ${url.pathname}` });
-            reply(res, pathMatched ? 405 : 404, pathMatched ? 'METHOD_NOT_ALLOWED' : 'NOT_FOUND', `Cannot ${req.method} ${url.pathname}`);
+                return sendJson(res, pathMatched ? 405 : 404, {
+                    error: `no control endpoint ${req.method} ${url.pathname}`,
+                });
+            reply(
+                res,
+                pathMatched ? 405 : 404,
+                pathMatched ? 'METHOD_NOT_ALLOWED' : 'NOT_FOUND',
+                `Cannot ${req.method} ${url.pathname}`,
+            );
         },
         onError(req, res, err) {
             const status = err instanceof HttpError ? err.status : 500;

@@ -108,35 +108,48 @@ test('sends an image from a multipart upload', () =>
         fd.set('phone', '60123456789@s.whatsapp.net');
         fd.set('caption', 'Promo');
         fd.set('image', new Blob([makeQrPng()], { type: 'image/png' }), 'promo.png');
-        const r = await fetch(`${base}/send/image`, { method: 'POST', headers: { ...AUTH, 'x-device-id': 'dev2' }, body: fd });
+        const r = await fetch(`${base}/send/image`, {
+            method: 'POST',
+            headers: { ...AUTH, 'x-device-id': 'dev2' },
+            body: fd,
+        });
         assert.equal(r.status, 200);
         const bad = new FormData();
         bad.set('phone', '60123456789');
         bad.set('image', new Blob([Buffer.from('plain text')]), 'x.png');
-        const r2 = await fetch(`${base}/send/image`, { method: 'POST', headers: { ...AUTH, 'x-device-id': 'dev2' }, body: bad });
+        const r2 = await fetch(`${base}/send/image`, {
+            method: 'POST',
+            headers: { ...AUTH, 'x-device-id': 'dev2' },
+            body: bad,
+        });
         assert.equal(r2.status, 400);
         assert.equal((await r2.json()).code, 'VALIDATION_ERROR');
     }));
 
 test('sends signed receipts, out of order and twice when asked', () =>
     // Wide gaps between the receipts, so reversed arrival is unambiguous even on a busy machine.
-    withFake({ out_of_order_prob: 1, duplicate_prob: 1, receipt_delays_ms: { delivered: 1, read: 60 } }, async ({ send, receiver }) => {
-        const id = (await send({ phone: '60123456789', message: 'x' })).json.results.message_id;
-        await receiver.waitFor((h) => h.length >= 4);
-        for (const h of receiver.hits) {
-            assert.equal(h.headers['x-hub-signature-256'], expectedSignature('gowa-secret', h.raw));
-            assert.equal(h.json.event, 'message.ack');
-            assert.equal(h.json.device_id, '60300000001@s.whatsapp.net');
-            assert.deepEqual(h.json.payload.ids, [id]);
-        }
-        const types = receiver.hits.map((h) => h.json.payload.receipt_type);
-        assert.equal(types[0], 'read', `arrival order ${types}`);
-        assert.equal(types.filter((t) => t === 'delivered').length, 2);
-    }));
+    withFake(
+        { out_of_order_prob: 1, duplicate_prob: 1, receipt_delays_ms: { delivered: 1, read: 60 } },
+        async ({ send, receiver }) => {
+            const id = (await send({ phone: '60123456789', message: 'x' })).json.results.message_id;
+            await receiver.waitFor((h) => h.length >= 4);
+            for (const h of receiver.hits) {
+                assert.equal(h.headers['x-hub-signature-256'], expectedSignature('gowa-secret', h.raw));
+                assert.equal(h.json.event, 'message.ack');
+                assert.equal(h.json.device_id, '60300000001@s.whatsapp.net');
+                assert.deepEqual(h.json.payload.ids, [id]);
+            }
+            const types = receiver.hits.map((h) => h.json.payload.receipt_type);
+            assert.equal(types[0], 'read', `arrival order ${types}`);
+            assert.equal(types.filter((t) => t === 'delivered').length, 2);
+        },
+    ));
 
 test('injects an inbound message event', () =>
     withFake({}, async ({ base, receiver }) => {
-        await request(base, 'POST', '/_control/inbound', { body: { device_id: 'dev2', from: '60123456789', text: 'berhenti' } });
+        await request(base, 'POST', '/_control/inbound', {
+            body: { device_id: 'dev2', from: '60123456789', text: 'berhenti' },
+        });
         const [h] = await receiver.waitFor((x) => x.length >= 1);
         assert.equal(h.headers['x-hub-signature-256'], expectedSignature('gowa-secret', h.raw));
         assert.equal(h.json.event, 'message');

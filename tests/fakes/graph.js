@@ -11,12 +11,6 @@
 // Run: node graph.js [--port N] [--host H] [--config file.json]
 // The first line on stdout is "listening <port>".
 
-const crypto = require('node:crypto');
-const fs = require('node:fs');
-const path = require('node:path');
-const yaml = require('js-yaml');
-const Ajv2020 = require('ajv/dist/2020').default;
-const addFormats = require('ajv-formats');
 const {
     HttpError,
     Ring,
@@ -27,6 +21,7 @@ const {
     deepMerge,
     digitsOf,
     httpGet,
+    installSignalHandlers,
     makeRng,
     parseJson,
     parseMultipart,
@@ -35,11 +30,17 @@ const {
     sendJson,
     sniffImage,
 } = require('./common');
+// Before the slow requires below: SIGTERM during start-up still exits 0.
+if (require.main === module) installSignalHandlers();
 
-const DEFAULT_SPEC = path.resolve(
-    __dirname,
-    '../../../shared/reference/whatsapp-business-messaging-api_v23.0.yaml'
-);
+const crypto = require('node:crypto');
+const fs = require('node:fs');
+const path = require('node:path');
+const yaml = require('js-yaml');
+const Ajv2020 = require('ajv/dist/2020').default;
+const addFormats = require('ajv-formats');
+
+const DEFAULT_SPEC = path.resolve(__dirname, '../../../shared/reference/whatsapp-business-messaging-api_v23.0.yaml');
 
 const DEFAULTS = {
     port: 0,
@@ -92,7 +93,8 @@ const ERRORS = {
         http: 403,
         title: 'Temporarily blocked for policies violations',
         message: 'Temporarily blocked for policies violations',
-        details: 'The WhatsApp Business Account associated with the app has been restricted or disabled for violating a platform policy.',
+        details:
+            'The WhatsApp Business Account associated with the app has been restricted or disabled for violating a platform policy.',
     },
     80007: { http: 429, title: 'Rate limit issues', message: 'Rate limit issues' },
     130429: {
@@ -109,19 +111,22 @@ const ERRORS = {
         http: 400,
         title: 'Message Undeliverable',
         message: 'Message Undeliverable',
-        details: 'Message failed to send because the recipient is not a WhatsApp user or has not accepted the latest terms.',
+        details:
+            'Message failed to send because the recipient is not a WhatsApp user or has not accepted the latest terms.',
     },
     131047: {
         http: 400,
         title: 'Re-engagement message',
         message: 'Re-engagement message',
-        details: 'Message failed to send because more than 24 hours have passed since the customer last replied to this number.',
+        details:
+            'Message failed to send because more than 24 hours have passed since the customer last replied to this number.',
     },
     131048: {
         http: 400,
         title: 'Spam rate limit hit',
         message: 'Spam rate limit hit',
-        details: 'Message failed to send because there are restrictions on how many messages can be sent from this phone number.',
+        details:
+            'Message failed to send because there are restrictions on how many messages can be sent from this phone number.',
     },
     131049: {
         http: 400,
@@ -132,7 +137,8 @@ const ERRORS = {
     131050: {
         http: 400,
         title: 'Unable to deliver the message. This recipient has chosen to stop receiving marketing messages on WhatsApp from your business.',
-        message: 'Unable to deliver the message. This recipient has chosen to stop receiving marketing messages on WhatsApp from your business.',
+        message:
+            'Unable to deliver the message. This recipient has chosen to stop receiving marketing messages on WhatsApp from your business.',
         details: 'The user has stopped marketing messages from this business.',
     },
     131053: { http: 400, title: 'Media upload error', message: 'Media upload error' },
@@ -140,7 +146,8 @@ const ERRORS = {
         http: 400,
         title: '(Business Account, Consumer Account) pair rate limit hit',
         message: '(Business Account, Consumer Account) pair rate limit hit',
-        details: 'Message failed to send because there were too many messages sent from this phone number to the same phone number in a short period of time.',
+        details:
+            'Message failed to send because there were too many messages sent from this phone number to the same phone number in a short period of time.',
     },
     133010: { http: 400, title: 'Phone number not registered', message: 'Account not registered' },
 };
@@ -197,7 +204,8 @@ const schemaCache = new Map();
 //  - biz_opaque_callback_data (<= 512 chars) is allowed on every type.
 function loadSendSchema(specPath) {
     if (schemaCache.has(specPath)) return schemaCache.get(specPath);
-    const doc = yaml.load(fs.readFileSync(specPath, 'utf8'));
+    // CORE_SCHEMA: JSON-like scalars only (no YAML timestamps), and faster.
+    const doc = yaml.load(fs.readFileSync(specPath, 'utf8'), { schema: yaml.CORE_SCHEMA });
     const op = doc?.paths?.['/{Version}/{Phone-Number-ID}/messages']?.post;
     let root = op?.requestBody?.content?.['application/json']?.schema;
     if (!root) throw new Error(`${specPath}: no requestBody schema for POST /{Version}/{Phone-Number-ID}/messages`);
@@ -358,7 +366,12 @@ function createGraphFake(userConfig = {}) {
         if (t === undefined || t === null) return [];
         return Array.isArray(t) ? t : [t];
     };
-    const allTokens = () => new Set(Object.values(config.tokens).flat().filter((t) => t !== null));
+    const allTokens = () =>
+        new Set(
+            Object.values(config.tokens)
+                .flat()
+                .filter((t) => t !== null),
+        );
     const numbers = () => Object.keys(config.tokens).filter((k) => k !== '*');
     const metadataFor = (pnid) => ({
         display_phone_number: config.display_numbers[pnid] ?? pnid,
@@ -370,7 +383,10 @@ function createGraphFake(userConfig = {}) {
             {
                 id: config.waba_id,
                 changes: [
-                    { value: { messaging_product: 'whatsapp', metadata: metadataFor(pnid), ...value }, field: 'messages' },
+                    {
+                        value: { messaging_product: 'whatsapp', metadata: metadataFor(pnid), ...value },
+                        field: 'messages',
+                    },
                 ],
             },
         ],
@@ -382,7 +398,10 @@ function createGraphFake(userConfig = {}) {
         if (status === 'sent' || status === 'delivered') {
             const category = rec.type === 'template' ? 'marketing' : 'service';
             st.conversation = {
-                id: crypto.createHash('md5').update(rec.phone_number_id + rec.wa_id).digest('hex'),
+                id: crypto
+                    .createHash('md5')
+                    .update(rec.phone_number_id + rec.wa_id)
+                    .digest('hex'),
                 origin: { type: category },
             };
             st.pricing = { billable: category !== 'service', pricing_model: 'PMP', category };
@@ -433,8 +452,7 @@ function createGraphFake(userConfig = {}) {
 
     function takeRule(pnid, waId) {
         const i = rules.findIndex(
-            (r) =>
-                (r.to === '*' || r.to === waId) && (r.phone_number_id === undefined || r.phone_number_id === pnid)
+            (r) => (r.to === '*' || r.to === waId) && (r.phone_number_id === undefined || r.phone_number_id === pnid),
         );
         if (i < 0) return null;
         const r = rules[i];
@@ -478,7 +496,7 @@ function createGraphFake(userConfig = {}) {
                         : 'An active access token must be used to query information about the current user.',
                     subcode: null,
                     details: 'The access token is missing, malformed or unknown.',
-                })
+                }),
             );
             return null;
         }
@@ -493,7 +511,7 @@ function createGraphFake(userConfig = {}) {
                     message: `Unsupported post request. Object with ID '${pnid}' does not exist, cannot be loaded due to missing permissions, or does not support this operation.`,
                     subcode: 33,
                     details: 'The access token is not valid for this phone number id.',
-                })
+                }),
             );
             return null;
         }
@@ -513,7 +531,10 @@ function createGraphFake(userConfig = {}) {
     async function sendMessage(req, res, { params, url }) {
         const { version, pnid } = params;
         if (!checkVersion(version))
-            return reject(res, metaError(100, { message: `(#100) Unknown API version ${version}`, details: 'Use vNN.N.' }));
+            return reject(
+                res,
+                metaError(100, { message: `(#100) Unknown API version ${version}`, details: 'Use vNN.N.' }),
+            );
         if (!authorize(req, res, url, pnid)) return;
         const raw = await readBody(req, config.max_body_bytes);
         const parsed = parseJson(raw);
@@ -565,7 +586,12 @@ function createGraphFake(userConfig = {}) {
         if (rule && rule.mode === 'webhook') {
             // Meta reports some failures only later, as a "failed" status.
             const code = rule.code ?? 131026;
-            scheduleStatuses(rec, ['failed'], { code, message: rule.message, details: rule.details, title: rule.title });
+            scheduleStatuses(rec, ['failed'], {
+                code,
+                message: rule.message,
+                details: rule.details,
+                title: rule.title,
+            });
         } else {
             scheduleStatuses(rec, config.statuses);
         }
@@ -573,7 +599,8 @@ function createGraphFake(userConfig = {}) {
 
     async function uploadMedia(req, res, { params, url }) {
         const { version, pnid } = params;
-        if (!checkVersion(version)) return reject(res, metaError(100, { message: `(#100) Unknown API version ${version}` }));
+        if (!checkVersion(version))
+            return reject(res, metaError(100, { message: `(#100) Unknown API version ${version}` }));
         if (!authorize(req, res, url, pnid)) return;
         const ct = req.headers['content-type'] || '';
         if (!ct.startsWith('multipart/form-data'))
@@ -701,13 +728,22 @@ function createGraphFake(userConfig = {}) {
         const b = await jsonBody(req);
         let rec = byId.get(b.id);
         if (!rec) {
-            if (!b.id || !b.recipient_id) throw new HttpError(404, 'unknown message id (give recipient_id to invent one)');
-            rec = { id: b.id, wa_id: digitsOf(b.recipient_id), phone_number_id: b.phone_number_id ?? numbers()[0], statuses: [] };
+            if (!b.id || !b.recipient_id)
+                throw new HttpError(404, 'unknown message id (give recipient_id to invent one)');
+            rec = {
+                id: b.id,
+                wa_id: digitsOf(b.recipient_id),
+                phone_number_id: b.phone_number_id ?? numbers()[0],
+                statuses: [],
+            };
         }
         const status = b.status;
         if (!['sent', 'delivered', 'read', 'failed'].includes(status))
             throw new HttpError(400, 'status must be sent, delivered, read or failed');
-        const failure = status === 'failed' ? { code: b.code ?? 131026, message: b.message, title: b.title, details: b.details } : undefined;
+        const failure =
+            status === 'failed'
+                ? { code: b.code ?? 131026, message: b.message, title: b.title, details: b.details }
+                : undefined;
         const ts = Math.floor((b.timestamp_ms ?? Date.now()) / 1000);
         emitStatus(rec, status, b.delay_ms ?? 0, ts, failure);
         sendJson(res, 202, { id: rec.id, status });
@@ -787,7 +823,7 @@ function createGraphFake(userConfig = {}) {
         .add('GET', '/_control/sent', listSent)
         .add('GET', '/_control/media', (req, res) => sendJson(res, 200, { media: media.items }))
         .add('GET', '/_control/webhooks', (req, res) =>
-            sendJson(res, 200, { pending: webhooks.pending, deliveries: webhooks.log.items })
+            sendJson(res, 200, { pending: webhooks.pending, deliveries: webhooks.log.items }),
         )
         .add('POST', '/_control/drain', async (req, res, { url }) => {
             const left = await webhooks.drain(Number(url.searchParams.get('timeout_ms') || 5000));
@@ -801,7 +837,9 @@ function createGraphFake(userConfig = {}) {
     const http = createServer(router, {
         onNotFound(req, res, url, pathMatched) {
             if (url.pathname.startsWith('/_control/'))
-                return sendJson(res, pathMatched ? 405 : 404, { error: `no control endpoint ${req.method} ${url.pathname}` });
+                return sendJson(res, pathMatched ? 405 : 404, {
+                    error: `no control endpoint ${req.method} ${url.pathname}`,
+                });
             // Graph answers unknown paths and methods with code 100 or 2500.
             const e = metaError(100, {
                 message: `Unsupported ${req.method.toLowerCase()} request. Object does not exist or does not support this operation.`,
@@ -814,7 +852,10 @@ function createGraphFake(userConfig = {}) {
             if (status === 500) process.stderr.write(`graph fake: ${err.stack || err}\n`);
             if (new URL(req.url, 'http://x').pathname.startsWith('/_control/'))
                 return sendJson(res, status, { error: err.message });
-            const e = status === 413 ? metaError(100, { details: err.message }) : metaError(status === 500 ? 1 : 100, { details: err.message });
+            const e =
+                status === 413
+                    ? metaError(100, { details: err.message })
+                    : metaError(status === 500 ? 1 : 100, { details: err.message });
             sendJson(res, status, e.body);
         },
     });

@@ -26,7 +26,7 @@ function textMessage(over = {}) {
 async function withFake(cfg, fn) {
     const receiver = await startReceiver();
     const fake = createGraphFake({
-        tokens: { [PNID]: TOKEN, '200000000000002': 'other-token' },
+        tokens: { [PNID]: TOKEN, 200000000000002: 'other-token' },
         webhook_url: receiver.url,
         app_secret: 'shh',
         status_delays_ms: FAST,
@@ -85,10 +85,12 @@ test('rejects bodies that break the OpenAPI request schema', () =>
                 type: 'template',
                 text: undefined,
                 template: { name: 'promo', language: { policy: 'deterministic', code: 'en_US' } },
-            })
+            }),
         );
         assert.equal(template.status, 200, template.text);
-        const image = await send(textMessage({ type: 'image', text: undefined, image: { link: 'http://127.0.0.1/a.jpg' } }));
+        const image = await send(
+            textMessage({ type: 'image', text: undefined, image: { link: 'http://127.0.0.1/a.jpg' } }),
+        );
         assert.equal(image.status, 200, image.text);
     }));
 
@@ -174,7 +176,7 @@ test('sends signed status webhooks with the callback data', () =>
         });
         assert.deepEqual(
             statuses.map((s) => s.status),
-            ['sent', 'delivered', 'read']
+            ['sent', 'delivered', 'read'],
         );
         for (const s of statuses) {
             assert.equal(s.id, wamid);
@@ -186,13 +188,16 @@ test('sends signed status webhooks with the callback data', () =>
 
 test('can deliver statuses out of order and twice', () =>
     // Wide gaps between the statuses, so reversed arrival is unambiguous even on a busy machine.
-    withFake({ out_of_order_prob: 1, duplicate_prob: 1, status_delays_ms: { sent: 1, delivered: 40, read: 80 } }, async ({ send, receiver }) => {
-        await send(textMessage());
-        await receiver.waitFor((h) => h.length >= 6);
-        const order = receiver.hits.map((h) => h.json.entry[0].changes[0].value.statuses[0].status);
-        assert.equal(order[0], 'read', `arrival order ${order}`);
-        for (const s of ['sent', 'delivered', 'read']) assert.equal(order.filter((x) => x === s).length, 2);
-    }));
+    withFake(
+        { out_of_order_prob: 1, duplicate_prob: 1, status_delays_ms: { sent: 1, delivered: 40, read: 80 } },
+        async ({ send, receiver }) => {
+            await send(textMessage());
+            await receiver.waitFor((h) => h.length >= 6);
+            const order = receiver.hits.map((h) => h.json.entry[0].changes[0].value.statuses[0].status);
+            assert.equal(order[0], 'read', `arrival order ${order}`);
+            for (const s of ['sent', 'delivered', 'read']) assert.equal(order.filter((x) => x === s).length, 2);
+        },
+    ));
 
 test('reports webhook-mode failures as a failed status after a 200', () =>
     withFake({}, async ({ base, send, receiver }) => {
@@ -232,10 +237,12 @@ test('uploads media as multipart and refuses what is not an image', () =>
             fd.set('messaging_product', 'whatsapp');
             fd.set('type', type);
             fd.set('file', new Blob([bytes], { type }), 'f');
-            return fetch(`${base}/v23.0/${PNID}/media`, { method: 'POST', headers: AUTH, body: fd }).then(async (r) => ({
-                status: r.status,
-                json: await r.json(),
-            }));
+            return fetch(`${base}/v23.0/${PNID}/media`, { method: 'POST', headers: AUTH, body: fd }).then(
+                async (r) => ({
+                    status: r.status,
+                    json: await r.json(),
+                }),
+            );
         };
         const ok = await upload(makeQrPng(), 'image/png');
         assert.equal(ok.status, 200);

@@ -359,11 +359,18 @@ void wt_env_stop(wt_env *env)
 
 pid_t wt_spawn(wt_env *env, const char *program, const char *name, const char *const *extra_env)
 {
-    if (env->nchildren >= WT_MAX_CHILDREN) {
+    /* Reuse the slot of a child that has exited. */
+    int slot = env->nchildren;
+    for (int i = 0; i < env->nchildren; i++)
+        if (env->children[i].pid == 0) {
+            slot = i;
+            break;
+        }
+    if (slot >= WT_MAX_CHILDREN) {
         fprintf(stderr, "wt_env: too many children\n");
         return -1;
     }
-    wt_child *ch = &env->children[env->nchildren];
+    wt_child *ch = &env->children[slot];
     char path[512];
     wt_program_path(program, path, sizeof path);
     char dir[sizeof env->dir];
@@ -386,7 +393,8 @@ pid_t wt_spawn(wt_env *env, const char *program, const char *name, const char *c
     if (pid < 0)
         return -1;
     ch->pid = pid;
-    env->nchildren++;
+    if (slot == env->nchildren)
+        env->nchildren++;
     return pid;
 }
 

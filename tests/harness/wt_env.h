@@ -14,7 +14,7 @@
 
 enum { WT_REDIS = 1, WT_PG = 2, WT_MIGRATE = 4 };
 
-#define WT_MAX_CHILDREN 64
+#define WT_MAX_CHILDREN 256
 
 typedef struct wt_child {
     pid_t pid;
