@@ -449,12 +449,14 @@ step timeout 120 node "$here/tools/report.js" "$work/report.json" || die "report
 log "done in $(( $(date +%s) - started ))s: $outdir/$stamp.{json,md,png}"
 
 if [ "$skip_wacast" -eq 0 ]; then
+  [ "$wacast_rc" != 5 ] || die "a wacast daemon exited during the run (see the logs)"
   [ "$wacast_rc" = 0 ] || die "wacast did not finish the campaign within its time-out (${wacast_limit}s)"
   [ "$wacast_ok" = 0 ] || die "wacast sent a wrong count (see $outdir/$stamp.md)"
 fi
 if [ "$skip_baseline" -eq 0 ]; then
   # A baseline that runs out of time is reported with its steady rate, not fatal;
   # a baseline that sent something twice is.
+  [ "$baseline_rc" != 5 ] || die "a baseline process exited during the run (see the logs)"
   [ "$baseline_rc" = 0 ] || log "warning: the baseline did not finish within its time-out (${baseline_limit}s); its rate is over the part it did"
   [ "$baseline_ok" = 0 ] || die "the baseline sent a wrong count"
 fi

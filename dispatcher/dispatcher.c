@@ -456,7 +456,10 @@ static void on_jobs(wc_redis *r, redisReply *reply, void *arg)
         reply->element[0]->type == REDIS_REPLY_ARRAY && reply->element[0]->elements == 2)
         entries = reply->element[0]->element[1];
     if (!entries || entries->type != REDIS_REPLY_ARRAY || entries->elements == 0) {
-        ds->jobs_pel = false;
+        /* Only an empty read of our pending list means it is empty: a takeover
+         * during a blocking read of new entries set jobs_pel again. */
+        if (ds->jobs_read_pel)
+            ds->jobs_pel = false;
         read_jobs(ds);
         return;
     }
@@ -513,8 +516,10 @@ static void read_jobs(dispatcher *ds)
     if (wc_redis_command(ds->jobs_rd, on_jobs, ds,
                          "XREADGROUP GROUP %s %s COUNT %s BLOCK %s STREAMS %s %s", WC_GROUP_DISPATCH,
                          ds->cfg.c.instance_id, count, ds->jobs_pel ? "0" : "1000", WC_KEY_JOBS,
-                         ds->jobs_pel ? "0" : ">") == 0)
+                         ds->jobs_pel ? "0" : ">") == 0) {
         ds->jobs_reading = true;
+        ds->jobs_read_pel = ds->jobs_pel;
+    }
 }
 
 static void on_parked_timer(evutil_socket_t fd, short what, void *arg)
@@ -736,7 +741,8 @@ static void on_results(wc_redis *r, redisReply *reply, void *arg)
         reply->element[0]->type == REDIS_REPLY_ARRAY && reply->element[0]->elements == 2)
         entries = reply->element[0]->element[1];
     if (!entries || entries->type != REDIS_REPLY_ARRAY || entries->elements == 0) {
-        ds->results_pel = false;
+        if (ds->results_read_pel)
+            ds->results_pel = false;
         read_results(ds);
         return;
     }
@@ -849,8 +855,10 @@ static void read_results(dispatcher *ds)
     if (wc_redis_command(ds->results_rd, on_results, ds,
                          "XREADGROUP GROUP %s %s COUNT %s BLOCK %s STREAMS %s %s", WC_GROUP_SINK,
                          ds->cfg.c.instance_id, count, ds->results_pel ? "0" : "1000", WC_KEY_RESULTS,
-                         ds->results_pel ? "0" : ">") == 0)
+                         ds->results_pel ? "0" : ">") == 0) {
         ds->results_reading = true;
+        ds->results_read_pel = ds->results_pel;
+    }
 }
 
 /* ---- periodic work ------------------------------------------------------------------------ */

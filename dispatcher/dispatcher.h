@@ -82,12 +82,12 @@ typedef struct dispatcher {
     wc_map online;  /* device_id -> (void *)1 */
     bool devices_loaded, refreshing;
     /* router */
-    bool jobs_reading, jobs_pel;
+    bool jobs_reading, jobs_pel, jobs_read_pel; /* read_pel: the read in flight is of our PEL */
     route_job *parked;
     size_t nparked;
     route_batch *routing;
     /* sink */
-    bool results_reading, results_pel, sink_writing;
+    bool results_reading, results_pel, results_read_pel, sink_writing;
     struct event *refresh_timer, *parked_timer, *claim_timer, *sweep_timer, *read_timer,
         *sim_timer, *paused_timer;
     bool sim_busy, paused_busy, cancel_busy;

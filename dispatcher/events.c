@@ -102,6 +102,9 @@ int dispatcher_webhook_body(dispatcher *ds, int provider, const char *body, size
             long long id = e->callback_data ? strtoll(e->callback_data, &end, 10) : 0;
             res.message_id = end && *end == '\0' && id > 0 ? id : 0;
             res.provider_message_id = e->provider_id;
+            /* The sim names the device itself as the receiving number. */
+            if (e->receiver && strlen(e->receiver) == 36 && e->receiver[8] == '-')
+                res.device_id = e->receiver;
             res.status = map_status(e->status);
             res.at_us = e->timestamp > 0 ? e->timestamp * 1000000 : wc_now_us();
             char code[32] = "";

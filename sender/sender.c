@@ -735,6 +735,9 @@ static void on_read(wc_redis *r, redisReply *reply, void *arg)
                                  outbox, WC_GROUP_SEND) < 0)
                 f->m.redis_errors++;
         }
+        /* The entry may have been delivered with the reply lost: look at our
+         * pending list first next time. */
+        dv->pel_mode = true;
         set_state(dv, DEV_IDLE);
         arm_timer(dv, 500000);
         return;
@@ -1246,8 +1249,12 @@ static void on_idle_poll(evutil_socket_t fd, short what, void *arg)
         if (!wc_map_live(&f->devices, i))
             continue;
         device *dv = f->devices.slots[i].value;
-        if (dv->state == DEV_IDLE && !evtimer_pending(dv->timer, NULL))
+        if (dv->state == DEV_IDLE && !evtimer_pending(dv->timer, NULL)) {
+            /* An idle device also re-checks its pending list: an entry whose
+             * delivery reply was lost is never left behind. */
+            dv->pel_mode = true;
             device_step(dv);
+        }
     }
 }
 

@@ -70,13 +70,26 @@ const FINISH = `
                   THEN now() ELSE finished_at END
   WHERE id = $1 AND status = 'triggered' RETURNING status, total_count`;
 
+// Deadlocks and serialization failures are retried, as any production code
+// must: marking a page queued races the workers' status writes on the same rows.
+async function query(sql, params) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await pool.query(sql, params);
+    } catch (e) {
+      if (attempt >= 5 || !['40P01', '40001'].includes(e.code)) throw e;
+      await new Promise((r) => setTimeout(r, 10 * attempt));
+    }
+  }
+}
+
 async function expand(c) {
   const tpl = compile(c.message);
   let cursor = '00000000-0000-0000-0000-000000000000';
   const seen = new Set();
   let total = 0;
   for (;;) {
-    const { rows: leads } = await pool.query(LEADS, [c.user_id, c.target_status, c.niche, cursor, settings.batch]);
+    const { rows: leads } = await query(LEADS, [c.user_id, c.target_status, c.niche, cursor, settings.batch]);
     if (leads.length === 0) break;
     cursor = leads[leads.length - 1].id;
     const cols = [[], [], [], [], [], [], []];
@@ -107,7 +120,7 @@ async function expand(c) {
       cols[6].push(msg);
       byLead.set(l.id, { to: phone, name: l.name, text: content, dev: l.device_id });
     }
-    const { rows: created } = await pool.query(INSERT, [c.id, ...cols, c.user_id, c.media_url]);
+    const { rows: created } = await query(INSERT, [c.id, ...cols, c.user_id, c.media_url]);
     const jobs = [];
     const ids = [];
     for (const r of created) {
@@ -119,13 +132,14 @@ async function expand(c) {
     const adds = [];
     for (let k = 0; k < jobs.length; k += settings.bulk) adds.push(queue.addBulk(jobs.slice(k, k + settings.bulk)));
     await Promise.all(adds);
-    if (ids.length) await pool.query(MARK, [ids]);
+    // Rows are locked in id order by both this and the workers' writes.
+    if (ids.length) await query(MARK, [ids.sort((a, b) => a - b)]);
     total += created.length;
     if (leads.length < settings.batch) break;
     if (stopping) return; // SIGTERM mid-campaign: the claim goes stale; nothing half-done
 
   }
-  const { rows } = await pool.query(FINISH, [c.id]);
+  const { rows } = await query(FINISH, [c.id]);
   console.log(`baseline-producer: campaign ${c.id} expanded: ${total} message(s); now ${rows[0] ? rows[0].status : '?'}`);
 }
 

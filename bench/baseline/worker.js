@@ -46,6 +46,7 @@ let buf = [];
 let flushing = null;
 
 async function writeStatuses(rows) {
+  rows.sort((a, b) => a[0] - b[0]); // lock rows in id order, as the producer's mark does
   const cols = [[], [], [], [], []];
   for (const r of rows) for (let k = 0; k < 5; k++) cols[k].push(r[k]);
   const { rows: camps } = await pool.query(STATUS, cols);
@@ -57,7 +58,7 @@ function flush() {
   const rows = buf.splice(0, settings.flushRows);
   flushing = writeStatuses(rows)
     .catch((e) => {
-      console.error(`baseline-worker: writing statuses: ${e.message}; retrying`);
+      if (e.code !== '40P01') console.error(`baseline-worker: writing statuses: ${e.message}; retrying`);
       buf.unshift(...rows);
     })
     .finally(() => {

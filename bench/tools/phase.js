@@ -99,6 +99,7 @@ async function main() {
   const dueEpoch = due.rows[0].due;
   let last = null;
   let timedOut = false;
+  let died = [];
   let samples = 0;
   for (;;) {
     const tick = Date.now();
@@ -141,6 +142,7 @@ async function main() {
     });
     for (const p of cfg.procs) {
       const now = readProc(p, samples % 10 === 0);
+      if (!now && start[p.name]) died.push(p.name);
       if (!now || !start[p.name]) continue;
       s.cpu[p.name] = Number((now.cpu - start[p.name].cpu).toFixed(2));
       peak[p.name].rssKb = Math.max(peak[p.name].rssKb, now.rssKb || 0);
@@ -154,6 +156,11 @@ async function main() {
     const final = ['finished', 'failed', 'cancelled'].includes(c.status);
     if (final && c.total_count > 0 && s.written >= c.total_count) break;
     if (final && c.total_count === 0) break;
+    if (died.length) {
+      // A process of the pipeline is gone: it would only wait for the time-out.
+      console.error(`phase ${cfg.name}: ${died.join(', ')} exited during the run; stopping`);
+      break;
+    }
     if (t > cfg.timeoutS) {
       timedOut = true;
       break;
@@ -210,6 +217,7 @@ async function main() {
     campaign: cfg.campaign,
     status: c.status,
     timed_out: timedOut,
+    died,
     total: c.total_count,
     sent: c.sent_count,
     failed: c.failed_count,
@@ -239,7 +247,7 @@ async function main() {
       (summary.msgs_per_s ? ` = ${Math.round(summary.msgs_per_s)} msg/s` : '') +
       (timedOut ? ' (TIMED OUT)' : '')
   );
-  process.exit(timedOut ? 3 : 0);
+  process.exit(died.length ? 5 : timedOut ? 3 : 0);
 }
 
 main().catch((e) => {

@@ -93,7 +93,8 @@ void sc_populate(sc_world *w, PGconn *c, uint64_t seed, int nusers, int devices_
         long person = -1;
         if (kind < 3) {
             /* invalid: letters, or too short */
-            snprintf(l->phone_raw, sizeof l->phone_raw, kind == 0 ? "12ab%d" : "1%d", i);
+            /* letters, or a country code starting with 0 */
+            snprintf(l->phone_raw, sizeof l->phone_raw, kind == 0 ? "12ab%d" : "+0%d", i);
         } else if (kind < 10 && npersons > 0) {
             /* the same person as an earlier lead of this user, spelled differently */
             for (int tries = 0; tries < 8 && person < 0; tries++) {

@@ -173,7 +173,7 @@ static int setup(void **state)
                 return -1;
             db = wt_pg(&env);
             pg_restarted = true;
-        } else if (now >= next_action && sent < total * 9 / 10) {
+        } else if (now >= next_action && sent < total * 9 / 10 && !getenv("CHAOS_NO_KILLS")) {
             int i = (int)(sc_rand(&r) % (uint64_t)nslots);
             if (!slots[i].restart_at) {
                 kill(slots[i].pid, SIGKILL);
