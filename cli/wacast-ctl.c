@@ -4,16 +4,20 @@
  * tool, not a daemon. */
 #include <signal.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
 #include <libpq-fe.h>
+#include <sodium.h>
 
 #include "wc_log.h"
 #include "wc_migrate.h"
+#include "wc_seal.h"
 
 static const char *database_url(void)
 {
@@ -201,6 +205,115 @@ static int cmd_campaigns(void)
     return 0;
 }
 
+static wc_seal_keys *seal_keys(void)
+{
+    wc_seal_keys *k = NULL;
+    char err[256];
+    if (wc_seal_init_env(&k, err, sizeof err) < 0) {
+        fprintf(stderr, "wacast-ctl: %s\n", err);
+        exit(1);
+    }
+    return k;
+}
+
+/* Reads a device's credentials (JSON) from stdin, seals them and stores them. */
+static int cmd_set_credentials(const char *device)
+{
+    char buf[16384];
+    size_t n = fread(buf, 1, sizeof buf - 1, stdin);
+    buf[n] = '\0';
+    json_error_t jerr;
+    json_t *j = json_loads(buf, 0, &jerr);
+    if (!j || !json_is_object(j)) {
+        fprintf(stderr, "wacast-ctl: credentials must be a JSON object on stdin (%s)\n", jerr.text);
+        json_decref(j);
+        sodium_memzero(buf, sizeof buf);
+        return 2;
+    }
+    json_decref(j);
+    wc_seal_keys *k = seal_keys();
+    uint8_t *sealed = NULL;
+    size_t len = 0;
+    if (wc_seal(k, buf, n, &sealed, &len) < 0) {
+        fprintf(stderr, "wacast-ctl: out of memory\n");
+        return 1;
+    }
+    sodium_memzero(buf, sizeof buf);
+    char *hex = malloc(len * 2 + 3);
+    hex[0] = '\\';
+    hex[1] = 'x';
+    sodium_bin2hex(hex + 2, len * 2 + 1, sealed, len);
+    PGconn *c = connect_db();
+    const char *params[] = {device, hex};
+    PGresult *r = exec_or_die(c, "UPDATE user_devices SET credentials = $2::bytea WHERE id = $1 RETURNING id",
+                              2, params);
+    int found = PQntuples(r);
+    PQclear(r);
+    PQfinish(c);
+    free(hex);
+    free(sealed);
+    wc_seal_keys_free(k);
+    if (!found) {
+        fprintf(stderr, "wacast-ctl: no device %s\n", device);
+        return 1;
+    }
+    printf("credentials of device %s sealed and stored\n", device);
+    return 0;
+}
+
+/* Re-seals every device's credentials with the current key (after rotation). */
+static int cmd_reseal(void)
+{
+    wc_seal_keys *k = seal_keys();
+    PGconn *c = connect_db();
+    PGresult *r = exec_or_die(c, "SELECT id, encode(credentials, 'hex') FROM user_devices WHERE credentials IS NOT NULL",
+                              0, NULL);
+    int done = 0, current = 0, failed = 0;
+    for (int i = 0; i < PQntuples(r); i++) {
+        const char *hex = PQgetvalue(r, i, 1);
+        size_t hexlen = strlen(hex), len = 0;
+        uint8_t *sealed = malloc(hexlen / 2 + 1);
+        if (sodium_hex2bin(sealed, hexlen / 2 + 1, hex, hexlen, NULL, &len, NULL) != 0) {
+            free(sealed);
+            failed++;
+            continue;
+        }
+        if (wc_seal_is_current(k, sealed, len)) {
+            free(sealed);
+            current++;
+            continue;
+        }
+        char *plain = NULL, err[160];
+        size_t plainlen = 0;
+        if (wc_unseal(k, sealed, len, &plain, &plainlen, err, sizeof err) < 0) {
+            fprintf(stderr, "device %s: %s\n", PQgetvalue(r, i, 0), err);
+            free(sealed);
+            failed++;
+            continue;
+        }
+        uint8_t *fresh = NULL;
+        size_t freshlen = 0;
+        if (wc_seal(k, plain, plainlen, &fresh, &freshlen) == 0) {
+            char *out = malloc(freshlen * 2 + 3);
+            out[0] = '\\';
+            out[1] = 'x';
+            sodium_bin2hex(out + 2, freshlen * 2 + 1, fresh, freshlen);
+            const char *params[] = {PQgetvalue(r, i, 0), out};
+            PQclear(exec_or_die(c, "UPDATE user_devices SET credentials = $2::bytea WHERE id = $1", 2, params));
+            free(out);
+            free(fresh);
+            done++;
+        }
+        wc_seal_plain_free(plain, plainlen);
+        free(sealed);
+    }
+    PQclear(r);
+    PQfinish(c);
+    wc_seal_keys_free(k);
+    printf("re-sealed %d, already current %d, failed %d\n", done, current, failed);
+    return failed ? 1 : 0;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: wacast-ctl COMMAND\n\n"
@@ -209,7 +322,12 @@ static void usage(FILE *f)
                "                               one demo user with simulated devices, leads and a\n"
                "                               campaign due now; prints the campaign id\n"
                "  watch CAMPAIGN [TIMEOUT_S]   live progress until the campaign ends\n"
-               "  campaigns                    the latest campaigns and their counts\n\n"
+               "  campaigns                    the latest campaigns and their counts\n"
+               "  keygen                       print a new WACAST_SECRET_KEY\n"
+               "  set-credentials DEVICE       seal the JSON on stdin with WACAST_SECRET_KEY and\n"
+               "                               store it as the device's credentials\n"
+               "  reseal                       re-seal every device's credentials with the current\n"
+               "                               key (after rotating: WACAST_SECRET_KEY_PREVIOUS=old)\n\n"
                "Settings: DATABASE_URL (default postgresql://localhost/wacast).\n");
 }
 
@@ -227,6 +345,18 @@ int main(int argc, char **argv)
         return cmd_watch(argv[2], argc >= 4 ? strtol(argv[3], NULL, 10) : 0);
     if (!strcmp(argv[1], "campaigns"))
         return cmd_campaigns();
+    if (sodium_init() < 0)
+        return 1;
+    if (!strcmp(argv[1], "keygen")) {
+        char key[65];
+        wc_seal_keygen(key);
+        printf("%s\n", key);
+        return 0;
+    }
+    if (!strcmp(argv[1], "set-credentials") && argc >= 3)
+        return cmd_set_credentials(argv[2]);
+    if (!strcmp(argv[1], "reseal"))
+        return cmd_reseal();
     usage(stderr);
     return 2;
 }

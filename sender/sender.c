@@ -29,6 +29,7 @@
 #include "wc_keys.h"
 #include "wc_log.h"
 #include "wc_map.h"
+#include "wc_seal.h"
 #include "wc_transport.h"
 
 typedef struct sender_cfg {
@@ -48,6 +49,7 @@ typedef struct sender_cfg {
     long in_doubt_ms;
     long holds_ms;
     long dead_maxlen;
+    long blocked_retry_s;
 } sender_cfg;
 
 static const wc_cfg_entry cfg_table[] = {
@@ -84,6 +86,9 @@ static const wc_cfg_entry cfg_table[] = {
      offsetof(sender_cfg, in_doubt_ms), 0, 86400000, false},
     {"WACAST_HOLDS_MS", WC_CFG_INT, "250", "how often paused and cancelled campaigns are re-read",
      offsetof(sender_cfg, holds_ms), 50, 60000, false},
+    {"WACAST_BLOCKED_RETRY_S", WC_CFG_INT, "3600",
+     "a device the provider restricted (spam, policy) is tried again after this long",
+     offsetof(sender_cfg, blocked_retry_s), 1, 2000000, false},
     {"WACAST_DEAD_MAXLEN", WC_CFG_INT, "100000", "entries kept in the dead-letter stream",
      offsetof(sender_cfg, dead_maxlen), 100, 100000000, false},
 };
@@ -137,6 +142,7 @@ typedef struct device {
     char id[40];
     char platform[24];
     char *settings; /* user_devices.settings as JSON text */
+    char *credentials_hex; /* user_devices.credentials, sealed, as hex ("" when none) */
     uint32_t min_delay_ms, max_delay_ms;
     dev_state state;
     bool seen;       /* present in the last device list */
@@ -144,6 +150,8 @@ typedef struct device {
     bool pel_mode;   /* read our pending entries ("0") before new ones (">") */
     bool online;     /* transport open */
     bool reopen;     /* platform or settings changed: reopen the transport at the next rest */
+    const char *down_status; /* set by a send result: take the device down at the next rest */
+    char down_reason[256];
     int64_t next_at_us;     /* earliest next send (wall clock) */
     int64_t lease_until_us; /* our lease is valid until (monotonic, with margin) */
     int open_backoff_ms;
@@ -174,6 +182,7 @@ struct fleet {
     size_t held;
     size_t online;
     wc_transport_env tenv;
+    wc_seal_keys *seal; /* NULL when WACAST_SECRET_KEY is not set */
     struct event *refresh_timer, *heartbeat_timer, *idle_timer, *status_timer, *stop_timer,
         *holds_timer;
     /* device status changes waiting to be written: "id\tstatus\treason" lines */
@@ -262,6 +271,68 @@ static void close_transport(device *dv)
     dv->online = false;
 }
 
+/* The device's credentials, unsealed, as JSON (NULL when it has none).
+ * The plaintext lives only for the open() call. */
+static json_t *unseal_credentials(device *dv, char *err, size_t errlen, bool *failed)
+{
+    fleet *f = dv->f;
+    *failed = false;
+    if (!dv->credentials_hex || !dv->credentials_hex[0])
+        return NULL;
+    if (!f->seal) {
+        snprintf(err, errlen, "device has sealed credentials but WACAST_SECRET_KEY is not set");
+        *failed = true;
+        return NULL;
+    }
+    size_t hexlen = strlen(dv->credentials_hex), len = 0;
+    uint8_t *sealed = malloc(hexlen / 2 + 1);
+    if (!sealed || sodium_hex2bin(sealed, hexlen / 2 + 1, dv->credentials_hex, hexlen, NULL, &len, NULL) != 0) {
+        free(sealed);
+        snprintf(err, errlen, "device credentials are not valid sealed bytes");
+        *failed = true;
+        return NULL;
+    }
+    char *plain = NULL;
+    size_t plainlen = 0;
+    char why[160];
+    if (wc_unseal(f->seal, sealed, len, &plain, &plainlen, why, sizeof why) < 0) {
+        free(sealed);
+        snprintf(err, errlen, "cannot open device credentials: %s", why);
+        *failed = true;
+        return NULL;
+    }
+    free(sealed);
+    json_t *creds = json_loadb(plain, plainlen, 0, NULL);
+    wc_seal_plain_free(plain, plainlen);
+    if (!creds || !json_is_object(creds)) {
+        json_decref(creds);
+        snprintf(err, errlen, "device credentials are not a JSON object");
+        *failed = true;
+        return NULL;
+    }
+    return creds;
+}
+
+/* Takes a device out of service for a while: offline (retried with growing
+ * back-off) or blocked by the provider (retried after WACAST_BLOCKED_RETRY_S). */
+static void device_down(device *dv, const char *status, const char *reason)
+{
+    fleet *f = dv->f;
+    if (dv->state != DEV_OFFLINE || dv->open_backoff_ms == 0)
+        wc_warn("device %s %s: %s", dv->id, status, reason);
+    queue_status(f, dv, status, reason);
+    set_state(dv, DEV_OFFLINE);
+    if (!strcmp(status, "blocked")) {
+        dv->open_backoff_ms = (int)(f->cfg.blocked_retry_s * 1000 > 2000000000 ? 2000000000
+                                                                              : f->cfg.blocked_retry_s * 1000);
+    } else {
+        dv->open_backoff_ms = dv->open_backoff_ms ? dv->open_backoff_ms * 2 : 1000;
+        if (dv->open_backoff_ms > 60000)
+            dv->open_backoff_ms = 60000;
+    }
+    arm_timer(dv, (int64_t)dv->open_backoff_ms * 1000);
+}
+
 static void open_transport(device *dv)
 {
     fleet *f = dv->f;
@@ -270,20 +341,18 @@ static void open_transport(device *dv)
     if (!dv->ops) {
         snprintf(err, sizeof err, "unknown platform '%s'", dv->platform);
     } else {
-        json_error_t jerr;
-        json_t *settings = dv->settings ? json_loads(dv->settings, 0, &jerr) : NULL;
-        dv->transport = dv->ops->open(&f->tenv, dv->id, settings, NULL, err, sizeof err);
-        json_decref(settings);
+        bool bad_credentials = false;
+        json_t *creds = unseal_credentials(dv, err, sizeof err, &bad_credentials);
+        if (!bad_credentials) {
+            json_error_t jerr;
+            json_t *settings = dv->settings ? json_loads(dv->settings, 0, &jerr) : NULL;
+            dv->transport = dv->ops->open(&f->tenv, dv->id, settings, creds, err, sizeof err);
+            json_decref(settings);
+        }
+        json_decref(creds);
     }
     if (!dv->transport) {
-        if (dv->state != DEV_OFFLINE || dv->open_backoff_ms == 0)
-            wc_warn("device %s offline: %s", dv->id, err);
-        queue_status(f, dv, "offline", err);
-        set_state(dv, DEV_OFFLINE);
-        dv->open_backoff_ms = dv->open_backoff_ms ? dv->open_backoff_ms * 2 : 1000;
-        if (dv->open_backoff_ms > 60000)
-            dv->open_backoff_ms = 60000;
-        arm_timer(dv, (int64_t)dv->open_backoff_ms * 1000);
+        device_down(dv, "offline", err);
         return;
     }
     dv->open_backoff_ms = 0;
@@ -448,6 +517,14 @@ static void on_sent(void *arg, const wc_send_result *sr)
     fleet *f = dv->f;
     if (dv->state != DEV_SENDING || !dv->job)
         return; /* closed under us: the release path already cleaned up */
+    if (sr->device_action == WC_DEVICE_PAUSE || sr->device_action == WC_DEVICE_OFFLINE) {
+        /* The provider says this device cannot send (restricted, or its
+         * credentials were rejected): take it out of service after recording
+         * this message's outcome. */
+        dv->down_status = sr->device_action == WC_DEVICE_PAUSE ? "blocked" : "offline";
+        snprintf(dv->down_reason, sizeof dv->down_reason, "%s",
+                 sr->device_reason[0] ? sr->device_reason : sr->error_message);
+    }
     Wacast__Result res = WACAST__RESULT__INIT;
     res.message_id = dv->job->message_id;
     res.campaign_id = dv->job->campaign_id;
@@ -875,6 +952,13 @@ static void device_step(device *dv)
         device_release(dv);
         return;
     }
+    if (dv->down_status) {
+        const char *status = dv->down_status;
+        dv->down_status = NULL;
+        close_transport(dv);
+        device_down(dv, status, dv->down_reason);
+        return;
+    }
     if (dv->reopen) {
         dv->reopen = false;
         wc_info("device %s: settings changed; reconnecting its transport", dv->id);
@@ -1015,6 +1099,14 @@ static void on_devices(wc_pg *pg, PGresult *res, const char *err, void *arg)
             free(dv->settings);
             dv->settings = strdup(settings);
         }
+        const char *creds = PQgetvalue(res, r, 5);
+        if (!dv->credentials_hex || strcmp(dv->credentials_hex, creds) != 0) {
+            /* Rotated or replaced credentials take effect at the next rest. */
+            if (dv->credentials_hex)
+                dv->reopen = true;
+            free(dv->credentials_hex);
+            dv->credentials_hex = strdup(creds);
+        }
         /* A changed transport setting takes effect at the device's next rest. */
         if (dv->reopen && dv->state == DEV_OFFLINE) {
             dv->reopen = false;
@@ -1035,7 +1127,7 @@ static void on_refresh(evutil_socket_t fd, short what, void *arg)
         return;
     static const char *sql =
         "SELECT id, platform, (min_delay_seconds * 1000)::bigint, (max_delay_seconds * 1000)::bigint, "
-        "settings::text FROM user_devices";
+        "settings::text, coalesce(encode(credentials, 'hex'), '') FROM user_devices";
     if (wc_pg_query(f->d.pg, sql, 0, NULL, on_devices, f) == 0)
         f->refreshing = true;
 }
@@ -1338,6 +1430,7 @@ int main(int argc, char **argv)
                    "Holds a share of the devices, paces each one and sends through its transport.",
                    cfg_table, sizeof cfg_table / sizeof cfg_table[0], &f.cfg, argc, argv, ready,
                    metrics, &f);
+    char err[256];
     wc_map_init(&f.devices);
     f.status_ids = evbuffer_new();
     f.status_vals = evbuffer_new();
@@ -1353,7 +1446,11 @@ int main(int argc, char **argv)
         .sim_callback_delay_ms = (int)f.cfg.sim_callback_delay_ms,
     };
     wc_map_init(&f.holds);
-    char err[256];
+    if (getenv(WC_SEAL_KEY_ENV) && getenv(WC_SEAL_KEY_ENV)[0] &&
+        wc_seal_init_env(&f.seal, err, sizeof err) < 0) {
+        fprintf(stderr, "wacast-sender: %s\n", err);
+        return 1;
+    }
     f.sub = wc_redis_new(f.d.base, f.cfg.c.redis_url, "redis-wake", (int)f.cfg.c.timeout_ms, err,
                          sizeof err);
     if (!f.sub || wc_redis_subscribe(f.sub, WC_KEY_WAKE, on_wake, &f) < 0) {
@@ -1388,6 +1485,7 @@ int main(int argc, char **argv)
         free_job(dv);
         event_free(dv->timer);
         free(dv->settings);
+        free(dv->credentials_hex);
         free(dv);
     }
     wc_map_free(&f.devices);
@@ -1398,6 +1496,7 @@ int main(int argc, char **argv)
     evbuffer_free(f.status_vals);
     evbuffer_free(f.status_reasons);
     wc_redis_free(f.sub);
+    wc_seal_keys_free(f.seal);
     wc_daemon_free(&f.d);
     wc_config_free(cfg_table, sizeof cfg_table / sizeof cfg_table[0], &f.cfg);
     return rc;
