@@ -58,42 +58,70 @@ async function main() {
       errors.push(`campaign counters total=${camp.total_count} sent=${camp.sent_count}, expected ${expected}`);
   } else if (pgc.phones !== pgc.rows) errors.push(`${pgc.rows - pgc.phones} duplicate recipient row(s) in PostgreSQL`);
 
-  // Message id -> recipient, to check every provider record against.
-  const byId = new Map();
+  // Message id -> recipient, to check every provider record against. Ids
+  // and E.164 numbers (at most 15 digits) fit in typed arrays: no million
+  // strings in a Map for the garbage collector to walk.
+  const span = (
+    await db.query('SELECT coalesce(min(id), 0) AS lo, coalesce(max(id), -1) AS hi FROM broadcast_messages WHERE campaign_id = $1', [cfg.campaign])
+  ).rows[0];
+  const lo = span.lo,
+    size = Math.max(0, span.hi - span.lo + 1);
+  const phoneOf = new Float64Array(size).fill(-1); // recipient digits; -1: no row
+  const seen = new Uint8Array(size);
   const r = await db.query({
     text: 'SELECT id, recipient_phone FROM broadcast_messages WHERE campaign_id = $1',
     values: [cfg.campaign],
     rowMode: 'array',
   });
-  for (const [id, phone] of r.rows) byId.set(String(id), phone);
+  const e164 = (p) => (/^\+[1-9][0-9]{0,14}$/.test(p) ? Number(p.slice(1)) : -2);
+  for (const [id, phone] of r.rows) phoneOf[id - lo] = e164(phone);
+  r.rows.length = 0;
 
+  // The record, read a page at a time by a script that returns each entry as
+  // one line (msg, campaign, to, ok, text length): cheap to decode here.
+  const PAGE = String.raw`
+    local res = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+    local out, last = {}, ''
+    for i, e in ipairs(res) do
+      local f, m = e[2], {}
+      for j = 1, #f, 2 do m[f[j]] = f[j + 1] end
+      out[i] = (m.msg or '') .. '\t' .. (m.campaign or '') .. '\t' .. (m.to or '') .. '\t' .. (m.ok or '') .. '\t' .. #(m.text or '')
+      last = e[1]
+    end
+    return {#res, last, table.concat(out, '\n')}`;
   const redis = new Redis(cfg.redis);
-  const seen = new Set();
   const rec = { entries: 0, other_campaign: 0, unknown_msg: 0, duplicates: 0, wrong_recipient: 0, empty_text: 0, not_ok: 0 };
+  let distinct = 0;
   let from = '-';
   for (;;) {
-    const page = await redis.xrange(cfg.simKey, from, '+', 'COUNT', 20000);
-    for (const [id, fields] of page) {
-      const f = {};
-      for (let k = 0; k + 1 < fields.length; k += 2) f[fields[k]] = fields[k + 1];
-      if (f.campaign !== cfg.campaign) {
+    const [n, last, text] = await redis.eval(PAGE, 1, cfg.simKey, from, 10000);
+    if (n === 0) break;
+    for (const line of text.split('\n')) {
+      const [msg, campaign, to, ok, textLen] = line.split('\t');
+      if (campaign !== cfg.campaign) {
         rec.other_campaign++;
         continue;
       }
       rec.entries++;
-      if (f.ok !== '1') rec.not_ok++;
-      const phone = byId.get(f.msg);
-      if (phone === undefined) rec.unknown_msg++;
-      else if (phone !== f.to) rec.wrong_recipient++;
-      if (!f.text) rec.empty_text++;
-      if (seen.has(f.msg)) rec.duplicates++;
-      else seen.add(f.msg);
+      if (ok !== '1') rec.not_ok++;
+      if (textLen === '0') rec.empty_text++;
+      const k = Number(msg) - lo;
+      if (!(k >= 0 && k < size) || phoneOf[k] === -1) {
+        rec.unknown_msg++;
+        continue;
+      }
+      if (phoneOf[k] !== e164(to)) rec.wrong_recipient++;
+      if (seen[k]) rec.duplicates++;
+      else {
+        seen[k] = 1;
+        distinct++;
+      }
     }
-    if (page.length < 20000) break;
-    from = '(' + page[page.length - 1][0];
+    if (n < 10000) break;
+    from = '(' + last;
   }
   redis.disconnect();
-  rec.distinct_messages = seen.size;
+  rec.distinct_messages = distinct;
   if (!partial) {
     if (rec.entries !== expected) errors.push(`provider record holds ${rec.entries} send(s) for the campaign, expected ${expected}`);
     if (rec.distinct_messages !== expected) errors.push(`provider record: ${rec.distinct_messages} distinct messages, expected ${expected}`);
