@@ -77,34 +77,31 @@ async function main() {
   for (const [id, phone] of r.rows) phoneOf[id - lo] = e164(phone);
   r.rows.length = 0;
 
-  // The record, read a page at a time by a script that returns each entry as
-  // one line (msg, campaign, to, ok, text length): cheap to decode here.
-  const PAGE = String.raw`
-    local res = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
-    local out, last = {}, ''
-    for i, e in ipairs(res) do
-      local f, m = e[2], {}
-      for j = 1, #f, 2 do m[f[j]] = f[j + 1] end
-      out[i] = (m.msg or '') .. '\t' .. (m.campaign or '') .. '\t' .. (m.to or '') .. '\t' .. (m.ok or '') .. '\t' .. #(m.text or '')
-      last = e[1]
-    end
-    return {#res, last, table.concat(out, '\n')}`;
   const redis = new Redis(cfg.redis);
   const rec = { entries: 0, other_campaign: 0, unknown_msg: 0, duplicates: 0, wrong_recipient: 0, empty_text: 0, not_ok: 0 };
   let distinct = 0;
   let from = '-';
+  const PAGE = 20000;
   for (;;) {
-    const [n, last, text] = await redis.eval(PAGE, 1, cfg.simKey, from, 10000);
-    if (n === 0) break;
-    for (const line of text.split('\n')) {
-      const [msg, campaign, to, ok, textLen] = line.split('\t');
+    const page = await redis.xrange(cfg.simKey, from, '+', 'COUNT', PAGE);
+    for (const [, f] of page) {
+      let msg, campaign, to, ok, text;
+      for (let j = 0; j + 1 < f.length; j += 2) {
+        switch (f[j]) {
+          case 'msg': msg = f[j + 1]; break;
+          case 'campaign': campaign = f[j + 1]; break;
+          case 'to': to = f[j + 1]; break;
+          case 'ok': ok = f[j + 1]; break;
+          case 'text': text = f[j + 1]; break;
+        }
+      }
       if (campaign !== cfg.campaign) {
         rec.other_campaign++;
         continue;
       }
       rec.entries++;
       if (ok !== '1') rec.not_ok++;
-      if (textLen === '0') rec.empty_text++;
+      if (!text) rec.empty_text++;
       const k = Number(msg) - lo;
       if (!(k >= 0 && k < size) || phoneOf[k] === -1) {
         rec.unknown_msg++;
@@ -117,8 +114,8 @@ async function main() {
         distinct++;
       }
     }
-    if (n < 10000) break;
-    from = '(' + last;
+    if (page.length < PAGE) break;
+    from = '(' + page[page.length - 1][0];
   }
   redis.disconnect();
   rec.distinct_messages = distinct;
