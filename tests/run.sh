@@ -7,6 +7,10 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bash deploy/install-deps.sh
+# The fake Graph API and gowa servers the transport tests talk to.
+if [ ! -d tests/fakes/node_modules ] || [ tests/fakes/package-lock.json -nt tests/fakes/node_modules ]; then
+  npm ci --prefix tests/fakes --no-audit --no-fund >/dev/null
+fi
 build=${WACAST_TEST_BUILD:-$root/build-test}
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Debug -DWACAST_SANITIZE=ON >/dev/null
 cmake --build "$build" -j"$(nproc)"
