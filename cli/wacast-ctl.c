@@ -33,7 +33,8 @@ static PGconn *connect_db(void)
     if (PQstatus(c) != CONNECTION_OK) {
         char redacted[512];
         wc_log_redact_url(database_url(), redacted, sizeof redacted);
-        fprintf(stderr, "wacast-ctl: cannot reach PostgreSQL at %s: %s", redacted, PQerrorMessage(c));
+        fprintf(stderr, "wacast-ctl: cannot reach PostgreSQL at %s: %s", redacted,
+                PQerrorMessage(c));
         exit(1);
     }
     return c;
@@ -95,26 +96,29 @@ static int cmd_demo_seed(int argc, char **argv)
     snprintf(user, sizeof user, "%s", PQgetvalue(r, 0, 0));
     PQclear(r);
     const char *p1[] = {user, ndev, min_delay, max_delay};
-    PQclear(exec_or_die(c,
-                        "INSERT INTO user_devices (user_id, device_name, phone, platform, min_delay_seconds,"
-                        " max_delay_seconds) SELECT $1, 'demo-' || g, '+6030' || lpad(g::text, 7, '0'), 'sim',"
-                        " $3::numeric, $4::numeric FROM generate_series(1, $2::int) g",
-                        4, p1));
+    PQclear(exec_or_die(
+        c,
+        "INSERT INTO user_devices (user_id, device_name, phone, platform, min_delay_seconds,"
+        " max_delay_seconds) SELECT $1, 'demo-' || g, '+6030' || lpad(g::text, 7, '0'), 'sim',"
+        " $3::numeric, $4::numeric FROM generate_series(1, $2::int) g",
+        4, p1));
     const char *p2[] = {user, nleads};
-    PQclear(exec_or_die(c,
-                        "INSERT INTO leads (user_id, device_id, name, phone, niche, target_status)"
-                        " SELECT $1, (SELECT id FROM user_devices WHERE user_id = $1 ORDER BY id"
-                        " OFFSET (g % (SELECT count(*) FROM user_devices WHERE user_id = $1)) LIMIT 1),"
-                        " 'Lead ' || g, '012' || lpad(g::text, 7, '0'), 'demo',"
-                        " CASE WHEN g % 3 = 0 THEN 'customer' ELSE 'prospect' END::lead_target_status"
-                        " FROM generate_series(1, $2::int) g",
-                        2, p2));
+    PQclear(
+        exec_or_die(c,
+                    "INSERT INTO leads (user_id, device_id, name, phone, niche, target_status)"
+                    " SELECT $1, (SELECT id FROM user_devices WHERE user_id = $1 ORDER BY id"
+                    " OFFSET (g % (SELECT count(*) FROM user_devices WHERE user_id = $1)) LIMIT 1),"
+                    " 'Lead ' || g, '012' || lpad(g::text, 7, '0'), 'demo',"
+                    " CASE WHEN g % 3 = 0 THEN 'customer' ELSE 'prospect' END::lead_target_status"
+                    " FROM generate_series(1, $2::int) g",
+                    2, p2));
     const char *p3[] = {user};
-    r = exec_or_die(c,
-                    "INSERT INTO campaigns (user_id, title, message, target_status, scheduled_at)"
-                    " VALUES ($1, 'demo', '{Hi|Hello|Hey} {{name}}, {{greeting}}! This is a wacast demo.',"
-                    " 'all', now()) RETURNING id",
-                    1, p3);
+    r = exec_or_die(
+        c,
+        "INSERT INTO campaigns (user_id, title, message, target_status, scheduled_at)"
+        " VALUES ($1, 'demo', '{Hi|Hello|Hey} {{name}}, {{greeting}}! This is a wacast demo.',"
+        " 'all', now()) RETURNING id",
+        1, p3);
     printf("%s\n", PQgetvalue(r, 0, 0));
     PQclear(r);
     PQclear(exec_or_die(c, "COMMIT", 0, NULL));
@@ -143,7 +147,8 @@ static int cmd_watch(const char *campaign, long timeout_s)
             c,
             "SELECT status, total_count, sent_count, failed_count, skipped_count, cancelled_count,"
             " coalesce(status_reason, ''),"
-            " (SELECT count(*) FROM broadcast_messages WHERE campaign_id = $1 AND status = 'queued')"
+            " (SELECT count(*) FROM broadcast_messages WHERE campaign_id = $1 AND status = "
+            "'queued')"
             " FROM campaigns WHERE id = $1",
             1, params);
         if (PQntuples(r) == 0) {
@@ -166,11 +171,12 @@ static int cmd_watch(const char *campaign, long timeout_s)
         bool final = !strcmp(status, "finished") || !strcmp(status, "failed") ||
                      !strcmp(status, "cancelled");
         printf("%s[%s] %5.1f%% %ld/%ld sent=%ld failed=%ld skipped=%ld queued=%ld %s %.0fs  %s",
-               tty ? "\r" : "", bar, total ? 100.0 * (double)done / (double)total : 0.0, done, total,
-               sent, failed, skipped, queued, status, elapsed, tty ? "" : "\n");
+               tty ? "\r" : "", bar, total ? 100.0 * (double)done / (double)total : 0.0, done,
+               total, sent, failed, skipped, queued, status, elapsed, tty ? "" : "\n");
         fflush(stdout);
         if (final) {
-            printf("\ncampaign %s %s: total=%ld sent=%ld failed=%ld skipped=%ld cancelled=%ld in %.1fs%s%s\n",
+            printf("\ncampaign %s %s: total=%ld sent=%ld failed=%ld skipped=%ld cancelled=%ld in "
+                   "%.1fs%s%s\n",
                    campaign, status, total, sent, failed, skipped, cancelled, elapsed,
                    PQgetvalue(r, 0, 6)[0] ? " — " : "", PQgetvalue(r, 0, 6));
             PQclear(r);
@@ -179,7 +185,8 @@ static int cmd_watch(const char *campaign, long timeout_s)
         }
         PQclear(r);
         if (interrupted || (timeout_s > 0 && elapsed > (double)timeout_s)) {
-            printf("\nwacast-ctl: stopped watching (%s)\n", interrupted ? "interrupted" : "timeout");
+            printf("\nwacast-ctl: stopped watching (%s)\n",
+                   interrupted ? "interrupted" : "timeout");
             PQfinish(c);
             return 1;
         }
@@ -190,12 +197,13 @@ static int cmd_watch(const char *campaign, long timeout_s)
 static int cmd_campaigns(void)
 {
     PGconn *c = connect_db();
-    PGresult *r = exec_or_die(c,
-                              "SELECT id, status, total_count, sent_count, failed_count, skipped_count,"
-                              " coalesce(status_reason, '') FROM campaigns ORDER BY created_at DESC LIMIT 50",
-                              0, NULL);
-    printf("%-36s  %-10s %8s %8s %8s %8s  %s\n", "id", "status", "total", "sent", "failed", "skipped",
-           "reason");
+    PGresult *r =
+        exec_or_die(c,
+                    "SELECT id, status, total_count, sent_count, failed_count, skipped_count,"
+                    " coalesce(status_reason, '') FROM campaigns ORDER BY created_at DESC LIMIT 50",
+                    0, NULL);
+    printf("%-36s  %-10s %8s %8s %8s %8s  %s\n", "id", "status", "total", "sent", "failed",
+           "skipped", "reason");
     for (int i = 0; i < PQntuples(r); i++)
         printf("%-36s  %-10s %8s %8s %8s %8s  %s\n", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
                PQgetvalue(r, i, 2), PQgetvalue(r, i, 3), PQgetvalue(r, i, 4), PQgetvalue(r, i, 5),
@@ -245,8 +253,8 @@ static int cmd_set_credentials(const char *device)
     sodium_bin2hex(hex + 2, len * 2 + 1, sealed, len);
     PGconn *c = connect_db();
     const char *params[] = {device, hex};
-    PGresult *r = exec_or_die(c, "UPDATE user_devices SET credentials = $2::bytea WHERE id = $1 RETURNING id",
-                              2, params);
+    PGresult *r = exec_or_die(
+        c, "UPDATE user_devices SET credentials = $2::bytea WHERE id = $1 RETURNING id", 2, params);
     int found = PQntuples(r);
     PQclear(r);
     PQfinish(c);
@@ -266,8 +274,9 @@ static int cmd_reseal(void)
 {
     wc_seal_keys *k = seal_keys();
     PGconn *c = connect_db();
-    PGresult *r = exec_or_die(c, "SELECT id, encode(credentials, 'hex') FROM user_devices WHERE credentials IS NOT NULL",
-                              0, NULL);
+    PGresult *r = exec_or_die(
+        c, "SELECT id, encode(credentials, 'hex') FROM user_devices WHERE credentials IS NOT NULL",
+        0, NULL);
     int done = 0, current = 0, failed = 0;
     for (int i = 0; i < PQntuples(r); i++) {
         const char *hex = PQgetvalue(r, i, 1);
@@ -299,7 +308,8 @@ static int cmd_reseal(void)
             out[1] = 'x';
             sodium_bin2hex(out + 2, freshlen * 2 + 1, fresh, freshlen);
             const char *params[] = {PQgetvalue(r, i, 0), out};
-            PQclear(exec_or_die(c, "UPDATE user_devices SET credentials = $2::bytea WHERE id = $1", 2, params));
+            PQclear(exec_or_die(c, "UPDATE user_devices SET credentials = $2::bytea WHERE id = $1",
+                                2, params));
             free(out);
             free(fresh);
             done++;
@@ -316,19 +326,20 @@ static int cmd_reseal(void)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: wacast-ctl COMMAND\n\n"
-               "  migrate                      apply sql/ migrations (each once)\n"
-               "  demo-seed [--leads N] [--devices D] [--min-delay S] [--max-delay S]\n"
-               "                               one demo user with simulated devices, leads and a\n"
-               "                               campaign due now; prints the campaign id\n"
-               "  watch CAMPAIGN [TIMEOUT_S]   live progress until the campaign ends\n"
-               "  campaigns                    the latest campaigns and their counts\n"
-               "  keygen                       print a new WACAST_SECRET_KEY\n"
-               "  set-credentials DEVICE       seal the JSON on stdin with WACAST_SECRET_KEY and\n"
-               "                               store it as the device's credentials\n"
-               "  reseal                       re-seal every device's credentials with the current\n"
-               "                               key (after rotating: WACAST_SECRET_KEY_PREVIOUS=old)\n\n"
-               "Settings: DATABASE_URL (default postgresql://localhost/wacast).\n");
+    fprintf(
+        f, "usage: wacast-ctl COMMAND\n\n"
+           "  migrate                      apply sql/ migrations (each once)\n"
+           "  demo-seed [--leads N] [--devices D] [--min-delay S] [--max-delay S]\n"
+           "                               one demo user with simulated devices, leads and a\n"
+           "                               campaign due now; prints the campaign id\n"
+           "  watch CAMPAIGN [TIMEOUT_S]   live progress until the campaign ends\n"
+           "  campaigns                    the latest campaigns and their counts\n"
+           "  keygen                       print a new WACAST_SECRET_KEY\n"
+           "  set-credentials DEVICE       seal the JSON on stdin with WACAST_SECRET_KEY and\n"
+           "                               store it as the device's credentials\n"
+           "  reseal                       re-seal every device's credentials with the current\n"
+           "                               key (after rotating: WACAST_SECRET_KEY_PREVIOUS=old)\n\n"
+           "Settings: DATABASE_URL (default postgresql://localhost/wacast).\n");
 }
 
 int main(int argc, char **argv)

@@ -78,7 +78,8 @@ static void on_admin_done(wc_pg *pg, PGresult *res, const char *err, void *arg)
     }
     if (strcmp(PQgetvalue(res, 0, 1), "true") != 0 && strcmp(PQgetvalue(res, 0, 1), "t") != 0) {
         char msg[160];
-        snprintf(msg, sizeof msg, "cannot %s a campaign that is %s", op->action, PQgetvalue(res, 0, 0));
+        snprintf(msg, sizeof msg, "cannot %s a campaign that is %s", op->action,
+                 PQgetvalue(res, 0, 0));
         wc_http_reply_error(op->req, 409, msg);
         free(op);
         return;
@@ -120,7 +121,8 @@ static void on_retry_rows(wc_pg *pg, PGresult *res, const char *err, void *arg)
     }
     int n = PQntuples(res);
     char body[256];
-    snprintf(body, sizeof body, "{\"id\":\"%s\",\"status\":\"processing\",\"retried\":%d}", op->campaign, n);
+    snprintf(body, sizeof body, "{\"id\":\"%s\",\"status\":\"processing\",\"retried\":%d}",
+             op->campaign, n);
     if (n > 0 && wc_publish_rows(ds->d.redis, res, NULL, 1, on_retry_published, ds) < 0) {
         /* Rows are pending: the scheduler's reconciler publishes them later. */
         wc_warn("retry-failed: Redis unavailable; the reconciler will publish %d message(s)", n);
@@ -134,21 +136,26 @@ static const char *SQL_PAUSE =
     "WITH c AS (SELECT id, status FROM campaigns WHERE id = $1 FOR UPDATE),"
     " u AS (UPDATE campaigns SET status = 'paused', status_reason = 'paused by operator'"
     " WHERE id = $1 AND status IN ('pending', 'triggered', 'processing') RETURNING status)"
-    " SELECT coalesce((SELECT status::text FROM u), c.status::text), (SELECT count(*) FROM u) > 0 FROM c";
+    " SELECT coalesce((SELECT status::text FROM u), c.status::text), (SELECT count(*) FROM u) > 0 "
+    "FROM c";
 
 /* Back to where it was: pending if never triggered, triggered (expansion to
  * finish; the stale claim is taken by a scheduler) or processing. */
 static const char *SQL_RESUME =
     "WITH c AS (SELECT id, status FROM campaigns WHERE id = $1 FOR UPDATE),"
-    " u AS (UPDATE campaigns SET status = CASE WHEN triggered_at IS NULL THEN 'pending'::campaign_status"
-    " WHEN expanded_at IS NULL THEN 'triggered'::campaign_status ELSE 'processing'::campaign_status END,"
+    " u AS (UPDATE campaigns SET status = CASE WHEN triggered_at IS NULL THEN "
+    "'pending'::campaign_status"
+    " WHEN expanded_at IS NULL THEN 'triggered'::campaign_status ELSE "
+    "'processing'::campaign_status END,"
     " claimed_at = NULL, status_reason = NULL WHERE id = $1 AND status = 'paused' RETURNING status)"
-    " SELECT coalesce((SELECT status::text FROM u), c.status::text), (SELECT count(*) FROM u) > 0 FROM c";
+    " SELECT coalesce((SELECT status::text FROM u), c.status::text), (SELECT count(*) FROM u) > 0 "
+    "FROM c";
 
 static const char *SQL_CANCEL =
     "WITH c AS (SELECT id, status FROM campaigns WHERE id = $1 FOR UPDATE),"
     " u AS (UPDATE campaigns SET status = 'cancelled', status_reason = 'cancelled by operator',"
-    " finished_at = now() WHERE id = $1 AND status IN ('pending', 'triggered', 'processing', 'paused')"
+    " finished_at = now() WHERE id = $1 AND status IN ('pending', 'triggered', 'processing', "
+    "'paused')"
     " RETURNING id),"
     " m AS (UPDATE broadcast_messages SET status = 'cancelled', updated_at = now()"
     " WHERE campaign_id = $1 AND status = 'pending' AND EXISTS (SELECT 1 FROM u) RETURNING 1),"
@@ -158,9 +165,11 @@ static const char *SQL_CANCEL =
     " EXISTS (SELECT 1 FROM u), (SELECT count(*) FROM n) FROM c";
 
 static const char *SQL_RETRY_FAILED =
-    "WITH c AS (SELECT id FROM campaigns WHERE id = $1 AND status IN ('processing', 'finished', 'failed')"
+    "WITH c AS (SELECT id FROM campaigns WHERE id = $1 AND status IN ('processing', 'finished', "
+    "'failed')"
     " FOR UPDATE),"
-    " m AS (UPDATE broadcast_messages SET status = 'pending', error_code = NULL, error_message = NULL,"
+    " m AS (UPDATE broadcast_messages SET status = 'pending', error_code = NULL, error_message = "
+    "NULL,"
     " failed_at = NULL, attempts = 0, updated_at = now()"
     " WHERE campaign_id = $1 AND status = 'failed' AND EXISTS (SELECT 1 FROM c) RETURNING id),"
     " u AS (UPDATE campaigns SET failed_count = failed_count - (SELECT count(*) FROM m),"
@@ -190,7 +199,8 @@ static void on_admin(struct evhttp_request *req, void *arg)
     const char *path = evhttp_request_get_uri(req);
     char campaign[64] = "", action[32] = "";
     if (sscanf(path, "/admin/campaigns/%63[^/]/%31[a-z-]", campaign, action) != 2) {
-        wc_http_reply_error(req, 404, "expected /admin/campaigns/<id>/{pause,resume,cancel,retry-failed}");
+        wc_http_reply_error(req, 404,
+                            "expected /admin/campaigns/<id>/{pause,resume,cancel,retry-failed}");
         return;
     }
     if (!is_uuid(campaign)) {
@@ -223,7 +233,8 @@ static void on_admin(struct evhttp_request *req, void *arg)
     }
 }
 
-/* ---- resumed campaigns: paused jobs back to the jobs stream ------------------------------------ */
+/* ---- resumed campaigns: paused jobs back to the jobs stream ------------------------------------
+ */
 
 typedef struct drain {
     dispatcher *ds;
@@ -317,7 +328,8 @@ static void on_drain_range(wc_redis *r, redisReply *reply, void *arg)
 
 static void drain_step(drain *dr)
 {
-    if (wc_redis_command(dr->ds->d.redis, on_drain_range, dr, "XRANGE %s - + COUNT 500", dr->key) < 0) {
+    if (wc_redis_command(dr->ds->d.redis, on_drain_range, dr, "XRANGE %s - + COUNT 500", dr->key) <
+        0) {
         dr->ds->paused_busy = false;
         free(dr);
     }

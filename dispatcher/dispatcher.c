@@ -35,15 +35,15 @@
 
 static const wc_cfg_entry cfg_table[] = {
     WC_CFG_DAEMON(wc_common_cfg),
-    {"WACAST_ROUTE_BATCH", WC_CFG_INT, "500", "jobs read per batch", offsetof(dispatcher_cfg, route_batch), 1,
-     100000, false},
+    {"WACAST_ROUTE_BATCH", WC_CFG_INT, "500", "jobs read per batch",
+     offsetof(dispatcher_cfg, route_batch), 1, 100000, false},
     {"WACAST_SINK_BATCH", WC_CFG_INT, "2000", "results written per statement",
      offsetof(dispatcher_cfg, sink_batch), 1, 100000, false},
     {"WACAST_OUTBOX_MAX", WC_CFG_INT, "1000", "entries an outbox may hold before routing skips it",
      offsetof(dispatcher_cfg, outbox_max), 1, 10000000, false},
     {"WACAST_PARKED_MAX", WC_CFG_INT, "20000",
-     "jobs waiting for a device before the router stops reading", offsetof(dispatcher_cfg, parked_max), 1,
-     10000000, false},
+     "jobs waiting for a device before the router stops reading",
+     offsetof(dispatcher_cfg, parked_max), 1, 10000000, false},
     {"WACAST_DEVICE_REFRESH_MS", WC_CFG_INT, "1000", "how often online devices are re-read",
      offsetof(dispatcher_cfg, refresh_ms), 100, 600000, false},
     {"WACAST_ONLINE_GRACE_MS", WC_CFG_INT, "30000",
@@ -55,19 +55,21 @@ static const wc_cfg_entry cfg_table[] = {
     {"WACAST_IDEMPOTENCY_TTL_S", WC_CFG_INT, "604800", "how long a message's marker is kept",
      offsetof(dispatcher_cfg, idempotency_ttl_s), 60, 31536000, false},
     {"WACAST_ADMIN_TOKEN", WC_CFG_STR, "",
-     "bearer token of the admin API (/admin/...); empty disables it", offsetof(dispatcher_cfg, admin_token), 1, 0,
-     true},
+     "bearer token of the admin API (/admin/...); empty disables it",
+     offsetof(dispatcher_cfg, admin_token), 1, 0, true},
     {"WACAST_META_APP_SECRET", WC_CFG_STR, "",
      "Meta app secret: verifies X-Hub-Signature-256 on /webhooks/cloudapi (empty refuses them)",
      offsetof(dispatcher_cfg, meta_app_secret), 1, 0, true},
-    {"WACAST_META_VERIFY_TOKEN", WC_CFG_STR, "", "token Meta sends when verifying /webhooks/cloudapi",
+    {"WACAST_META_VERIFY_TOKEN", WC_CFG_STR, "",
+     "token Meta sends when verifying /webhooks/cloudapi",
      offsetof(dispatcher_cfg, meta_verify_token), 1, 0, true},
     {"WACAST_GOWA_WEBHOOK_SECRET", WC_CFG_STR, "",
      "secret that signs the gateway's webhooks on /webhooks/gowa (empty refuses them)",
      offsetof(dispatcher_cfg, gowa_webhook_secret), 1, 0, true},
-    {"WACAST_OPT_OUT_WORDS", WC_CFG_STR, "STOP,UNSUBSCRIBE,BERHENTI,STOP ALL,CANCEL,OPT OUT,OPTOUT,BATAL",
-     "inbound replies that opt a lead out (comma list, case-insensitive)", offsetof(dispatcher_cfg, opt_out_words),
-     1, 0, false},
+    {"WACAST_OPT_OUT_WORDS", WC_CFG_STR,
+     "STOP,UNSUBSCRIBE,BERHENTI,STOP ALL,CANCEL,OPT OUT,OPTOUT,BATAL",
+     "inbound replies that opt a lead out (comma list, case-insensitive)",
+     offsetof(dispatcher_cfg, opt_out_words), 1, 0, false},
     {"WACAST_CANCEL_GRACE_S", WC_CFG_INT, "30",
      "after a cancel, messages still queued this long later are marked cancelled",
      offsetof(dispatcher_cfg, cancel_grace_s), 1, 86400, false},
@@ -156,8 +158,8 @@ static void create_groups(dispatcher *ds)
 {
     if (wc_redis_command(ds->d.redis, on_group, ds, "XGROUP CREATE %s %s 0 MKSTREAM", WC_KEY_JOBS,
                          WC_GROUP_DISPATCH) < 0 ||
-        wc_redis_command(ds->d.redis, on_group, ds, "XGROUP CREATE %s %s 0 MKSTREAM", WC_KEY_RESULTS,
-                         WC_GROUP_SINK) < 0)
+        wc_redis_command(ds->d.redis, on_group, ds, "XGROUP CREATE %s %s 0 MKSTREAM",
+                         WC_KEY_RESULTS, WC_GROUP_SINK) < 0)
         ds->m.redis_errors++;
 }
 
@@ -238,10 +240,11 @@ static void on_refresh(evutil_socket_t fd, short what, void *arg)
     char grace[32];
     snprintf(grace, sizeof grace, "%f", ds->cfg.online_grace_ms / 1000.0);
     const char *params[] = {grace};
-    if (wc_pg_query(ds->d.pg,
-                    "SELECT id, user_id FROM user_devices WHERE status = 'online' "
-                    "AND last_seen > now() - make_interval(secs => $1::float8) ORDER BY user_id, id",
-                    1, params, on_devices, ds) == 0)
+    if (wc_pg_query(
+            ds->d.pg,
+            "SELECT id, user_id FROM user_devices WHERE status = 'online' "
+            "AND last_seen > now() - make_interval(secs => $1::float8) ORDER BY user_id, id",
+            1, params, on_devices, ds) == 0)
         ds->refreshing = true;
 }
 
@@ -415,8 +418,8 @@ static void finish_route_batch(route_batch *b)
     if (nacked)
         (void)ack_and_delete(ds, WC_KEY_JOBS, WC_GROUP_DISPATCH, ids, on_acked);
     for (size_t i = 0; i < woken.cap; i++) {
-        if (wc_map_live(&woken, i) &&
-            wc_redis_command(ds->d.redis, on_void, ds, "PUBLISH %s %s", WC_KEY_WAKE, woken.slots[i].key) < 0)
+        if (wc_map_live(&woken, i) && wc_redis_command(ds->d.redis, on_void, ds, "PUBLISH %s %s",
+                                                       WC_KEY_WAKE, woken.slots[i].key) < 0)
             ds->m.redis_errors++;
     }
     wc_map_free(&woken);
@@ -467,13 +470,15 @@ static void on_jobs(wc_redis *r, redisReply *reply, void *arg)
     struct evbuffer *bad = NULL;
     for (size_t i = 0; i < entries->elements; i++) {
         redisReply *e = entries->element[i];
-        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[0]->type != REDIS_REPLY_STRING)
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
+            e->element[0]->type != REDIS_REPLY_STRING)
             continue;
         Wacast__Job *job = NULL;
         redisReply *fields = e->element[1];
         for (size_t k = 0; fields->type == REDIS_REPLY_ARRAY && k + 1 < fields->elements; k += 2) {
             redisReply *key = fields->element[k], *val = fields->element[k + 1];
-            if (key->type == REDIS_REPLY_STRING && !strcmp(key->str, "j") && val->type == REDIS_REPLY_STRING)
+            if (key->type == REDIS_REPLY_STRING && !strcmp(key->str, "j") &&
+                val->type == REDIS_REPLY_STRING)
                 job = wacast__job__unpack(NULL, val->len, (const uint8_t *)val->str);
         }
         if (!job) {
@@ -514,9 +519,9 @@ static void read_jobs(dispatcher *ds)
     snprintf(count, sizeof count, "%ld", ds->cfg.route_batch);
     /* Our own pending entries first (after a restart or a takeover), then new ones. */
     if (wc_redis_command(ds->jobs_rd, on_jobs, ds,
-                         "XREADGROUP GROUP %s %s COUNT %s BLOCK %s STREAMS %s %s", WC_GROUP_DISPATCH,
-                         ds->cfg.c.instance_id, count, ds->jobs_pel ? "0" : "1000", WC_KEY_JOBS,
-                         ds->jobs_pel ? "0" : ">") == 0) {
+                         "XREADGROUP GROUP %s %s COUNT %s BLOCK %s STREAMS %s %s",
+                         WC_GROUP_DISPATCH, ds->cfg.c.instance_id, count,
+                         ds->jobs_pel ? "0" : "1000", WC_KEY_JOBS, ds->jobs_pel ? "0" : ">") == 0) {
         ds->jobs_reading = true;
         ds->jobs_read_pel = ds->jobs_pel;
     }
@@ -623,7 +628,8 @@ static const char *SINK_SQL =
     " input AS ("
     " SELECT DISTINCT ON (coalesce(nullif(r.id, 0), p.id)) coalesce(nullif(r.id, 0), p.id) AS id,"
     " r.status, r.error_code, r.error_message, r.device_id, r.provider_id, r.at_us, r.attempt"
-    " FROM raw r LEFT JOIN broadcast_messages p ON r.id = 0 AND p.provider_message_id = r.provider_id"
+    " FROM raw r LEFT JOIN broadcast_messages p ON r.id = 0 AND p.provider_message_id = "
+    "r.provider_id"
     " WHERE coalesce(nullif(r.id, 0), p.id) IS NOT NULL"
     " ORDER BY coalesce(nullif(r.id, 0), p.id), wacast_message_status_rank(r.status) DESC),"
     " locked AS ("
@@ -632,8 +638,10 @@ static const char *SINK_SQL =
     " upd AS ("
     " UPDATE broadcast_messages m SET status = i.status,"
     " device_id = COALESCE(NULLIF(i.device_id, '')::uuid, m.device_id),"
-    " error_code = CASE WHEN i.status = 'failed' THEN NULLIF(i.error_code, '') ELSE m.error_code END,"
-    " error_message = CASE WHEN i.status = 'failed' THEN NULLIF(i.error_message, '') ELSE m.error_message END,"
+    " error_code = CASE WHEN i.status = 'failed' THEN NULLIF(i.error_code, '') ELSE m.error_code "
+    "END,"
+    " error_message = CASE WHEN i.status = 'failed' THEN NULLIF(i.error_message, '') ELSE "
+    "m.error_message END,"
     " provider_message_id = COALESCE(NULLIF(i.provider_id, ''), m.provider_message_id),"
     " attempts = GREATEST(m.attempts, i.attempt),"
     " sent_at = CASE WHEN i.status IN ('sent', 'delivered', 'read')"
@@ -641,7 +649,8 @@ static const char *SINK_SQL =
     " delivered_at = CASE WHEN i.status IN ('delivered', 'read')"
     "   THEN COALESCE(m.delivered_at, to_timestamp(i.at_us / 1e6)) ELSE m.delivered_at END,"
     " read_at = CASE WHEN i.status = 'read' THEN to_timestamp(i.at_us / 1e6) ELSE m.read_at END,"
-    " failed_at = CASE WHEN i.status = 'failed' THEN to_timestamp(i.at_us / 1e6) ELSE m.failed_at END,"
+    " failed_at = CASE WHEN i.status = 'failed' THEN to_timestamp(i.at_us / 1e6) ELSE m.failed_at "
+    "END,"
     " updated_at = now()"
     " FROM input i JOIN locked l ON l.id = i.id"
     " WHERE m.id = i.id AND wacast_message_can_move(l.old_status, i.status)"
@@ -649,7 +658,8 @@ static const char *SINK_SQL =
     /* The recipient stopped marketing messages (131050): keep them out of the next campaign. */
     " optout AS ("
     " UPDATE leads SET opted_out_at = now() FROM upd u WHERE leads.id = u.lead_id"
-    " AND u.new_status = 'failed' AND u.error_code = '131050' AND leads.opted_out_at IS NULL RETURNING 1),"
+    " AND u.new_status = 'failed' AND u.error_code = '131050' AND leads.opted_out_at IS NULL "
+    "RETURNING 1),"
     " delta AS ("
     " SELECT campaign_id,"
     " count(*) FILTER (WHERE new_status IN ('sent', 'delivered', 'read')"
@@ -760,14 +770,16 @@ static void on_results(wc_redis *r, redisReply *reply, void *arg)
     size_t nall = 0;
     for (size_t i = 0; i < entries->elements; i++) {
         redisReply *e = entries->element[i];
-        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[0]->type != REDIS_REPLY_STRING)
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
+            e->element[0]->type != REDIS_REPLY_STRING)
             continue;
         evbuffer_add_printf(sb->entry_ids, " %s", e->element[0]->str);
         redisReply *fields = e->element[1];
         Wacast__Result *res = NULL;
         for (size_t k = 0; fields->type == REDIS_REPLY_ARRAY && k + 1 < fields->elements; k += 2) {
             redisReply *key = fields->element[k], *val = fields->element[k + 1];
-            if (key->type == REDIS_REPLY_STRING && !strcmp(key->str, "r") && val->type == REDIS_REPLY_STRING)
+            if (key->type == REDIS_REPLY_STRING && !strcmp(key->str, "r") &&
+                val->type == REDIS_REPLY_STRING)
                 res = wacast__result__unpack(NULL, val->len, (const uint8_t *)val->str);
         }
         if (!res || !status_name(res->status)) {
@@ -854,8 +866,8 @@ static void read_results(dispatcher *ds)
     snprintf(count, sizeof count, "%ld", ds->cfg.sink_batch);
     if (wc_redis_command(ds->results_rd, on_results, ds,
                          "XREADGROUP GROUP %s %s COUNT %s BLOCK %s STREAMS %s %s", WC_GROUP_SINK,
-                         ds->cfg.c.instance_id, count, ds->results_pel ? "0" : "1000", WC_KEY_RESULTS,
-                         ds->results_pel ? "0" : ">") == 0) {
+                         ds->cfg.c.instance_id, count, ds->results_pel ? "0" : "1000",
+                         WC_KEY_RESULTS, ds->results_pel ? "0" : ">") == 0) {
         ds->results_reading = true;
         ds->results_read_pel = ds->results_pel;
     }
@@ -899,10 +911,12 @@ static void on_claim_timer(evutil_socket_t fd, short what, void *arg)
     touch_parked(ds);
     char idle[32];
     snprintf(idle, sizeof idle, "%ld", ds->cfg.claim_idle_ms);
-    if (wc_redis_command(ds->d.redis, on_autoclaimed, ds, "XAUTOCLAIM %s %s %s %s 0-0 COUNT 1000 JUSTID",
-                         WC_KEY_JOBS, WC_GROUP_DISPATCH, ds->cfg.c.instance_id, idle) < 0 ||
-        wc_redis_command(ds->d.redis, on_autoclaimed, ds, "XAUTOCLAIM %s %s %s %s 0-0 COUNT 1000 JUSTID",
-                         WC_KEY_RESULTS, WC_GROUP_SINK, ds->cfg.c.instance_id, idle) < 0)
+    if (wc_redis_command(ds->d.redis, on_autoclaimed, ds,
+                         "XAUTOCLAIM %s %s %s %s 0-0 COUNT 1000 JUSTID", WC_KEY_JOBS,
+                         WC_GROUP_DISPATCH, ds->cfg.c.instance_id, idle) < 0 ||
+        wc_redis_command(ds->d.redis, on_autoclaimed, ds,
+                         "XAUTOCLAIM %s %s %s %s 0-0 COUNT 1000 JUSTID", WC_KEY_RESULTS,
+                         WC_GROUP_SINK, ds->cfg.c.instance_id, idle) < 0)
         ds->m.redis_errors++;
 }
 
@@ -925,9 +939,10 @@ static void on_sweep_timer(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     dispatcher *ds = arg;
-    if (wc_pg_query(ds->d.pg,
-                    "SELECT coalesce(array_agg(id), '{}')::text FROM campaigns WHERE status = 'processing'",
-                    0, NULL, on_processing, ds) < 0)
+    if (wc_pg_query(
+            ds->d.pg,
+            "SELECT coalesce(array_agg(id), '{}')::text FROM campaigns WHERE status = 'processing'",
+            0, NULL, on_processing, ds) < 0)
         ds->m.pg_errors++;
 }
 
@@ -959,7 +974,8 @@ static bool ready(void *arg, char *why, size_t whylen)
 static void metrics(struct evbuffer *out, void *arg)
 {
     dispatcher *ds = arg;
-#define X(name, help) wc_metric(out, "wacast_dispatcher_" #name "_total", "counter", help, (double)ds->m.name);
+#define X(name, help)                                                                              \
+    wc_metric(out, "wacast_dispatcher_" #name "_total", "counter", help, (double)ds->m.name);
     DISPATCHER_METRICS(X)
 #undef X
     wc_metric(out, "wacast_dispatcher_jobs_waiting", "gauge", "jobs waiting for a device",
@@ -980,8 +996,10 @@ int main(int argc, char **argv)
     char err[256];
     /* Blocking reads need connections of their own; BLOCK is under the timeout. */
     long tmo = ds.cfg.c.timeout_ms < 3000 ? 3000 : ds.cfg.c.timeout_ms;
-    ds.jobs_rd = wc_redis_new(ds.d.base, ds.cfg.c.redis_url, "redis-jobs", (int)tmo, err, sizeof err);
-    ds.results_rd = wc_redis_new(ds.d.base, ds.cfg.c.redis_url, "redis-results", (int)tmo, err, sizeof err);
+    ds.jobs_rd =
+        wc_redis_new(ds.d.base, ds.cfg.c.redis_url, "redis-jobs", (int)tmo, err, sizeof err);
+    ds.results_rd =
+        wc_redis_new(ds.d.base, ds.cfg.c.redis_url, "redis-results", (int)tmo, err, sizeof err);
     if (!ds.jobs_rd || !ds.results_rd) {
         fprintf(stderr, "wacast-dispatcher: %s\n", err);
         return 1;

@@ -41,7 +41,7 @@ typedef struct dispatcher_cfg {
     X(jobs_duplicate, "jobs dropped because their message is already being sent or done")          \
     X(webhooks_accepted, "webhook bodies accepted")                                                \
     X(webhooks_rejected, "webhook requests refused (signature, size, format)")                     \
-    X(status_events, "provider status events turned into results")                                \
+    X(status_events, "provider status events turned into results")                                 \
     X(opt_outs, "leads opted out by an inbound reply")                                             \
     X(sim_callbacks, "simulated provider webhooks delivered")                                      \
     X(paused_requeued, "messages of resumed campaigns put back on the jobs stream")                \
@@ -66,7 +66,7 @@ typedef struct route_job {
     Wacast__Job *job;
     uint8_t *payload;
     size_t payload_len;
-    size_t tried;  /* devices tried in this round */
+    size_t tried;   /* devices tried in this round */
     bool duplicate; /* its message is claimed or done: acknowledge, do not route */
     char device[40];
 } route_job;
@@ -78,8 +78,8 @@ typedef struct dispatcher {
     dispatcher_cfg cfg;
     dispatcher_metrics m;
     wc_redis *jobs_rd, *results_rd;
-    wc_map users;   /* user_id -> user_devices */
-    wc_map online;  /* device_id -> (void *)1 */
+    wc_map users;  /* user_id -> user_devices */
+    wc_map online; /* device_id -> (void *)1 */
     bool devices_loaded, refreshing;
     /* router */
     bool jobs_reading, jobs_pel, jobs_read_pel; /* read_pel: the read in flight is of our PEL */
@@ -88,8 +88,8 @@ typedef struct dispatcher {
     route_batch *routing;
     /* sink */
     bool results_reading, results_pel, results_read_pel, sink_writing;
-    struct event *refresh_timer, *parked_timer, *claim_timer, *sweep_timer, *read_timer,
-        *sim_timer, *paused_timer;
+    struct event *refresh_timer, *parked_timer, *claim_timer, *sweep_timer, *read_timer, *sim_timer,
+        *paused_timer;
     bool sim_busy, paused_busy, cancel_busy;
 } dispatcher;
 
@@ -108,5 +108,3 @@ void events_free(dispatcher *ds);
 void control_free(dispatcher *ds);
 
 #endif
-
-

@@ -126,11 +126,12 @@ int dispatcher_webhook_body(dispatcher *ds, int provider, const char *body, size
             char phone[40];
             snprintf(phone, sizeof phone, "+%s", e->peer);
             const char *params[] = {phone};
-            if (wc_pg_query(ds->d.pg,
-                            "UPDATE leads SET opted_out_at = now() WHERE opted_out_at IS NULL AND id IN"
-                            " (SELECT lead_id FROM broadcast_messages WHERE recipient_phone = $1"
-                            " AND lead_id IS NOT NULL) RETURNING id",
-                            1, params, on_opted_out, ds) < 0)
+            if (wc_pg_query(
+                    ds->d.pg,
+                    "UPDATE leads SET opted_out_at = now() WHERE opted_out_at IS NULL AND id IN"
+                    " (SELECT lead_id FROM broadcast_messages WHERE recipient_phone = $1"
+                    " AND lead_id IS NOT NULL) RETURNING id",
+                    1, params, on_opted_out, ds) < 0)
                 ds->m.pg_errors++;
         }
     }
@@ -158,7 +159,8 @@ static void webhook_request(struct evhttp_request *req, dispatcher *ds, int prov
             wc_http_reply_error(req, 400, "missing hub.mode, hub.verify_token, hub.challenge");
             return;
         }
-        const char *mode = query_param(&q, "hub.mode"), *token = query_param(&q, "hub.verify_token"),
+        const char *mode = query_param(&q, "hub.mode"),
+                   *token = query_param(&q, "hub.verify_token"),
                    *challenge = query_param(&q, "hub.challenge");
         bool ok = mode && token && challenge && !strcmp(mode, "subscribe") &&
                   ds->cfg.meta_verify_token[0] && !strcmp(token, ds->cfg.meta_verify_token);
@@ -227,7 +229,8 @@ static void on_webhook(struct evhttp_request *req, void *arg)
         wc_http_reply_error(req, 404, "not found");
 }
 
-/* ---- the simulated provider's webhooks -------------------------------------------------------- */
+/* ---- the simulated provider's webhooks --------------------------------------------------------
+ */
 
 static void on_sim_removed(wc_redis *r, redisReply *reply, void *arg)
 {

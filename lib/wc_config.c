@@ -93,7 +93,8 @@ int wc_config_load(const wc_cfg_entry *table, size_t n, void *cfg, int argc, cha
             usage(table, n, argv[0], about);
             return 1;
         }
-        snprintf(err, errlen, "unknown argument \"%s\" (settings come from the environment; see --help)",
+        snprintf(err, errlen,
+                 "unknown argument \"%s\" (settings come from the environment; see --help)",
                  argv[i]);
         return -1;
     }

@@ -4,7 +4,8 @@
  *
  *   static const wc_cfg_entry table[] = {
  *       WC_CFG_COMMON(struct cfg),
- *       {"WACAST_BATCH", WC_CFG_INT, "500", "rows per batch", offsetof(struct cfg, batch), 1, 100000},
+ *       {"WACAST_BATCH", WC_CFG_INT, "500", "rows per batch", offsetof(struct cfg, batch), 1,
+ * 100000},
  *   };
  */
 #ifndef WC_CONFIG_H
@@ -17,31 +18,49 @@
 typedef enum { WC_CFG_STR, WC_CFG_INT, WC_CFG_DOUBLE, WC_CFG_BOOL } wc_cfg_type;
 
 typedef struct wc_cfg_entry {
-    const char *env;     /* environment variable */
-    wc_cfg_type type;    /* STR -> char *, INT -> long, DOUBLE -> double, BOOL -> bool */
-    const char *def;     /* default as text; NULL means required (STR only) */
-    const char *help;    /* one line */
-    size_t offset;       /* offset of the field in the daemon's config struct */
-    double min, max;     /* inclusive bounds for INT and DOUBLE (ignored when min > max) */
-    bool secret;         /* never printed */
+    const char *env;  /* environment variable */
+    wc_cfg_type type; /* STR -> char *, INT -> long, DOUBLE -> double, BOOL -> bool */
+    const char *def;  /* default as text; NULL means required (STR only) */
+    const char *help; /* one line */
+    size_t offset;    /* offset of the field in the daemon's config struct */
+    double min, max;  /* inclusive bounds for INT and DOUBLE (ignored when min > max) */
+    bool secret;      /* never printed */
 } wc_cfg_entry;
 
 /* Settings every daemon has. The struct must have these fields:
  * char *database_url, *redis_url, *log_level, *bind, *instance_id; long port; */
 #define WC_CFG_COMMON(T)                                                                           \
-    {"DATABASE_URL", WC_CFG_STR, "postgresql://localhost/wacast",                                  \
-     "PostgreSQL connection URL or libpq key=value string", offsetof(T, database_url), 1, 0, true},   \
-        {"REDIS_URL", WC_CFG_STR, "redis://127.0.0.1:6379/0",                                      \
-         "Redis URL: redis://[:password@]host:port[/db]", offsetof(T, redis_url), 1, 0, true},     \
-        {"PORT", WC_CFG_INT, "0", "HTTP port for /healthz, /readyz, /metrics (0: none)",           \
-         offsetof(T, port), 0, 65535, false},                                                      \
-        {"WACAST_BIND", WC_CFG_STR, "0.0.0.0", "address the HTTP server listens on",               \
-         offsetof(T, bind), 1, 0, false},                                                          \
-        {"WACAST_LOG_LEVEL", WC_CFG_STR, "info", "debug, info, warn or error",                    \
-         offsetof(T, log_level), 1, 0, false},                                                     \
+    {"DATABASE_URL",                                                                               \
+     WC_CFG_STR,                                                                                   \
+     "postgresql://localhost/wacast",                                                              \
+     "PostgreSQL connection URL or libpq key=value string",                                        \
+     offsetof(T, database_url),                                                                    \
+     1,                                                                                            \
+     0,                                                                                            \
+     true},                                                                                        \
+        {"REDIS_URL",                                                                              \
+         WC_CFG_STR,                                                                               \
+         "redis://127.0.0.1:6379/0",                                                               \
+         "Redis URL: redis://[:password@]host:port[/db]",                                          \
+         offsetof(T, redis_url),                                                                   \
+         1,                                                                                        \
+         0,                                                                                        \
+         true},                                                                                    \
+        {"PORT",                                                                                   \
+         WC_CFG_INT,                                                                               \
+         "0",                                                                                      \
+         "HTTP port for /healthz, /readyz, /metrics (0: none)",                                    \
+         offsetof(T, port),                                                                        \
+         0,                                                                                        \
+         65535,                                                                                    \
+         false},                                                                                   \
+        {"WACAST_BIND",     WC_CFG_STR, "0.0.0.0", "address the HTTP server listens on",           \
+         offsetof(T, bind), 1,          0,         false},                                         \
+        {"WACAST_LOG_LEVEL",     WC_CFG_STR, "info", "debug, info, warn or error",                 \
+         offsetof(T, log_level), 1,          0,      false},                                       \
     {                                                                                              \
         "WACAST_INSTANCE_ID", WC_CFG_STR, "",                                                      \
-            "name of this process in Redis consumer groups and leases; empty: host-pid-random", \
+            "name of this process in Redis consumer groups and leases; empty: host-pid-random",    \
             offsetof(T, instance_id), 1, 0, false                                                  \
     }
 

@@ -138,16 +138,16 @@ void wc_daemon_init(wc_daemon *d, const char *name, const char *about, const wc_
     d->base = event_base_new();
     if (!d->base)
         die(name, "%s%s", "cannot create the event loop", "");
-    d->redis = wc_redis_new(d->base, cfg->redis_url, "redis", (int)cfg->timeout_ms, err,
-                            sizeof err);
+    d->redis =
+        wc_redis_new(d->base, cfg->redis_url, "redis", (int)cfg->timeout_ms, err, sizeof err);
     if (!d->redis)
         die(name, "REDIS_URL: %s%s", err, "");
     d->pg = wc_pg_new(d->base, cfg->database_url, name, (int)cfg->pg_pool, (int)cfg->timeout_ms);
     if (!d->pg)
         die(name, "%s%s", "cannot create the PostgreSQL pool", "");
     if (cfg->port > 0) {
-        d->http = wc_http_new(d->base, cfg->bind, (int)cfg->port, ready, metrics, arg, err,
-                              sizeof err);
+        d->http =
+            wc_http_new(d->base, cfg->bind, (int)cfg->port, ready, metrics, arg, err, sizeof err);
         if (!d->http)
             die(name, "PORT: %s%s", err, "");
     }

@@ -31,11 +31,16 @@ typedef struct wc_common_cfg {
 } wc_common_cfg;
 
 #define WC_CFG_DAEMON(T)                                                                           \
-    WC_CFG_COMMON(T), {"WACAST_PG_POOL", WC_CFG_INT, "2", "PostgreSQL connections",                \
-                       offsetof(T, pg_pool), 1, 64, false},                                        \
-        {"WACAST_TIMEOUT_MS", WC_CFG_INT, "5000",                                                  \
-         "time-out of every Redis command and PostgreSQL query", offsetof(T, timeout_ms), 100,     \
-         600000, false},                                                                           \
+    WC_CFG_COMMON(T), {"WACAST_PG_POOL",     WC_CFG_INT, "2", "PostgreSQL connections",            \
+                       offsetof(T, pg_pool), 1,          64,  false},                              \
+        {"WACAST_TIMEOUT_MS",                                                                      \
+         WC_CFG_INT,                                                                               \
+         "5000",                                                                                   \
+         "time-out of every Redis command and PostgreSQL query",                                   \
+         offsetof(T, timeout_ms),                                                                  \
+         100,                                                                                      \
+         600000,                                                                                   \
+         false},                                                                                   \
     {                                                                                              \
         "WACAST_START_TIMEOUT", WC_CFG_INT, "30",                                                  \
             "seconds to wait for Redis and PostgreSQL at start before giving up",                  \

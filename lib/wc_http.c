@@ -233,8 +233,8 @@ int wc_http_port(const wc_http *h)
 void wc_metric(struct evbuffer *out, const char *name, const char *type, const char *help,
                double value)
 {
-    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", name, help, name, type,
-                        name, value);
+    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", name, help, name, type, name,
+                        value);
 }
 
 void wc_metric_labeled(struct evbuffer *out, const char *name, const char *labels, double value)

@@ -8,13 +8,13 @@
 
 #include <stdio.h>
 
-#define WC_KEY_JOBS "wacast:jobs"            /* stream: scheduler -> dispatcher */
-#define WC_KEY_RESULTS "wacast:results"      /* stream: sender -> status sink */
-#define WC_KEY_SENDERS "wacast:senders"      /* zset: live senders, score = heartbeat ms */
-#define WC_KEY_WAKE "wacast:wake"            /* pub/sub: device id with new outbox entries */
-#define WC_GROUP_DISPATCH "dispatchers"      /* consumer group on the jobs stream */
-#define WC_GROUP_SINK "sinks"                /* consumer group on the results stream */
-#define WC_GROUP_SEND "senders"              /* consumer group on every outbox */
+#define WC_KEY_JOBS "wacast:jobs"       /* stream: scheduler -> dispatcher */
+#define WC_KEY_RESULTS "wacast:results" /* stream: sender -> status sink */
+#define WC_KEY_SENDERS "wacast:senders" /* zset: live senders, score = heartbeat ms */
+#define WC_KEY_WAKE "wacast:wake"       /* pub/sub: device id with new outbox entries */
+#define WC_GROUP_DISPATCH "dispatchers" /* consumer group on the jobs stream */
+#define WC_GROUP_SINK "sinks"           /* consumer group on the results stream */
+#define WC_GROUP_SEND "senders"         /* consumer group on every outbox */
 
 /* Per device: outbox stream, lease, next earliest send time. */
 static inline void wc_key_outbox(char *out, size_t n, const char *device_id)
@@ -55,7 +55,7 @@ static inline void wc_key_paused(char *out, size_t n, const char *campaign_id)
     snprintf(out, n, "wacast:paused:%s", campaign_id);
 }
 
-#define WC_KEY_DEAD "wacast:dead"              /* stream: messages that ran out of attempts */
+#define WC_KEY_DEAD "wacast:dead"                   /* stream: messages that ran out of attempts */
 #define WC_KEY_SIM_CALLBACKS "wacast:sim:callbacks" /* zset: the sim's pending status webhooks */
 
 #endif

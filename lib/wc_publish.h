@@ -31,8 +31,7 @@ typedef void wc_publish_cb(int published, int n, const char *ids, void *arg);
  * retry of failed messages). Returns 0 when started (cb runs later, once), -1
  * when nothing could be sent (Redis down; cb not called). */
 int wc_publish_rows(wc_redis *r, PGresult *res, const bool *include, int clear_markers,
-                    wc_publish_cb *cb, void *arg)
-    __attribute__((warn_unused_result));
+                    wc_publish_cb *cb, void *arg) __attribute__((warn_unused_result));
 
 /* The SQL that marks published rows queued; $1 = ids. */
 #define WC_SQL_MARK_QUEUED                                                                         \

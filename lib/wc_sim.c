@@ -132,18 +132,19 @@ static char *callback_body(const char *device_id, const char *provider_id, const
                            const wc_send_request *req, long long ts_s)
 {
     json_t *st = json_pack("{s:s, s:s, s:s, s:s, s:s}", "id", provider_id, "status", status,
-                           "timestamp", "0", "recipient_id", req->recipient[0] == '+' ? req->recipient + 1 : req->recipient,
+                           "timestamp", "0", "recipient_id",
+                           req->recipient[0] == '+' ? req->recipient + 1 : req->recipient,
                            "biz_opaque_callback_data", "");
     char ts[32], msg[32];
     snprintf(ts, sizeof ts, "%lld", ts_s);
     snprintf(msg, sizeof msg, "%" PRId64, req->message_id);
     json_object_set_new(st, "timestamp", json_string(ts));
     json_object_set_new(st, "biz_opaque_callback_data", json_string(msg));
-    json_t *body = json_pack(
-        "{s:s, s:[{s:s, s:[{s:s, s:{s:s, s:{s:s, s:s}, s:[o]}}]}]}", "object",
-        "whatsapp_business_account", "entry", "id", "sim", "changes", "field", "messages", "value",
-        "messaging_product", "whatsapp", "metadata", "display_phone_number", device_id,
-        "phone_number_id", device_id, "statuses", st);
+    json_t *body =
+        json_pack("{s:s, s:[{s:s, s:[{s:s, s:{s:s, s:{s:s, s:s}, s:[o]}}]}]}", "object",
+                  "whatsapp_business_account", "entry", "id", "sim", "changes", "field", "messages",
+                  "value", "messaging_product", "whatsapp", "metadata", "display_phone_number",
+                  device_id, "phone_number_id", device_id, "statuses", st);
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     json_decref(body);
     return text;
@@ -160,8 +161,8 @@ static int sim_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, 
     s->dev = d;
     s->cb = cb;
     s->arg = arg;
-    bool fail = d->failure_rate > 0 &&
-                (double)randombytes_uniform(1000000) < d->failure_rate * 1000000.0;
+    bool fail =
+        d->failure_rate > 0 && (double)randombytes_uniform(1000000) < d->failure_rate * 1000000.0;
     if (fail) {
         s->res.outcome = WC_SEND_FAIL;
         snprintf(s->res.error_code, sizeof s->res.error_code, "sim_failure");
@@ -179,12 +180,17 @@ static int sim_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, 
     snprintf(ts_us, sizeof ts_us, "%" PRId64, now_us);
     snprintf(msg, sizeof msg, "%" PRId64, req->message_id);
     snprintf(maxlen, sizeof maxlen, "%ld", d->env->sim_record_maxlen);
-    const char *argv[] = {"XADD",        WC_SIM_RECORD_KEY, "MAXLEN",  "~",
-                          maxlen,        "*",               "msg",     msg,
-                          "campaign",    req->campaign_id,  "device",  d->device_id,
-                          "to",          req->recipient,    "text",    req->content,
-                          "sender",      d->env->instance_id, "ts_us", ts_us,
-                          "ok",          fail ? "0" : "1"};
+    const char *argv[] = {"XADD",     WC_SIM_RECORD_KEY,
+                          "MAXLEN",   "~",
+                          maxlen,     "*",
+                          "msg",      msg,
+                          "campaign", req->campaign_id,
+                          "device",   d->device_id,
+                          "to",       req->recipient,
+                          "text",     req->content,
+                          "sender",   d->env->instance_id,
+                          "ts_us",    ts_us,
+                          "ok",       fail ? "0" : "1"};
     int argc = (int)(sizeof argv / sizeof argv[0]);
     /* The record and the provider's later webhooks happen together or not at
      * all; the commands are queued back to back on the one connection. */
@@ -201,14 +207,17 @@ static int sim_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, 
         if (strcmp(status, "sent") && strcmp(status, "delivered") && strcmp(status, "read"))
             continue;
         step++;
-        char *body = callback_body(d->device_id, s->res.provider_id, status, req, (long long)ts.tv_sec);
+        char *body =
+            callback_body(d->device_id, s->res.provider_id, status, req, (long long)ts.tv_sec);
         if (!body) {
             rc = -1;
             break;
         }
         char due[32];
-        snprintf(due, sizeof due, "%" PRId64, now_us / 1000 + (int64_t)step * d->env->sim_callback_delay_ms);
-        rc |= wc_redis_command(r, on_queued, NULL, "ZADD %s %s %s", WC_KEY_SIM_CALLBACKS, due, body);
+        snprintf(due, sizeof due, "%" PRId64,
+                 now_us / 1000 + (int64_t)step * d->env->sim_callback_delay_ms);
+        rc |=
+            wc_redis_command(r, on_queued, NULL, "ZADD %s %s %s", WC_KEY_SIM_CALLBACKS, due, body);
         free(body);
     }
     if (rc != 0) {

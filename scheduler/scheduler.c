@@ -51,20 +51,19 @@ static const wc_cfg_entry cfg_table[] = {
     WC_CFG_DAEMON(wc_common_cfg),
     {"WACAST_POLL_MS", WC_CFG_INT, "500", "how often due campaigns are looked for",
      offsetof(scheduler_cfg, poll_ms), 10, 600000, false},
-    {"WACAST_BATCH", WC_CFG_INT, "2000", "leads expanded per statement", offsetof(scheduler_cfg, batch), 1,
-     100000, false},
+    {"WACAST_BATCH", WC_CFG_INT, "2000", "leads expanded per statement",
+     offsetof(scheduler_cfg, batch), 1, 100000, false},
     {"WACAST_JOBS_MAX", WC_CFG_INT, "200000",
      "publishing pauses while the jobs stream holds more entries than this",
      offsetof(scheduler_cfg, jobs_max), 100, 100000000, false},
-    {"WACAST_CLAIM_STALE_S", WC_CFG_INT, "60",
-     "a campaign claim untouched this long is taken over", offsetof(scheduler_cfg, claim_stale_s), 5, 86400,
-     false},
+    {"WACAST_CLAIM_STALE_S", WC_CFG_INT, "60", "a campaign claim untouched this long is taken over",
+     offsetof(scheduler_cfg, claim_stale_s), 5, 86400, false},
     {"WACAST_MAX_LATENESS_S", WC_CFG_INT, "604800",
      "a campaign due longer ago than this fails instead of sending (0: no limit)",
      offsetof(scheduler_cfg, max_lateness_s), 0, 315360000, false},
     {"WACAST_DEFAULT_COUNTRY", WC_CFG_STR, "60",
-     "country calling code for phone numbers written without one", offsetof(scheduler_cfg, default_country),
-     1, 0, false},
+     "country calling code for phone numbers written without one",
+     offsetof(scheduler_cfg, default_country), 1, 0, false},
     {"WACAST_RECONCILE_MS", WC_CFG_INT, "10000", "how often stuck messages are looked for",
      offsetof(scheduler_cfg, reconcile_ms), 100, 3600000, false},
     {"WACAST_RECONCILE_AFTER_S", WC_CFG_INT, "120",
@@ -80,7 +79,7 @@ static const wc_cfg_entry cfg_table[] = {
     X(campaigns_empty, "campaigns finished with no eligible lead")                                 \
     X(messages_created, "message rows inserted")                                                   \
     X(messages_skipped, "messages skipped at expansion (invalid phone, render error)")             \
-    X(messages_published, "messages published to the jobs stream")                                \
+    X(messages_published, "messages published to the jobs stream")                                 \
     X(messages_republished, "messages published again by the reconciler")                          \
     X(backpressure_waits, "times publishing waited for the jobs stream to drain")                  \
     X(redis_errors, "Redis commands that failed")                                                  \
@@ -105,8 +104,8 @@ typedef enum {
     EXP_FINISH,    /* moving the campaign to processing */
 } exp_state;
 
-static const char *exp_state_names[] = {"idle",      "claiming", "vars",   "select",    "insert",
-                                        "check_len", "publish",  "mark",   "leftovers", "finish"};
+static const char *exp_state_names[] = {"idle",      "claiming", "vars", "select",    "insert",
+                                        "check_len", "publish",  "mark", "leftovers", "finish"};
 
 /* A message ready to publish. */
 typedef struct pub_row {
@@ -127,7 +126,7 @@ typedef struct campaign {
     char cursor[40]; /* last lead id expanded */
     long taken;      /* recipients counted towards limit */
     bool leads_done;
-    wc_map phones;   /* normalised phones already given a message in this run */
+    wc_map phones; /* normalised phones already given a message in this run */
     int64_t leftover_cursor;
 } campaign;
 
@@ -237,10 +236,11 @@ static void fail_campaign(scheduler *s, const char *reason)
     s->m.campaigns_failed++;
     wc_warn("campaign %s failed: %s", s->c->id, reason);
     const char *params[] = {s->c->id, reason, s->cfg.c.instance_id};
-    if (wc_pg_query(s->d.pg,
-                    "UPDATE campaigns SET status = 'failed', status_reason = $2, finished_at = now() "
-                    "WHERE id = $1 AND claimed_by = $3 AND status = 'triggered'",
-                    3, params, on_failed, s) < 0)
+    if (wc_pg_query(
+            s->d.pg,
+            "UPDATE campaigns SET status = 'failed', status_reason = $2, finished_at = now() "
+            "WHERE id = $1 AND claimed_by = $3 AND status = 'triggered'",
+            3, params, on_failed, s) < 0)
         s->m.pg_errors++;
     end_expansion(s);
 }
@@ -356,10 +356,12 @@ static void claim(scheduler *s)
         "    OR (status = 'triggered'"
         "        AND coalesce(claimed_at, '-infinity') < now() - make_interval(secs => $2::float8))"
         " ORDER BY due_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)"
-        " UPDATE campaigns c SET status = 'triggered', triggered_at = coalesce(c.triggered_at, now()),"
+        " UPDATE campaigns c SET status = 'triggered', triggered_at = coalesce(c.triggered_at, "
+        "now()),"
         " claimed_by = $1, claimed_at = now()"
         " FROM due WHERE c.id = due.id"
-        " RETURNING c.id, c.user_id, c.message, coalesce(c.media_url, ''), c.target_status, c.niche,"
+        " RETURNING c.id, c.user_id, c.message, coalesce(c.media_url, ''), c.target_status, "
+        "c.niche,"
         " c.min_delay_seconds * 1000, c.max_delay_seconds * 1000, c.\"limit\", c.time_zone,"
         " wacast_valid_time_zone(c.time_zone), extract(epoch FROM now() - c.due_at)::bigint,"
         " CASE WHEN wacast_valid_time_zone(c.time_zone)"
@@ -371,7 +373,8 @@ static void claim(scheduler *s)
         s->m.pg_errors++;
 }
 
-/* ---- expansion -------------------------------------------------------------------------------- */
+/* ---- expansion --------------------------------------------------------------------------------
+ */
 
 static void on_vars(wc_pg *pg, PGresult *res, const char *err, void *arg)
 {
@@ -488,7 +491,8 @@ static void on_leads(wc_pg *pg, PGresult *res, const char *err, void *arg)
         return;
     }
     insert_arrays a;
-    struct evbuffer **bufs[] = {&a.lead, &a.phone, &a.name, &a.content, &a.status, &a.code, &a.message};
+    struct evbuffer **bufs[] = {&a.lead,   &a.phone, &a.name,   &a.content,
+                                &a.status, &a.code,  &a.message};
     for (size_t i = 0; i < 7; i++) {
         *bufs[i] = evbuffer_new();
         evbuffer_add(*bufs[i], "{", 1);
@@ -534,8 +538,8 @@ static void on_leads(wc_pg *pg, PGresult *res, const char *err, void *arg)
             if (strcmp(attrs, "{}") != 0)
                 v.attrs = json_loads(attrs, 0, NULL);
             char rerr[256];
-            if (wc_tpl_render(c->tpl, lookup, &v, &s->rng, c->hour, (size_t)s->cfg.max_message_bytes, &out,
-                              rerr, sizeof rerr) < 0) {
+            if (wc_tpl_render(c->tpl, lookup, &v, &s->rng, c->hour,
+                              (size_t)s->cfg.max_message_bytes, &out, rerr, sizeof rerr) < 0) {
                 status = "skipped";
                 snprintf(code, sizeof code, "render_failed");
                 snprintf(message, sizeof message, "%s", rerr);
@@ -577,19 +581,25 @@ static void on_leads(wc_pg *pg, PGresult *res, const char *err, void *arg)
     params[10] = s->cfg.c.instance_id;
     static const char *sql =
         "WITH input AS ("
-        " SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::message_status[],"
-        " $7::text[], $8::text[]) AS t(lead_id, phone, name, content, status, error_code, error_message)),"
-        " claim AS (SELECT 1 FROM campaigns WHERE id = $1 AND claimed_by = $11 AND status = 'triggered'),"
+        " SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], "
+        "$6::message_status[],"
+        " $7::text[], $8::text[]) AS t(lead_id, phone, name, content, status, error_code, "
+        "error_message)),"
+        " claim AS (SELECT 1 FROM campaigns WHERE id = $1 AND claimed_by = $11 AND status = "
+        "'triggered'),"
         " ins AS ("
-        " INSERT INTO broadcast_messages (campaign_id, user_id, lead_id, recipient_phone, recipient_name,"
+        " INSERT INTO broadcast_messages (campaign_id, user_id, lead_id, recipient_phone, "
+        "recipient_name,"
         " content, media_url, status, error_code, error_message, scheduled_at)"
-        " SELECT $1, $9, lead_id, phone, name, content, NULLIF($10, ''), status, error_code, error_message,"
+        " SELECT $1, $9, lead_id, phone, name, content, NULLIF($10, ''), status, error_code, "
+        "error_message,"
         " now() FROM input WHERE EXISTS (SELECT 1 FROM claim)"
         " ON CONFLICT DO NOTHING RETURNING id, lead_id, status),"
         " cnt AS ("
         " UPDATE campaigns SET total_count = total_count + (SELECT count(*) FROM ins),"
         " skipped_count = skipped_count + (SELECT count(*) FROM ins WHERE status = 'skipped'),"
-        " claimed_at = now() WHERE id = $1 AND claimed_by = $11 AND status = 'triggered' RETURNING 1)"
+        " claimed_at = now() WHERE id = $1 AND claimed_by = $11 AND status = 'triggered' RETURNING "
+        "1)"
         " SELECT id, lead_id, status::text, (SELECT count(*) FROM cnt) FROM ins"
         " UNION ALL SELECT NULL, NULL, NULL, (SELECT count(*) FROM cnt)";
     if (a.n == 0) {
@@ -625,7 +635,8 @@ static void on_inserted(wc_pg *pg, PGresult *res, const char *err, void *arg)
     int n = PQntuples(res);
     /* The last row carries the claim check. */
     if (n == 0 || strtol(PQgetvalue(res, n - 1, 3), NULL, 10) == 0) {
-        wc_info("campaign %s: no longer ours to expand (paused, cancelled or taken over)", s->c->id);
+        wc_info("campaign %s: no longer ours to expand (paused, cancelled or taken over)",
+                s->c->id);
         end_expansion(s);
         return;
     }
@@ -784,7 +795,8 @@ static void mark_queued(scheduler *s)
     evbuffer_add(ids, "}\0", 2);
     const char *params[] = {(const char *)evbuffer_pullup(ids, -1)};
     if (wc_pg_query(s->d.pg,
-                    "UPDATE broadcast_messages SET status = 'queued', queued_at = now(), updated_at = now() "
+                    "UPDATE broadcast_messages SET status = 'queued', queued_at = now(), "
+                    "updated_at = now() "
                     "WHERE id = ANY($1::bigint[]) AND status = 'pending'",
                     1, params, on_marked, s) < 0) {
         s->m.pg_errors++;
@@ -881,8 +893,8 @@ static void exp_step(scheduler *s)
         }
         char batch[32];
         snprintf(batch, sizeof batch, "%ld", s->cfg.batch);
-        const char *params[] = {c->user_id, c->target_status, c->niche_null ? NULL : c->niche, c->cursor,
-                                batch};
+        const char *params[] = {c->user_id, c->target_status, c->niche_null ? NULL : c->niche,
+                                c->cursor, batch};
         static const char *sql =
             "SELECT l.id, l.name, l.phone, coalesce(l.device_id::text, ''), coalesce(l.niche, ''),"
             " l.target_status::text, l.attributes::text FROM leads l"
@@ -923,10 +935,12 @@ static void exp_step(scheduler *s)
             "UPDATE campaigns SET"
             " status = CASE WHEN total_count = 0 THEN 'finished'::campaign_status"
             "  ELSE 'processing'::campaign_status END,"
-            " status_reason = CASE WHEN total_count = 0 THEN 'no eligible leads' ELSE status_reason END,"
+            " status_reason = CASE WHEN total_count = 0 THEN 'no eligible leads' ELSE "
+            "status_reason END,"
             " finished_at = CASE WHEN total_count = 0 THEN now() ELSE finished_at END,"
             " expanded_at = now()"
-            " WHERE id = $1 AND claimed_by = $2 AND status = 'triggered' RETURNING status, total_count";
+            " WHERE id = $1 AND claimed_by = $2 AND status = 'triggered' RETURNING status, "
+            "total_count";
         if (wc_pg_query(s->d.pg, sql, 2, params, on_processing, s) < 0)
             abandon(s, "cannot queue a query");
         return;
@@ -1038,10 +1052,11 @@ static void on_markers(wc_redis *r, redisReply *reply, void *arg)
     if (nalive) {
         evbuffer_add(alive, "}\0", 2);
         const char *params[] = {(const char *)evbuffer_pullup(alive, -1)};
-        if (wc_pg_query(s->d.pg,
-                        "UPDATE broadcast_messages SET updated_at = now() WHERE id = ANY($1::bigint[])"
-                        " AND status = 'queued'",
-                        1, params, on_reconcile_marked, s) < 0)
+        if (wc_pg_query(
+                s->d.pg,
+                "UPDATE broadcast_messages SET updated_at = now() WHERE id = ANY($1::bigint[])"
+                " AND status = 'queued'",
+                1, params, on_reconcile_marked, s) < 0)
             s->m.pg_errors++;
     }
     evbuffer_free(alive);
@@ -1068,7 +1083,7 @@ static void on_stuck(wc_pg *pg, PGresult *res, const char *err, void *arg)
     reconcile *rc = calloc(1, sizeof *rc);
     bool *publish = calloc((size_t)n, sizeof *publish);
     const char **argv = calloc((size_t)n + 1, sizeof *argv);
-    char (*keys)[64] = calloc((size_t)n, sizeof *keys);
+    char(*keys)[64] = calloc((size_t)n, sizeof *keys);
     if (!rc || !publish || !argv || !keys)
         abort();
     rc->s = s;
@@ -1104,11 +1119,10 @@ static void on_reconcile(evutil_socket_t fd, short what, void *arg)
     char after[32];
     snprintf(after, sizeof after, "%ld", s->cfg.reconcile_after_s);
     const char *params[] = {after};
-    static const char *sql =
-        "SELECT " WC_SQL_JOB_COLUMNS ", m.status::text" WC_SQL_JOB_FROM
-        " WHERE m.status IN ('pending', 'queued') AND c.status = 'processing'"
-        " AND m.updated_at < now() - make_interval(secs => $1::float8)"
-        " ORDER BY m.updated_at LIMIT 1000";
+    static const char *sql = "SELECT " WC_SQL_JOB_COLUMNS ", m.status::text" WC_SQL_JOB_FROM
+                             " WHERE m.status IN ('pending', 'queued') AND c.status = 'processing'"
+                             " AND m.updated_at < now() - make_interval(secs => $1::float8)"
+                             " ORDER BY m.updated_at LIMIT 1000";
     if (wc_pg_query(s->d.pg, sql, 1, params, on_stuck, s) == 0)
         s->reconciling = true;
 }
@@ -1119,7 +1133,8 @@ static void on_stop(wc_daemon *d, void *arg)
     scheduler *s = arg;
     /* A claim in progress is simply left: it goes stale and is resumed. */
     if (s->state != EXP_IDLE)
-        wc_info("stopping with campaign %s mid-expansion; it will be resumed", s->c ? s->c->id : "?");
+        wc_info("stopping with campaign %s mid-expansion; it will be resumed",
+                s->c ? s->c->id : "?");
     wc_daemon_exit(&s->d);
 }
 
@@ -1132,7 +1147,8 @@ static bool ready(void *arg, char *why, size_t whylen)
 static void metrics(struct evbuffer *out, void *arg)
 {
     scheduler *s = arg;
-#define X(name, help) wc_metric(out, "wacast_scheduler_" #name "_total", "counter", help, (double)s->m.name);
+#define X(name, help)                                                                              \
+    wc_metric(out, "wacast_scheduler_" #name "_total", "counter", help, (double)s->m.name);
     SCHEDULER_METRICS(X)
 #undef X
     wc_metric(out, "wacast_scheduler_expanding", "gauge", "1 while a campaign is being expanded",

@@ -55,13 +55,13 @@ typedef struct sender_cfg {
 static const wc_cfg_entry cfg_table[] = {
     WC_CFG_DAEMON(wc_common_cfg),
     {"WACAST_LEASE_TTL_MS", WC_CFG_INT, "10000",
-     "device lease time-to-live; a dead sender's devices move after this", offsetof(sender_cfg, lease_ttl_ms),
-     500, 600000, false},
+     "device lease time-to-live; a dead sender's devices move after this",
+     offsetof(sender_cfg, lease_ttl_ms), 500, 600000, false},
     {"WACAST_DEVICE_REFRESH_MS", WC_CFG_INT, "2000", "how often the device list is re-read",
      offsetof(sender_cfg, refresh_ms), 100, 600000, false},
     {"WACAST_IDLE_POLL_MS", WC_CFG_INT, "5000",
-     "how often an idle device re-checks its outbox without a wake-up", offsetof(sender_cfg, idle_poll_ms),
-     50, 600000, false},
+     "how often an idle device re-checks its outbox without a wake-up",
+     offsetof(sender_cfg, idle_poll_ms), 50, 600000, false},
     {"WACAST_MAX_ATTEMPTS", WC_CFG_INT, "5", "sends of one message before it fails",
      offsetof(sender_cfg, max_attempts), 1, 100, false},
     {"WACAST_RETRY_BASE_MS", WC_CFG_INT, "1000", "first retry back-off (doubles, with jitter)",
@@ -74,12 +74,15 @@ static const wc_cfg_entry cfg_table[] = {
      offsetof(sender_cfg, sim_latency_ms), 0, 600000, false},
     {"WACAST_SIM_FAILURE_RATE", WC_CFG_DOUBLE, "0", "simulated devices: share of sends that fail",
      offsetof(sender_cfg, sim_failure_rate), 0, 1, false},
-    {"WACAST_SIM_RECORD_MAXLEN", WC_CFG_INT, "5000000", "simulated devices: sends kept in the record",
-     offsetof(sender_cfg, sim_record_maxlen), 1000, 1000000000, false},
+    {"WACAST_SIM_RECORD_MAXLEN", WC_CFG_INT, "5000000",
+     "simulated devices: sends kept in the record", offsetof(sender_cfg, sim_record_maxlen), 1000,
+     1000000000, false},
     {"WACAST_SIM_CALLBACKS", WC_CFG_STR, "",
-     "simulated devices: status webhooks to emit after a send (comma list of sent, delivered, read)",
+     "simulated devices: status webhooks to emit after a send (comma list of sent, delivered, "
+     "read)",
      offsetof(sender_cfg, sim_callbacks), 1, 0, false},
-    {"WACAST_SIM_CALLBACK_DELAY_MS", WC_CFG_INT, "200", "simulated devices: delay between status webhooks",
+    {"WACAST_SIM_CALLBACK_DELAY_MS", WC_CFG_INT, "200",
+     "simulated devices: delay between status webhooks",
      offsetof(sender_cfg, sim_callback_delay_ms), 0, 3600000, false},
     {"WACAST_IN_DOUBT_MS", WC_CFG_INT, "60000",
      "how long to wait for the status of a send a dead sender left in doubt before sending again",
@@ -129,7 +132,7 @@ typedef enum {
     DEV_REPORTING, /* outcome pipeline in flight */
 } dev_state;
 
-static const char *dev_state_names[] = {"unowned", "acquiring", "offline", "idle",   "pacing",
+static const char *dev_state_names[] = {"unowned", "acquiring", "offline", "idle",    "pacing",
                                         "reading", "claiming",  "doubt",   "sending", "reporting"};
 
 typedef struct fleet fleet;
@@ -141,15 +144,15 @@ typedef struct device {
     fleet *f;
     char id[40];
     char platform[24];
-    char *settings; /* user_devices.settings as JSON text */
+    char *settings;        /* user_devices.settings as JSON text */
     char *credentials_hex; /* user_devices.credentials, sealed, as hex ("" when none) */
     uint32_t min_delay_ms, max_delay_ms;
     dev_state state;
-    bool seen;       /* present in the last device list */
-    bool want;       /* we should own it (rendezvous winner, not stopping) */
-    bool pel_mode;   /* read our pending entries ("0") before new ones (">") */
-    bool online;     /* transport open */
-    bool reopen;     /* platform or settings changed: reopen the transport at the next rest */
+    bool seen;     /* present in the last device list */
+    bool want;     /* we should own it (rendezvous winner, not stopping) */
+    bool pel_mode; /* read our pending entries ("0") before new ones (">") */
+    bool online;   /* transport open */
+    bool reopen;   /* platform or settings changed: reopen the transport at the next rest */
     const char *down_status; /* set by a send result: take the device down at the next rest */
     char down_reason[256];
     int64_t next_at_us;     /* earliest next send (wall clock) */
@@ -194,12 +197,10 @@ struct fleet {
 static void device_step(device *dv);
 static void device_release(device *dv);
 
-static const char *LEASE_RENEW =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then "
-    "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
-static const char *LEASE_RELEASE =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then "
-    "return redis.call('DEL', KEYS[1]) else return 0 end";
+static const char *LEASE_RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+                                 "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+static const char *LEASE_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+                                   "return redis.call('DEL', KEYS[1]) else return 0 end";
 
 /* ---- helpers ---------------------------------------------------------------------------- */
 
@@ -286,7 +287,8 @@ static json_t *unseal_credentials(device *dv, char *err, size_t errlen, bool *fa
     }
     size_t hexlen = strlen(dv->credentials_hex), len = 0;
     uint8_t *sealed = malloc(hexlen / 2 + 1);
-    if (!sealed || sodium_hex2bin(sealed, hexlen / 2 + 1, dv->credentials_hex, hexlen, NULL, &len, NULL) != 0) {
+    if (!sealed || sodium_hex2bin(sealed, hexlen / 2 + 1, dv->credentials_hex, hexlen, NULL, &len,
+                                  NULL) != 0) {
         free(sealed);
         snprintf(err, errlen, "device credentials are not valid sealed bytes");
         *failed = true;
@@ -323,8 +325,9 @@ static void device_down(device *dv, const char *status, const char *reason)
     queue_status(f, dv, status, reason);
     set_state(dv, DEV_OFFLINE);
     if (!strcmp(status, "blocked")) {
-        dv->open_backoff_ms = (int)(f->cfg.blocked_retry_s * 1000 > 2000000000 ? 2000000000
-                                                                              : f->cfg.blocked_retry_s * 1000);
+        dv->open_backoff_ms =
+            (int)(f->cfg.blocked_retry_s * 1000 > 2000000000 ? 2000000000
+                                                             : f->cfg.blocked_retry_s * 1000);
     } else {
         dv->open_backoff_ms = dv->open_backoff_ms ? dv->open_backoff_ms * 2 : 1000;
         if (dv->open_backoff_ms > 60000)
@@ -423,8 +426,9 @@ static void on_lease_set(wc_redis *r, redisReply *reply, void *arg)
     int rc = wc_redis_command(f->d.redis, on_next_loaded, dv, "GET %s", next);
     rc |= wc_redis_command(f->d.redis, on_group_created, dv, "XGROUP CREATE %s %s 0 MKSTREAM",
                            outbox, WC_GROUP_SEND);
-    rc |= wc_redis_command(f->d.redis, on_autoclaim, dv, "XAUTOCLAIM %s %s %s 0 0-0 COUNT 1000 JUSTID",
-                           outbox, WC_GROUP_SEND, f->cfg.c.instance_id);
+    rc |= wc_redis_command(f->d.redis, on_autoclaim, dv,
+                           "XAUTOCLAIM %s %s %s 0 0-0 COUNT 1000 JUSTID", outbox, WC_GROUP_SEND,
+                           f->cfg.c.instance_id);
     if (rc != 0) {
         /* Connection went down mid-way; the lease expires on its own. */
         f->held--;
@@ -499,8 +503,8 @@ static int64_t draw_delay_us(const device *dv, const Wacast__Job *job)
         hi = lo;
     /* Uniform in [lo, hi] milliseconds, with microsecond resolution. */
     uint64_t span_us = (uint64_t)(hi - lo) * 1000;
-    uint64_t r = span_us ? ((uint64_t)randombytes_random() << 32 | randombytes_random()) % (span_us + 1)
-                         : 0;
+    uint64_t r =
+        span_us ? ((uint64_t)randombytes_random() << 32 | randombytes_random()) % (span_us + 1) : 0;
     return (int64_t)lo * 1000 + (int64_t)r;
 }
 
@@ -540,7 +544,8 @@ static void on_sent(void *arg, const wc_send_result *sr)
     } else if (sr->outcome == WC_SEND_RETRY && dv->attempts < (uint32_t)f->cfg.max_attempts) {
         /* Keep the entry in our pending list; read it again after a back-off. */
         f->m.retried++;
-        int64_t backoff = (int64_t)f->cfg.retry_base_ms * 1000 << (dv->attempts - 1 > 16 ? 16 : dv->attempts - 1);
+        int64_t backoff = (int64_t)f->cfg.retry_base_ms * 1000
+                          << (dv->attempts - 1 > 16 ? 16 : dv->attempts - 1);
         backoff += randombytes_uniform((uint32_t)(backoff / 2 + 1));
         if (sr->retry_after_ms > 0 && (int64_t)sr->retry_after_ms * 1000 > backoff)
             backoff = (int64_t)sr->retry_after_ms * 1000;
@@ -571,9 +576,15 @@ static void on_sent(void *arg, const wc_send_result *sr)
             snprintf(maxlen, sizeof maxlen, "%ld", f->cfg.dead_maxlen);
             snprintf(msg, sizeof msg, "%" PRId64, dv->job->message_id);
             snprintf(attempts, sizeof attempts, "%u", dv->attempts);
-            const char *argv[] = {"XADD", WC_KEY_DEAD, "MAXLEN", "~", maxlen, "*", "msg", msg,
-                                  "campaign", dv->job->campaign_id, "device", dv->id, "attempts", attempts,
-                                  "error_code", sr->error_code, "error", sr->error_message};
+            const char *argv[] = {"XADD",       WC_KEY_DEAD,
+                                  "MAXLEN",     "~",
+                                  maxlen,       "*",
+                                  "msg",        msg,
+                                  "campaign",   dv->job->campaign_id,
+                                  "device",     dv->id,
+                                  "attempts",   attempts,
+                                  "error_code", sr->error_code,
+                                  "error",      sr->error_message};
             if (wc_redis_commandv(f->d.redis, on_void_device, dv, 17, argv, NULL) < 0)
                 f->m.redis_errors++;
         }
@@ -611,7 +622,8 @@ static void send_now(device *dv)
     if (rc < 0) {
         wc_send_result sr = {.outcome = WC_SEND_RETRY};
         snprintf(sr.error_code, sizeof sr.error_code, "transport_busy");
-        snprintf(sr.error_message, sizeof sr.error_message, "the transport could not start the send");
+        snprintf(sr.error_message, sizeof sr.error_message,
+                 "the transport could not start the send");
         on_sent(dv, &sr);
     }
     (void)f;
@@ -791,7 +803,8 @@ static void consider(device *dv, const uint8_t *payload, size_t len)
     }
     if (hold == HOLD_CANCELLED) {
         f->m.held_cancelled++;
-        report_status(dv, WACAST__STATUS__STATUS_CANCELLED, "cancelled", "the campaign was cancelled");
+        report_status(dv, WACAST__STATUS__STATUS_CANCELLED, "cancelled",
+                      "the campaign was cancelled");
         return;
     }
     claim(dv, false);
@@ -837,7 +850,8 @@ static void on_read(wc_redis *r, redisReply *reply, void *arg)
         return;
     }
     redisReply *e = entries->element[0];
-    if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[0]->type != REDIS_REPLY_STRING) {
+    if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
+        e->element[0]->type != REDIS_REPLY_STRING) {
         wc_error("device %s: unexpected outbox entry shape", dv->id);
         set_state(dv, DEV_IDLE);
         return;
@@ -854,7 +868,8 @@ static void on_read(wc_redis *r, redisReply *reply, void *arg)
     if (fields->type == REDIS_REPLY_ARRAY) {
         for (size_t i = 0; i + 1 < fields->elements; i += 2) {
             redisReply *k = fields->element[i], *v = fields->element[i + 1];
-            if (k->type == REDIS_REPLY_STRING && !strcmp(k->str, "j") && v->type == REDIS_REPLY_STRING) {
+            if (k->type == REDIS_REPLY_STRING && !strcmp(k->str, "j") &&
+                v->type == REDIS_REPLY_STRING) {
                 payload = (const uint8_t *)v->str;
                 payload_len = v->len;
                 job = wacast__job__unpack(NULL, v->len, payload);
@@ -981,7 +996,8 @@ static void device_step(device *dv)
     wc_key_outbox(outbox, sizeof outbox, dv->id);
     set_state(dv, DEV_READING);
     if (wc_redis_command(f->d.redis, on_read, dv, "XREADGROUP GROUP %s %s COUNT 1 STREAMS %s %s",
-                         WC_GROUP_SEND, f->cfg.c.instance_id, outbox, dv->pel_mode ? "0" : ">") < 0) {
+                         WC_GROUP_SEND, f->cfg.c.instance_id, outbox,
+                         dv->pel_mode ? "0" : ">") < 0) {
         set_state(dv, DEV_IDLE);
         arm_timer(dv, 500000);
     }
@@ -1126,7 +1142,8 @@ static void on_refresh(evutil_socket_t fd, short what, void *arg)
     if (f->refreshing || f->d.stopping)
         return;
     static const char *sql =
-        "SELECT id, platform, (min_delay_seconds * 1000)::bigint, (max_delay_seconds * 1000)::bigint, "
+        "SELECT id, platform, (min_delay_seconds * 1000)::bigint, (max_delay_seconds * "
+        "1000)::bigint, "
         "settings::text, coalesce(encode(credentials, 'hex'), '') FROM user_devices";
     if (wc_pg_query(f->d.pg, sql, 0, NULL, on_devices, f) == 0)
         f->refreshing = true;
@@ -1206,7 +1223,8 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
     snprintf(ttl, sizeof ttl, "%ld", f->cfg.lease_ttl_ms);
     int rc = wc_redis_command(f->d.redis, on_void, f, "ZADD %s %s %s", WC_KEY_SENDERS, score,
                               f->cfg.c.instance_id);
-    rc |= wc_redis_command(f->d.redis, on_void, f, "ZREMRANGEBYSCORE %s -inf %s", WC_KEY_SENDERS, old);
+    rc |= wc_redis_command(f->d.redis, on_void, f, "ZREMRANGEBYSCORE %s -inf %s", WC_KEY_SENDERS,
+                           old);
     rc |= wc_redis_command(f->d.redis, on_live, f, "ZRANGEBYSCORE %s %s +inf", WC_KEY_SENDERS, min);
     if (rc != 0)
         return;
@@ -1232,8 +1250,9 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
     if (nids) {
         evbuffer_add(ids, "}\0", 2);
         const char *params[] = {(const char *)evbuffer_pullup(ids, -1)};
-        if (wc_pg_query(f->d.pg, "UPDATE user_devices SET last_seen = now() WHERE id = ANY($1::uuid[])",
-                        1, params, on_last_seen, f) < 0)
+        if (wc_pg_query(f->d.pg,
+                        "UPDATE user_devices SET last_seen = now() WHERE id = ANY($1::uuid[])", 1,
+                        params, on_last_seen, f) < 0)
             f->m.pg_errors++;
     }
     evbuffer_free(ids);
@@ -1267,11 +1286,13 @@ static void on_status_flush(evutil_socket_t fd, short what, void *arg)
                             (const char *)evbuffer_pullup(f->status_vals, -1),
                             (const char *)evbuffer_pullup(f->status_reasons, -1)};
     /* Last write wins per device within a batch: take the last occurrence. */
-    static const char *sql =
-        "UPDATE user_devices d SET status = u.status::device_status, status_reason = NULLIF(u.reason, ''), "
-        "last_seen = now() FROM (SELECT DISTINCT ON (id) id, status, reason FROM unnest($1::uuid[], "
-        "$2::text[], $3::text[]) WITH ORDINALITY AS t(id, status, reason, n) ORDER BY id, n DESC) u "
-        "WHERE d.id = u.id";
+    static const char *sql = "UPDATE user_devices d SET status = u.status::device_status, "
+                             "status_reason = NULLIF(u.reason, ''), "
+                             "last_seen = now() FROM (SELECT DISTINCT ON (id) id, status, reason "
+                             "FROM unnest($1::uuid[], "
+                             "$2::text[], $3::text[]) WITH ORDINALITY AS t(id, status, reason, n) "
+                             "ORDER BY id, n DESC) u "
+                             "WHERE d.id = u.id";
     if (wc_pg_query(f->d.pg, sql, 3, params, on_status_written, f) == 0)
         f->status_flushing = true;
     else
@@ -1310,10 +1331,11 @@ static void on_holds_timer(evutil_socket_t fd, short what, void *arg)
     fleet *f = arg;
     if (f->holds_reading)
         return;
-    if (wc_pg_query(f->d.pg,
-                    "SELECT id, status FROM campaigns WHERE status = 'paused' OR (status = 'cancelled'"
-                    " AND coalesce(finished_at, updated_at) > now() - interval '7 days')",
-                    0, NULL, on_holds, f) == 0)
+    if (wc_pg_query(
+            f->d.pg,
+            "SELECT id, status FROM campaigns WHERE status = 'paused' OR (status = 'cancelled'"
+            " AND coalesce(finished_at, updated_at) > now() - interval '7 days')",
+            0, NULL, on_holds, f) == 0)
         f->holds_reading = true;
 }
 
@@ -1368,7 +1390,8 @@ static void maybe_finish_stop(fleet *f)
     event_free(f->stop_timer);
     f->stop_timer = NULL;
     on_status_flush(-1, 0, f);
-    if (wc_redis_command(f->d.redis, on_left, f, "ZREM %s %s", WC_KEY_SENDERS, f->cfg.c.instance_id) < 0)
+    if (wc_redis_command(f->d.redis, on_left, f, "ZREM %s %s", WC_KEY_SENDERS,
+                         f->cfg.c.instance_id) < 0)
         wc_daemon_exit(&f->d);
 }
 
@@ -1405,7 +1428,8 @@ static bool ready(void *arg, char *why, size_t whylen)
 static void metrics(struct evbuffer *out, void *arg)
 {
     fleet *f = arg;
-#define X(name, help) wc_metric(out, "wacast_sender_" #name "_total", "counter", help, (double)f->m.name);
+#define X(name, help)                                                                              \
+    wc_metric(out, "wacast_sender_" #name "_total", "counter", help, (double)f->m.name);
     SENDER_METRICS(X)
 #undef X
     size_t by_state[sizeof dev_state_names / sizeof dev_state_names[0]] = {0};

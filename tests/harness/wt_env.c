@@ -140,10 +140,26 @@ int wt_redis_start(wt_env *env)
     snprintf(log, sizeof log, "%s/redis.log", env->dir);
     snprintf(dir, sizeof dir, "%s/redis", env->dir);
     mkdir(dir, 0755);
-    char *argv[] = {"/usr/bin/redis-server", "--port", port, "--bind", "127.0.0.1",
-                    "--dir", dir, "--save", "", "--appendonly", "yes",
-                    "--appendfsync", "everysec", "--maxmemory-policy", "noeviction",
-                    "--daemonize", "no", "--protected-mode", "no", NULL};
+    char *argv[] = {"/usr/bin/redis-server",
+                    "--port",
+                    port,
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    dir,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "everysec",
+                    "--maxmemory-policy",
+                    "noeviction",
+                    "--daemonize",
+                    "no",
+                    "--protected-mode",
+                    "no",
+                    NULL};
     env->redis_pid = spawn(argv, log, (uid_t)-1, (gid_t)-1, NULL, dir);
     if (env->redis_pid < 0)
         return -1;
@@ -196,11 +212,28 @@ static int pg_start(wt_env *env)
     snprintf(log, sizeof log, "%s/postgres.log", env->dir);
     snprintf(sock, sizeof sock, "unix_socket_directories=%s/pgsock", env->dir);
     snprintf(port, sizeof port, "%d", env->pg_port);
-    char *argv[] = {PG_BIN "/postgres", "-D", data, "-p", port,
-                    "-c", "listen_addresses=127.0.0.1", "-c", sock,
-                    "-c", "fsync=off", "-c", "synchronous_commit=off",
-                    "-c", "full_page_writes=off", "-c", "max_connections=200",
-                    "-c", "shared_buffers=256MB", "-c", "log_min_messages=warning", NULL};
+    char *argv[] = {PG_BIN "/postgres",
+                    "-D",
+                    data,
+                    "-p",
+                    port,
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    sock,
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "max_connections=200",
+                    "-c",
+                    "shared_buffers=256MB",
+                    "-c",
+                    "log_min_messages=warning",
+                    NULL};
     env->pg_pid = spawn(argv, log, uid, gid, NULL, "/");
     if (env->pg_pid < 0)
         return -1;
@@ -271,8 +304,8 @@ static int pg_init(wt_env *env)
         perror("wt_env: chown");
         return -1;
     }
-    char *argv[] = {PG_BIN "/initdb", "-D", data, "-U", "postgres", "--auth=trust",
-                    "--no-sync", "-E", "UTF8", "--locale=C", NULL};
+    char *argv[] = {PG_BIN "/initdb", "-D", data,   "-U",         "postgres", "--auth=trust",
+                    "--no-sync",      "-E", "UTF8", "--locale=C", NULL};
     if (run_wait(argv, log, uid, gid) < 0) {
         fprintf(stderr, "wt_env: initdb failed; see %s\n", log);
         return -1;
@@ -443,10 +476,11 @@ void wt_dump_logs(wt_env *env, int lines)
     if (!env->dir[0])
         return;
     char cmd[700];
-    snprintf(cmd, sizeof cmd,
-             "for f in %s/*.log; do [ -f \"$f\" ] || continue; echo \"==== $f\"; tail -n %d \"$f\"; "
-             "done 1>&2",
-             env->dir, lines);
+    snprintf(
+        cmd, sizeof cmd,
+        "for f in %s/*.log; do [ -f \"$f\" ] || continue; echo \"==== $f\"; tail -n %d \"$f\"; "
+        "done 1>&2",
+        env->dir, lines);
     if (system(cmd) != 0) {
         /* best effort */
     }

@@ -56,12 +56,13 @@ void sc_populate(sc_world *w, PGconn *c, uint64_t seed, int nusers, int devices_
             sc_device *d = &w->devices[w->ndevices++];
             d->user = u;
             d->offline = k < offline_per_user;
-            r = wt_sql(c,
-                       "INSERT INTO user_devices (user_id, device_name, platform, min_delay_seconds,"
-                       " max_delay_seconds, settings) VALUES ('%s', 'u%d-d%d', 'sim', %.3f, %.3f, '%s')"
-                       " RETURNING id",
-                       w->users[u], u, k, min_delay, max_delay,
-                       d->offline ? "{\"sim_offline\": true}" : "{}");
+            r = wt_sql(
+                c,
+                "INSERT INTO user_devices (user_id, device_name, platform, min_delay_seconds,"
+                " max_delay_seconds, settings) VALUES ('%s', 'u%d-d%d', 'sim', %.3f, %.3f, '%s')"
+                " RETURNING id",
+                w->users[u], u, k, min_delay, max_delay,
+                d->offline ? "{\"sim_offline\": true}" : "{}");
             snprintf(d->id, sizeof d->id, "%s", PQgetvalue(r, 0, 0));
             PQclear(r);
         }
@@ -114,21 +115,24 @@ void sc_populate(sc_world *w, PGconn *c, uint64_t seed, int nusers, int devices_
                 spell_phone(l->phone_raw, sizeof l->phone_raw, person, style);
                 bool taken = false;
                 for (int j = 0; j < i && !taken; j++)
-                    taken = w->leads[j].user == l->user && !strcmp(w->leads[j].phone_raw, l->phone_raw);
+                    taken =
+                        w->leads[j].user == l->user && !strcmp(w->leads[j].phone_raw, l->phone_raw);
                 if (!taken)
                     break;
             }
             snprintf(l->e164, sizeof l->e164, "+6012%07ld", person % 10000000);
         }
         if (len == 0)
-            len += (size_t)sprintf(sql + len, "INSERT INTO leads (user_id, device_id, name, phone, niche,"
-                                              " target_status, opted_out_at) VALUES ");
+            len += (size_t)sprintf(sql + len,
+                                   "INSERT INTO leads (user_id, device_id, name, phone, niche,"
+                                   " target_status, opted_out_at) VALUES ");
         else
             sql[len++] = ',';
-        len += (size_t)sprintf(sql + len, "('%s','%s','%s','%s',%s%s%s,'%s',%s)", w->users[l->user],
-                               w->devices[l->device].id, l->name, l->phone_raw, l->niche[0] ? "'" : "",
-                               l->niche[0] ? l->niche : "NULL", l->niche[0] ? "'" : "",
-                               l->customer ? "customer" : "prospect", l->opted_out ? "now()" : "NULL");
+        len +=
+            (size_t)sprintf(sql + len, "('%s','%s','%s','%s',%s%s%s,'%s',%s)", w->users[l->user],
+                            w->devices[l->device].id, l->name, l->phone_raw, l->niche[0] ? "'" : "",
+                            l->niche[0] ? l->niche : "NULL", l->niche[0] ? "'" : "",
+                            l->customer ? "customer" : "prospect", l->opted_out ? "now()" : "NULL");
         if (len > (1 << 20) - 4096 || i == nleads - 1 || (i + 1) % 500 == 0) {
             sql[len] = '\0';
             PQclear(wt_sql(c, "%s", sql));
@@ -212,11 +216,16 @@ void sc_sends_free(sc_send *s, size_t n)
 
 void sc_start_daemons(wt_env *env, int copies, const char *const *extra)
 {
-    static const char *base[] = {
-        "WACAST_LOG_LEVEL=info",       "WACAST_POLL_MS=200",         "WACAST_LEASE_TTL_MS=3000",
-        "WACAST_DEVICE_REFRESH_MS=500", "WACAST_IDLE_POLL_MS=1000",  "WACAST_RECONCILE_MS=2000",
-        "WACAST_ONLINE_GRACE_MS=10000", "WACAST_CLAIM_IDLE_MS=5000", "WACAST_BATCH=700",
-        NULL};
+    static const char *base[] = {"WACAST_LOG_LEVEL=info",
+                                 "WACAST_POLL_MS=200",
+                                 "WACAST_LEASE_TTL_MS=3000",
+                                 "WACAST_DEVICE_REFRESH_MS=500",
+                                 "WACAST_IDLE_POLL_MS=1000",
+                                 "WACAST_RECONCILE_MS=2000",
+                                 "WACAST_ONLINE_GRACE_MS=10000",
+                                 "WACAST_CLAIM_IDLE_MS=5000",
+                                 "WACAST_BATCH=700",
+                                 NULL};
     const char *envs[64];
     int n = 0;
     for (int i = 0; base[i]; i++)

@@ -22,11 +22,11 @@ typedef struct sc_device {
 typedef struct sc_lead {
     char id[40];
     int user;
-    int device;        /* index into devices */
+    int device; /* index into devices */
     char name[32];
     char phone_raw[32];
-    char e164[20];     /* "" when the raw phone is invalid */
-    char niche[16];    /* "" for none */
+    char e164[20];  /* "" when the raw phone is invalid */
+    char niche[16]; /* "" for none */
     bool customer;
     bool opted_out;
 } sc_lead;

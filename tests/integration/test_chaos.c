@@ -77,13 +77,23 @@ typedef struct daemon_slot {
     long long restart_at; /* 0: running */
 } daemon_slot;
 
-static const char *daemon_env[] = {
-    "WACAST_LOG_LEVEL=info",       "WACAST_POLL_MS=200",          "WACAST_LEASE_TTL_MS=3000",
-    "WACAST_DEVICE_REFRESH_MS=500", "WACAST_IDLE_POLL_MS=1000",   "WACAST_RECONCILE_MS=2000",
-    "WACAST_RECONCILE_AFTER_S=10",  "WACAST_ONLINE_GRACE_MS=10000", "WACAST_CLAIM_IDLE_MS=3000",
-    "WACAST_CLAIM_STALE_S=5",       "WACAST_BATCH=1000",          "WACAST_IN_DOUBT_MS=8000",
-    "WACAST_SIM_CALLBACKS=sent",    "WACAST_SIM_CALLBACK_DELAY_MS=100", "WACAST_START_TIMEOUT=60",
-    "WACAST_TIMEOUT_MS=3000",       NULL};
+static const char *daemon_env[] = {"WACAST_LOG_LEVEL=info",
+                                   "WACAST_POLL_MS=200",
+                                   "WACAST_LEASE_TTL_MS=3000",
+                                   "WACAST_DEVICE_REFRESH_MS=500",
+                                   "WACAST_IDLE_POLL_MS=1000",
+                                   "WACAST_RECONCILE_MS=2000",
+                                   "WACAST_RECONCILE_AFTER_S=10",
+                                   "WACAST_ONLINE_GRACE_MS=10000",
+                                   "WACAST_CLAIM_IDLE_MS=3000",
+                                   "WACAST_CLAIM_STALE_S=5",
+                                   "WACAST_BATCH=1000",
+                                   "WACAST_IN_DOUBT_MS=8000",
+                                   "WACAST_SIM_CALLBACKS=sent",
+                                   "WACAST_SIM_CALLBACK_DELAY_MS=100",
+                                   "WACAST_START_TIMEOUT=60",
+                                   "WACAST_TIMEOUT_MS=3000",
+                                   NULL};
 
 static void start_slot(daemon_slot *d)
 {
@@ -95,14 +105,14 @@ static void start_slot(daemon_slot *d)
 static bool campaigns_final(void *arg)
 {
     (void)arg;
-    return wt_sql_long(db,
-                       "SELECT count(*) FROM campaigns WHERE title = 'chaos' AND status IN "
-                       "('finished', 'failed', 'cancelled')") == NUSERS;
+    return wt_sql_long(db, "SELECT count(*) FROM campaigns WHERE title = 'chaos' AND status IN "
+                           "('finished', 'failed', 'cancelled')") == NUSERS;
 }
 
 static long long progress(void)
 {
-    return wt_sql_long(db, "SELECT coalesce(sum(sent_count), 0) FROM campaigns WHERE title = 'chaos'");
+    return wt_sql_long(db,
+                       "SELECT coalesce(sum(sent_count), 0) FROM campaigns WHERE title = 'chaos'");
 }
 
 static int setup(void **state)
@@ -115,19 +125,20 @@ static int setup(void **state)
             (unsigned long long)seed);
     sc_populate(&world, db, seed, NUSERS, DEVICES_PER_USER, 0, NLEADS, MIN_DELAY, MAX_DELAY);
     for (int u = 0; u < NUSERS; u++) {
-        PGresult *r = wt_sql(db,
-                             "INSERT INTO campaigns (user_id, title, message, target_status, scheduled_at)"
-                             " VALUES ('%s', 'chaos', 'Hi {{name}}, offer {{niche | default \"none\"}}',"
-                             " 'all', now()) RETURNING id",
-                             world.users[u]);
+        PGresult *r =
+            wt_sql(db,
+                   "INSERT INTO campaigns (user_id, title, message, target_status, scheduled_at)"
+                   " VALUES ('%s', 'chaos', 'Hi {{name}}, offer {{niche | default \"none\"}}',"
+                   " 'all', now()) RETURNING id",
+                   world.users[u]);
         snprintf(campaigns[u], sizeof campaigns[u], "%s", PQgetvalue(r, 0, 0));
         PQclear(r);
     }
 
     daemon_slot slots[] = {
-        {"wacast-scheduler", "scheduler-1", 0, 0}, {"wacast-scheduler", "scheduler-2", 0, 0},
+        {"wacast-scheduler", "scheduler-1", 0, 0},   {"wacast-scheduler", "scheduler-2", 0, 0},
         {"wacast-dispatcher", "dispatcher-1", 0, 0}, {"wacast-dispatcher", "dispatcher-2", 0, 0},
-        {"wacast-sender", "sender-1", 0, 0},       {"wacast-sender", "sender-2", 0, 0},
+        {"wacast-sender", "sender-1", 0, 0},         {"wacast-sender", "sender-2", 0, 0},
         {"wacast-sender", "sender-3", 0, 0},
     };
     int nslots = (int)(sizeof slots / sizeof slots[0]);
@@ -148,8 +159,8 @@ static int setup(void **state)
     while (!campaigns_final(NULL)) {
         long long now = wt_now_ms();
         if (now - start > DEADLINE_MS) {
-            fprintf(stderr, "chaos: campaigns not final after %d s (sent %lld of %lld)\n", DEADLINE_MS / 1000,
-                    progress(), total);
+            fprintf(stderr, "chaos: campaigns not final after %d s (sent %lld of %lld)\n",
+                    DEADLINE_MS / 1000, progress(), total);
             wt_dump_logs(&env, 40);
             return -1;
         }
@@ -185,9 +196,9 @@ static int setup(void **state)
         usleep(50000);
         /* (a poll interval for the driver's own clock, not a synchronisation) */
     }
-    fprintf(stderr, "chaos: %d kills, %d restarts, redis %s, postgres %s, %.1f s\n", kills, restarts,
-            redis_restarted ? "restarted" : "not restarted", pg_restarted ? "restarted" : "not restarted",
-            (wt_now_ms() - start) / 1000.0);
+    fprintf(stderr, "chaos: %d kills, %d restarts, redis %s, postgres %s, %.1f s\n", kills,
+            restarts, redis_restarted ? "restarted" : "not restarted",
+            pg_restarted ? "restarted" : "not restarted", (wt_now_ms() - start) / 1000.0);
     /* Settle: daemons that were down come back, then late results land. */
     for (int i = 0; i < nslots; i++)
         if (slots[i].restart_at)
@@ -241,8 +252,8 @@ static void test_nothing_lost_nothing_twice(void **state)
             while (last + 1 < nsends && !cmp_send_to(&sends[last + 1], &key))
                 last++;
             if (last > first && dup++ < 10)
-                fprintf(stderr, "duplicate: campaign %s to %s received %zu messages\n", campaigns[u], key.to,
-                        last - first + 1);
+                fprintf(stderr, "duplicate: campaign %s to %s received %zu messages\n",
+                        campaigns[u], key.to, last - first + 1);
         }
         free(e);
     }
@@ -268,8 +279,9 @@ static void test_postgres_equals_record(void **state)
 {
     (void)state;
     for (int u = 0; u < NUSERS; u++) {
-        PGresult *r = wt_sql(db, "SELECT status, sent_count, failed_count FROM campaigns WHERE id = '%s'",
-                             campaigns[u]);
+        PGresult *r =
+            wt_sql(db, "SELECT status, sent_count, failed_count FROM campaigns WHERE id = '%s'",
+                   campaigns[u]);
         assert_string_equal(PQgetvalue(r, 0, 0), "finished");
         size_t in_record = 0;
         for (size_t i = 0; i < nsends; i++)
@@ -277,16 +289,18 @@ static void test_postgres_equals_record(void **state)
         assert_int_equal(atol(PQgetvalue(r, 0, 1)), (long)in_record);
         assert_int_equal(atol(PQgetvalue(r, 0, 2)), 0);
         PQclear(r);
-        assert_int_equal(wt_sql_long(db,
-                                     "SELECT count(*) FROM broadcast_messages WHERE campaign_id = '%s'"
-                                     " AND status IN ('sent', 'delivered', 'read')",
-                                     campaigns[u]),
-                         (long)in_record);
-        assert_int_equal(wt_sql_long(db,
-                                     "SELECT count(*) FROM broadcast_messages WHERE campaign_id = '%s'"
-                                     " AND status NOT IN ('sent', 'delivered', 'read', 'skipped')",
-                                     campaigns[u]),
-                         0);
+        assert_int_equal(
+            wt_sql_long(db,
+                        "SELECT count(*) FROM broadcast_messages WHERE campaign_id = '%s'"
+                        " AND status IN ('sent', 'delivered', 'read')",
+                        campaigns[u]),
+            (long)in_record);
+        assert_int_equal(
+            wt_sql_long(db,
+                        "SELECT count(*) FROM broadcast_messages WHERE campaign_id = '%s'"
+                        " AND status NOT IN ('sent', 'delivered', 'read', 'skipped')",
+                        campaigns[u]),
+            0);
     }
     /* Each sent row names the device and recipient the record shows. */
     sc_send *by_msg = malloc(nsends * sizeof *by_msg);
@@ -298,7 +312,8 @@ static void test_postgres_equals_record(void **state)
     for (int i = 0; i < PQntuples(r); i++) {
         sc_send key = {.msg = atoll(PQgetvalue(r, i, 0))};
         sc_send *hit = bsearch(&key, by_msg, nsends, sizeof *by_msg, cmp_send_msg);
-        bool found = hit && !strcmp(hit->device, PQgetvalue(r, i, 1)) && !strcmp(hit->to, PQgetvalue(r, i, 2));
+        bool found = hit && !strcmp(hit->device, PQgetvalue(r, i, 1)) &&
+                     !strcmp(hit->to, PQgetvalue(r, i, 2));
         if (!found && mismatch++ < 10)
             fprintf(stderr, "row %lld has no matching send in the record\n", key.msg);
     }

@@ -27,8 +27,8 @@
 static int copies = 1;
 
 typedef struct expect {
-    int lead;      /* index in world.leads */
-    bool send;     /* a message; else a skipped row (invalid phone) */
+    int lead;  /* index in world.leads */
+    bool send; /* a message; else a skipped row (invalid phone) */
 } expect;
 
 typedef struct campaign_case {
@@ -49,9 +49,17 @@ static PGconn *db;
 static sc_send *sends;
 static size_t nsends;
 static campaign_case cases[2] = {
-    {.label = "customers", .user = 0, .target = "customer", .niche = NULL, .limit = -1,
+    {.label = "customers",
+     .user = 0,
+     .target = "customer",
+     .niche = NULL,
+     .limit = -1,
      .tpl = "Hello {{name}}, your {{niche | default \"special\"}} offer"},
-    {.label = "all-tech-limit", .user = 1, .target = "all", .niche = "tech", .limit = 100,
+    {.label = "all-tech-limit",
+     .user = 1,
+     .target = "all",
+     .niche = "tech",
+     .limit = 100,
      .tpl = "{Hi|Hello} {{name}}!"},
 };
 static char future_id[40];
@@ -70,7 +78,7 @@ static void compute_expected(campaign_case *cc)
         order[n++] = i;
     qsort(order, (size_t)n, sizeof *order, cmp_lead_id);
     cc->expected = calloc((size_t)world.nleads, sizeof *cc->expected);
-    char (*seen)[20] = calloc((size_t)world.nleads, sizeof *seen);
+    char(*seen)[20] = calloc((size_t)world.nleads, sizeof *seen);
     int nseen = 0, taken = 0;
     for (int k = 0; k < n; k++) {
         sc_lead *l = &world.leads[order[k]];
@@ -107,7 +115,8 @@ static bool text_ok(const campaign_case *cc, const sc_lead *l, const char *text)
 {
     char want[128];
     if (cc == &cases[0]) {
-        snprintf(want, sizeof want, "Hello %s, your %s offer", l->name, l->niche[0] ? l->niche : "special");
+        snprintf(want, sizeof want, "Hello %s, your %s offer", l->name,
+                 l->niche[0] ? l->niche : "special");
         return !strcmp(text, want);
     }
     snprintf(want, sizeof want, "Hi %s!", l->name);
@@ -138,32 +147,36 @@ static int setup(void **state)
         PGresult *r;
         if (k == 0) {
             /* Due by wall-clock date and time in its own zone: today 00:00 in Kuala Lumpur. */
-            r = wt_sql(db,
-                       "INSERT INTO campaigns (user_id, title, message, target_status, niche, \"limit\","
-                       " campaign_date, time_schedule, time_zone) VALUES ('%s', '%s', '%s', '%s', %s, %s,"
-                       " (now() AT TIME ZONE 'Asia/Kuala_Lumpur')::date, '00:00', 'Asia/Kuala_Lumpur')"
-                       " RETURNING id",
-                       world.users[cc->user], cc->label, cc->tpl, cc->target, niche, limit);
+            r = wt_sql(
+                db,
+                "INSERT INTO campaigns (user_id, title, message, target_status, niche, \"limit\","
+                " campaign_date, time_schedule, time_zone) VALUES ('%s', '%s', '%s', '%s', %s, %s,"
+                " (now() AT TIME ZONE 'Asia/Kuala_Lumpur')::date, '00:00', 'Asia/Kuala_Lumpur')"
+                " RETURNING id",
+                world.users[cc->user], cc->label, cc->tpl, cc->target, niche, limit);
         } else {
-            r = wt_sql(db,
-                       "INSERT INTO campaigns (user_id, title, message, target_status, niche, \"limit\","
-                       " scheduled_at) VALUES ('%s', '%s', '%s', '%s', %s, %s, now() - interval '1 minute')"
-                       " RETURNING id",
-                       world.users[cc->user], cc->label, cc->tpl, cc->target, niche, limit);
+            r = wt_sql(
+                db,
+                "INSERT INTO campaigns (user_id, title, message, target_status, niche, \"limit\","
+                " scheduled_at) VALUES ('%s', '%s', '%s', '%s', %s, %s, now() - interval '1 "
+                "minute')"
+                " RETURNING id",
+                world.users[cc->user], cc->label, cc->tpl, cc->target, niche, limit);
         }
         snprintf(cc->id, sizeof cc->id, "%s", PQgetvalue(r, 0, 0));
         PQclear(r);
         compute_expected(cc);
-        fprintf(stderr, "campaign %s (%s): expect %d sends, %d skipped\n", cc->id, cc->label, cc->nsend,
-                cc->nskip);
+        fprintf(stderr, "campaign %s (%s): expect %d sends, %d skipped\n", cc->id, cc->label,
+                cc->nsend, cc->nskip);
     }
     /* Tomorrow in its zone: must stay pending. */
-    PGresult *r = wt_sql(db,
-                         "INSERT INTO campaigns (user_id, title, message, campaign_date, time_schedule,"
-                         " time_zone) VALUES ('%s', 'future', 'Hi {{name}}',"
-                         " (now() AT TIME ZONE 'Asia/Kuala_Lumpur')::date + 1, '09:00', 'Asia/Kuala_Lumpur')"
-                         " RETURNING id",
-                         world.users[0]);
+    PGresult *r =
+        wt_sql(db,
+               "INSERT INTO campaigns (user_id, title, message, campaign_date, time_schedule,"
+               " time_zone) VALUES ('%s', 'future', 'Hi {{name}}',"
+               " (now() AT TIME ZONE 'Asia/Kuala_Lumpur')::date + 1, '09:00', 'Asia/Kuala_Lumpur')"
+               " RETURNING id",
+               world.users[0]);
     snprintf(future_id, sizeof future_id, "%s", PQgetvalue(r, 0, 0));
     PQclear(r);
 
@@ -229,7 +242,8 @@ static void test_each_eligible_lead_once(void **state)
                     fprintf(stderr, "%s: %s got text \"%s\"\n", cc->label, l->e164, sends[i].text);
                 const sc_device *d = device_by_id(sends[i].device);
                 if ((!d || d->user != cc->user || d->offline) && failures++ < 10)
-                    fprintf(stderr, "%s: %s sent from device %s (not an online device of user %d)\n",
+                    fprintf(stderr,
+                            "%s: %s sent from device %s (not an online device of user %d)\n",
                             cc->label, l->e164, sends[i].device, cc->user);
             }
             if (got != 1 && failures++ < 10)
@@ -242,7 +256,8 @@ static void test_each_eligible_lead_once(void **state)
         campaign_case *cc = case_by_id(sends[i].campaign);
         bool expected = false;
         for (int e = 0; cc && e < cc->nexpected && !expected; e++)
-            expected = cc->expected[e].send && !strcmp(world.leads[cc->expected[e].lead].e164, sends[i].to);
+            expected = cc->expected[e].send &&
+                       !strcmp(world.leads[cc->expected[e].lead].e164, sends[i].to);
         if (!expected && failures++ < 10)
             fprintf(stderr, "unexpected send: campaign %s to %s\n", sends[i].campaign, sends[i].to);
     }
@@ -283,21 +298,24 @@ static void test_postgres_matches_record(void **state)
         assert_int_equal(atoi(PQgetvalue(r, 0, 3)), 0);
         assert_int_equal(atoi(PQgetvalue(r, 0, 4)), cc->nskip);
         PQclear(r);
-        assert_int_equal(wt_sql_long(db,
-                                     "SELECT count(*) FROM broadcast_messages WHERE campaign_id = '%s'"
-                                     " AND status = 'skipped' AND error_code = 'invalid_phone'"
-                                     " AND error_message LIKE 'invalid phone number%%'",
-                                     cc->id),
-                         cc->nskip);
         assert_int_equal(
-            wt_sql_long(db, "SELECT count(*) FROM broadcast_messages WHERE campaign_id = '%s' AND status = 'sent'",
+            wt_sql_long(db,
+                        "SELECT count(*) FROM broadcast_messages WHERE campaign_id = '%s'"
+                        " AND status = 'skipped' AND error_code = 'invalid_phone'"
+                        " AND error_message LIKE 'invalid phone number%%'",
                         cc->id),
-            cc->nsend);
+            cc->nskip);
+        assert_int_equal(wt_sql_long(db,
+                                     "SELECT count(*) FROM broadcast_messages WHERE campaign_id = "
+                                     "'%s' AND status = 'sent'",
+                                     cc->id),
+                         cc->nsend);
     }
     /* Row by row: the record's device, recipient and text are the row's. */
     int mismatches = 0;
-    PGresult *r = wt_sql(db, "SELECT id, campaign_id, device_id, recipient_phone, content, sent_at IS NOT NULL"
-                             " FROM broadcast_messages WHERE status = 'sent'");
+    PGresult *r = wt_sql(
+        db, "SELECT id, campaign_id, device_id, recipient_phone, content, sent_at IS NOT NULL"
+            " FROM broadcast_messages WHERE status = 'sent'");
     assert_int_equal(PQntuples(r), (int)nsends);
     for (int i = 0; i < PQntuples(r); i++) {
         long long id = atoll(PQgetvalue(r, i, 0));
@@ -305,9 +323,9 @@ static void test_postgres_matches_record(void **state)
         for (size_t k = 0; k < nsends && !s; k++)
             if (sends[k].msg == id)
                 s = &sends[k];
-        if (!s || strcmp(s->campaign, PQgetvalue(r, i, 1)) || strcmp(s->device, PQgetvalue(r, i, 2)) ||
-            strcmp(s->to, PQgetvalue(r, i, 3)) || strcmp(s->text, PQgetvalue(r, i, 4)) ||
-            PQgetvalue(r, i, 5)[0] != 't') {
+        if (!s || strcmp(s->campaign, PQgetvalue(r, i, 1)) ||
+            strcmp(s->device, PQgetvalue(r, i, 2)) || strcmp(s->to, PQgetvalue(r, i, 3)) ||
+            strcmp(s->text, PQgetvalue(r, i, 4)) || PQgetvalue(r, i, 5)[0] != 't') {
             if (mismatches++ < 10)
                 fprintf(stderr, "row %lld disagrees with the sim record\n", id);
         }
@@ -322,7 +340,9 @@ static void test_future_campaign_stays_pending(void **state)
     PGresult *r = wt_sql(db, "SELECT status FROM campaigns WHERE id = '%s'", future_id);
     assert_string_equal(PQgetvalue(r, 0, 0), "pending");
     PQclear(r);
-    assert_int_equal(wt_sql_long(db, "SELECT count(*) FROM broadcast_messages WHERE campaign_id = '%s'", future_id),
+    assert_int_equal(wt_sql_long(db,
+                                 "SELECT count(*) FROM broadcast_messages WHERE campaign_id = '%s'",
+                                 future_id),
                      0);
     for (size_t i = 0; i < nsends; i++)
         assert_string_not_equal(sends[i].campaign, future_id);
@@ -356,7 +376,8 @@ static void test_pacing(void **state)
             shortest = gap;
         if (gap < min_us) {
             if (too_short++ < 10)
-                fprintf(stderr, "device %s: %lld us between sends (min %lld)\n", sorted[i].device, gap, min_us);
+                fprintf(stderr, "device %s: %lld us between sends (min %lld)\n", sorted[i].device,
+                        gap, min_us);
         }
         /* Gaps up to max (plus scheduling slack) are the device's pacing; longer
          * ones are an empty outbox. */
@@ -366,8 +387,8 @@ static void test_pacing(void **state)
             buckets[b > 3 ? 3 : b]++;
         }
     }
-    fprintf(stderr, "pacing: shortest gap %lld us, %d busy gaps, quarters %d/%d/%d/%d\n", shortest, busy,
-            buckets[0], buckets[1], buckets[2], buckets[3]);
+    fprintf(stderr, "pacing: shortest gap %lld us, %d busy gaps, quarters %d/%d/%d/%d\n", shortest,
+            busy, buckets[0], buckets[1], buckets[2], buckets[3]);
     free(sorted);
     assert_int_equal(too_short, 0);
     assert_true(busy > 200);
@@ -415,5 +436,6 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_pacing),
         cmocka_unit_test(test_daemons_stop_cleanly),
     };
-    return cmocka_run_group_tests_name(copies == 1 ? "spine" : "spine-2-copies", tests, setup, teardown);
+    return cmocka_run_group_tests_name(copies == 1 ? "spine" : "spine-2-copies", tests, setup,
+                                       teardown);
 }
