@@ -582,25 +582,6 @@ static const char *status_name(Wacast__Status s)
     }
 }
 
-/* Higher wins when one batch holds two results for a message. */
-static int status_rank(Wacast__Status s)
-{
-    switch (s) {
-    case WACAST__STATUS__STATUS_SENT:
-        return 1;
-    case WACAST__STATUS__STATUS_DELIVERED:
-        return 2;
-    case WACAST__STATUS__STATUS_READ:
-        return 3;
-    case WACAST__STATUS__STATUS_FAILED:
-    case WACAST__STATUS__STATUS_SKIPPED:
-    case WACAST__STATUS__STATUS_CANCELLED:
-        return 4;
-    default:
-        return 0;
-    }
-}
-
 /* Appends a text value as a quoted array element. */
 static void array_text(struct evbuffer *b, const char *s, bool first)
 {
@@ -624,52 +605,68 @@ static const char *SINK_SQL =
     " $6::text[], $7::bigint[], $8::int[])"
     " AS t(id, status, error_code, error_message, device_id, provider_id, at_us, attempt)"
     " WHERE (SELECT pg_advisory_xact_lock(7161676173740002)) IS NOT NULL),"
-    /* A provider's status may name the message only by the provider's id. */
-    " input AS ("
-    " SELECT DISTINCT ON (coalesce(nullif(r.id, 0), p.id)) coalesce(nullif(r.id, 0), p.id) AS id,"
-    " r.status, r.error_code, r.error_message, r.device_id, r.provider_id, r.at_us, r.attempt"
+    /* A provider's status may name the message only by the provider's id:
+     * resolve it from the table, or from the sender's result in this batch. */
+    " named AS ("
+    " SELECT coalesce(nullif(r.id, 0), p.id, (SELECT max(s.id) FROM raw s WHERE r.id = 0"
+    "   AND s.id <> 0 AND s.provider_id = r.provider_id AND r.provider_id <> '')) AS id,"
+    " r.status, r.error_code, r.error_message, nullif(r.device_id, '') AS device_id,"
+    " nullif(r.provider_id, '') AS provider_id, r.at_us, r.attempt,"
+    " wacast_message_status_rank(r.status) AS rank"
     " FROM raw r LEFT JOIN broadcast_messages p ON r.id = 0 AND p.provider_message_id = "
-    "r.provider_id"
-    " WHERE coalesce(nullif(r.id, 0), p.id) IS NOT NULL"
-    " ORDER BY coalesce(nullif(r.id, 0), p.id), wacast_message_status_rank(r.status) DESC),"
+    "r.provider_id),"
+    /* Several reports about one message: the furthest status wins, and what
+     * any of them knows (device, provider id, attempts) is kept. */
+    " input AS ("
+    " SELECT id, (array_agg(status ORDER BY rank DESC))[1] AS status,"
+    " (array_agg(error_code ORDER BY rank DESC))[1] AS error_code,"
+    " (array_agg(error_message ORDER BY rank DESC))[1] AS error_message,"
+    " max(device_id) AS device_id, max(provider_id) AS provider_id,"
+    " (array_agg(at_us ORDER BY rank DESC))[1] AS at_us, max(attempt) AS attempt"
+    " FROM named WHERE id IS NOT NULL GROUP BY id),"
     " locked AS ("
     " SELECT m.id, m.status AS old_status FROM broadcast_messages m JOIN input i ON i.id = m.id"
     " ORDER BY m.id FOR UPDATE OF m),"
+    " moves AS ("
+    " SELECT i.*, l.old_status, wacast_message_can_move(l.old_status, i.status) AS mv"
+    " FROM input i JOIN locked l ON l.id = i.id),"
     " upd AS ("
-    " UPDATE broadcast_messages m SET status = i.status,"
-    " device_id = COALESCE(NULLIF(i.device_id, '')::uuid, m.device_id),"
-    " error_code = CASE WHEN i.status = 'failed' THEN NULLIF(i.error_code, '') ELSE m.error_code "
-    "END,"
-    " error_message = CASE WHEN i.status = 'failed' THEN NULLIF(i.error_message, '') ELSE "
-    "m.error_message END,"
-    " provider_message_id = COALESCE(NULLIF(i.provider_id, ''), m.provider_message_id),"
+    " UPDATE broadcast_messages m SET status = CASE WHEN i.mv THEN i.status ELSE m.status END,"
+    " device_id = COALESCE(i.device_id::uuid, m.device_id),"
+    " error_code = CASE WHEN i.mv AND i.status = 'failed' THEN NULLIF(i.error_code, '')"
+    "   ELSE m.error_code END,"
+    " error_message = CASE WHEN i.mv AND i.status = 'failed' THEN NULLIF(i.error_message, '')"
+    "   ELSE m.error_message END,"
+    " provider_message_id = COALESCE(m.provider_message_id, i.provider_id),"
     " attempts = GREATEST(m.attempts, i.attempt),"
-    " sent_at = CASE WHEN i.status IN ('sent', 'delivered', 'read')"
+    " sent_at = CASE WHEN i.mv AND i.status IN ('sent', 'delivered', 'read')"
     "   THEN COALESCE(m.sent_at, to_timestamp(i.at_us / 1e6)) ELSE m.sent_at END,"
-    " delivered_at = CASE WHEN i.status IN ('delivered', 'read')"
+    " delivered_at = CASE WHEN i.mv AND i.status IN ('delivered', 'read')"
     "   THEN COALESCE(m.delivered_at, to_timestamp(i.at_us / 1e6)) ELSE m.delivered_at END,"
-    " read_at = CASE WHEN i.status = 'read' THEN to_timestamp(i.at_us / 1e6) ELSE m.read_at END,"
-    " failed_at = CASE WHEN i.status = 'failed' THEN to_timestamp(i.at_us / 1e6) ELSE m.failed_at "
-    "END,"
+    " read_at = CASE WHEN i.mv AND i.status = 'read' THEN to_timestamp(i.at_us / 1e6)"
+    "   ELSE m.read_at END,"
+    " failed_at = CASE WHEN i.mv AND i.status = 'failed' THEN to_timestamp(i.at_us / 1e6)"
+    "   ELSE m.failed_at END,"
     " updated_at = now()"
-    " FROM input i JOIN locked l ON l.id = i.id"
-    " WHERE m.id = i.id AND wacast_message_can_move(l.old_status, i.status)"
-    " RETURNING m.campaign_id, m.lead_id, m.error_code, l.old_status, m.status AS new_status),"
+    " FROM moves i"
+    " WHERE m.id = i.id AND (i.mv OR (m.device_id IS NULL AND i.device_id IS NOT NULL)"
+    "   OR (m.provider_message_id IS NULL AND i.provider_id IS NOT NULL) OR m.attempts < i.attempt)"
+    " RETURNING m.campaign_id, m.lead_id, m.error_code, i.old_status, m.status AS new_status),"
     /* The recipient stopped marketing messages (131050): keep them out of the next campaign. */
     " optout AS ("
     " UPDATE leads SET opted_out_at = now() FROM upd u WHERE leads.id = u.lead_id"
-    " AND u.new_status = 'failed' AND u.error_code = '131050' AND leads.opted_out_at IS NULL "
-    "RETURNING 1),"
+    " AND u.new_status = 'failed' AND u.old_status <> 'failed' AND u.error_code = '131050'"
+    " AND leads.opted_out_at IS NULL RETURNING 1),"
     " delta AS ("
     " SELECT campaign_id,"
     " count(*) FILTER (WHERE new_status IN ('sent', 'delivered', 'read')"
     "   AND old_status NOT IN ('sent', 'delivered', 'read')) AS sent,"
     " count(*) FILTER (WHERE new_status IN ('delivered', 'read')"
     "   AND old_status NOT IN ('delivered', 'read')) AS delivered,"
-    " count(*) FILTER (WHERE new_status = 'read') AS read,"
-    " count(*) FILTER (WHERE new_status = 'failed') AS failed,"
-    " count(*) FILTER (WHERE new_status = 'skipped') AS skipped,"
-    " count(*) FILTER (WHERE new_status = 'cancelled') AS cancelled"
+    " count(*) FILTER (WHERE new_status = 'read' AND old_status <> 'read') AS read,"
+    " count(*) FILTER (WHERE new_status = 'failed' AND old_status <> 'failed') AS failed,"
+    " count(*) FILTER (WHERE new_status = 'skipped' AND old_status <> 'skipped') AS skipped,"
+    " count(*) FILTER (WHERE new_status = 'cancelled' AND old_status <> 'cancelled') AS cancelled"
     " FROM upd GROUP BY campaign_id ORDER BY campaign_id),"
     " camp AS ("
     " UPDATE campaigns c SET sent_count = c.sent_count + d.sent,"
@@ -761,9 +758,8 @@ static void on_results(wc_redis *r, redisReply *reply, void *arg)
         abort();
     sb->ds = ds;
     sb->entry_ids = evbuffer_new();
-    /* One row per message: the furthest status in this batch wins. */
-    wc_map by_id;
-    wc_map_init(&by_id);
+    /* Every usable result goes to the statement, which merges the reports
+     * about one message (the furthest status wins, no detail is lost). */
     Wacast__Result **all = calloc(entries->elements, sizeof *all);
     if (!all)
         abort();
@@ -788,21 +784,12 @@ static void on_results(wc_redis *r, redisReply *reply, void *arg)
                 wacast__result__free_unpacked(res, NULL);
             continue;
         }
-        all[nall++] = res;
-        char key[160];
-        if (res->message_id > 0)
-            snprintf(key, sizeof key, "%" PRId64, res->message_id);
-        else if (res->provider_message_id && res->provider_message_id[0])
-            snprintf(key, sizeof key, "p:%.150s", res->provider_message_id);
-        else {
+        if (res->message_id <= 0 && !(res->provider_message_id && res->provider_message_id[0])) {
             ds->m.results_ignored++;
+            wacast__result__free_unpacked(res, NULL);
             continue;
         }
-        Wacast__Result *prev = wc_map_get(&by_id, key);
-        if (!prev || status_rank(res->status) > status_rank(prev->status)) {
-            if (wc_map_put(&by_id, key, res) < 0)
-                abort();
-        }
+        all[nall++] = res;
     }
     struct evbuffer *a[8];
     for (int k = 0; k < 8; k++) {
@@ -810,10 +797,8 @@ static void on_results(wc_redis *r, redisReply *reply, void *arg)
         evbuffer_add(a[k], "{", 1);
     }
     size_t rows = 0;
-    for (size_t i = 0; i < by_id.cap; i++) {
-        if (!wc_map_live(&by_id, i))
-            continue;
-        Wacast__Result *res = by_id.slots[i].value;
+    for (size_t i = 0; i < nall; i++) {
+        Wacast__Result *res = all[i];
         bool first = rows == 0;
         evbuffer_add_printf(a[0], "%s%" PRId64, first ? "" : ",", res->message_id);
         evbuffer_add_printf(a[1], "%s%s", first ? "" : ",", status_name(res->status));
@@ -830,7 +815,6 @@ static void on_results(wc_redis *r, redisReply *reply, void *arg)
         evbuffer_add(a[k], "}\0", 2);
         params[k] = (const char *)evbuffer_pullup(a[k], -1);
     }
-    ds->m.results_ignored += nall - rows;
     if (rows > 0 && wc_pg_query(ds->d.pg, SINK_SQL, 8, params, on_sink_written, sb) == 0) {
         ds->sink_writing = true;
     } else if (rows > 0) {
@@ -849,7 +833,6 @@ static void on_results(wc_redis *r, redisReply *reply, void *arg)
     for (size_t i = 0; i < nall; i++)
         wacast__result__free_unpacked(all[i], NULL);
     free(all);
-    wc_map_free(&by_id);
     if (!ds->sink_writing)
         read_results(ds);
 }

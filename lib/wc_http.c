@@ -184,7 +184,8 @@ wc_http *wc_http_new(struct event_base *base, const char *bind, int port, wc_htt
         return NULL;
     }
     evhttp_set_timeout(h->http, 30);
-    evhttp_set_max_body_size(h->http, 1 << 20);
+    /* Above the webhook limit (1 MiB), so the handlers answer and count 413s. */
+    evhttp_set_max_body_size(h->http, 4 << 20);
     evhttp_set_max_headers_size(h->http, 64 << 10);
     evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
                                             EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE);

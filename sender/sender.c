@@ -107,6 +107,7 @@ static const wc_cfg_entry cfg_table[] = {
     X(held_paused, "messages set aside because their campaign is paused")                          \
     X(held_cancelled, "messages not sent because their campaign was cancelled")                    \
     X(dead_lettered, "messages that ran out of attempts (copied to the dead-letter stream)")       \
+    X(handed_back, "messages put back on the jobs stream because their device left service")       \
     X(leases_acquired, "device leases taken")                                                      \
     X(leases_lost, "device leases lost to expiry or another sender")                               \
     X(leases_released, "device leases handed back")                                                \
@@ -196,6 +197,9 @@ struct fleet {
 
 static void device_step(device *dv);
 static void device_release(device *dv);
+static void handback_outbox(device *dv);
+static void handback_entry(device *dv);
+static void on_void(wc_redis *r, redisReply *reply, void *arg);
 
 static const char *LEASE_RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then "
                                  "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
@@ -324,6 +328,8 @@ static void device_down(device *dv, const char *status, const char *reason)
         wc_warn("device %s %s: %s", dv->id, status, reason);
     queue_status(f, dv, status, reason);
     set_state(dv, DEV_OFFLINE);
+    /* Its queued messages go to other devices of the user meanwhile. */
+    handback_outbox(dv);
     if (!strcmp(status, "blocked")) {
         dv->open_backoff_ms =
             (int)(f->cfg.blocked_retry_s * 1000 > 2000000000 ? 2000000000
@@ -515,6 +521,149 @@ static void on_void_device(wc_redis *r, redisReply *reply, void *arg)
     reply_ok(dv->f, reply);
 }
 
+static void on_report_reply(wc_redis *r, redisReply *reply, void *arg);
+
+/* Puts the job in hand back on the jobs stream, unclaimed and without a
+ * device preference, and acknowledges its outbox entry. */
+static void handback_entry(device *dv)
+{
+    fleet *f = dv->f;
+    wc_redis *rc = f->d.redis;
+    set_state(dv, DEV_REPORTING);
+    dv->pending_replies = 0;
+    dv->reply_failed = false;
+    f->m.handed_back++;
+    char key[64], ttl[32], outbox[128];
+    wc_key_msg(key, sizeof key, (long long)dv->job->message_id);
+    snprintf(ttl, sizeof ttl, "%ld", f->cfg.idempotency_ttl_s);
+    wc_key_outbox(outbox, sizeof outbox, dv->id);
+    char *preferred = dv->job->device_id;
+    dv->job->device_id = "";
+    size_t len = wacast__job__get_packed_size(dv->job);
+    uint8_t *buf = malloc(len ? len : 1);
+    if (!buf)
+        abort();
+    wacast__job__pack(dv->job, buf);
+    dv->job->device_id = preferred;
+    /* Our claim becomes "routed" again so the router accepts the job. */
+    int rcode = wc_redis_command(rc, on_report_reply, dv, "SET %s r:handback EX %s", key, ttl);
+    dv->pending_replies += rcode == 0;
+    const char *argv[] = {"XADD", WC_KEY_JOBS, "*", "j", (const char *)buf};
+    size_t lens[] = {4, strlen(WC_KEY_JOBS), 1, 1, len};
+    int rc2 = wc_redis_commandv(rc, on_report_reply, dv, 5, argv, lens);
+    dv->pending_replies += rc2 == 0;
+    int rc3 = wc_redis_command(rc, on_report_reply, dv, "XACK %s %s %s", outbox, WC_GROUP_SEND,
+                               dv->entry_id);
+    dv->pending_replies += rc3 == 0;
+    int rc4 = wc_redis_command(rc, on_report_reply, dv, "XDEL %s %s", outbox, dv->entry_id);
+    dv->pending_replies += rc4 == 0;
+    free(buf);
+    if (rcode | rc2 | rc3 | rc4)
+        dv->reply_failed = true;
+    if (dv->pending_replies == 0) {
+        dv->pel_mode = true;
+        free_job(dv);
+        set_state(dv, DEV_IDLE);
+        device_step(dv);
+    }
+}
+
+/* Moves every entry of a device's outbox back to the jobs stream (the device
+ * is out of service: its queued messages go to other devices of the user). */
+typedef struct handback_op {
+    fleet *f;
+    char device[40];
+    char outbox[128];
+} handback_op;
+
+static void handback_next(handback_op *op);
+
+static void on_handback_deleted(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    handback_op *op = arg;
+    if (!reply_ok(op->f, reply)) {
+        free(op);
+        return;
+    }
+    handback_next(op);
+}
+
+static void on_handback_range(wc_redis *r, redisReply *reply, void *arg)
+{
+    handback_op *op = arg;
+    fleet *f = op->f;
+    if (!reply_ok(f, reply) || reply->type != REDIS_REPLY_ARRAY || reply->elements == 0) {
+        free(op);
+        return;
+    }
+    const char **del = calloc(reply->elements + 3, sizeof *del);
+    const char **ack = calloc(reply->elements + 4, sizeof *ack);
+    if (!del || !ack)
+        abort();
+    del[0] = "XDEL";
+    del[1] = op->outbox;
+    ack[0] = "XACK";
+    ack[1] = op->outbox;
+    ack[2] = WC_GROUP_SEND;
+    int nd = 2, na = 3;
+    for (size_t i = 0; i < reply->elements; i++) {
+        redisReply *e = reply->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2)
+            continue;
+        redisReply *fields = e->element[1];
+        for (size_t k = 0; fields->type == REDIS_REPLY_ARRAY && k + 1 < fields->elements; k += 2) {
+            if (strcmp(fields->element[k]->str, "j") != 0)
+                continue;
+            Wacast__Job *job = wacast__job__unpack(NULL, fields->element[k + 1]->len,
+                                                   (const uint8_t *)fields->element[k + 1]->str);
+            if (!job)
+                continue;
+            char *chosen = job->device_id;
+            job->device_id = "";
+            size_t len = wacast__job__get_packed_size(job);
+            uint8_t *buf = malloc(len ? len : 1);
+            if (!buf)
+                abort();
+            wacast__job__pack(job, buf);
+            job->device_id = chosen;
+            wacast__job__free_unpacked(job, NULL);
+            const char *argv[] = {"XADD", WC_KEY_JOBS, "*", "j", (const char *)buf};
+            size_t lens[] = {4, strlen(WC_KEY_JOBS), 1, 1, len};
+            if (wc_redis_commandv(r, on_void, f, 5, argv, lens) == 0)
+                f->m.handed_back++;
+            free(buf);
+        }
+        del[nd++] = e->element[0]->str;
+        ack[na++] = e->element[0]->str;
+    }
+    int rc = wc_redis_commandv(r, on_void, f, na, ack, NULL);
+    if (rc == 0)
+        rc = wc_redis_commandv(r, on_handback_deleted, op, nd, del, NULL);
+    free(del);
+    free(ack);
+    if (rc < 0)
+        free(op);
+}
+
+static void handback_next(handback_op *op)
+{
+    if (wc_redis_command(op->f->d.redis, on_handback_range, op, "XRANGE %s - + COUNT 500",
+                         op->outbox) < 0)
+        free(op);
+}
+
+static void handback_outbox(device *dv)
+{
+    handback_op *op = calloc(1, sizeof *op);
+    if (!op)
+        abort();
+    op->f = dv->f;
+    snprintf(op->device, sizeof op->device, "%s", dv->id);
+    wc_key_outbox(op->outbox, sizeof op->outbox, dv->id);
+    handback_next(op);
+}
+
 static void on_sent(void *arg, const wc_send_result *sr)
 {
     device *dv = arg;
@@ -523,11 +672,15 @@ static void on_sent(void *arg, const wc_send_result *sr)
         return; /* closed under us: the release path already cleaned up */
     if (sr->device_action == WC_DEVICE_PAUSE || sr->device_action == WC_DEVICE_OFFLINE) {
         /* The provider says this device cannot send (restricted, or its
-         * credentials were rejected): take it out of service after recording
-         * this message's outcome. */
+         * credentials were rejected): the fault is the device's, not the
+         * message's. The message goes back to the router for another device
+         * of the user (no attempt used), and the device leaves service. */
         dv->down_status = sr->device_action == WC_DEVICE_PAUSE ? "blocked" : "offline";
         snprintf(dv->down_reason, sizeof dv->down_reason, "%s",
                  sr->device_reason[0] ? sr->device_reason : sr->error_message);
+        dv->attempts--;
+        handback_entry(dv);
+        return;
     }
     Wacast__Result res = WACAST__RESULT__INIT;
     res.message_id = dv->job->message_id;
@@ -1363,6 +1516,11 @@ static void on_idle_poll(evutil_socket_t fd, short what, void *arg)
         if (!wc_map_live(&f->devices, i))
             continue;
         device *dv = f->devices.slots[i].value;
+        if (dv->state == DEV_OFFLINE) {
+            /* Jobs routed here before the router saw the device leave. */
+            handback_outbox(dv);
+            continue;
+        }
         if (dv->state == DEV_IDLE && !evtimer_pending(dv->timer, NULL)) {
             /* An idle device also re-checks its pending list: an entry whose
              * delivery reply was lost is never left behind. */
