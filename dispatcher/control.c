@@ -20,11 +20,15 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <jansson.h>
+#include <sodium.h>
 
 #include "dispatcher.h"
 #include "wc_keys.h"
 #include "wc_log.h"
+#include "wc_gowa.h"
 #include "wc_publish.h"
+#include "wc_seal.h"
 
 #define PAUSED_INDEX "wacast:paused:index"
 
@@ -178,6 +182,113 @@ static const char *SQL_RETRY_FAILED =
     " SELECT " WC_SQL_JOB_COLUMNS WC_SQL_JOB_FROM " WHERE m.id IN (SELECT id FROM m)"
     " AND (SELECT count(*) FROM u) >= 0";
 
+/* ---- device pairing: the gateway's login QR ------------------------------------------------ */
+
+typedef struct qr_op {
+    dispatcher *ds;
+    struct evhttp_request *req;
+    char device[40];
+} qr_op;
+
+static void on_qr(void *arg, const wc_gowa_qr *qr)
+{
+    qr_op *op = arg;
+    if (qr->error) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "gateway: %s", qr->error);
+        wc_http_reply_error(op->req, 502, msg);
+    } else {
+        json_t *body = json_pack("{s:s, s:s, s:i, s:s, s:s}", "device_id", op->device, "qr_link",
+                                 qr->qr_link, "qr_duration", qr->qr_duration, "qr_png_base64",
+                                 qr->png_base64, "content_type", "image/png");
+        char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+        if (text)
+            wc_http_reply_json(op->req, 200, text);
+        else
+            wc_http_reply_error(op->req, 500, "out of memory");
+        free(text);
+        json_decref(body);
+    }
+    free(op);
+}
+
+static void on_qr_device(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    qr_op *op = arg;
+    dispatcher *ds = op->ds;
+    if (!res || PQntuples(res) == 0) {
+        wc_http_reply_error(op->req, res ? 404 : 503, res ? "no such device" : err);
+        free(op);
+        return;
+    }
+    if (strcmp(PQgetvalue(res, 0, 0), "gowa") != 0) {
+        wc_http_reply_error(op->req, 409, "QR pairing is for gowa devices");
+        free(op);
+        return;
+    }
+    json_t *settings = json_loads(PQgetvalue(res, 0, 1), 0, NULL);
+    const char *base = json_string_value(json_object_get(settings, "base_url"));
+    const char *gw_device = json_string_value(json_object_get(settings, "device_id"));
+    json_t *creds = NULL;
+    const char *hex = PQgetvalue(res, 0, 2);
+    if (hex[0]) {
+        size_t hexlen = strlen(hex), len = 0;
+        uint8_t *sealed = malloc(hexlen / 2 + 1);
+        char *plain = NULL, why[160] = "";
+        size_t plainlen = 0;
+        if (!ds->seal || !sealed ||
+            sodium_hex2bin(sealed, hexlen / 2 + 1, hex, hexlen, NULL, &len, NULL) != 0 ||
+            wc_unseal(ds->seal, sealed, len, &plain, &plainlen, why, sizeof why) < 0) {
+            free(sealed);
+            json_decref(settings);
+            wc_http_reply_error(op->req, 500,
+                                ds->seal ? "cannot open the device's credentials"
+                                         : "device credentials are sealed: set WACAST_SECRET_KEY");
+            free(op);
+            return;
+        }
+        free(sealed);
+        creds = json_loadb(plain, plainlen, 0, NULL);
+        wc_seal_plain_free(plain, plainlen);
+    }
+    const char *user = json_string_value(json_object_get(creds, "username"));
+    const char *pass = json_string_value(json_object_get(creds, "password"));
+    if (!base) {
+        wc_http_reply_error(op->req, 409, "device settings have no base_url");
+        free(op);
+    } else if (wc_gowa_login_qr(ds->httpc, base, gw_device, user, pass, on_qr, op) < 0) {
+        wc_http_reply_error(op->req, 502, "cannot reach the gateway");
+        free(op);
+    }
+    json_decref(settings);
+    json_decref(creds);
+}
+
+static void device_qr(dispatcher *ds, struct evhttp_request *req, const char *device)
+{
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
+        wc_http_reply_error(req, 405, "use GET");
+        return;
+    }
+    qr_op *op = calloc(1, sizeof *op);
+    if (!op) {
+        wc_http_reply_error(req, 500, "out of memory");
+        return;
+    }
+    op->ds = ds;
+    op->req = req;
+    snprintf(op->device, sizeof op->device, "%s", device);
+    const char *params[] = {op->device};
+    if (wc_pg_query(ds->d.pg,
+                    "SELECT platform, settings::text, coalesce(encode(credentials, 'hex'), '')"
+                    " FROM user_devices WHERE id = $1",
+                    1, params, on_qr_device, op) < 0) {
+        wc_http_reply_error(req, 503, "database unavailable");
+        free(op);
+    }
+}
+
 static void on_admin(struct evhttp_request *req, void *arg)
 {
     dispatcher *ds = arg;
@@ -191,12 +302,21 @@ static void on_admin(struct evhttp_request *req, void *arg)
         wc_http_reply_error(req, 401, "missing or wrong bearer token");
         return;
     }
+    const char *path = evhttp_request_get_uri(req);
+    char device[64] = "";
+    if (sscanf(path, "/admin/devices/%63[^/]/qr", device) == 1) {
+        if (!is_uuid(device)) {
+            wc_http_reply_error(req, 400, "device id is not a UUID");
+            return;
+        }
+        device_qr(ds, req, device);
+        return;
+    }
     if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
         wc_http_reply_error(req, 405, "use POST");
         return;
     }
     /* /admin/campaigns/<uuid>/<action> */
-    const char *path = evhttp_request_get_uri(req);
     char campaign[64] = "", action[32] = "";
     if (sscanf(path, "/admin/campaigns/%63[^/]/%31[a-z-]", campaign, action) != 2) {
         wc_http_reply_error(req, 404,
@@ -429,6 +549,13 @@ static void on_paused_timer(evutil_socket_t fd, short what, void *arg)
 
 void control_init(dispatcher *ds)
 {
+    char err[256];
+    if (getenv(WC_SEAL_KEY_ENV) && getenv(WC_SEAL_KEY_ENV)[0] &&
+        wc_seal_init_env(&ds->seal, err, sizeof err) < 0) {
+        wc_error("%s", err);
+        exit(1);
+    }
+    ds->httpc = wc_httpc_new(ds->d.base, 64);
     if (ds->d.http && wc_http_route_prefix(ds->d.http, "/admin/", on_admin, ds) < 0) {
         wc_error("cannot route /admin/");
         abort();
@@ -438,6 +565,10 @@ void control_init(dispatcher *ds)
 
 void control_free(dispatcher *ds)
 {
+    wc_httpc_free(ds->httpc);
+    ds->httpc = NULL;
+    wc_seal_keys_free(ds->seal);
+    ds->seal = NULL;
     if (ds->paused_timer)
         event_free(ds->paused_timer);
     ds->paused_timer = NULL;

@@ -91,6 +91,8 @@ typedef struct dispatcher {
     struct event *refresh_timer, *parked_timer, *claim_timer, *sweep_timer, *read_timer, *sim_timer,
         *paused_timer;
     bool sim_busy, paused_busy, cancel_busy;
+    struct wc_httpc *httpc;    /* gateway calls of the admin API (QR pairing) */
+    struct wc_seal_keys *seal; /* to open device credentials; NULL without WACAST_SECRET_KEY */
 } dispatcher;
 
 /* Appends a status result for the sink (and, with a message id, records the

@@ -527,6 +527,7 @@ static void start_daemons(void)
     for (; common[n]; n++)
         with_port[n] = common[n];
     with_port[n++] = port_env;
+    with_port[n++] = "WACAST_ADMIN_TOKEN=gowa-e2e-admin";
     with_port[n] = NULL;
     if (wt_spawn(&env, "wacast-scheduler", "scheduler", common) < 0 ||
         wt_spawn(&env, "wacast-dispatcher", "dispatcher", with_port) < 0 ||
@@ -746,6 +747,37 @@ static int setup(void **state)
 
 /* ---- 1. a clean campaign
  * ------------------------------------------------------------------------- */
+
+/* Pairing: the admin API fetches the gateway's login QR for a device, with
+ * the device's sealed credentials, and returns it as a base64 PNG. */
+static void test_qr_pairing(void **state)
+{
+    (void)state;
+    /* A device whose WhatsApp session is logged out needs a new QR scan. */
+    char control[64];
+    snprintf(control, sizeof control, "/_control/devices/%s", devices[0].gowa_id);
+    assert_true(fake_ok(&gowa, "POST", control, "{\"state\": \"logged_out\"}"));
+    char url[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/admin/devices/%s/qr", dport, devices[0].id);
+    const char *auth[] = {"Authorization: Bearer gowa-e2e-admin", NULL};
+    resp r;
+    long code = http("GET", url, NULL, 0, auth, &r);
+    fprintf(stderr, "QR: %ld %.200s\n", code, r.body ? r.body : "");
+    assert_int_equal(code, 200);
+    json_t *j = json_loadb(r.body, r.len, 0, NULL);
+    assert_non_null(j);
+    const char *png = jstr(j, "qr_png_base64");
+    /* base64 of the PNG signature \x89PNG\r\n\x1a\n */
+    assert_true(strncmp(png, "iVBORw0KGgo", 11) == 0);
+    assert_true(json_integer_value(json_object_get(j, "qr_duration")) > 0);
+    assert_true(strlen(jstr(j, "qr_link")) > 0);
+    json_decref(j);
+    resp_free(&r);
+    /* Without the token: refused. */
+    code = http("GET", url, NULL, 0, NULL, &r);
+    assert_int_equal(code, 401);
+    resp_free(&r);
+}
 
 static void test_campaign_end_to_end(void **state)
 {
@@ -1055,6 +1087,7 @@ int main(void)
         cmocka_unit_test(test_campaign_end_to_end),
         cmocka_unit_test(test_stop_opts_out),
         cmocka_unit_test(test_logged_out_device),
+        cmocka_unit_test(test_qr_pairing),
     };
     return cmocka_run_group_tests_name("gowa-e2e", tests, setup, teardown);
 }
