@@ -37,7 +37,7 @@ skip_raw=0
 profile=0
 keep=0
 phase_timeout=600   # longest a measured phase may run
-budget=570          # the whole run: phases get shorter time-outs so it ends within this
+budget=585          # the whole run: phases get shorter time-outs so it ends within this
 raw_rows=300000     # rows of the raw PostgreSQL test (at most --messages)
 outdir=$here/results
 build=$root/build-bench
@@ -321,7 +321,7 @@ if [ "$skip_wacast" -eq 0 ]; then
   log "wacast: $devices devices online; making the campaign due"
 
   # Leave time for the baseline (it needs the longest), the raw tests and the checks.
-  wacast_limit=$(phase_limit $(( 40 + (skip_baseline ? 0 : 200) + (skip_raw ? 0 : 50) )))
+  wacast_limit=$(phase_limit $(( 40 + (skip_baseline ? 0 : 150) + (skip_raw ? 0 : 40) )))
   log "wacast: measuring (time-out ${wacast_limit}s)"
   perf_pid=""
   if [ "$profile" -eq 1 ]; then
@@ -347,7 +347,8 @@ EOF
     prof=$outdir/$stamp.profile.txt
     {
       echo "# perf record -a -F 499 over the wacast phase ($messages messages): CPU samples by process"
-      timeout 300 perf report -i "$work/out/perf.data" --no-children --sort comm --stdio -g none 2>/dev/null | grep -v '^$'
+      timeout 300 perf report -i "$work/out/perf.data" --no-children --sort comm --stdio -g none 2>/dev/null \
+      | grep -v '^$' | grep -v '^#' | head -15
       for c in wacast-schedule wacast-dispatch wacast-sender redis-server postgres; do
         echo; echo "# $c: self time by shared object and symbol (>= 0.5%)"
         timeout 300 perf report -i "$work/out/perf.data" --no-children --comm "$c" --percentage relative --sort dso,sym --stdio -g none \
@@ -390,7 +391,7 @@ if [ "$skip_baseline" -eq 0 ]; then
     for i in $(seq "$baseline_workers"); do [ -f "$work/out/baseline-worker-$i.ready" ] || return 1; done
   }
   wait_for 60 "the baseline processes to connect" baseline_ready
-  baseline_limit=$(phase_limit $(( 40 + (skip_raw ? 0 : 50) )))
+  baseline_limit=$(phase_limit $(( 25 + (skip_raw ? 0 : 35) )))
   cat >"$work/baseline-phase.json" <<EOF
 {"name":"baseline","db":"$base_db","campaign":"$campaign","redis":"$redis_url",
  "simKey":"baseline:sim:sends","lists":{"wait":"bull:sends:wait"},"publishedKey":"bull:sends:id",

@@ -196,6 +196,11 @@ async function main() {
     if (m) commands.push({ cmd: m[1], calls: Number(m[2]), usec: Number(m[3]), usec_per_call: Number(m[4]) });
   }
   commands.sort((a, b) => b.usec - a.usec);
+  const persistence = {};
+  for (const line of (await redis.info('persistence')).split('\n')) {
+    const m = line.match(/^(aof_rewrites|aof_current_size|rdb_bgsave_in_progress|aof_rewrite_in_progress):(\d+)/);
+    if (m) persistence[m[1]] = Number(m[2]);
+  }
   const c = last.c;
   const e2e = c.finished ? c.finished - dueEpoch : null;
   const procs = {};
@@ -236,6 +241,7 @@ async function main() {
     procs,
     postgres: { wal: delta(wal0, wal1), database: delta(db0, db1), statements },
     redis_commands: commands,
+    redis_persistence: persistence,
   };
   fs.writeFileSync(cfg.summary, JSON.stringify(summary, null, 2));
   out.end();

@@ -39,6 +39,10 @@ const lit = (a) => '{' + a.map((v) => '"' + String(v).replace(/(["\\])/g, '\\$1'
 
 // Batch 0 runs untimed (it also prepares the statement); the others are
 // shared out to the connections, each taking the next batch when free.
+// WAL written, from the insert position (pg_stat_wal lags: backends flush it at most once a second).
+const WAL = 'SELECT pg_current_wal_insert_lsn() AS lsn';
+const walDiff = (a, b) => `SELECT pg_wal_lsn_diff('${b}', '${a}')::bigint AS n`;
+
 async function run(conns, batches, sql) {
   const clients = [];
   for (let k = 0; k < conns; k++) {
@@ -48,6 +52,7 @@ async function run(conns, batches, sql) {
   }
   await clients[0].query({ name: 's', text: sql, values: batches[0] });
   let next = 1;
+  const w0 = (await clients[0].query(WAL)).rows[0];
   const t0 = process.hrtime.bigint();
   await Promise.all(
     clients.map(async (c) => {
@@ -58,8 +63,11 @@ async function run(conns, batches, sql) {
     })
   );
   const s = Number(process.hrtime.bigint() - t0) / 1e9;
+  const w1 = (await clients[0].query(WAL)).rows[0];
+  const wal = (await clients[0].query(walDiff(w0.lsn, w1.lsn))).rows[0].n;
   for (const c of clients) await c.end();
-  return s;
+  const n = batches.slice(1).reduce((a, b) => a + b[b.length === 6 ? 2 : 0].split(',').length, 0);
+  return { s, walBytesPerRow: wal / n };
 }
 
 async function main() {
@@ -106,10 +114,12 @@ async function main() {
   for (const conns of cfg.conns || [1, 2]) {
     await db.query('TRUNCATE raw_messages RESTART IDENTITY');
     await db.query('CHECKPOINT');
-    const ins = await run(conns, insertBatches, INSERT);
+    const insR = await run(conns, insertBatches, INSERT);
+    const ins = insR.s;
     await db.query('VACUUM ANALYZE raw_messages');
     await db.query('CHECKPOINT');
-    const upd = await run(conns, updateBatches, UPDATE);
+    const updR = await run(conns, updateBatches, UPDATE);
+    const upd = updR.s;
     const check = (await db.query("SELECT count(*) FILTER (WHERE status = 'sent') AS sent, count(*) AS n FROM raw_messages")).rows[0];
     if (check.sent !== rows || check.n !== rows) throw new Error(`raw table: ${check.n} rows, ${check.sent} sent; expected ${rows}`);
     const r = {
@@ -118,6 +128,8 @@ async function main() {
       insert_rows_per_s: Math.round((rows - batches0) / ins),
       update_s: Number(upd.toFixed(3)),
       update_rows_per_s: Math.round((rows - batches0) / upd),
+      insert_wal_bytes_per_row: Math.round(insR.walBytesPerRow),
+      update_wal_bytes_per_row: Math.round(updR.walBytesPerRow),
     };
     result.runs.push(r);
     console.log(

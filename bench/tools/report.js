@@ -57,11 +57,11 @@ function stages(samples, names) {
   return out;
 }
 
-// Rate series (per second, over ~1 s windows) for the plot.
+// Rate series (per second, over ~2 s windows) for the plot.
 function rateSeries(samples, key) {
   const out = [];
-  for (let i = 2; i < samples.length; i += 1) {
-    const a = samples[i - 2],
+  for (let i = 4; i < samples.length; i += 1) {
+    const a = samples[i - 4],
       b = samples[i];
     if (typeof a[key] !== 'number' || typeof b[key] !== 'number') continue;
     const dt = b.t - a.t;
@@ -166,7 +166,7 @@ if (series.length) {
     `set output '${base}.png'`,
     `set title "${title}"`,
     'set xlabel "seconds since the campaign became due"',
-    'set ylabel "messages per second (1 s windows)"',
+    'set ylabel "messages per second (2 s windows)"',
     'set grid',
     'set key outside bottom center horizontal',
     'set format y "%.0f"',
@@ -290,17 +290,18 @@ for (const [name, p] of [['wacast', wacast], ['baseline', baseline]]) {
 md.push('');
 
 md.push('## Where the time goes (server-side counters over the measured window)', '');
-row('pipeline', 'PostgreSQL commits / msg', 'WAL bytes / msg', 'WAL records / msg', 'tuples inserted / msg', 'tuples updated / msg', 'Redis commands / msg', 'Redis µs / msg');
-row('---', '---:', '---:', '---:', '---:', '---:', '---:', '---:');
+row('pipeline', 'PostgreSQL commits / msg', 'WAL bytes / msg', 'WAL records / msg', 'tuples inserted / msg', 'tuples updated / msg', 'Redis commands / msg', 'Redis µs / msg', 'AOF rewrites', 'AOF size at end (MiB)');
+row('---', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:');
 for (const [name, p] of [['wacast', wacast], ['baseline', baseline]]) {
   const ph = p.phase;
   if (!ph || !ph.postgres || !ph.total) continue;
   const n = ph.total;
   const calls = ph.redis_commands.reduce((a, c) => a + c.calls, 0);
   const usec = ph.redis_commands.reduce((a, c) => a + c.usec, 0);
-  row(name, fmt(ph.postgres.database.xact_commit / n, 3), fmt(ph.postgres.wal.wal_bytes / n), fmt(ph.postgres.wal.wal_records / n, 1), fmt(ph.postgres.database.tup_inserted / n, 2), fmt(ph.postgres.database.tup_updated / n, 2), fmt(calls / n, 2), fmt(usec / n, 1));
+  const aof = ph.redis_persistence || {};
+  row(name, fmt(ph.postgres.database.xact_commit / n, 3), fmt(ph.postgres.wal.wal_bytes / n), fmt(ph.postgres.wal.wal_records / n, 1), fmt(ph.postgres.database.tup_inserted / n, 2), fmt(ph.postgres.database.tup_updated / n, 2), fmt(calls / n, 2), fmt(usec / n, 1), fmt(aof.aof_rewrites), fmt(aof.aof_current_size / 2 ** 20, 0));
 }
-md.push('');
+md.push('Redis µs / msg is time inside commands (INFO commandstats); reading, parsing and answering them, the AOF and its rewrites cost Redis about as much again (compare with its CPU seconds above).', '');
 for (const [name, p] of [['wacast', wacast], ['baseline', baseline]]) {
   const ph = p.phase;
   if (!ph || !ph.redis_commands) continue;
@@ -322,9 +323,9 @@ for (const [name, p] of [['wacast', wacast], ['baseline', baseline]]) {
 if (rawPg) {
   md.push('## Raw PostgreSQL', '');
   md.push(`Table created with (LIKE broadcast_messages INCLUDING ALL), ${fmt(rawPg.rows)} rows, batches of ${fmt(rawPg.batch)}, one transaction per batch.`, '');
-  row('connections', 'INSERT … unnest rows/s', 'INSERT time (s)', 'UPDATE … FROM unnest rows/s', 'UPDATE time (s)');
-  row('---:', '---:', '---:', '---:', '---:');
-  for (const r of rawPg.runs) row(r.conns, fmt(r.insert_rows_per_s), fmt(r.insert_s, 2), fmt(r.update_rows_per_s), fmt(r.update_s, 2));
+  row('connections', 'INSERT … unnest rows/s', 'INSERT time (s)', 'INSERT WAL bytes / row', 'UPDATE … FROM unnest rows/s', 'UPDATE time (s)', 'UPDATE WAL bytes / row');
+  row('---:', '---:', '---:', '---:', '---:', '---:', '---:');
+  for (const r of rawPg.runs) row(r.conns, fmt(r.insert_rows_per_s), fmt(r.insert_s, 2), fmt(r.insert_wal_bytes_per_row), fmt(r.update_rows_per_s), fmt(r.update_s, 2), fmt(r.update_wal_bytes_per_row));
   md.push('');
 }
 if (png) md.push(`![messages per second](${path.basename(png)})`, '');
