@@ -838,9 +838,18 @@ static void on_marker(device *dv, const char *v, size_t len)
         const char *colon = memrchr(v, ':', len);
         int64_t claimed_ms = colon ? strtoll(colon + 1, NULL, 10) : 0;
         int64_t wait_ms = claimed_ms + f->cfg.in_doubt_ms - wc_now_us() / 1000;
-        if (dv->doubt_since_us == 0) {
+        bool first_look = dv->doubt_since_us == 0;
+        if (first_look) {
             dv->doubt_since_us = wc_mono_us();
             f->m.in_doubt++;
+        }
+        /* And at least half the wait after this sender first saw it: after an
+         * outage (Redis restarting, no dispatcher) the status webhook gets a
+         * fair chance to land before the message is sent again. */
+        int64_t seen_wait_ms = f->cfg.in_doubt_ms / 2 - (wc_mono_us() - dv->doubt_since_us) / 1000;
+        if (seen_wait_ms > wait_ms)
+            wait_ms = seen_wait_ms;
+        if (first_look) {
             wc_warn("device %s: message %" PRId64 " in doubt (%.*s); waiting up to %" PRId64
                     " ms for its status",
                     dv->id, dv->job->message_id, (int)len, v, wait_ms > 0 ? wait_ms : 0);
