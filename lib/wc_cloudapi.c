@@ -424,6 +424,7 @@ static void classify(ca_send *s, const wc_httpc_resp *resp)
     case CA_PAIR:
         set_result(r, WC_SEND_RETRY, code_str, "%s", text);
         r->retry_after_ms = CA_PAIR_RETRY_MS;
+        r->recipient_only = true;
         break;
     case CA_LATER:
         set_result(r, WC_SEND_RETRY, code_str, "%s", text);

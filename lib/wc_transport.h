@@ -43,6 +43,8 @@ typedef struct wc_send_result {
     char provider_id[128];   /* provider's message id on success */
     int retry_after_ms;      /* hint for WC_SEND_RETRY (0: caller's back-off) */
     int device_action;       /* wc_device_action */
+    bool recipient_only;     /* RETRY concerns only this recipient (a per-pair limit): the
+                                device goes on with its other messages meanwhile */
     char device_reason[128]; /* why, when device_action != WC_DEVICE_OK */
 } wc_send_result;
 

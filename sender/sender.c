@@ -167,6 +167,8 @@ typedef struct device {
     Wacast__Job *job;
     uint32_t attempts;
     int64_t doubt_since_us; /* monotonic; 0 when not in doubt */
+    int64_t deferred_id;    /* last message put back for a recipient-only wait */
+    bool sent_since_defer;  /* another message went out since then */
     int pending_replies;
     bool reply_failed;
 } device;
@@ -199,6 +201,7 @@ static void device_step(device *dv);
 static void device_release(device *dv);
 static void handback_outbox(device *dv);
 static void handback_entry(device *dv);
+static void defer_entry(device *dv, int64_t not_before_us);
 static void on_void(wc_redis *r, redisReply *reply, void *arg);
 
 static const char *LEASE_RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then "
@@ -568,6 +571,47 @@ static void handback_entry(device *dv)
     }
 }
 
+/* Re-appends the job in hand to the back of its own outbox, not to be sent
+ * before not_before_us, and acknowledges the entry it came from. Our claim on
+ * the message stays, so re-reading it sends it (as our own retry). */
+static void defer_entry(device *dv, int64_t not_before_us)
+{
+    fleet *f = dv->f;
+    wc_redis *rc = f->d.redis;
+    set_state(dv, DEV_REPORTING);
+    dv->pending_replies = 0;
+    dv->reply_failed = false;
+    dv->job->not_before_us = not_before_us;
+    dv->job->attempts_made = dv->attempts;
+    dv->deferred_id = dv->job->message_id;
+    dv->sent_since_defer = false;
+    char outbox[128];
+    wc_key_outbox(outbox, sizeof outbox, dv->id);
+    size_t len = wacast__job__get_packed_size(dv->job);
+    uint8_t *buf = malloc(len ? len : 1);
+    if (!buf)
+        abort();
+    wacast__job__pack(dv->job, buf);
+    const char *argv[] = {"XADD", outbox, "*", "j", (const char *)buf};
+    size_t lens[] = {4, strlen(outbox), 1, 1, len};
+    int r1 = wc_redis_commandv(rc, on_report_reply, dv, 5, argv, lens);
+    dv->pending_replies += r1 == 0;
+    int r2 = wc_redis_command(rc, on_report_reply, dv, "XACK %s %s %s", outbox, WC_GROUP_SEND,
+                              dv->entry_id);
+    dv->pending_replies += r2 == 0;
+    int r3 = wc_redis_command(rc, on_report_reply, dv, "XDEL %s %s", outbox, dv->entry_id);
+    dv->pending_replies += r3 == 0;
+    free(buf);
+    if (r1 | r2 | r3)
+        dv->reply_failed = true;
+    if (dv->pending_replies == 0) {
+        dv->pel_mode = true;
+        free_job(dv);
+        set_state(dv, DEV_IDLE);
+        arm_timer(dv, 500000);
+    }
+}
+
 /* Moves every entry of a device's outbox back to the jobs stream (the device
  * is out of service: its queued messages go to other devices of the user). */
 typedef struct handback_op {
@@ -694,6 +738,17 @@ static void on_sent(void *arg, const wc_send_result *sr)
     if (sr->outcome == WC_SEND_OK) {
         res.status = WACAST__STATUS__STATUS_SENT;
         f->m.sent++;
+    } else if (sr->outcome == WC_SEND_RETRY && sr->recipient_only &&
+               dv->attempts < (uint32_t)f->cfg.max_attempts) {
+        /* Only this recipient must wait (e.g. Meta's 131056 pair limit): the
+         * message goes to the back of the outbox with a not-before time and
+         * the device goes on with its other messages. */
+        f->m.retried++;
+        int64_t wait = sr->retry_after_ms > 0 ? (int64_t)sr->retry_after_ms * 1000 : 6000000;
+        wc_info("device %s: message %" PRId64 ": %s (%s); this recipient waits %" PRId64 " ms",
+                dv->id, dv->job->message_id, sr->error_message, sr->error_code, wait / 1000);
+        defer_entry(dv, wc_now_us() + wait);
+        return;
     } else if (sr->outcome == WC_SEND_RETRY && dv->attempts < (uint32_t)f->cfg.max_attempts) {
         /* Keep the entry in our pending list; read it again after a back-off. */
         f->m.retried++;
@@ -766,6 +821,7 @@ static void send_now(device *dv)
         .attempt = dv->attempts + 1,
     };
     dv->attempts++;
+    dv->sent_since_defer = true;
     set_state(dv, DEV_SENDING);
     int rc = dv->ops->send(dv->transport, &req, on_sent, dv);
     /* Pacing runs from the start of one send to the start of the next; the
@@ -958,6 +1014,22 @@ static void park_paused(device *dv, const uint8_t *payload, size_t len)
 static void consider(device *dv, const uint8_t *payload, size_t len)
 {
     fleet *f = dv->f;
+    int64_t now = wc_now_us();
+    if (dv->job->not_before_us > now) {
+        if (dv->deferred_id == dv->job->message_id && !dv->sent_since_defer) {
+            /* It came straight back: nothing else to send. Wait for it. */
+            int64_t wait = dv->job->not_before_us - now;
+            dv->pel_mode = true;
+            free_job(dv);
+            if (now + wait > dv->next_at_us)
+                dv->next_at_us = now + wait;
+            set_state(dv, DEV_PACING);
+            arm_timer(dv, wait);
+            return;
+        }
+        defer_entry(dv, dv->job->not_before_us);
+        return;
+    }
     uintptr_t hold = (uintptr_t)wc_map_get(&f->holds, dv->job->campaign_id);
     if (hold == HOLD_PAUSED) {
         park_paused(dv, payload, len);
@@ -1046,6 +1118,8 @@ static void on_read(wc_redis *r, redisReply *reply, void *arg)
         return;
     }
     dv->job = job;
+    if (job->attempts_made > dv->attempts)
+        dv->attempts = job->attempts_made; /* a re-queued job keeps its count */
     consider(dv, payload, payload_len);
 }
 
