@@ -29,7 +29,7 @@
 #define DEVICES_PER_USER 100
 #define MIN_DELAY 0.05
 #define MAX_DELAY 0.15
-#define DEADLINE_MS 300000
+#define DEADLINE_MS 480000
 
 static uint64_t seed;
 static wt_env env;
@@ -88,7 +88,7 @@ static const char *daemon_env[] = {"WACAST_LOG_LEVEL=info",
                                    "WACAST_CLAIM_IDLE_MS=3000",
                                    "WACAST_CLAIM_STALE_S=5",
                                    "WACAST_BATCH=1000",
-                                   "WACAST_IN_DOUBT_MS=12000",
+                                   "WACAST_IN_DOUBT_MS=20000",
                                    "WACAST_SIM_CALLBACKS=sent",
                                    "WACAST_SIM_CALLBACK_DELAY_MS=100",
                                    "WACAST_START_TIMEOUT=60",
