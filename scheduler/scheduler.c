@@ -380,6 +380,8 @@ static void on_vars(wc_pg *pg, PGresult *res, const char *err, void *arg)
 {
     (void)pg;
     scheduler *s = arg;
+    if (!s->c)
+        return; /* the expansion ended under us (shutdown) */
     campaign *c = s->c;
     if (!res) {
         s->m.pg_errors++;
@@ -476,6 +478,10 @@ static void on_leads(wc_pg *pg, PGresult *res, const char *err, void *arg)
 {
     (void)pg;
     scheduler *s = arg;
+    if (!s->c)
+        return; /* the expansion ended under us (shutdown) */
+    if (!s->c)
+        return; /* the expansion ended under us (shutdown) */
     campaign *c = s->c;
     if (!res) {
         s->m.pg_errors++;
@@ -674,6 +680,8 @@ static void on_jobs_len(wc_redis *r, redisReply *reply, void *arg)
 {
     (void)r;
     scheduler *s = arg;
+    if (!s->c)
+        return; /* the expansion ended under us (shutdown) */
     if (s->state != EXP_CHECK_LEN)
         return;
     if (!reply || reply->type != REDIS_REPLY_INTEGER) {
@@ -742,6 +750,8 @@ static void on_published(wc_redis *r, redisReply *reply, void *arg)
 {
     (void)r;
     scheduler *s = arg;
+    if (!s->c)
+        return; /* the expansion ended under us (shutdown) */
     if (!reply || reply->type == REDIS_REPLY_ERROR) {
         s->m.redis_errors++;
         s->publish_failed = true;
@@ -774,6 +784,8 @@ static void on_marked(wc_pg *pg, PGresult *res, const char *err, void *arg)
 {
     (void)pg;
     scheduler *s = arg;
+    if (!s->c)
+        return; /* the expansion ended under us (shutdown) */
     if (!res) {
         /* Published but still pending: harmless, the reconciler republishes
          * and the idempotency marker stops a second send. */
@@ -828,6 +840,8 @@ static void on_leftovers(wc_pg *pg, PGresult *res, const char *err, void *arg)
 {
     (void)pg;
     scheduler *s = arg;
+    if (!s->c)
+        return; /* the expansion ended under us (shutdown) */
     if (!res) {
         s->m.pg_errors++;
         abandon(s, err);
@@ -848,6 +862,8 @@ static void on_processing(wc_pg *pg, PGresult *res, const char *err, void *arg)
 {
     (void)pg;
     scheduler *s = arg;
+    if (!s->c)
+        return; /* the expansion ended under us (shutdown) */
     if (!res) {
         s->m.pg_errors++;
         abandon(s, err);
