@@ -182,6 +182,9 @@ async function main() {
     statements = (
       await db.query(
         `SELECT calls, rows, round(total_exec_time::numeric, 1) AS total_ms, round(mean_exec_time::numeric, 2) AS mean_ms,
+                round(total_plan_time::numeric, 1) AS plan_ms, jit_functions,
+                round((jit_generation_time + jit_inlining_time + jit_optimization_time + jit_emission_time)::numeric, 1) AS jit_ms,
+                round(wal_bytes::numeric / greatest(rows, 1)) AS wal_bytes_per_row,
                 regexp_replace(query, '\\s+', ' ', 'g') AS query
          FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
          ORDER BY total_exec_time DESC LIMIT 12`

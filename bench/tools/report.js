@@ -311,11 +311,11 @@ for (const [name, p] of [['wacast', wacast], ['baseline', baseline]]) {
   for (const c of ph.redis_commands.slice(0, 14)) row(c.cmd, fmt(c.calls), fmt(c.calls / ph.total, 3), fmt(c.usec), fmt(c.usec_per_call, 2));
   md.push('');
   md.push(`### ${name}: PostgreSQL statements by total time (pg_stat_statements)`, '');
-  row('calls', 'rows', 'total ms', 'mean ms', 'statement');
-  row('---:', '---:', '---:', '---:', '---');
+  row('calls', 'rows', 'total ms', 'mean ms', 'of which JIT ms', 'WAL bytes / row', 'statement');
+  row('---:', '---:', '---:', '---:', '---:', '---:', '---');
   for (const st of ph.postgres.statements.filter((x) => !x.error).slice(0, 10)) {
     const q = st.query.length > 160 ? st.query.slice(0, 157) + '…' : st.query;
-    row(fmt(st.calls), fmt(st.rows), fmt(st.total_ms, 0), fmt(st.mean_ms, 2), '`' + q.replace(/\|/g, '\\|').replace(/`/g, "'") + '`');
+    row(fmt(st.calls), fmt(st.rows), fmt(st.total_ms, 0), fmt(st.mean_ms, 2), fmt(st.jit_ms, 0), fmt(st.wal_bytes_per_row), '`' + q.replace(/\|/g, '\\|').replace(/`/g, "'") + '`');
   }
   md.push('');
 }
