@@ -108,6 +108,8 @@ static void classify(gw_send *s, const wc_httpc_resp *resp)
         set_result(r, WC_SEND_RETRY, resp->timed_out ? "timeout" : "network",
                    "gateway unreachable: %s", resp->error);
         r->retry_after_ms = backoff_ms(s->attempt);
+        /* A time-out may come after the provider took the message. */
+        r->outcome_unknown = resp->timed_out;
         return;
     }
     json_t *root = json_loadb(resp->body, resp->body_len, 0, NULL);

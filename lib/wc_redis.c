@@ -87,6 +87,7 @@ struct wc_redis {
     enum conn_state state;
     redisAsyncContext *ac;
     long long state_since_ms;
+    long long last_progress_ms; /* last time a command was answered */
     int handshake_left;
     bool drop_pending; /* a reply callback asked for the connection to be dropped */
     char drop_reason[512];
@@ -362,6 +363,7 @@ static void request_unlink(wc_redis *r, wc_redis_request *q)
         r->tail = q->prev;
     q->prev = q->next = NULL;
     r->npending--;
+    r->last_progress_ms = now_ms();
 }
 
 static void request_link(wc_redis *r, wc_redis_request *q)
@@ -655,7 +657,12 @@ static void tick_event(evutil_socket_t fd, short what, void *arg)
         break;
     case CONN_HANDSHAKE:
     case CONN_READY:
-        if (r->head && now - r->head->sent_ms >= r->timeout_ms) {
+        /* Stuck, not busy: the oldest command is over the time-out AND nothing
+         * was answered for as long. A server working through a deep pipeline
+         * keeps answering, and dropping the connection then would throw away
+         * replies it has already acted on. */
+        if (r->head && now - r->head->sent_ms >= r->timeout_ms &&
+            now - r->last_progress_ms >= r->timeout_ms) {
             snprintf(reason, sizeof reason, "%s timed out after %d ms (%zu commands pending)",
                      r->head->cmd[0] ? r->head->cmd : "command", r->timeout_ms, r->npending);
             conn_drop(r, reason);

@@ -100,6 +100,8 @@ static void on_recorded(wc_redis *r, redisReply *reply, void *arg)
         reply->element[0]->type != REDIS_REPLY_STRING) {
         /* The record is the device's "network": no record, no send. */
         s->res.outcome = WC_SEND_RETRY;
+        /* Without the EXEC reply nobody knows whether the record was written. */
+        s->res.outcome_unknown = reply == NULL;
         snprintf(s->res.error_code, sizeof s->res.error_code, "sim_unavailable");
         snprintf(s->res.error_message, sizeof s->res.error_message,
                  "simulated provider unreachable: %s",

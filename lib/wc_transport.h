@@ -45,6 +45,9 @@ typedef struct wc_send_result {
     int device_action;       /* wc_device_action */
     bool recipient_only;     /* RETRY concerns only this recipient (a per-pair limit): the
                                 device goes on with its other messages meanwhile */
+    bool outcome_unknown;    /* RETRY where the message may have gone out (reply lost, time-out
+                                after the request left): resend only once the provider's status
+                                says it did not */
     char device_reason[128]; /* why, when device_action != WC_DEVICE_OK */
 } wc_send_result;
 

@@ -168,7 +168,11 @@ typedef struct device {
     uint32_t attempts;
     int64_t doubt_since_us; /* monotonic; 0 when not in doubt */
     int64_t deferred_id;    /* last message put back for a recipient-only wait */
-    bool sent_since_defer;  /* another message went out since then */
+    int64_t safe_retry_id;  /* last message whose failed attempt surely did not go out */
+    int64_t done_id;        /* last message whose outcome we reported... */
+    uint8_t *done_result;   /* ...and that outcome (packed Result), to replay */
+    size_t done_len;
+    bool sent_since_defer; /* another message went out since then */
     int pending_replies;
     bool reply_failed;
 } device;
@@ -750,7 +754,10 @@ static void on_sent(void *arg, const wc_send_result *sr)
         defer_entry(dv, wc_now_us() + wait);
         return;
     } else if (sr->outcome == WC_SEND_RETRY && dv->attempts < (uint32_t)f->cfg.max_attempts) {
-        /* Keep the entry in our pending list; read it again after a back-off. */
+        /* Keep the entry in our pending list; read it again after a back-off.
+         * Only an attempt that surely did not go out may simply be resent. */
+        if (!sr->outcome_unknown)
+            dv->safe_retry_id = dv->job->message_id;
         f->m.retried++;
         int64_t backoff = (int64_t)f->cfg.retry_base_ms * 1000
                           << (dv->attempts - 1 > 16 ? 16 : dv->attempts - 1);
@@ -880,10 +887,24 @@ static void on_marker(device *dv, const char *v, size_t len)
     char mine[160], same_device[64];
     snprintf(mine, sizeof mine, "c:%s:%s:", dv->id, f->cfg.c.instance_id);
     snprintf(same_device, sizeof same_device, "c:%s:", dv->id);
-    if (len > strlen(mine) && memcmp(v, mine, strlen(mine)) == 0) {
-        claim(dv, true); /* our own earlier attempt: claim afresh and send again */
+    bool own = len > strlen(mine) && memcmp(v, mine, strlen(mine)) == 0;
+    if (own && dv->done_id == dv->job->message_id && dv->done_result) {
+        /* We sent it and its report was lost: report again, never resend. */
+        Wacast__Result *res = wacast__result__unpack(NULL, dv->done_len, dv->done_result);
+        f->m.replayed++;
+        if (res) {
+            report(dv, res);
+            wacast__result__free_unpacked(res, NULL);
+            return;
+        }
+    }
+    if (own &&
+        (dv->safe_retry_id == dv->job->message_id || dv->deferred_id == dv->job->message_id)) {
+        claim(dv, true); /* our own attempt that surely did not go out: send again */
         return;
     }
+    /* Any other claim on this device (a dead sender's, or ours with an unknown
+     * outcome) is in doubt. */
     if (len > strlen(same_device) && memcmp(v, same_device, strlen(same_device)) == 0) {
         /* A sender died after handing this message to the transport and
          * before recording the outcome. The provider's status callback, when
@@ -1160,6 +1181,15 @@ static void report(device *dv, const Wacast__Result *res)
         buf[0] = 'd';
         buf[1] = ':';
         wacast__result__pack(res, buf + 2);
+        /* Kept until the next outcome: if this report is lost, the re-read
+         * entry replays it instead of sending again. */
+        free(dv->done_result);
+        dv->done_result = malloc(len ? len : 1);
+        if (!dv->done_result)
+            abort();
+        memcpy(dv->done_result, buf + 2, len);
+        dv->done_len = len;
+        dv->done_id = res->message_id;
         wc_key_msg(key, sizeof key, (long long)res->message_id);
         snprintf(ttl, sizeof ttl, "%ld", f->cfg.idempotency_ttl_s);
         const char *set_argv[] = {"SET", key, (const char *)buf, "EX", ttl};
@@ -1751,6 +1781,7 @@ int main(int argc, char **argv)
         event_free(dv->timer);
         free(dv->settings);
         free(dv->credentials_hex);
+        free(dv->done_result);
         free(dv);
     }
     wc_map_free(&f.devices);
