@@ -807,14 +807,15 @@ for r in res["runs"]:
                  "stalled or starved." % (miss, len(se)))
     L.append("")
 L.append("## Idle load that grows with D (every device held, no work, %s s window)\n" % idle_w)
+L.append("Redis counts the commands a script runs (GET, PEXPIRE inside the lease-renewal EVAL) as well as the EVAL.\n")
 L.append("| D | Redis commands/s (top) | PostgreSQL statements (calls, rows, ms in the window) |")
 L.append("| ---: | --- | --- |")
-for label, rr, pg in [("0", res["baseline"]["redis_idle"], res["baseline"]["pg_idle"])] + \
-        [("{:,}".format(r["devices"]), r.get("redis_idle") or [], r.get("pg_idle") or []) for r in res["runs"]]:
+for label, rr, pg, secs in [("0", res["baseline"]["redis_idle"], res["baseline"]["pg_idle"], base.get("idle_seconds"))] + \
+        [("{:,}".format(r["devices"]), r.get("redis_idle") or [], r.get("pg_idle") or [], r.get("idle_seconds")) for r in res["runs"]]:
     rtxt = "<br>".join("%s %s/s (%.0f ms)" % (x["command"].replace("|", " "), f1(x["per_s"], "{:,.1f}"), x["usec"] / 1000)
                        for x in rr[:6])
     rtot = sum(x["calls"] for x in rr)
-    secs = float(idle_w)
+    secs = secs or float(idle_w)
     rtxt = ("**%s commands/s in all**<br>" % f1(rtot / secs, "{:,.0f}")) + rtxt if rr else rtxt
     ptxt = "<br>".join("%d × `%s` → %d rows, %.0f ms" % (x["calls"], x["query"][:90].replace("|", "\\|"), x["rows"], x["ms"])
                        for x in pg[:4])
