@@ -163,7 +163,11 @@ done
 if [ ! -f "$here/baseline/node_modules/.package-lock.json" ] ||
    [ "$here/baseline/package-lock.json" -nt "$here/baseline/node_modules/.package-lock.json" ]; then
   log "installing the baseline's npm packages (npm ci)"
-  (cd "$here/baseline" && timeout 600 npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  # npm 11's ci refuses this lock over optional per-platform packages of
+  # msgpackr-extract that it lists without versions; npm install keeps to the
+  # locked versions all the same.
+  (cd "$here/baseline" && { timeout 600 npm ci --no-audit --no-fund --loglevel=error >/dev/null 2>&1 ||
+     timeout 600 npm install --no-audit --no-fund --loglevel=error >/dev/null; })
 fi
 
 # ---- Redis and PostgreSQL in a temporary folder ----------------------------------------------------
