@@ -3,8 +3,16 @@
  * and benchmarks can prove exactly-once delivery, content and pacing from the
  * outside. Nothing in the engine special-cases it.
  *
- * Per-device settings (user_devices.settings): sim_latency_ms,
- * sim_failure_rate (0..1), sim_offline (true: the device cannot connect). */
+ * Per-device settings (user_devices.settings), read when the device connects
+ * (a changed setting reconnects it at its next rest):
+ *   sim_latency_ms     provider latency
+ *   sim_failure_rate   share of sends that fail (0..1)
+ *   sim_fail_mode      "permanent" (the message fails, default) or
+ *                      "transient" (the provider is unavailable: retried)
+ *   sim_offline        true: the device cannot connect
+ *   sim_blocked        true: every send is refused because the number is
+ *                      restricted (like Meta's 131048/368): the device is blocked
+ *   sim_logged_out     true: every send finds the account logged out */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +34,9 @@ typedef struct sim_device {
     char device_id[64];
     int latency_ms;
     double failure_rate;
+    bool transient;     /* failures are retryable (provider unavailable) */
+    bool blocked;       /* the number is restricted */
+    bool logged_out;    /* the account was logged out */
     sim_send *inflight; /* one send at a time per device */
 } sim_device;
 
@@ -63,6 +74,11 @@ static void *sim_open(const wc_transport_env *env, const char *device_id, json_t
     json_t *fr = settings ? json_object_get(settings, "sim_failure_rate") : NULL;
     if (fr && json_is_number(fr))
         d->failure_rate = json_number_value(fr);
+    const char *mode =
+        settings ? json_string_value(json_object_get(settings, "sim_fail_mode")) : NULL;
+    d->transient = mode && !strcmp(mode, "transient");
+    d->blocked = settings && json_is_true(json_object_get(settings, "sim_blocked"));
+    d->logged_out = settings && json_is_true(json_object_get(settings, "sim_logged_out"));
     return d;
 }
 
@@ -163,9 +179,37 @@ static int sim_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, 
     s->dev = d;
     s->cb = cb;
     s->arg = arg;
+    if (d->blocked || d->logged_out) {
+        /* Refused before anything went out: no record, like the provider's
+         * error reply. Reported from the loop, never from inside send(). */
+        s->res.outcome = WC_SEND_RETRY;
+        s->res.device_action = d->blocked ? WC_DEVICE_PAUSE : WC_DEVICE_LOGGED_OUT;
+        snprintf(s->res.error_code, sizeof s->res.error_code, "%s",
+                 d->blocked ? "sim_blocked" : "sim_logged_out");
+        snprintf(s->res.error_message, sizeof s->res.error_message, "%s",
+                 d->blocked ? "simulated number is restricted" : "simulated account is logged out");
+        snprintf(s->res.device_reason, sizeof s->res.device_reason, "%s",
+                 d->blocked ? "simulated number is restricted" : "simulated account is logged out");
+        s->timer = evtimer_new(d->env->base, on_latency, s);
+        struct timeval tv = {0, 0};
+        if (!s->timer || evtimer_add(s->timer, &tv) < 0) {
+            if (s->timer)
+                event_free(s->timer);
+            free(s);
+            return -1;
+        }
+        s->recorded = true; /* nothing to wait for on close */
+        d->inflight = s;
+        return 0;
+    }
     bool fail =
         d->failure_rate > 0 && (double)randombytes_uniform(1000000) < d->failure_rate * 1000000.0;
-    if (fail) {
+    if (fail && d->transient) {
+        s->res.outcome = WC_SEND_RETRY;
+        snprintf(s->res.error_code, sizeof s->res.error_code, "sim_unavailable");
+        snprintf(s->res.error_message, sizeof s->res.error_message,
+                 "simulated provider is unavailable (HTTP 503)");
+    } else if (fail) {
         s->res.outcome = WC_SEND_FAIL;
         snprintf(s->res.error_code, sizeof s->res.error_code, "sim_failure");
         snprintf(s->res.error_message, sizeof s->res.error_message,

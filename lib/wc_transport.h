@@ -29,11 +29,13 @@ typedef enum {
 
 /* What the result says about the device itself, beyond this one message. */
 typedef enum {
-    WC_DEVICE_OK = 0,  /* nothing to do */
-    WC_DEVICE_PAUSE,   /* provider restricted the sender (spam/policy): stop sending from it
-                          until an operator resumes it */
-    WC_DEVICE_OFFLINE, /* the device cannot send (credentials rejected, logged out): take it
-                          offline; the message was not consumed */
+    WC_DEVICE_OK = 0,     /* nothing to do */
+    WC_DEVICE_PAUSE,      /* provider restricted the sender (spam/policy): stop sending from it
+                             until an operator resumes it */
+    WC_DEVICE_OFFLINE,    /* the device cannot send (credentials rejected, unreachable): take it
+                             offline; the message was not consumed */
+    WC_DEVICE_LOGGED_OUT, /* the account was logged out of the device: 'logged_out' until it is
+                             paired again; the message was not consumed */
 } wc_device_action;
 
 typedef struct wc_send_result {

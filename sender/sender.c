@@ -337,7 +337,7 @@ static void device_down(device *dv, const char *status, const char *reason)
     set_state(dv, DEV_OFFLINE);
     /* Its queued messages go to other devices of the user meanwhile. */
     handback_outbox(dv);
-    if (!strcmp(status, "blocked")) {
+    if (!strcmp(status, "blocked") || !strcmp(status, "logged_out")) {
         dv->open_backoff_ms =
             (int)(f->cfg.blocked_retry_s * 1000 > 2000000000 ? 2000000000
                                                              : f->cfg.blocked_retry_s * 1000);
@@ -718,12 +718,15 @@ static void on_sent(void *arg, const wc_send_result *sr)
     fleet *f = dv->f;
     if (dv->state != DEV_SENDING || !dv->job)
         return; /* closed under us: the release path already cleaned up */
-    if (sr->device_action == WC_DEVICE_PAUSE || sr->device_action == WC_DEVICE_OFFLINE) {
+    if (sr->device_action == WC_DEVICE_PAUSE || sr->device_action == WC_DEVICE_OFFLINE ||
+        sr->device_action == WC_DEVICE_LOGGED_OUT) {
         /* The provider says this device cannot send (restricted, or its
          * credentials were rejected): the fault is the device's, not the
          * message's. The message goes back to the router for another device
          * of the user (no attempt used), and the device leaves service. */
-        dv->down_status = sr->device_action == WC_DEVICE_PAUSE ? "blocked" : "offline";
+        dv->down_status = sr->device_action == WC_DEVICE_PAUSE        ? "blocked"
+                          : sr->device_action == WC_DEVICE_LOGGED_OUT ? "logged_out"
+                                                                      : "offline";
         snprintf(dv->down_reason, sizeof dv->down_reason, "%s",
                  sr->device_reason[0] ? sr->device_reason : sr->error_message);
         dv->attempts--;
