@@ -503,8 +503,9 @@ static void on_paused_index(wc_redis *r, redisReply *reply, void *arg)
     evbuffer_add(ids, "}\0", 2);
     const char *params[] = {(const char *)evbuffer_pullup(ids, -1)};
     if (wc_pg_query(ds->d.pg,
-                    "SELECT id FROM campaigns WHERE id = ANY($1::uuid[]) AND status <> 'paused'", 1,
-                    params, on_resumable, ds) < 0)
+                    "SELECT id FROM campaigns WHERE id = ANY($1::uuid[]) AND status <> 'paused'"
+                    " AND wacast_in_window(send_window_start, send_window_end, time_zone)",
+                    1, params, on_resumable, ds) < 0)
         ds->paused_busy = false;
     evbuffer_free(ids);
 }

@@ -240,11 +240,11 @@ static void on_refresh(evutil_socket_t fd, short what, void *arg)
     char grace[32];
     snprintf(grace, sizeof grace, "%f", ds->cfg.online_grace_ms / 1000.0);
     const char *params[] = {grace};
-    if (wc_pg_query(
-            ds->d.pg,
-            "SELECT id, user_id FROM user_devices WHERE status = 'online' "
-            "AND last_seen > now() - make_interval(secs => $1::float8) ORDER BY user_id, id",
-            1, params, on_devices, ds) == 0)
+    if (wc_pg_query(ds->d.pg,
+                    "SELECT id, user_id FROM user_devices WHERE status = 'online' "
+                    "AND last_seen > now() - make_interval(secs => $1::float8) "
+                    "AND (resting_until IS NULL OR resting_until <= now()) ORDER BY user_id, id",
+                    1, params, on_devices, ds) == 0)
         ds->refreshing = true;
 }
 
@@ -374,6 +374,16 @@ static void on_appended(wc_redis *r, redisReply *reply, void *arg)
         finish_route_batch(b);
 }
 
+static void on_pg_void(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    dispatcher *ds = arg;
+    if (!res) {
+        ds->m.pg_errors++;
+        wc_warn("%s", err);
+    }
+}
+
 static void on_acked(wc_redis *r, redisReply *reply, void *arg)
 {
     (void)r;
@@ -386,6 +396,7 @@ static void finish_route_batch(route_batch *b)
     current_batch = NULL;
     ds->routing = NULL;
     struct evbuffer *ids = evbuffer_new();
+    struct evbuffer *cleared = NULL;
     wc_map woken;
     wc_map_init(&woken);
     size_t nacked = 0;
@@ -403,6 +414,17 @@ static void finish_route_batch(route_batch *b)
             ds->m.jobs_routed++;
             if (!wc_map_get(&woken, j->device) && wc_map_put(&woken, j->device, (void *)1) < 0)
                 abort();
+            if (!wc_map_get(&ds->clean, j->job->campaign_id)) {
+                /* Its campaign may show a "waiting" reason (ours or a dead
+                 * peer's): routing again clears it, once. */
+                if (!cleared)
+                    cleared = evbuffer_new();
+                evbuffer_add_printf(cleared, "%s%s", evbuffer_get_length(cleared) ? "," : "{",
+                                    j->job->campaign_id);
+                if (wc_map_put(&ds->clean, j->job->campaign_id, (void *)1) < 0)
+                    abort();
+                wc_map_del(&ds->waiting, j->job->campaign_id);
+            }
             free_route_job(j);
         } else {
             /* No device for now: keep it unacknowledged and try again later. */
@@ -424,6 +446,16 @@ static void finish_route_batch(route_batch *b)
     }
     wc_map_free(&woken);
     evbuffer_free(ids);
+    if (cleared) {
+        evbuffer_add(cleared, "}\0", 2);
+        const char *params[] = {(const char *)evbuffer_pullup(cleared, -1)};
+        if (wc_pg_query(ds->d.pg,
+                        "UPDATE campaigns SET status_reason = NULL WHERE id = ANY($1::uuid[])"
+                        " AND status_reason LIKE 'waiting:%'",
+                        1, params, on_pg_void, ds) < 0)
+            ds->m.pg_errors++;
+        evbuffer_free(cleared);
+    }
     free(b);
     read_jobs(ds);
 }
@@ -527,11 +559,105 @@ static void read_jobs(dispatcher *ds)
     }
 }
 
+static void on_waiting_written(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    dispatcher *ds = arg;
+    ds->waiting_busy = false;
+    if (!res) {
+        ds->m.pg_errors++;
+        wc_warn("writing waiting reasons: %s", err);
+    }
+}
+
+/* Campaigns with messages that no device can take say so, and why (the
+ * states of the user's devices), rewritten every few seconds while it lasts. */
+static void mark_waiting(dispatcher *ds)
+{
+    if (ds->waiting_busy || !ds->parked)
+        return;
+    int64_t now_s = wc_mono_us() / 1000000;
+    struct evbuffer *ids = evbuffer_new();
+    size_t n = 0;
+    for (route_job *j = ds->parked; j; j = j->next) {
+        const char *c = j->job->campaign_id;
+        if (wc_map_get(&ds->users, j->job->user_id))
+            continue; /* it has a device; only full for now */
+        uintptr_t at = (uintptr_t)wc_map_get(&ds->waiting, c);
+        if (at && now_s + 1 - (int64_t)at < 5)
+            continue;
+        if (wc_map_put(&ds->waiting, c, (void *)(uintptr_t)(now_s + 1)) < 0)
+            abort();
+        wc_map_del(&ds->clean, c);
+        evbuffer_add_printf(ids, "%s%s", n++ ? "," : "{", c);
+    }
+    if (n) {
+        evbuffer_add(ids, "}\0", 2);
+        const char *params[] = {(const char *)evbuffer_pullup(ids, -1)};
+        static const char *sql =
+            "UPDATE campaigns c SET status_reason = 'waiting: no healthy device (' ||"
+            " coalesce((SELECT string_agg(n || ' ' || st, ', ' ORDER BY st) FROM"
+            "  (SELECT CASE WHEN d.status = 'online' AND d.resting_until > now() THEN"
+            "    CASE WHEN d.status_reason LIKE 'daily limit%' THEN 'at daily limit'"
+            "    ELSE 'resting' END"
+            "   WHEN d.status = 'online' THEN 'not seen by a sender' ELSE d.status::text END"
+            "   AS st, count(*) AS n FROM user_devices d WHERE d.user_id = c.user_id"
+            "   GROUP BY 1) x), 'the user has no device') || ')'"
+            " WHERE c.id = ANY($1::uuid[]) AND c.status IN ('triggered', 'processing')"
+            " AND (c.status_reason IS NULL OR c.status_reason LIKE 'waiting:%')";
+        if (wc_pg_query(ds->d.pg, sql, 1, params, on_waiting_written, ds) == 0) {
+            ds->waiting_busy = true;
+            ds->m.waiting_reasons += n;
+        } else {
+            ds->m.pg_errors++;
+        }
+    }
+    evbuffer_free(ids);
+}
+
+static void on_window_written(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    dispatcher *ds = arg;
+    ds->window_busy = false;
+    if (!res) {
+        ds->m.pg_errors++;
+        wc_warn("writing sending-window reasons: %s", err);
+    }
+}
+
+/* Running campaigns outside their sending window say so, and when it opens
+ * (senders set their messages aside meanwhile; control.c brings them back
+ * when the window opens). */
+static void on_window_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    dispatcher *ds = arg;
+    if (ds->window_busy)
+        return;
+    static const char *sql =
+        "UPDATE campaigns c SET status_reason = w.reason FROM ("
+        " SELECT id, CASE WHEN wacast_in_window(send_window_start, send_window_end, time_zone)"
+        "  THEN NULL ELSE format('outside sending window %s-%s %s; opens at %s',"
+        "   to_char(send_window_start, 'HH24:MI'), to_char(send_window_end, 'HH24:MI'), time_zone,"
+        "   to_char(wacast_window_opens(send_window_start, send_window_end, time_zone)"
+        "    AT TIME ZONE time_zone, 'YYYY-MM-DD HH24:MI')) END AS reason"
+        " FROM campaigns WHERE status IN ('triggered', 'processing')"
+        " AND send_window_start IS NOT NULL) w"
+        " WHERE c.id = w.id AND ((w.reason IS NOT NULL AND c.status_reason IS DISTINCT FROM "
+        "w.reason)"
+        "  OR (w.reason IS NULL AND c.status_reason LIKE 'outside sending window%'))";
+    if (wc_pg_query(ds->d.pg, sql, 0, NULL, on_window_written, ds) == 0)
+        ds->window_busy = true;
+}
+
 static void on_parked_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     dispatcher *ds = arg;
+    mark_waiting(ds);
     if (ds->routing || !ds->parked)
         return;
     route_job *jobs = ds->parked;
@@ -976,6 +1102,8 @@ int main(int argc, char **argv)
                    metrics, &ds);
     wc_map_init(&ds.users);
     wc_map_init(&ds.online);
+    wc_map_init(&ds.waiting);
+    wc_map_init(&ds.clean);
     char err[256];
     /* Blocking reads need connections of their own; BLOCK is under the timeout. */
     long tmo = ds.cfg.c.timeout_ms < 3000 ? 3000 : ds.cfg.c.timeout_ms;
@@ -992,6 +1120,7 @@ int main(int argc, char **argv)
     wc_daemon_on_stop(&ds.d, on_stop, &ds);
     ds.refresh_timer = wc_daemon_every(&ds.d, (int)ds.cfg.refresh_ms, on_refresh, &ds);
     ds.parked_timer = wc_daemon_every(&ds.d, 1000, on_parked_timer, &ds);
+    ds.window_timer = wc_daemon_every(&ds.d, 1000, on_window_timer, &ds);
     ds.claim_timer = wc_daemon_every(&ds.d, 5000, on_claim_timer, &ds);
     ds.sweep_timer = wc_daemon_every(&ds.d, 2000, on_sweep_timer, &ds);
     ds.read_timer = wc_daemon_every(&ds.d, 250, on_read_timer, &ds);
@@ -1002,6 +1131,7 @@ int main(int argc, char **argv)
 
     event_free(ds.refresh_timer);
     event_free(ds.parked_timer);
+    event_free(ds.window_timer);
     event_free(ds.claim_timer);
     event_free(ds.sweep_timer);
     event_free(ds.read_timer);
@@ -1015,6 +1145,8 @@ int main(int argc, char **argv)
     clear_devices(&ds);
     wc_map_free(&ds.users);
     wc_map_free(&ds.online);
+    wc_map_free(&ds.waiting);
+    wc_map_free(&ds.clean);
     wc_redis_free(ds.jobs_rd);
     wc_redis_free(ds.results_rd);
     wc_daemon_free(&ds.d);

@@ -45,7 +45,8 @@ typedef struct dispatcher_cfg {
     X(opt_outs, "leads opted out by an inbound reply")                                             \
     X(sim_callbacks, "simulated provider webhooks delivered")                                      \
     X(paused_requeued, "messages of resumed campaigns put back on the jobs stream")                \
-    X(admin_requests, "admin API requests served")
+    X(admin_requests, "admin API requests served")                                                 \
+    X(waiting_reasons, "times a campaign was marked waiting for a healthy device")
 
 typedef struct dispatcher_metrics {
 #define X(name, help) uint64_t name;
@@ -86,6 +87,10 @@ typedef struct dispatcher {
     route_job *parked;
     size_t nparked;
     route_batch *routing;
+    wc_map waiting; /* campaign id -> last time (mono s) we wrote its "waiting" reason */
+    wc_map clean;   /* campaign ids whose "waiting" reason we cleared (or never set) */
+    bool waiting_busy, window_busy;
+    struct event *window_timer;
     /* sink */
     bool results_reading, results_pel, results_read_pel, sink_writing;
     struct event *refresh_timer, *parked_timer, *claim_timer, *sweep_timer, *read_timer, *sim_timer,

@@ -29,6 +29,11 @@ static inline void wc_key_next(char *out, size_t n, const char *device_id)
 {
     snprintf(out, n, "wacast:{dev:%s}:next", device_id);
 }
+/* Sends of a device on one of its local days (daily cap, warm-up). */
+static inline void wc_key_day(char *out, size_t n, const char *device_id, const char *day)
+{
+    snprintf(out, n, "wacast:{dev:%s}:sent:%s", device_id, day);
+}
 /* Per message: the idempotency marker, one key that moves forward only:
  *   "r:<device>"           routed to that device's outbox (dispatcher)
  *   "c:<device>:<sender>"  a send is under way (sender, just before sending)

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -50,6 +51,9 @@ typedef struct sender_cfg {
     long holds_ms;
     long dead_maxlen;
     long blocked_retry_s;
+    long breaker_failures;
+    long breaker_rest_ms;
+    long breaker_rest_max_ms;
 } sender_cfg;
 
 static const wc_cfg_entry cfg_table[] = {
@@ -94,6 +98,14 @@ static const wc_cfg_entry cfg_table[] = {
      offsetof(sender_cfg, blocked_retry_s), 1, 2000000, false},
     {"WACAST_DEAD_MAXLEN", WC_CFG_INT, "100000", "entries kept in the dead-letter stream",
      offsetof(sender_cfg, dead_maxlen), 100, 100000000, false},
+    {"WACAST_BREAKER_FAILURES", WC_CFG_INT, "5",
+     "consecutive transient failures that open a device's circuit breaker",
+     offsetof(sender_cfg, breaker_failures), 1, 1000, false},
+    {"WACAST_BREAKER_REST_MS", WC_CFG_INT, "30000",
+     "first rest of a device whose breaker opened (doubles after each failed probe)",
+     offsetof(sender_cfg, breaker_rest_ms), 10, 86400000, false},
+    {"WACAST_BREAKER_REST_MAX_MS", WC_CFG_INT, "1800000", "longest breaker rest",
+     offsetof(sender_cfg, breaker_rest_max_ms), 10, 86400000, false},
 };
 
 #define SENDER_METRICS(X)                                                                          \
@@ -106,11 +118,15 @@ static const wc_cfg_entry cfg_table[] = {
     X(in_doubt_resent, "in-doubt messages sent again after no status arrived")                     \
     X(held_paused, "messages set aside because their campaign is paused")                          \
     X(held_cancelled, "messages not sent because their campaign was cancelled")                    \
+    X(held_window, "messages set aside because their campaign is outside its sending window")      \
     X(dead_lettered, "messages that ran out of attempts (copied to the dead-letter stream)")       \
     X(handed_back, "messages put back on the jobs stream because their device left service")       \
     X(leases_acquired, "device leases taken")                                                      \
     X(leases_lost, "device leases lost to expiry or another sender")                               \
     X(leases_released, "device leases handed back")                                                \
+    X(breaker_opened, "device circuit breakers opened (or re-opened by a failed probe)")           \
+    X(breaker_closed, "device circuit breakers closed by a successful probe")                      \
+    X(daily_cap_rests, "devices that reached their daily cap and rest until their next day")       \
     X(redis_errors, "Redis commands that failed")                                                  \
     X(pg_errors, "PostgreSQL queries that failed")
 
@@ -131,15 +147,20 @@ typedef enum {
     DEV_DOUBT,     /* waiting for the status of a send a dead sender left in doubt */
     DEV_SENDING,   /* transport send in flight */
     DEV_REPORTING, /* outcome pipeline in flight */
+    DEV_RESTING,   /* ours and connected, resting: daily cap reached or circuit breaker open */
 } dev_state;
 
-static const char *dev_state_names[] = {"unowned", "acquiring", "offline", "idle",    "pacing",
-                                        "reading", "claiming",  "doubt",   "sending", "reporting"};
+static const char *dev_state_names[] = {"unowned", "acquiring", "offline",  "idle",
+                                        "pacing",  "reading",   "claiming", "doubt",
+                                        "sending", "reporting", "resting"};
+
+/* Why a device rests (sends nothing, gets no routing) for a while. */
+enum { REST_NONE = 0, REST_CAP, REST_BREAKER };
 
 typedef struct fleet fleet;
 
 /* Campaign holds, from PostgreSQL: the value in fleet.holds. */
-enum { HOLD_NONE = 0, HOLD_PAUSED = 1, HOLD_CANCELLED = 2 };
+enum { HOLD_NONE = 0, HOLD_PAUSED = 1, HOLD_CANCELLED = 2, HOLD_WINDOW = 3 };
 
 typedef struct device {
     fleet *f;
@@ -175,6 +196,30 @@ typedef struct device {
     bool sent_since_defer; /* another message went out since then */
     int pending_replies;
     bool reply_failed;
+    bool handing_back; /* its outbox is being moved to the jobs stream */
+    /* limits, from user_devices (re-read with the device list) */
+    char day[12];       /* the device's local date, in its time_zone */
+    int64_t day_end_ms; /* its next local midnight (wall clock) */
+    int32_t cap;        /* today's cap from daily_limit and warm-up; -1: none */
+    uint32_t sent_today;
+    uint32_t gap_ms; /* shortest time between two sends to the same number */
+    /* rest: daily cap reached, or circuit breaker open */
+    uint8_t rest;
+    bool rest_started; /* its outbox went back and its row says so */
+    int64_t rest_until_ms;
+    /* circuit breaker */
+    uint16_t failures; /* consecutive transient failures */
+    bool probing;      /* half open: the next send decides */
+    uint32_t breaker_rest_ms;
+    /* health: success rate, latency and disconnects, as moving averages */
+    float ok_avg, latency_ms, disconnects;
+    int64_t send_started_us;
+    uint8_t health, health_written;
+    /* what its user_devices row should say; written in batches */
+    const char *row_status;
+    char *row_reason;
+    bool row_dirty;
+    struct device *dirty_next;
 } device;
 
 struct fleet {
@@ -195,18 +240,20 @@ struct fleet {
     wc_seal_keys *seal; /* NULL when WACAST_SECRET_KEY is not set */
     struct event *refresh_timer, *heartbeat_timer, *idle_timer, *status_timer, *stop_timer,
         *holds_timer;
-    /* device status changes waiting to be written: "id\tstatus\treason" lines */
-    struct evbuffer *status_ids, *status_vals, *status_reasons;
-    size_t status_pending;
+    device *dirty; /* devices whose row must be written */
     bool status_flushing;
 };
 
 static void device_step(device *dv);
+static void load_day_count(device *dv);
+static void leave_rest(device *dv, const char *why);
+static void open_breaker(device *dv, const wc_send_result *sr);
 static void device_release(device *dv);
 static void handback_outbox(device *dv);
 static void handback_entry(device *dv);
 static void defer_entry(device *dv, int64_t not_before_us);
 static void on_void(wc_redis *r, redisReply *reply, void *arg);
+static void count_send(device *dv);
 
 static const char *LEASE_RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then "
                                  "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
@@ -238,25 +285,58 @@ static void arm_timer(device *dv, int64_t delay_us)
     evtimer_add(dv->timer, &tv);
 }
 
-static void queue_status(fleet *f, device *dv, const char *status, const char *reason)
+static void mark_dirty(device *dv)
 {
-    if (f->status_pending)
-        evbuffer_add(f->status_ids, ",", 1);
-    if (f->status_pending)
-        evbuffer_add(f->status_vals, ",", 1);
-    if (f->status_pending)
-        evbuffer_add(f->status_reasons, ",", 1);
-    evbuffer_add_printf(f->status_ids, "%s", dv->id);
-    evbuffer_add_printf(f->status_vals, "%s", status);
-    /* Array literal element: quote and escape. */
-    evbuffer_add(f->status_reasons, "\"", 1);
-    for (const char *p = reason ? reason : ""; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            evbuffer_add(f->status_reasons, "\\", 1);
-        evbuffer_add(f->status_reasons, p, 1);
+    if (dv->row_dirty || dv->state == DEV_UNOWNED)
+        return; /* another sender's device: its holder writes the row */
+    dv->row_dirty = true;
+    dv->dirty_next = dv->f->dirty;
+    dv->f->dirty = dv;
+}
+
+/* What the device's row says: status and reason (NULL: none). Written with
+ * the next batch; a change back and forth within one batch writes nothing new. */
+static void set_row(device *dv, const char *status, const char *reason)
+{
+    bool same_reason = (!reason && !dv->row_reason) ||
+                       (reason && dv->row_reason && !strcmp(reason, dv->row_reason));
+    if (dv->row_status && !strcmp(dv->row_status, status) && same_reason)
+        return;
+    dv->row_status = status;
+    free(dv->row_reason);
+    dv->row_reason = reason && *reason ? strdup(reason) : NULL;
+    mark_dirty(dv);
+}
+
+/* Health score from what recent sends and connections did: the success rate
+ * of sends (transient failures count; a message's own permanent failure does
+ * not), a penalty for slow sends, and one for recent disconnects. */
+static void health_update(device *dv)
+{
+    double score = 100.0 * dv->ok_avg;
+    if (dv->latency_ms > 2000)
+        score -= (dv->latency_ms - 2000) / 200.0 > 30 ? 30 : (dv->latency_ms - 2000) / 200.0;
+    score -= 10.0 * dv->disconnects;
+    if (score < 0)
+        score = 0;
+    if (score > 100)
+        score = 100;
+    dv->health = (uint8_t)(score + 0.5);
+    int diff = (int)dv->health - (int)dv->health_written;
+    if (diff >= 3 || diff <= -3 ||
+        (dv->health != dv->health_written && (dv->health == 100 || dv->health == 0)))
+        mark_dirty(dv);
+}
+
+static void health_send(device *dv, bool ok)
+{
+    const float a = 0.2f;
+    dv->ok_avg = dv->ok_avg * (1 - a) + (ok ? a : 0);
+    if (dv->send_started_us) {
+        float ms = (float)(wc_mono_us() - dv->send_started_us) / 1000.0f;
+        dv->latency_ms = dv->latency_ms * (1 - a) + ms * a;
     }
-    evbuffer_add(f->status_reasons, "\"", 1);
-    f->status_pending++;
+    health_update(dv);
 }
 
 static void free_job(device *dv)
@@ -333,7 +413,9 @@ static void device_down(device *dv, const char *status, const char *reason)
     fleet *f = dv->f;
     if (dv->state != DEV_OFFLINE || dv->open_backoff_ms == 0)
         wc_warn("device %s %s: %s", dv->id, status, reason);
-    queue_status(f, dv, status, reason);
+    set_row(dv, status, reason);
+    dv->disconnects += 1;
+    health_update(dv);
     set_state(dv, DEV_OFFLINE);
     /* Its queued messages go to other devices of the user meanwhile. */
     handback_outbox(dv);
@@ -374,7 +456,8 @@ static void open_transport(device *dv)
     dv->open_backoff_ms = 0;
     dv->online = true;
     f->online++;
-    queue_status(f, dv, "online", NULL);
+    /* Online again; a rest (daily cap, open breaker) keeps its reason. */
+    set_row(dv, "online", dv->rest ? dv->row_reason : NULL);
     dv->pel_mode = true;
     set_state(dv, DEV_IDLE);
     device_step(dv);
@@ -402,6 +485,28 @@ static void on_next_loaded(wc_redis *r, redisReply *reply, void *arg)
     fleet *f = dv->f;
     if (reply_ok(f, reply) && reply->type == REDIS_REPLY_STRING)
         dv->next_at_us = strtoll(reply->str, NULL, 10);
+}
+
+static void on_day_count(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    device *dv = arg;
+    if (!reply_ok(dv->f, reply))
+        return;
+    uint32_t n = reply->type == REDIS_REPLY_STRING ? (uint32_t)strtoul(reply->str, NULL, 10) : 0;
+    if (n > dv->sent_today) {
+        dv->sent_today = n;
+        mark_dirty(dv);
+    }
+}
+
+/* Today's sends so far, as counted by every holder of the device. */
+static void load_day_count(device *dv)
+{
+    char key[128];
+    wc_key_day(key, sizeof key, dv->id, dv->day);
+    if (wc_redis_command(dv->f->d.redis, on_day_count, dv, "GET %s", key) < 0)
+        dv->f->m.redis_errors++;
 }
 
 static void on_group_created(wc_redis *r, redisReply *reply, void *arg)
@@ -437,6 +542,7 @@ static void on_lease_set(wc_redis *r, redisReply *reply, void *arg)
     /* The previous owner's next send time, its pending entries, then open. The
      * replies come back in order, so open_transport runs after all three. */
     int rc = wc_redis_command(f->d.redis, on_next_loaded, dv, "GET %s", next);
+    load_day_count(dv);
     rc |= wc_redis_command(f->d.redis, on_group_created, dv, "XGROUP CREATE %s %s 0 MKSTREAM",
                            outbox, WC_GROUP_SEND);
     rc |= wc_redis_command(f->d.redis, on_autoclaim, dv,
@@ -742,9 +848,30 @@ static void on_sent(void *arg, const wc_send_result *sr)
     res.error_code = (char *)sr->error_code;
     res.error_message = (char *)sr->error_message;
     res.provider_message_id = (char *)sr->provider_id;
+    /* Health and breaker: a transient failure is the device's or provider's
+     * trouble; a permanent one (bad number, template) is the message's. */
+    bool transient = sr->outcome == WC_SEND_RETRY && !sr->recipient_only;
+    if (sr->outcome == WC_SEND_OK || transient)
+        health_send(dv, sr->outcome == WC_SEND_OK);
+    if (sr->outcome == WC_SEND_OK) {
+        dv->failures = 0;
+        if (dv->probing || dv->breaker_rest_ms) {
+            wc_info("device %s: probe succeeded; breaker closed", dv->id);
+            f->m.breaker_closed += dv->probing;
+            dv->probing = false;
+            dv->breaker_rest_ms = 0;
+            set_row(dv, "online", NULL);
+        }
+    } else if (transient) {
+        if (dv->failures < UINT16_MAX)
+            dv->failures++;
+        if (dv->probing || dv->failures >= (uint32_t)f->cfg.breaker_failures)
+            open_breaker(dv, sr);
+    }
     if (sr->outcome == WC_SEND_OK) {
         res.status = WACAST__STATUS__STATUS_SENT;
         f->m.sent++;
+        count_send(dv);
     } else if (sr->outcome == WC_SEND_RETRY && sr->recipient_only &&
                dv->attempts < (uint32_t)f->cfg.max_attempts) {
         /* Only this recipient must wait (e.g. Meta's 131056 pair limit): the
@@ -755,6 +882,14 @@ static void on_sent(void *arg, const wc_send_result *sr)
         wc_info("device %s: message %" PRId64 ": %s (%s); this recipient waits %" PRId64 " ms",
                 dv->id, dv->job->message_id, sr->error_message, sr->error_code, wait / 1000);
         defer_entry(dv, wc_now_us() + wait);
+        return;
+    } else if (sr->outcome == WC_SEND_RETRY && dv->rest == REST_BREAKER && !sr->outcome_unknown &&
+               dv->attempts < (uint32_t)f->cfg.max_attempts) {
+        /* The breaker just opened and this attempt surely did not go out: the
+         * message goes to another device of the user (its attempts count). */
+        f->m.retried++;
+        dv->job->attempts_made = dv->attempts;
+        handback_entry(dv);
         return;
     } else if (sr->outcome == WC_SEND_RETRY && dv->attempts < (uint32_t)f->cfg.max_attempts) {
         /* Keep the entry in our pending list; read it again after a back-off.
@@ -810,6 +945,22 @@ static void on_sent(void *arg, const wc_send_result *sr)
     report(dv, &res);
 }
 
+/* A send counts against the device's day, shared by whichever sender holds it. */
+static void count_send(device *dv)
+{
+    fleet *f = dv->f;
+    dv->sent_today++;
+    if (dv->cap >= 0)
+        mark_dirty(dv);
+    if (!dv->day[0])
+        return;
+    char key[128];
+    wc_key_day(key, sizeof key, dv->id, dv->day);
+    if (wc_redis_command(f->d.redis, on_void_device, dv, "INCR %s", key) < 0 ||
+        wc_redis_command(f->d.redis, on_void_device, dv, "EXPIRE %s 172800", key) < 0)
+        f->m.redis_errors++;
+}
+
 static void send_now(device *dv)
 {
     fleet *f = dv->f;
@@ -832,6 +983,7 @@ static void send_now(device *dv)
     };
     dv->attempts++;
     dv->sent_since_defer = true;
+    dv->send_started_us = wc_mono_us();
     set_state(dv, DEV_SENDING);
     int rc = dv->ops->send(dv->transport, &req, on_sent, dv);
     /* Pacing runs from the start of one send to the start of the next; the
@@ -1022,7 +1174,6 @@ static void park_paused(device *dv, const uint8_t *payload, size_t len)
     char key[128];
     wc_key_paused(key, sizeof key, dv->job->campaign_id);
     set_state(dv, DEV_CLAIMING);
-    f->m.held_paused++;
     const char *argv[] = {"XADD", key, "*", "j", (const char *)payload};
     size_t lens[] = {4, strlen(key), 1, 1, len};
     if (wc_redis_command(f->d.redis, on_void_device, dv, "SADD wacast:paused:index %s",
@@ -1055,7 +1206,13 @@ static void consider(device *dv, const uint8_t *payload, size_t len)
         return;
     }
     uintptr_t hold = (uintptr_t)wc_map_get(&f->holds, dv->job->campaign_id);
-    if (hold == HOLD_PAUSED) {
+    if (hold == HOLD_PAUSED || hold == HOLD_WINDOW) {
+        /* Paused, or outside its sending window: set aside until it resumes
+         * or the window opens (the dispatcher brings it back). */
+        if (hold == HOLD_WINDOW)
+            f->m.held_window++;
+        else
+            f->m.held_paused++;
         park_paused(dv, payload, len);
         return;
     }
@@ -1226,11 +1383,124 @@ static void report(device *dv, const Wacast__Result *res)
     }
 }
 
+/* ---- rests: daily cap, circuit breaker ------------------------------------------------- */
+
+static void format_local_ms(char *out, size_t n, int64_t ms)
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(out, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* The device stops sending until until_ms: its row says why and when it
+ * comes back (the router gives it nothing meanwhile), and what its outbox
+ * holds goes back to the router for the user's other devices. */
+static void enter_rest(device *dv, int kind, int64_t until_ms, const char *reason)
+{
+    dv->rest = (uint8_t)kind;
+    dv->rest_started = true;
+    dv->rest_until_ms = until_ms;
+    set_row(dv, "online", reason);
+    mark_dirty(dv);
+    wc_info("device %s rests: %s", dv->id, reason);
+    handback_outbox(dv);
+}
+
+static void leave_rest(device *dv, const char *why)
+{
+    if (!dv->rest)
+        return;
+    wc_info("device %s: rest over (%s)", dv->id, why);
+    dv->rest = REST_NONE;
+    dv->rest_started = false;
+    dv->rest_until_ms = 0;
+    set_row(dv, dv->online ? "online" : "offline", NULL);
+    mark_dirty(dv);
+    if (dv->state == DEV_RESTING) {
+        evtimer_del(dv->timer);
+        dv->pel_mode = true;
+        set_state(dv, DEV_IDLE);
+        device_step(dv);
+    }
+}
+
+/* Opens the breaker after consecutive transient failures (or a failed probe):
+ * rests grow from WACAST_BREAKER_REST_MS, doubling, up to the max. */
+static void open_breaker(device *dv, const wc_send_result *sr)
+{
+    fleet *f = dv->f;
+    if (dv->breaker_rest_ms == 0)
+        dv->breaker_rest_ms = (uint32_t)f->cfg.breaker_rest_ms;
+    else if (dv->probing)
+        dv->breaker_rest_ms = dv->breaker_rest_ms * 2 > (uint32_t)f->cfg.breaker_rest_max_ms
+                                  ? (uint32_t)f->cfg.breaker_rest_max_ms
+                                  : dv->breaker_rest_ms * 2;
+    f->m.breaker_opened++;
+    int64_t until = wc_now_us() / 1000 + dv->breaker_rest_ms;
+    char at[32], reason[512];
+    format_local_ms(at, sizeof at, until);
+    snprintf(reason, sizeof reason,
+             "circuit open after %u consecutive failure(s), last %s: %.200s; probing at %s",
+             dv->failures, sr->error_code, sr->error_message, at);
+    dv->probing = false;
+    /* A rest starts at the next step (device_step), once the message in hand is settled. */
+    dv->rest = REST_BREAKER;
+    dv->rest_started = false;
+    dv->rest_until_ms = until;
+    set_row(dv, "online", reason);
+    mark_dirty(dv);
+    wc_warn("device %s: %s", dv->id, reason);
+}
+
+/* Before each read: is the device resting? Starts, keeps or ends a rest. */
+static bool resting(device *dv)
+{
+    fleet *f = dv->f;
+    int64_t now_ms = wc_now_us() / 1000;
+    if (!dv->rest && dv->cap >= 0 && dv->sent_today >= (uint32_t)dv->cap) {
+        /* Today's cap is reached: rest until the device's next local midnight
+         * (or until the new day is read, when that midnight has passed). */
+        int64_t until = dv->day_end_ms > now_ms ? dv->day_end_ms : now_ms + f->cfg.refresh_ms;
+        char at[32], reason[256];
+        format_local_ms(at, sizeof at, until);
+        snprintf(reason, sizeof reason, "daily limit of %d reached (%u sent on %s); resumes at %s",
+                 dv->cap, dv->sent_today, dv->day, at);
+        f->m.daily_cap_rests++;
+        enter_rest(dv, REST_CAP, until, reason);
+    } else if (dv->rest && !dv->rest_started && dv->rest_until_ms > now_ms) {
+        /* The breaker opened on the last send: start the rest now. */
+        char *reason = dv->row_reason ? strdup(dv->row_reason) : NULL;
+        enter_rest(dv, dv->rest, dv->rest_until_ms, reason);
+        free(reason);
+    }
+    if (dv->rest && dv->rest_until_ms <= now_ms) {
+        if (dv->rest == REST_BREAKER) {
+            /* Half open: the next send decides. Routable again (its rest is over). */
+            dv->rest = REST_NONE;
+            dv->rest_started = false;
+            dv->probing = true;
+            mark_dirty(dv);
+            wc_info("device %s: breaker half open; the next send is a probe", dv->id);
+        } else if (dv->cap < 0 || dv->sent_today < (uint32_t)dv->cap) {
+            leave_rest(dv, "new day");
+        } else {
+            dv->rest_until_ms = now_ms + f->cfg.refresh_ms;
+        }
+    }
+    if (!dv->rest)
+        return false;
+    set_state(dv, DEV_RESTING);
+    int64_t wait_ms = dv->rest_until_ms - now_ms;
+    arm_timer(dv, (wait_ms > 60000 ? 60000 : wait_ms) * 1000);
+    return true;
+}
+
 /* Moves a resting device forward: release, wait, or read the next entry. */
 static void device_step(device *dv)
 {
     fleet *f = dv->f;
-    if (dv->state != DEV_IDLE && dv->state != DEV_PACING)
+    if (dv->state != DEV_IDLE && dv->state != DEV_PACING && dv->state != DEV_RESTING)
         return;
     if (!dv->want) {
         device_release(dv);
@@ -1255,6 +1525,8 @@ static void device_step(device *dv)
         arm_timer(dv, 500000);
         return;
     }
+    if (resting(dv))
+        return;
     int64_t wait = dv->next_at_us - wc_now_us();
     if (wait > 0) {
         set_state(dv, DEV_PACING);
@@ -1296,7 +1568,7 @@ static void on_device_timer(evutil_socket_t fd, short what, void *arg)
         claim(dv, false); /* look at the marker again */
         return;
     }
-    if (dv->state == DEV_PACING)
+    if (dv->state == DEV_PACING || dv->state == DEV_RESTING)
         set_state(dv, DEV_IDLE);
     device_step(dv);
 }
@@ -1335,8 +1607,9 @@ static void rebalance(fleet *f)
         dv->want = f->heartbeat_ok && wins(f, dv);
         if (dv->want && dv->state == DEV_UNOWNED)
             device_acquire(dv);
-        else if (!dv->want && (dv->state == DEV_IDLE || dv->state == DEV_PACING ||
-                               dv->state == DEV_OFFLINE || dv->state == DEV_DOUBT))
+        else if (!dv->want &&
+                 (dv->state == DEV_IDLE || dv->state == DEV_PACING || dv->state == DEV_OFFLINE ||
+                  dv->state == DEV_DOUBT || dv->state == DEV_RESTING))
             device_release(dv);
     }
 }
@@ -1363,10 +1636,14 @@ static void on_devices(wc_pg *pg, PGresult *res, const char *err, void *arg)
             if (!dv)
                 abort();
             dv->f = f;
+            dv->cap = -1;
             snprintf(dv->id, sizeof dv->id, "%s", id);
             dv->timer = evtimer_new(f->d.base, on_device_timer, dv);
             if (!dv->timer || wc_map_put(&f->devices, dv->id, dv) < 0)
                 abort();
+            /* Health goes on from what the last holder wrote. */
+            dv->health = dv->health_written = (uint8_t)atoi(PQgetvalue(res, r, 10));
+            dv->ok_avg = dv->health / 100.0f;
         }
         dv->seen = true;
         const char *platform = PQgetvalue(res, r, 1);
@@ -1392,6 +1669,24 @@ static void on_devices(wc_pg *pg, PGresult *res, const char *err, void *arg)
             free(dv->credentials_hex);
             dv->credentials_hex = strdup(creds);
         }
+        const char *day = PQgetvalue(res, r, 6);
+        dv->day_end_ms = strtoll(PQgetvalue(res, r, 7), NULL, 10);
+        int32_t cap = (int32_t)strtol(PQgetvalue(res, r, 8), NULL, 10);
+        dv->gap_ms = (uint32_t)strtoul(PQgetvalue(res, r, 9), NULL, 10);
+        bool new_day = strcmp(dv->day, day) != 0;
+        if (new_day) {
+            bool had_day = dv->day[0] != '\0';
+            snprintf(dv->day, sizeof dv->day, "%s", day);
+            dv->sent_today = 0;
+            if (had_day && dv->state != DEV_UNOWNED && dv->state != DEV_ACQUIRING)
+                load_day_count(dv);
+        }
+        if (cap != dv->cap) {
+            dv->cap = cap;
+            mark_dirty(dv);
+        }
+        if (dv->rest == REST_CAP && (dv->cap < 0 || dv->sent_today < (uint32_t)dv->cap))
+            leave_rest(dv, new_day ? "new day" : "daily limit raised");
         /* A changed transport setting takes effect at the device's next rest. */
         if (dv->reopen && dv->state == DEV_OFFLINE) {
             dv->reopen = false;
@@ -1410,10 +1705,20 @@ static void on_refresh(evutil_socket_t fd, short what, void *arg)
     fleet *f = arg;
     if (f->refreshing || f->d.stopping)
         return;
+    /* With each device: its local day and next local midnight, today's cap
+     * (the smaller of daily_limit and the warm-up schedule's entry for the
+     * day), the recipient gap and its last health score. */
     static const char *sql =
-        "SELECT id, platform, (min_delay_seconds * 1000)::bigint, (max_delay_seconds * "
-        "1000)::bigint, "
-        "settings::text, coalesce(encode(credentials, 'hex'), '') FROM user_devices";
+        "SELECT id, platform, (min_delay_seconds * 1000)::bigint,"
+        " (max_delay_seconds * 1000)::bigint, settings::text,"
+        " coalesce(encode(credentials, 'hex'), ''), l.today::text,"
+        " (extract(epoch FROM (l.today + 1)::timestamp AT TIME ZONE time_zone) * 1000)::bigint,"
+        " coalesce(least(daily_limit, CASE WHEN l.n <= array_length(warmup_schedule, 1)"
+        "   THEN warmup_schedule[l.n] END), -1),"
+        " (recipient_gap_seconds * 1000)::bigint, health_score"
+        " FROM user_devices, LATERAL (SELECT (now() AT TIME ZONE time_zone)::date AS today) t,"
+        " LATERAL (SELECT t.today, greatest(1, t.today - coalesce(warmup_started_on,"
+        "   (created_at AT TIME ZONE time_zone)::date) + 1) AS n) l";
     if (wc_pg_query(f->d.pg, sql, 0, NULL, on_devices, f) == 0)
         f->refreshing = true;
 }
@@ -1511,6 +1816,11 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
         const char *argv[] = {"EVAL", LEASE_RENEW, "1", lease, f->cfg.c.instance_id, ttl};
         if (wc_redis_commandv(f->d.redis, on_renewed, dv, 6, argv, NULL) < 0)
             f->m.redis_errors++;
+        if (dv->disconnects > 0.01f) {
+            /* Disconnects weigh less as they age (half-life ~10 minutes). */
+            dv->disconnects *= 0.996f;
+            health_update(dv);
+        }
         if (dv->online) {
             evbuffer_add_printf(ids, "%s%s", nids ? "," : "{", dv->id);
             nids++;
@@ -1535,41 +1845,86 @@ static void on_status_written(wc_pg *pg, PGresult *res, const char *err, void *a
     if (!res) {
         f->m.pg_errors++;
         wc_warn("writing device statuses: %s", err);
+        /* Written again with the next batch. */
+        for (size_t i = 0; i < f->devices.cap; i++) {
+            if (!wc_map_live(&f->devices, i))
+                continue;
+            device *dv = f->devices.slots[i].value;
+            if (dv->state != DEV_UNOWNED && dv->state != DEV_ACQUIRING)
+                mark_dirty(dv);
+        }
     }
 }
 
+/* Appends a text value as a quoted array element. */
+static void array_text(struct evbuffer *b, const char *v, bool first)
+{
+    if (!first)
+        evbuffer_add(b, ",", 1);
+    evbuffer_add(b, "\"", 1);
+    for (const char *p = v ? v : ""; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            evbuffer_add(b, "\\", 1);
+        evbuffer_add(b, p, 1);
+    }
+    evbuffer_add(b, "\"", 1);
+}
+
+/* Writes the rows of devices whose status, reason, rest, health or count
+ * changed, in one statement. */
 static void on_status_flush(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     fleet *f = arg;
-    if (!f->status_pending || f->status_flushing)
+    if (!f->dirty || f->status_flushing)
         return;
-    evbuffer_add(f->status_ids, "}\0", 2);
-    evbuffer_add(f->status_vals, "}\0", 2);
-    evbuffer_add(f->status_reasons, "}\0", 2);
-    evbuffer_prepend(f->status_ids, "{", 1);
-    evbuffer_prepend(f->status_vals, "{", 1);
-    evbuffer_prepend(f->status_reasons, "{", 1);
-    const char *params[] = {(const char *)evbuffer_pullup(f->status_ids, -1),
-                            (const char *)evbuffer_pullup(f->status_vals, -1),
-                            (const char *)evbuffer_pullup(f->status_reasons, -1)};
-    /* Last write wins per device within a batch: take the last occurrence. */
-    static const char *sql = "UPDATE user_devices d SET status = u.status::device_status, "
-                             "status_reason = NULLIF(u.reason, ''), "
-                             "last_seen = now() FROM (SELECT DISTINCT ON (id) id, status, reason "
-                             "FROM unnest($1::uuid[], "
-                             "$2::text[], $3::text[]) WITH ORDINALITY AS t(id, status, reason, n) "
-                             "ORDER BY id, n DESC) u "
-                             "WHERE d.id = u.id";
-    if (wc_pg_query(f->d.pg, sql, 3, params, on_status_written, f) == 0)
+    struct evbuffer *b[7];
+    for (int k = 0; k < 7; k++) {
+        b[k] = evbuffer_new();
+        evbuffer_add(b[k], "{", 1);
+    }
+    bool first = true;
+    size_t n = 0;
+    for (device *dv = f->dirty, *next; dv; dv = next) {
+        next = dv->dirty_next;
+        dv->dirty_next = NULL;
+        dv->row_dirty = false;
+        if (!dv->row_status)
+            dv->row_status = dv->online ? "online" : "offline";
+        const char *sep = first ? "" : ",";
+        evbuffer_add_printf(b[0], "%s%s", sep, dv->id);
+        array_text(b[1], dv->row_status, first);
+        array_text(b[2], dv->row_reason, first);
+        evbuffer_add_printf(b[3], "%s%" PRId64, sep, dv->rest ? dv->rest_until_ms : (int64_t)0);
+        evbuffer_add_printf(b[4], "%s%u", sep, dv->health);
+        evbuffer_add_printf(b[5], "%s%u", sep, dv->sent_today);
+        evbuffer_add_printf(b[6], "%s%d", sep, dv->cap);
+        dv->health_written = dv->health;
+        first = false;
+        n++;
+    }
+    f->dirty = NULL;
+    const char *params[7];
+    for (int k = 0; k < 7; k++) {
+        evbuffer_add(b[k], "}\0", 2);
+        params[k] = (const char *)evbuffer_pullup(b[k], -1);
+    }
+    static const char *sql =
+        "UPDATE user_devices d SET status = u.status::device_status,"
+        " status_reason = NULLIF(u.reason, ''),"
+        " resting_until = CASE WHEN u.rest > 0 THEN to_timestamp(u.rest / 1000.0) END,"
+        " health_score = u.health, sent_today = u.sent, cap_today = NULLIF(u.cap, -1),"
+        " last_seen = now()"
+        " FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::int[], $6::int[],"
+        " $7::int[]) AS u(id, status, reason, rest, health, sent, cap) WHERE d.id = u.id";
+    if (wc_pg_query(f->d.pg, sql, 7, params, on_status_written, f) == 0)
         f->status_flushing = true;
     else
         f->m.pg_errors++;
-    evbuffer_drain(f->status_ids, evbuffer_get_length(f->status_ids));
-    evbuffer_drain(f->status_vals, evbuffer_get_length(f->status_vals));
-    evbuffer_drain(f->status_reasons, evbuffer_get_length(f->status_reasons));
-    f->status_pending = 0;
+    wc_debug("writing %zu device row(s)", n);
+    for (int k = 0; k < 7; k++)
+        evbuffer_free(b[k]);
 }
 
 static void on_holds(wc_pg *pg, PGresult *res, const char *err, void *arg)
@@ -1585,7 +1940,8 @@ static void on_holds(wc_pg *pg, PGresult *res, const char *err, void *arg)
     wc_map_free(&f->holds);
     wc_map_init(&f->holds);
     for (int i = 0; i < PQntuples(res); i++) {
-        uintptr_t hold = PQgetvalue(res, i, 1)[0] == 'p' ? HOLD_PAUSED : HOLD_CANCELLED;
+        char kind = PQgetvalue(res, i, 1)[0];
+        uintptr_t hold = kind == 'p' ? HOLD_PAUSED : kind == 'w' ? HOLD_WINDOW : HOLD_CANCELLED;
         if (wc_map_put(&f->holds, PQgetvalue(res, i, 0), (void *)hold) < 0)
             abort();
     }
@@ -1600,11 +1956,14 @@ static void on_holds_timer(evutil_socket_t fd, short what, void *arg)
     fleet *f = arg;
     if (f->holds_reading)
         return;
-    if (wc_pg_query(
-            f->d.pg,
-            "SELECT id, status FROM campaigns WHERE status = 'paused' OR (status = 'cancelled'"
-            " AND coalesce(finished_at, updated_at) > now() - interval '7 days')",
-            0, NULL, on_holds, f) == 0)
+    if (wc_pg_query(f->d.pg,
+                    "SELECT id, status::text FROM campaigns WHERE status = 'paused' OR (status = "
+                    "'cancelled'"
+                    " AND coalesce(finished_at, updated_at) > now() - interval '7 days')"
+                    " UNION ALL SELECT id, 'window' FROM campaigns WHERE status IN ('triggered', "
+                    "'processing') AND send_window_start IS NOT NULL"
+                    " AND NOT wacast_in_window(send_window_start, send_window_end, time_zone)",
+                    0, NULL, on_holds, f) == 0)
         f->holds_reading = true;
 }
 
@@ -1632,7 +1991,7 @@ static void on_idle_poll(evutil_socket_t fd, short what, void *arg)
         if (!wc_map_live(&f->devices, i))
             continue;
         device *dv = f->devices.slots[i].value;
-        if (dv->state == DEV_OFFLINE) {
+        if (dv->state == DEV_OFFLINE || dv->state == DEV_RESTING) {
             /* Jobs routed here before the router saw the device leave. */
             handback_outbox(dv);
             continue;
@@ -1717,6 +2076,23 @@ static void metrics(struct evbuffer *out, void *arg)
         snprintf(labels, sizeof labels, "state=\"%s\"", dev_state_names[s]);
         wc_metric_labeled(out, "wacast_sender_devices", labels, (double)by_state[s]);
     }
+    /* Health by band (no label per device: 10,000 devices stay 5 series). */
+    static const char *bands[] = {"0-19", "20-39", "40-59", "60-79", "80-100"};
+    size_t by_band[5] = {0};
+    for (size_t i = 0; i < f->devices.cap; i++) {
+        if (!wc_map_live(&f->devices, i))
+            continue;
+        const device *dv = f->devices.slots[i].value;
+        if (dv->state != DEV_UNOWNED && dv->state != DEV_ACQUIRING)
+            by_band[dv->health >= 80 ? 4 : dv->health / 20]++;
+    }
+    evbuffer_add_printf(out, "# HELP wacast_sender_devices_health devices held, by health score\n"
+                             "# TYPE wacast_sender_devices_health gauge\n");
+    for (size_t b = 0; b < 5; b++) {
+        char labels[32];
+        snprintf(labels, sizeof labels, "band=\"%s\"", bands[b]);
+        wc_metric_labeled(out, "wacast_sender_devices_health", labels, (double)by_band[b]);
+    }
     wc_metric(out, "wacast_sender_devices_held", "gauge", "device leases held", (double)f->held);
     wc_metric(out, "wacast_sender_live_senders", "gauge", "senders seen alive", (double)f->nlive);
 }
@@ -1730,9 +2106,6 @@ int main(int argc, char **argv)
                    metrics, &f);
     char err[256];
     wc_map_init(&f.devices);
-    f.status_ids = evbuffer_new();
-    f.status_vals = evbuffer_new();
-    f.status_reasons = evbuffer_new();
     f.tenv = (wc_transport_env){
         .base = f.d.base,
         .redis = f.d.redis,
@@ -1785,15 +2158,13 @@ int main(int argc, char **argv)
         free(dv->settings);
         free(dv->credentials_hex);
         free(dv->done_result);
+        free(dv->row_reason);
         free(dv);
     }
     wc_map_free(&f.devices);
     for (size_t i = 0; i < f.nlive; i++)
         free(f.live[i]);
     free(f.live);
-    evbuffer_free(f.status_ids);
-    evbuffer_free(f.status_vals);
-    evbuffer_free(f.status_reasons);
     wc_redis_free(f.sub);
     wc_seal_keys_free(f.seal);
     wc_daemon_free(&f.d);

@@ -1,8 +1,18 @@
 -- The device fleet: sending limits, health and rests.
 
 -- The device's own day (IANA time zone): its daily limit and warm-up count
--- the sends of one local calendar day.
+-- the sends of one local calendar day. An unknown zone is refused at write.
 ALTER TABLE user_devices ADD COLUMN time_zone text NOT NULL DEFAULT 'UTC';
+CREATE FUNCTION wacast_check_device_time_zone() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM now() AT TIME ZONE NEW.time_zone;
+    RETURN NEW;
+EXCEPTION WHEN invalid_parameter_value THEN
+    RAISE EXCEPTION 'user_devices.time_zone: unknown time zone "%"', NEW.time_zone
+        USING ERRCODE = 'check_violation';
+END $$;
+CREATE TRIGGER user_devices_time_zone BEFORE INSERT OR UPDATE OF time_zone ON user_devices
+    FOR EACH ROW EXECUTE FUNCTION wacast_check_device_time_zone();
 -- Warm-up of a new number: the cap of day 1, day 2, ... (local days from
 -- warmup_started_on, or from the day the row was created). After the last
 -- day, daily_limit alone applies; while both apply, the smaller one.
@@ -29,11 +39,12 @@ ALTER TABLE campaigns ADD CONSTRAINT campaigns_send_window_check CHECK (
     (send_window_start IS NULL) = (send_window_end IS NULL)
     AND (send_window_start IS NULL OR send_window_start <> send_window_end));
 
--- True when the wall clock in tz is inside [ws, we) (NULL window: always).
+-- True when the wall clock in tz is inside [ws, we) (NULL window: always; a
+-- campaign with an unknown zone has failed already, never raise for it).
 CREATE FUNCTION wacast_in_window(ws time, we time, tz text, at timestamptz DEFAULT now())
 RETURNS boolean LANGUAGE sql STABLE AS $$
     SELECT CASE
-        WHEN ws IS NULL OR we IS NULL THEN true
+        WHEN ws IS NULL OR we IS NULL OR NOT wacast_valid_time_zone(tz) THEN true
         WHEN ws < we THEN (at AT TIME ZONE tz)::time >= ws AND (at AT TIME ZONE tz)::time < we
         ELSE (at AT TIME ZONE tz)::time >= ws OR (at AT TIME ZONE tz)::time < we
     END
@@ -43,7 +54,7 @@ $$;
 CREATE FUNCTION wacast_window_opens(ws time, we time, tz text, at timestamptz DEFAULT now())
 RETURNS timestamptz LANGUAGE sql STABLE AS $$
     SELECT CASE
-        WHEN wacast_in_window(ws, we, tz, at) THEN at
+        WHEN wacast_in_window(ws, we, tz, at) OR NOT wacast_valid_time_zone(tz) THEN at
         WHEN (at AT TIME ZONE tz)::time < ws
             THEN ((at AT TIME ZONE tz)::date + ws) AT TIME ZONE tz
         ELSE ((at AT TIME ZONE tz)::date + 1 + ws) AT TIME ZONE tz
