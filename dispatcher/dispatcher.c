@@ -39,7 +39,8 @@ static const wc_cfg_entry cfg_table[] = {
      offsetof(dispatcher_cfg, route_batch), 1, 100000, false},
     {"WACAST_SINK_BATCH", WC_CFG_INT, "2000", "results written per statement",
      offsetof(dispatcher_cfg, sink_batch), 1, 100000, false},
-    {"WACAST_OUTBOX_MAX", WC_CFG_INT, "1000", "entries an outbox may hold before routing skips it",
+    {"WACAST_OUTBOX_MAX", WC_CFG_INT, "1000",
+     "entries a device's lane (one campaign's outbox) may hold before routing skips it",
      offsetof(dispatcher_cfg, outbox_max), 1, 10000000, false},
     {"WACAST_PARKED_MAX", WC_CFG_INT, "20000",
      "jobs waiting for a device before the router stops reading",
@@ -81,9 +82,17 @@ struct route_batch {
     int pending;     /* EVAL replies outstanding */
 };
 
-static const char *OUTBOX_APPEND =
-    "if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end "
-    "return redis.call('XADD', KEYS[1], '*', 'j', ARGV[2])";
+/* Appends a job to the device's lane of its campaign, below the lane's cap;
+ * a new lane gets its consumer group and joins the device's set of lanes
+ * (then the entry id comes back with a "+"). KEYS[1] lane, KEYS[2] lanes;
+ * ARGV[1] cap, ARGV[2] job, ARGV[3] campaign, ARGV[4] group. */
+static const char *LANE_APPEND =
+    "if redis.call('EXISTS', KEYS[1]) == 0 then "
+    " redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[4], '0', 'MKSTREAM') "
+    "elseif redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end "
+    "local id = redis.call('XADD', KEYS[1], '*', 'j', ARGV[2]) "
+    "if redis.call('SADD', KEYS[2], ARGV[3]) == 1 then return '+' .. id end "
+    "return id";
 
 static void read_jobs(dispatcher *ds);
 static void read_results(dispatcher *ds);
@@ -288,9 +297,6 @@ static void try_route(route_batch *b, route_job *j)
     dispatcher *ds = b->ds;
     const char *dev;
     while ((dev = pick_device(ds, j)) != NULL) {
-        char outbox[128], cap[32];
-        wc_key_outbox(outbox, sizeof outbox, dev);
-        snprintf(cap, sizeof cap, "%ld", ds->cfg.outbox_max);
         snprintf(j->device, sizeof j->device, "%s", dev);
         /* The outbox copy names the chosen device. */
         free(j->payload);
@@ -325,12 +331,29 @@ static route_batch *current_batch; /* the batch whose replies are in flight */
 static void append(route_batch *b, route_job *j)
 {
     dispatcher *ds = b->ds;
-    char outbox[128], cap[32];
-    wc_key_outbox(outbox, sizeof outbox, j->device);
+    char lane[160], lanes[128], cap[32];
+    wc_key_lane(lane, sizeof lane, j->device, j->job->campaign_id);
+    wc_key_lanes(lanes, sizeof lanes, j->device);
     snprintf(cap, sizeof cap, "%ld", ds->cfg.outbox_max);
-    const char *argv[] = {"EVAL", OUTBOX_APPEND, "1", outbox, cap, (const char *)j->payload};
-    size_t lens[] = {4, strlen(OUTBOX_APPEND), 1, strlen(outbox), strlen(cap), j->payload_len};
-    if (wc_redis_commandv(ds->d.redis, on_appended, j, 6, argv, lens) == 0) {
+    const char *argv[] = {"EVAL",
+                          LANE_APPEND,
+                          "2",
+                          lane,
+                          lanes,
+                          cap,
+                          (const char *)j->payload,
+                          j->job->campaign_id,
+                          WC_GROUP_SEND};
+    size_t lens[] = {4,
+                     strlen(LANE_APPEND),
+                     1,
+                     strlen(lane),
+                     strlen(lanes),
+                     strlen(cap),
+                     j->payload_len,
+                     strlen(j->job->campaign_id),
+                     strlen(WC_GROUP_SEND)};
+    if (wc_redis_commandv(ds->d.redis, on_appended, j, 9, argv, lens) == 0) {
         b->pending++;
         return;
     }
@@ -366,9 +389,11 @@ static void on_appended(wc_redis *r, redisReply *reply, void *arg)
     if (!reply_ok(ds, reply)) {
         j->device[0] = '\0'; /* parked, tried again later */
     } else if (reply->type != REDIS_REPLY_STRING) {
-        /* Outbox full: try the user's next device. */
+        /* Lane full: try the user's next device. */
         j->device[0] = '\0';
         try_route(b, j);
+    } else if (reply->str[0] == '+') {
+        j->new_lane = true;
     }
     if (b->pending == 0)
         finish_route_batch(b);
@@ -412,7 +437,10 @@ static void finish_route_batch(route_batch *b)
             evbuffer_add_printf(ids, " %s", j->entry_id);
             nacked++;
             ds->m.jobs_routed++;
-            if (!wc_map_get(&woken, j->device) && wc_map_put(&woken, j->device, (void *)1) < 0)
+            /* One wake-up per device; "+" when it has a new lane to look at. */
+            uintptr_t w = (uintptr_t)wc_map_get(&woken, j->device);
+            if ((!w || (j->new_lane && w == 1)) &&
+                wc_map_put(&woken, j->device, (void *)(uintptr_t)(j->new_lane ? 2 : 1)) < 0)
                 abort();
             if (!wc_map_get(&ds->clean, j->job->campaign_id)) {
                 /* Its campaign may show a "waiting" reason (ours or a dead
@@ -440,8 +468,9 @@ static void finish_route_batch(route_batch *b)
     if (nacked)
         (void)ack_and_delete(ds, WC_KEY_JOBS, WC_GROUP_DISPATCH, ids, on_acked);
     for (size_t i = 0; i < woken.cap; i++) {
-        if (wc_map_live(&woken, i) && wc_redis_command(ds->d.redis, on_void, ds, "PUBLISH %s %s",
-                                                       WC_KEY_WAKE, woken.slots[i].key) < 0)
+        if (wc_map_live(&woken, i) &&
+            wc_redis_command(ds->d.redis, on_void, ds, "PUBLISH %s %s%s", WC_KEY_WAKE,
+                             woken.slots[i].key, woken.slots[i].value == (void *)2 ? "+" : "") < 0)
             ds->m.redis_errors++;
     }
     wc_map_free(&woken);

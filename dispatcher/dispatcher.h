@@ -70,6 +70,7 @@ typedef struct route_job {
     size_t tried;   /* devices tried in this round */
     bool duplicate; /* its message is claimed or done: acknowledge, do not route */
     char device[40];
+    bool new_lane; /* the append opened a lane (a campaign new to the device) */
 } route_job;
 
 typedef struct route_batch route_batch;

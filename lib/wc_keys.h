@@ -2,7 +2,7 @@
  * one command touches together share a hash tag ({dev:<id>}) so the same code
  * runs on Redis Cluster. Work streams are bounded by consumption (entries are
  * XDEL'ed once acknowledged) and by back-pressure (the scheduler stops
- * publishing while the jobs stream is long; the dispatcher caps each outbox). */
+ * publishing while the jobs stream is long; the dispatcher caps each lane). */
 #ifndef WC_KEYS_H
 #define WC_KEYS_H
 
@@ -11,15 +11,35 @@
 #define WC_KEY_JOBS "wacast:jobs"       /* stream: scheduler -> dispatcher */
 #define WC_KEY_RESULTS "wacast:results" /* stream: sender -> status sink */
 #define WC_KEY_SENDERS "wacast:senders" /* zset: live senders, score = heartbeat ms */
-#define WC_KEY_WAKE "wacast:wake"       /* pub/sub: device id with new outbox entries */
+#define WC_KEY_WAKE "wacast:wake"       /* pub/sub: device id ("+" appended: a new lane) */
 #define WC_GROUP_DISPATCH "dispatchers" /* consumer group on the jobs stream */
 #define WC_GROUP_SINK "sinks"           /* consumer group on the results stream */
-#define WC_GROUP_SEND "senders"         /* consumer group on every outbox */
+#define WC_GROUP_SEND "senders"         /* consumer group on every lane */
 
-/* Per device: outbox stream, lease, next earliest send time. */
-static inline void wc_key_outbox(char *out, size_t n, const char *device_id)
+/* Per device: its lanes (one outbox stream per campaign, so a device takes
+ * its campaigns in turn), the set of its lanes, messages waiting for a time
+ * (the "later" sorted set), the lease, the next earliest send time. */
+static inline void wc_key_lane(char *out, size_t n, const char *device_id, const char *campaign_id)
 {
-    snprintf(out, n, "wacast:{dev:%s}:outbox", device_id);
+    snprintf(out, n, "wacast:{dev:%s}:q:%s", device_id, campaign_id);
+}
+/* The lane key without the campaign (scripts append it). */
+static inline void wc_key_lane_prefix(char *out, size_t n, const char *device_id)
+{
+    snprintf(out, n, "wacast:{dev:%s}:q:", device_id);
+}
+static inline void wc_key_lanes(char *out, size_t n, const char *device_id)
+{
+    snprintf(out, n, "wacast:{dev:%s}:lanes", device_id);
+}
+static inline void wc_key_later(char *out, size_t n, const char *device_id)
+{
+    snprintf(out, n, "wacast:{dev:%s}:later", device_id);
+}
+/* The last message to a recipient, while the device's recipient gap runs. */
+static inline void wc_key_recipient(char *out, size_t n, const char *device_id, const char *phone)
+{
+    snprintf(out, n, "wacast:{dev:%s}:to:%s", device_id, phone);
 }
 static inline void wc_key_lease(char *out, size_t n, const char *device_id)
 {

@@ -119,6 +119,7 @@ static const wc_cfg_entry cfg_table[] = {
     X(held_paused, "messages set aside because their campaign is paused")                          \
     X(held_cancelled, "messages not sent because their campaign was cancelled")                    \
     X(held_window, "messages set aside because their campaign is outside its sending window")      \
+    X(recipient_waits, "messages set aside while the device's gap to their recipient runs")        \
     X(dead_lettered, "messages that ran out of attempts (copied to the dead-letter stream)")       \
     X(handed_back, "messages put back on the jobs stream because their device left service")       \
     X(leases_acquired, "device leases taken")                                                      \
@@ -188,15 +189,21 @@ typedef struct device {
     Wacast__Job *job;
     uint32_t attempts;
     int64_t doubt_since_us; /* monotonic; 0 when not in doubt */
-    int64_t deferred_id;    /* last message put back for a recipient-only wait */
     int64_t safe_retry_id;  /* last message whose failed attempt surely did not go out */
     int64_t done_id;        /* last message whose outcome we reported... */
     uint8_t *done_result;   /* ...and that outcome (packed Result), to replay */
     size_t done_len;
-    bool sent_since_defer; /* another message went out since then */
     int pending_replies;
     bool reply_failed;
-    bool handing_back; /* its outbox is being moved to the jobs stream */
+    bool handing_back; /* its lanes are being moved to the jobs stream */
+    /* lanes: one outbox stream per campaign, read in turn (round-robin) */
+    char (*lanes)[40]; /* campaign ids */
+    uint16_t nlanes;
+    uint16_t lane_cur;     /* the lane to read next */
+    uint16_t empty_run;    /* lanes found empty in a row */
+    bool lanes_stale;      /* re-read the set of lanes before the next read */
+    char entry_lane[40];   /* the lane of the entry in hand */
+    int64_t later_next_ms; /* earliest message due in the later set (0: none) */
     /* limits, from user_devices (re-read with the device list) */
     char day[12];       /* the device's local date, in its time_zone */
     int64_t day_end_ms; /* its next local midnight (wall clock) */
@@ -245,6 +252,7 @@ struct fleet {
 };
 
 static void device_step(device *dv);
+static void lane_drained(device *dv);
 static void load_day_count(device *dv);
 static void leave_rest(device *dv, const char *why);
 static void open_breaker(device *dv, const wc_send_result *sr);
@@ -463,14 +471,89 @@ static void open_transport(device *dv)
     device_step(dv);
 }
 
-static void on_autoclaim(wc_redis *r, redisReply *reply, void *arg)
+/* Stores the device's lanes from an SMEMBERS reply (keeps the read
+ * position's campaign when it is still there). */
+static void set_lanes(device *dv, redisReply *reply)
+{
+    char cur[40] = "";
+    if (dv->nlanes)
+        snprintf(cur, sizeof cur, "%s", dv->lanes[dv->lane_cur % dv->nlanes]);
+    free(dv->lanes);
+    dv->lanes = NULL;
+    dv->nlanes = 0;
+    dv->lane_cur = 0;
+    size_t n = reply && reply->type == REDIS_REPLY_ARRAY ? reply->elements : 0;
+    if (n > UINT16_MAX)
+        n = UINT16_MAX;
+    if (n == 0)
+        return;
+    dv->lanes = calloc(n, sizeof *dv->lanes);
+    if (!dv->lanes)
+        abort();
+    for (size_t i = 0; i < n; i++) {
+        redisReply *e = reply->element[i];
+        if (e->type != REDIS_REPLY_STRING || e->len >= sizeof dv->lanes[0])
+            continue;
+        memcpy(dv->lanes[dv->nlanes], e->str, e->len + 1);
+        if (cur[0] && !strcmp(cur, e->str))
+            dv->lane_cur = dv->nlanes;
+        dv->nlanes++;
+    }
+}
+
+static void on_later_head(wc_redis *r, redisReply *reply, void *arg)
 {
     (void)r;
     device *dv = arg;
-    if (!reply_ok(dv->f, reply))
-        wc_warn("device %s: XAUTOCLAIM failed: %s", dv->id, reply ? reply->str : "no reply");
+    if (reply_ok(dv->f, reply) && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+        reply->element[1]->type == REDIS_REPLY_STRING)
+        dv->later_next_ms = strtoll(reply->element[1]->str, NULL, 10);
+    else if (reply && reply->type == REDIS_REPLY_ARRAY)
+        dv->later_next_ms = 0;
+}
+
+static void on_autoclaim(wc_redis *r, redisReply *reply, void *arg);
+
+/* The lanes of a device being taken: the previous owner's pending entries
+ * in each become ours (XAUTOCLAIM), then the transport opens. */
+static void on_acquire_lanes(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    device *dv = arg;
+    fleet *f = dv->f;
     if (dv->state != DEV_ACQUIRING)
         return;
+    if (!reply_ok(f, reply)) {
+        dv->lanes_stale = true;
+        dv->pending_replies = 1;
+        on_autoclaim(NULL, NULL, dv);
+        return;
+    }
+    set_lanes(dv, reply);
+    dv->lanes_stale = false;
+    dv->pending_replies = 0;
+    for (uint16_t i = 0; i < dv->nlanes; i++) {
+        char lane[160];
+        wc_key_lane(lane, sizeof lane, dv->id, dv->lanes[i]);
+        if (wc_redis_command(f->d.redis, on_autoclaim, dv,
+                             "XAUTOCLAIM %s %s %s 0 0-0 COUNT 1000 JUSTID", lane, WC_GROUP_SEND,
+                             f->cfg.c.instance_id) == 0)
+            dv->pending_replies++;
+    }
+    if (dv->pending_replies == 0) {
+        dv->pending_replies = 1;
+        on_autoclaim(NULL, NULL, dv);
+    }
+}
+
+static void on_autoclaim(wc_redis *r, redisReply *reply, void *arg)
+{
+    device *dv = arg;
+    if (r && !reply_ok(dv->f, reply))
+        wc_warn("device %s: XAUTOCLAIM failed: %s", dv->id, reply ? reply->str : "no reply");
+    if (dv->state != DEV_ACQUIRING || --dv->pending_replies > 0)
+        return;
+    dv->pending_replies = 0;
     if (!dv->want) {
         device_release(dv);
         return;
@@ -509,12 +592,6 @@ static void load_day_count(device *dv)
         dv->f->m.redis_errors++;
 }
 
-static void on_group_created(wc_redis *r, redisReply *reply, void *arg)
-{
-    (void)r;
-    (void)reply; /* BUSYGROUP is the usual answer */
-    (void)arg;
-}
 
 static void on_lease_set(wc_redis *r, redisReply *reply, void *arg)
 {
@@ -536,18 +613,17 @@ static void on_lease_set(wc_redis *r, redisReply *reply, void *arg)
     f->held++;
     f->m.leases_acquired++;
     dv->lease_until_us = wc_mono_us() + (f->cfg.lease_ttl_ms * 1000) * 2 / 3;
-    char outbox[128], next[128];
-    wc_key_outbox(outbox, sizeof outbox, dv->id);
+    char lanes[128], next[128], later[128];
+    wc_key_lanes(lanes, sizeof lanes, dv->id);
     wc_key_next(next, sizeof next, dv->id);
-    /* The previous owner's next send time, its pending entries, then open. The
-     * replies come back in order, so open_transport runs after all three. */
+    wc_key_later(later, sizeof later, dv->id);
+    /* The previous owner's next send time, today's count, the earliest
+     * message waiting for a time, the lanes and their pending entries, then
+     * open. The replies come back in order, so open_transport runs last. */
     int rc = wc_redis_command(f->d.redis, on_next_loaded, dv, "GET %s", next);
     load_day_count(dv);
-    rc |= wc_redis_command(f->d.redis, on_group_created, dv, "XGROUP CREATE %s %s 0 MKSTREAM",
-                           outbox, WC_GROUP_SEND);
-    rc |= wc_redis_command(f->d.redis, on_autoclaim, dv,
-                           "XAUTOCLAIM %s %s %s 0 0-0 COUNT 1000 JUSTID", outbox, WC_GROUP_SEND,
-                           f->cfg.c.instance_id);
+    rc |= wc_redis_command(f->d.redis, on_later_head, dv, "ZRANGE %s 0 0 WITHSCORES", later);
+    rc |= wc_redis_command(f->d.redis, on_acquire_lanes, dv, "SMEMBERS %s", lanes);
     if (rc != 0) {
         /* Connection went down mid-way; the lease expires on its own. */
         f->held--;
@@ -646,10 +722,10 @@ static void handback_entry(device *dv)
     dv->pending_replies = 0;
     dv->reply_failed = false;
     f->m.handed_back++;
-    char key[64], ttl[32], outbox[128];
+    char key[64], ttl[32], outbox[160];
     wc_key_msg(key, sizeof key, (long long)dv->job->message_id);
     snprintf(ttl, sizeof ttl, "%ld", f->cfg.idempotency_ttl_s);
-    wc_key_outbox(outbox, sizeof outbox, dv->id);
+    wc_key_lane(outbox, sizeof outbox, dv->id, dv->entry_lane);
     char *preferred = dv->job->device_id;
     dv->job->device_id = "";
     size_t len = wacast__job__get_packed_size(dv->job);
@@ -681,9 +757,14 @@ static void handback_entry(device *dv)
     }
 }
 
-/* Re-appends the job in hand to the back of its own outbox, not to be sent
- * before not_before_us, and acknowledges the entry it came from. Our claim on
- * the message stays, so re-reading it sends it (as our own retry). */
+/* Puts the job in hand in the device's later set, not to be sent before
+ * not_before_us, and acknowledges its lane entry, in one script. The message
+ * was not sent (a per-recipient wait), so its marker goes back to "routed
+ * here": reading it again claims it afresh. */
+static const char *LATER_PUT = "redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2]) "
+                               "redis.call('XACK', KEYS[2], ARGV[3], ARGV[4]) "
+                               "redis.call('XDEL', KEYS[2], ARGV[4]) return 1";
+
 static void defer_entry(device *dv, int64_t not_before_us)
 {
     fleet *f = dv->f;
@@ -693,27 +774,43 @@ static void defer_entry(device *dv, int64_t not_before_us)
     dv->reply_failed = false;
     dv->job->not_before_us = not_before_us;
     dv->job->attempts_made = dv->attempts;
-    dv->deferred_id = dv->job->message_id;
-    dv->sent_since_defer = false;
-    char outbox[128];
-    wc_key_outbox(outbox, sizeof outbox, dv->id);
-    size_t len = wacast__job__get_packed_size(dv->job);
-    uint8_t *buf = malloc(len ? len : 1);
+    char later[128], lane[160], score[32], key[64], val[64], ttl[32];
+    wc_key_later(later, sizeof later, dv->id);
+    wc_key_lane(lane, sizeof lane, dv->id, dv->entry_lane);
+    int64_t due_ms = not_before_us / 1000 + 1;
+    snprintf(score, sizeof score, "%" PRId64, due_ms);
+    /* Member: "<campaign>\n<job>", so the promotion knows the lane. */
+    size_t clen = strlen(dv->job->campaign_id), len = wacast__job__get_packed_size(dv->job);
+    uint8_t *buf = malloc(clen + 1 + len);
     if (!buf)
         abort();
-    wacast__job__pack(dv->job, buf);
-    const char *argv[] = {"XADD", outbox, "*", "j", (const char *)buf};
-    size_t lens[] = {4, strlen(outbox), 1, 1, len};
-    int r1 = wc_redis_commandv(rc, on_report_reply, dv, 5, argv, lens);
+    memcpy(buf, dv->job->campaign_id, clen);
+    buf[clen] = '\n';
+    wacast__job__pack(dv->job, buf + clen + 1);
+    const char *argv[] = {"EVAL", LATER_PUT,         "2",           later,       lane,
+                          score,  (const char *)buf, WC_GROUP_SEND, dv->entry_id};
+    size_t lens[] = {4,
+                     strlen(LATER_PUT),
+                     1,
+                     strlen(later),
+                     strlen(lane),
+                     strlen(score),
+                     clen + 1 + len,
+                     strlen(WC_GROUP_SEND),
+                     strlen(dv->entry_id)};
+    int r1 = wc_redis_commandv(rc, on_report_reply, dv, 9, argv, lens);
     dv->pending_replies += r1 == 0;
-    int r2 = wc_redis_command(rc, on_report_reply, dv, "XACK %s %s %s", outbox, WC_GROUP_SEND,
-                              dv->entry_id);
+    wc_key_msg(key, sizeof key, (long long)dv->job->message_id);
+    snprintf(val, sizeof val, "r:%s", dv->id);
+    snprintf(ttl, sizeof ttl, "%ld", f->cfg.idempotency_ttl_s);
+    const char *mark[] = {"EVAL", WC_MARK_SCRIPT, "1", key, val, ttl, "d"};
+    int r2 = wc_redis_commandv(rc, on_report_reply, dv, 7, mark, NULL);
     dv->pending_replies += r2 == 0;
-    int r3 = wc_redis_command(rc, on_report_reply, dv, "XDEL %s %s", outbox, dv->entry_id);
-    dv->pending_replies += r3 == 0;
     free(buf);
-    if (r1 | r2 | r3)
+    if (r1 | r2)
         dv->reply_failed = true;
+    if (r1 == 0 && (dv->later_next_ms == 0 || due_ms < dv->later_next_ms))
+        dv->later_next_ms = due_ms;
     if (dv->pending_replies == 0) {
         dv->pel_mode = true;
         free_job(dv);
@@ -722,47 +819,125 @@ static void defer_entry(device *dv, int64_t not_before_us)
     }
 }
 
-/* Moves every entry of a device's outbox back to the jobs stream (the device
- * is out of service: its queued messages go to other devices of the user). */
+/* Moves the later set's due messages back to their lanes (up to 100 at a
+ * time); returns {moved, next due score or -1}. KEYS[1] later, KEYS[2] lanes;
+ * ARGV[1] now ms, ARGV[2] group, ARGV[3] lane key prefix. The lane keys share
+ * the device's hash slot. */
+static const char *LATER_PROMOTE =
+    "local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100) "
+    "local n = 0 "
+    "for _, m in ipairs(due) do "
+    " local c, p = string.match(m, '^([^\\n]*)\\n(.*)$') "
+    " if c then "
+    "  local lane = ARGV[3] .. c "
+    "  if redis.call('EXISTS', lane) == 0 then "
+    "   redis.call('XGROUP', 'CREATE', lane, ARGV[2], '0', 'MKSTREAM') end "
+    "  redis.call('XADD', lane, '*', 'j', p) "
+    "  redis.call('SADD', KEYS[2], c) n = n + 1 "
+    " end "
+    " redis.call('ZREM', KEYS[1], m) "
+    "end "
+    "local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES') "
+    "if #nxt == 0 then return {n, -1} end "
+    "return {n, tonumber(nxt[2])}";
+
+static void on_promoted(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    device *dv = arg;
+    if (dv->state != DEV_READING)
+        return;
+    set_state(dv, DEV_IDLE);
+    if (!reply_ok(dv->f, reply) || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2) {
+        arm_timer(dv, 500000);
+        return;
+    }
+    long long moved = reply->element[0]->integer, next = reply->element[1]->integer;
+    dv->later_next_ms = next > 0 ? next : 0;
+    if (moved > 0)
+        dv->lanes_stale = true; /* a lane may be new */
+    device_step(dv);
+}
+
+/* Moves a device's queued messages back to the jobs stream: the device is
+ * out of service (offline, blocked, resting) and they go to other devices of
+ * the user. Only entries never delivered to a reader are taken (XREADGROUP
+ * ">" as a handback consumer: a crash midway leaves them pending, and the
+ * next holder's XAUTOCLAIM picks them up), lane by lane, then the later set.
+ * An entry a sender claimed stays with the device (its outcome may be
+ * unknown; the in-doubt rules settle it when the device comes back). */
 typedef struct handback_op {
     fleet *f;
-    char device[40];
-    char outbox[128];
+    device *dv;
+    char consumer[128];
+    char (*lanes)[40];
+    size_t nlanes, cur;
 } handback_op;
 
 static void handback_next(handback_op *op);
 
-static void on_handback_deleted(wc_redis *r, redisReply *reply, void *arg)
+static void handback_done(handback_op *op)
+{
+    op->dv->handing_back = false;
+    free(op->lanes);
+    free(op);
+}
+
+/* Re-packs a job without its device so the router picks one, and appends it. */
+static int handback_job(wc_redis *r, fleet *f, Wacast__Job *job)
+{
+    char *chosen = job->device_id;
+    job->device_id = "";
+    size_t len = wacast__job__get_packed_size(job);
+    uint8_t *buf = malloc(len ? len : 1);
+    if (!buf)
+        abort();
+    wacast__job__pack(job, buf);
+    job->device_id = chosen;
+    const char *argv[] = {"XADD", WC_KEY_JOBS, "*", "j", (const char *)buf};
+    size_t lens[] = {4, strlen(WC_KEY_JOBS), 1, 1, len};
+    int rc = wc_redis_commandv(r, on_void, f, 5, argv, lens);
+    if (rc == 0)
+        f->m.handed_back++;
+    free(buf);
+    return rc;
+}
+
+static void on_handback_step(wc_redis *r, redisReply *reply, void *arg)
 {
     (void)r;
     handback_op *op = arg;
     if (!reply_ok(op->f, reply)) {
-        free(op);
+        handback_done(op);
         return;
     }
     handback_next(op);
 }
 
-static void on_handback_range(wc_redis *r, redisReply *reply, void *arg)
+static void on_handback_read(wc_redis *r, redisReply *reply, void *arg)
 {
     handback_op *op = arg;
     fleet *f = op->f;
-    if (!reply_ok(f, reply) || reply->type != REDIS_REPLY_ARRAY || reply->elements == 0) {
-        free(op);
+    redisReply *entries = NULL;
+    if (reply_ok(f, reply) && reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
+        reply->element[0]->type == REDIS_REPLY_ARRAY && reply->element[0]->elements == 2)
+        entries = reply->element[0]->element[1];
+    if (!entries || entries->type != REDIS_REPLY_ARRAY || entries->elements == 0) {
+        op->cur++; /* this lane is done (or unreadable): the next one */
+        handback_next(op);
         return;
     }
-    const char **del = calloc(reply->elements + 3, sizeof *del);
-    const char **ack = calloc(reply->elements + 4, sizeof *ack);
-    if (!del || !ack)
+    char lane[160];
+    wc_key_lane(lane, sizeof lane, op->dv->id, op->lanes[op->cur]);
+    const char **ack = calloc(entries->elements + 4, sizeof *ack);
+    if (!ack)
         abort();
-    del[0] = "XDEL";
-    del[1] = op->outbox;
     ack[0] = "XACK";
-    ack[1] = op->outbox;
+    ack[1] = lane;
     ack[2] = WC_GROUP_SEND;
-    int nd = 2, na = 3;
-    for (size_t i = 0; i < reply->elements; i++) {
-        redisReply *e = reply->element[i];
+    int na = 3;
+    for (size_t i = 0; i < entries->elements; i++) {
+        redisReply *e = entries->element[i];
         if (e->type != REDIS_REPLY_ARRAY || e->elements != 2)
             continue;
         redisReply *fields = e->element[1];
@@ -771,51 +946,117 @@ static void on_handback_range(wc_redis *r, redisReply *reply, void *arg)
                 continue;
             Wacast__Job *job = wacast__job__unpack(NULL, fields->element[k + 1]->len,
                                                    (const uint8_t *)fields->element[k + 1]->str);
-            if (!job)
-                continue;
-            char *chosen = job->device_id;
-            job->device_id = "";
-            size_t len = wacast__job__get_packed_size(job);
-            uint8_t *buf = malloc(len ? len : 1);
-            if (!buf)
-                abort();
-            wacast__job__pack(job, buf);
-            job->device_id = chosen;
-            wacast__job__free_unpacked(job, NULL);
-            const char *argv[] = {"XADD", WC_KEY_JOBS, "*", "j", (const char *)buf};
-            size_t lens[] = {4, strlen(WC_KEY_JOBS), 1, 1, len};
-            if (wc_redis_commandv(r, on_void, f, 5, argv, lens) == 0)
-                f->m.handed_back++;
-            free(buf);
+            if (job) {
+                (void)handback_job(r, f, job);
+                wacast__job__free_unpacked(job, NULL);
+            }
         }
-        del[nd++] = e->element[0]->str;
         ack[na++] = e->element[0]->str;
     }
+    const char **del = ack + 1; /* XDEL lane ids...: reuse the list */
     int rc = wc_redis_commandv(r, on_void, f, na, ack, NULL);
-    if (rc == 0)
-        rc = wc_redis_commandv(r, on_handback_deleted, op, nd, del, NULL);
-    free(del);
+    if (rc == 0) {
+        del[0] = "XDEL";
+        del[1] = lane;
+        rc = wc_redis_commandv(r, on_handback_step, op, na - 1, del, NULL);
+    }
     free(ack);
     if (rc < 0)
-        free(op);
+        handback_done(op);
+}
+
+static void on_handback_later(wc_redis *r, redisReply *reply, void *arg)
+{
+    handback_op *op = arg;
+    fleet *f = op->f;
+    device *dv = op->dv;
+    if (!reply_ok(f, reply) || reply->type != REDIS_REPLY_ARRAY || reply->elements == 0) {
+        handback_done(op);
+        return;
+    }
+    char later[128], ttl[32];
+    wc_key_later(later, sizeof later, dv->id);
+    snprintf(ttl, sizeof ttl, "%ld", f->cfg.idempotency_ttl_s);
+    int rc = 0;
+    for (size_t i = 0; i < reply->elements && rc == 0; i++) {
+        redisReply *m = reply->element[i];
+        const char *nl = m->type == REDIS_REPLY_STRING ? memchr(m->str, '\n', m->len) : NULL;
+        Wacast__Job *job = nl ? wacast__job__unpack(NULL, m->len - (size_t)(nl + 1 - m->str),
+                                                    (const uint8_t *)nl + 1)
+                              : NULL;
+        if (job) {
+            /* Routable again by anyone ("done" stays done). */
+            char key[64];
+            wc_key_msg(key, sizeof key, (long long)job->message_id);
+            const char *mark[] = {"EVAL", WC_MARK_SCRIPT, "1", key, "r:handback", ttl, "d"};
+            rc |= wc_redis_commandv(r, on_void, f, 7, mark, NULL);
+            rc |= handback_job(r, f, job);
+            wacast__job__free_unpacked(job, NULL);
+        }
+        const char *zrem[] = {"ZREM", later, m->str};
+        size_t zlen[] = {4, strlen(later), m->len};
+        rc |= wc_redis_commandv(r, i + 1 == reply->elements ? on_handback_step : on_void,
+                                i + 1 == reply->elements ? (void *)op : (void *)f, 3, zrem, zlen);
+    }
+    if (rc < 0)
+        handback_done(op);
 }
 
 static void handback_next(handback_op *op)
 {
-    if (wc_redis_command(op->f->d.redis, on_handback_range, op, "XRANGE %s - + COUNT 500",
-                         op->outbox) < 0)
-        free(op);
+    fleet *f = op->f;
+    device *dv = op->dv;
+    int rc;
+    if (op->cur < op->nlanes) {
+        char lane[160];
+        wc_key_lane(lane, sizeof lane, dv->id, op->lanes[op->cur]);
+        rc = wc_redis_command(f->d.redis, on_handback_read, op,
+                              "XREADGROUP GROUP %s %s COUNT 500 STREAMS %s >", WC_GROUP_SEND,
+                              op->consumer, lane);
+    } else {
+        char later[128];
+        wc_key_later(later, sizeof later, dv->id);
+        rc = wc_redis_command(f->d.redis, on_handback_later, op, "ZRANGE %s 0 499", later);
+    }
+    if (rc < 0)
+        handback_done(op);
+}
+
+static void on_handback_lanes(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    handback_op *op = arg;
+    if (!reply_ok(op->f, reply) || reply->type != REDIS_REPLY_ARRAY) {
+        handback_done(op);
+        return;
+    }
+    op->lanes = calloc(reply->elements + 1, sizeof *op->lanes);
+    if (!op->lanes)
+        abort();
+    for (size_t i = 0; i < reply->elements; i++)
+        if (reply->element[i]->type == REDIS_REPLY_STRING &&
+            reply->element[i]->len < sizeof op->lanes[0])
+            memcpy(op->lanes[op->nlanes++], reply->element[i]->str, reply->element[i]->len + 1);
+    handback_next(op);
 }
 
 static void handback_outbox(device *dv)
 {
+    if (dv->handing_back)
+        return;
     handback_op *op = calloc(1, sizeof *op);
     if (!op)
         abort();
     op->f = dv->f;
-    snprintf(op->device, sizeof op->device, "%s", dv->id);
-    wc_key_outbox(op->outbox, sizeof op->outbox, dv->id);
-    handback_next(op);
+    op->dv = dv;
+    snprintf(op->consumer, sizeof op->consumer, "%s:handback", dv->f->cfg.c.instance_id);
+    char lanes[128];
+    wc_key_lanes(lanes, sizeof lanes, dv->id);
+    if (wc_redis_command(dv->f->d.redis, on_handback_lanes, op, "SMEMBERS %s", lanes) < 0) {
+        free(op);
+        return;
+    }
+    dv->handing_back = true;
 }
 
 static void on_sent(void *arg, const wc_send_result *sr)
@@ -982,7 +1223,6 @@ static void send_now(device *dv)
         .attempt = dv->attempts + 1,
     };
     dv->attempts++;
-    dv->sent_since_defer = true;
     dv->send_started_us = wc_mono_us();
     set_state(dv, DEV_SENDING);
     int rc = dv->ops->send(dv->transport, &req, on_sent, dv);
@@ -1027,6 +1267,14 @@ static void claim(device *dv, bool force);
 static void on_marker(device *dv, const char *v, size_t len)
 {
     fleet *f = dv->f;
+    if (len >= 2 && v[0] == 'g' && v[1] == ':') {
+        /* The device sent to this number less than its recipient gap ago:
+         * this message waits in the later set; the device goes on. */
+        long long pttl = strtoll(v + 2, NULL, 10);
+        f->m.recipient_waits++;
+        defer_entry(dv, wc_now_us() + (pttl > 0 ? pttl : 1) * 1000);
+        return;
+    }
     if (len >= 2 && v[0] == 'd') {
         /* Outcome already known: report it again (the sink is idempotent) and ack. */
         Wacast__Result *res = wacast__result__unpack(NULL, len - 2, (const uint8_t *)v + 2);
@@ -1053,8 +1301,7 @@ static void on_marker(device *dv, const char *v, size_t len)
             return;
         }
     }
-    if (own &&
-        (dv->safe_retry_id == dv->job->message_id || dv->deferred_id == dv->job->message_id)) {
+    if (own && dv->safe_retry_id == dv->job->message_id) {
         claim(dv, true); /* our own attempt that surely did not go out: send again */
         return;
     }
@@ -1131,18 +1378,45 @@ static void on_claimed(wc_redis *r, redisReply *reply, void *arg)
     on_marker(dv, reply->str, reply->len);
 }
 
+/* Claims the message's marker for this device and sender, unless the
+ * device's recipient gap still runs for its number ("g:<ms left>"). KEYS[1]
+ * marker, KEYS[2] (optional) the recipient's key; ARGV[1] value, ARGV[2] ttl
+ * s, ARGV[3] blocking prefixes, ARGV[4] gap ms, ARGV[5] message id. */
+static const char *CLAIM_SCRIPT =
+    "local v = redis.call('GET', KEYS[1]) "
+    "if v and string.find(ARGV[3], string.sub(v, 1, 1), 1, true) then return v end "
+    "if KEYS[2] then "
+    " local last = redis.call('GET', KEYS[2]) "
+    " if last and last ~= ARGV[5] then return 'g:' .. redis.call('PTTL', KEYS[2]) end "
+    " redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[4]) "
+    "end "
+    "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) return redis.status_reply('OK')";
+
 /* Claims the message's marker for this device and sender; force overrides an
  * abandoned claim (after the in-doubt wait). */
 static void claim(device *dv, bool force)
 {
     fleet *f = dv->f;
-    char key[64], val[192], ttl[32];
+    char key[64], val[192], ttl[32], rkey[192], gap[32], msg[32];
     wc_key_msg(key, sizeof key, (long long)dv->job->message_id);
     snprintf(val, sizeof val, "c:%s:%s:%" PRId64, dv->id, f->cfg.c.instance_id, wc_now_us() / 1000);
     snprintf(ttl, sizeof ttl, "%ld", f->cfg.idempotency_ttl_s);
+    wc_key_recipient(rkey, sizeof rkey, dv->id, dv->job->recipient);
+    snprintf(gap, sizeof gap, "%u", dv->gap_ms);
+    snprintf(msg, sizeof msg, "%" PRId64, dv->job->message_id);
     set_state(dv, DEV_CLAIMING);
-    const char *argv[] = {"EVAL", WC_MARK_SCRIPT, "1", key, val, ttl, force ? "d" : "cd"};
-    if (wc_redis_commandv(f->d.redis, on_claimed, dv, 7, argv, NULL) < 0) {
+    bool gapped = dv->gap_ms > 0 && dv->job->recipient[0];
+    const char *argv[] = {"EVAL",
+                          CLAIM_SCRIPT,
+                          gapped ? "2" : "1",
+                          key,
+                          gapped ? rkey : val,
+                          gapped ? val : ttl,
+                          gapped ? ttl : (force ? "d" : "cd"),
+                          gapped ? (force ? "d" : "cd") : gap,
+                          gapped ? gap : msg,
+                          msg};
+    if (wc_redis_commandv(f->d.redis, on_claimed, dv, gapped ? 10 : 9, argv, NULL) < 0) {
         dv->pel_mode = true;
         free_job(dv);
         set_state(dv, DEV_IDLE);
@@ -1191,17 +1465,7 @@ static void consider(device *dv, const uint8_t *payload, size_t len)
     fleet *f = dv->f;
     int64_t now = wc_now_us();
     if (dv->job->not_before_us > now) {
-        if (dv->deferred_id == dv->job->message_id && !dv->sent_since_defer) {
-            /* It came straight back: nothing else to send. Wait for it. */
-            int64_t wait = dv->job->not_before_us - now;
-            dv->pel_mode = true;
-            free_job(dv);
-            if (now + wait > dv->next_at_us)
-                dv->next_at_us = now + wait;
-            set_state(dv, DEV_PACING);
-            arm_timer(dv, wait);
-            return;
-        }
+        /* Not yet (a recipient's wait): into the later set until then. */
         defer_entry(dv, dv->job->not_before_us);
         return;
     }
@@ -1232,38 +1496,52 @@ static void on_read(wc_redis *r, redisReply *reply, void *arg)
     fleet *f = dv->f;
     if (dv->state != DEV_READING)
         return;
+    bool gone = false;
     if (!reply_ok(f, reply)) {
-        if (reply && reply->type == REDIS_REPLY_ERROR && strstr(reply->str, "NOGROUP")) {
-            char outbox[128];
-            wc_key_outbox(outbox, sizeof outbox, dv->id);
-            if (wc_redis_command(f->d.redis, on_group_created, dv, "XGROUP CREATE %s %s 0 MKSTREAM",
-                                 outbox, WC_GROUP_SEND) < 0)
-                f->m.redis_errors++;
+        gone = reply && reply->type == REDIS_REPLY_ERROR && strstr(reply->str, "NOGROUP");
+        if (!gone) {
+            /* The entry may have been delivered with the reply lost: look at
+             * our pending lists first next time. */
+            dv->pel_mode = true;
+            set_state(dv, DEV_IDLE);
+            arm_timer(dv, 500000);
+            return;
         }
-        /* The entry may have been delivered with the reply lost: look at our
-         * pending list first next time. */
-        dv->pel_mode = true;
-        set_state(dv, DEV_IDLE);
-        arm_timer(dv, 500000);
-        return;
+        dv->lanes_stale = true; /* the lane was removed (drained) meanwhile */
     }
     /* [[stream, [[id, [field, value, ...]], ...]]] or nil */
     redisReply *entries = NULL;
-    if (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
+    if (!gone && reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
         reply->element[0]->type == REDIS_REPLY_ARRAY && reply->element[0]->elements == 2)
         entries = reply->element[0]->element[1];
     if (!entries || entries->type != REDIS_REPLY_ARRAY || entries->elements == 0) {
-        if (dv->pel_mode) {
-            dv->pel_mode = false;
-            set_state(dv, DEV_IDLE);
+        /* This lane has nothing (pending, or new): the next one. */
+        dv->empty_run++;
+        dv->lane_cur++;
+        if (!dv->pel_mode && !gone)
+            lane_drained(dv);
+        set_state(dv, DEV_IDLE);
+        if (dv->empty_run < dv->nlanes) {
             device_step(dv);
-        } else {
-            set_state(dv, DEV_IDLE);
-            if (!dv->want)
-                device_release(dv);
+            return;
         }
+        dv->empty_run = 0;
+        if (dv->pel_mode) {
+            /* No pending entry in any lane: read new ones. */
+            dv->pel_mode = false;
+            device_step(dv);
+            return;
+        }
+        /* Every lane is empty: wait for a wake-up (the set is read again). */
+        dv->lanes_stale = true;
+        if (!dv->want)
+            device_release(dv);
+        else if (dv->later_next_ms)
+            arm_timer(dv, (dv->later_next_ms - wc_now_us() / 1000) * 1000);
         return;
     }
+    dv->empty_run = 0;
+    dv->lane_cur++; /* the next read takes the next campaign's lane */
     redisReply *e = entries->element[0];
     if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
         e->element[0]->type != REDIS_REPLY_STRING) {
@@ -1304,6 +1582,40 @@ static void on_read(wc_redis *r, redisReply *reply, void *arg)
     consider(dv, payload, payload_len);
 }
 
+/* A lane read empty of new entries is removed when it holds nothing at all
+ * (the router recreates it with the campaign's next message). KEYS[1] lane,
+ * KEYS[2] lanes; ARGV[1] campaign. */
+static const char *LANE_DRAINED =
+    "if redis.call('XLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[1]) "
+    "redis.call('SREM', KEYS[2], ARGV[1]) return 1 end return 0";
+
+static void lane_drained(device *dv)
+{
+    char lane[160], lanes[128];
+    wc_key_lane(lane, sizeof lane, dv->id, dv->entry_lane);
+    wc_key_lanes(lanes, sizeof lanes, dv->id);
+    const char *argv[] = {"EVAL", LANE_DRAINED, "2", lane, lanes, dv->entry_lane};
+    if (wc_redis_commandv(dv->f->d.redis, on_void_device, dv, 6, argv, NULL) < 0)
+        dv->f->m.redis_errors++;
+}
+
+static void on_lanes(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    device *dv = arg;
+    if (dv->state != DEV_READING)
+        return;
+    set_state(dv, DEV_IDLE);
+    if (!reply_ok(dv->f, reply) || reply->type != REDIS_REPLY_ARRAY) {
+        arm_timer(dv, 500000);
+        return;
+    }
+    set_lanes(dv, reply);
+    dv->lanes_stale = false;
+    dv->empty_run = 0;
+    device_step(dv);
+}
+
 static void on_report_reply(wc_redis *r, redisReply *reply, void *arg)
 {
     (void)r;
@@ -1330,8 +1642,8 @@ static void report(device *dv, const Wacast__Result *res)
     set_state(dv, DEV_REPORTING);
     dv->pending_replies = 0;
     dv->reply_failed = false;
-    char outbox[128], key[64], ttl[32], next_key[128], next_val[32];
-    wc_key_outbox(outbox, sizeof outbox, dv->id);
+    char outbox[160], key[64], ttl[32], next_key[128], next_val[32];
+    wc_key_lane(outbox, sizeof outbox, dv->id, dv->entry_lane);
     int rcode = 0;
     if (res->status != WACAST__STATUS__STATUS_UNSPECIFIED) {
         size_t len = wacast__result__get_packed_size(res);
@@ -1361,6 +1673,15 @@ static void report(device *dv, const Wacast__Result *res)
         rcode |= wc_redis_commandv(rc, on_report_reply, dv, 5, xadd_argv, xadd_len);
         dv->pending_replies += rcode == 0;
         free(buf);
+        if (res->status == WACAST__STATUS__STATUS_SENT && dv->gap_ms && dv->job &&
+            dv->job->message_id == res->message_id && dv->job->recipient[0]) {
+            /* The recipient's gap runs from the send (the claim started it). */
+            char rkey[192];
+            wc_key_recipient(rkey, sizeof rkey, dv->id, dv->job->recipient);
+            if (wc_redis_command(rc, on_void_device, dv, "SET %s %" PRId64 " PX %u", rkey,
+                                 res->message_id, dv->gap_ms) < 0)
+                f->m.redis_errors++;
+        }
     }
     if (dv->entry_id[0]) {
         rcode |= wc_redis_command(rc, on_report_reply, dv, "XACK %s %s %s", outbox, WC_GROUP_SEND,
@@ -1533,12 +1854,39 @@ static void device_step(device *dv)
         arm_timer(dv, wait);
         return;
     }
-    char outbox[128];
-    wc_key_outbox(outbox, sizeof outbox, dv->id);
+    int rc;
     set_state(dv, DEV_READING);
-    if (wc_redis_command(f->d.redis, on_read, dv, "XREADGROUP GROUP %s %s COUNT 1 STREAMS %s %s",
-                         WC_GROUP_SEND, f->cfg.c.instance_id, outbox,
-                         dv->pel_mode ? "0" : ">") < 0) {
+    if (dv->lanes_stale) {
+        /* Which campaigns have messages for this device (a new one may). */
+        char lanes[128];
+        wc_key_lanes(lanes, sizeof lanes, dv->id);
+        rc = wc_redis_command(f->d.redis, on_lanes, dv, "SMEMBERS %s", lanes);
+    } else if (dv->later_next_ms && wc_now_us() / 1000 >= dv->later_next_ms) {
+        /* Messages whose wait is over go back to their lanes first. */
+        char later[128], lanes[128], prefix[128], now[32];
+        wc_key_later(later, sizeof later, dv->id);
+        wc_key_lanes(lanes, sizeof lanes, dv->id);
+        wc_key_lane_prefix(prefix, sizeof prefix, dv->id);
+        snprintf(now, sizeof now, "%" PRId64, wc_now_us() / 1000);
+        const char *argv[] = {"EVAL", LATER_PROMOTE, "2", later, lanes, now, WC_GROUP_SEND, prefix};
+        rc = wc_redis_commandv(f->d.redis, on_promoted, dv, 8, argv, NULL);
+    } else if (dv->nlanes == 0) {
+        /* Nothing queued for this device: wait for a wake-up. */
+        dv->pel_mode = false;
+        set_state(dv, DEV_IDLE);
+        if (dv->later_next_ms)
+            arm_timer(dv, (dv->later_next_ms - wc_now_us() / 1000) * 1000);
+        return;
+    } else {
+        /* Round-robin over the device's campaigns: one entry from the next lane. */
+        char lane[160];
+        snprintf(dv->entry_lane, sizeof dv->entry_lane, "%s", dv->lanes[dv->lane_cur % dv->nlanes]);
+        wc_key_lane(lane, sizeof lane, dv->id, dv->entry_lane);
+        rc = wc_redis_command(f->d.redis, on_read, dv,
+                              "XREADGROUP GROUP %s %s COUNT 1 STREAMS %s %s", WC_GROUP_SEND,
+                              f->cfg.c.instance_id, lane, dv->pel_mode ? "0" : ">");
+    }
+    if (rc < 0) {
         set_state(dv, DEV_IDLE);
         arm_timer(dv, 500000);
     }
@@ -1973,12 +2321,19 @@ static void on_wake(wc_redis *r, const char *channel, const char *msg, size_t le
     (void)channel;
     fleet *f = arg;
     char id[40];
+    bool new_lane = len > 0 && msg[len - 1] == '+';
+    if (new_lane)
+        len--;
     if (len >= sizeof id)
         return;
     memcpy(id, msg, len);
     id[len] = '\0';
     device *dv = wc_map_get(&f->devices, id);
-    if (dv && dv->state == DEV_IDLE)
+    if (!dv)
+        return;
+    if (new_lane)
+        dv->lanes_stale = true;
+    if (dv->state == DEV_IDLE)
         device_step(dv);
 }
 
@@ -1996,8 +2351,10 @@ static void on_idle_poll(evutil_socket_t fd, short what, void *arg)
             handback_outbox(dv);
             continue;
         }
+        if (dv->state != DEV_UNOWNED && dv->state != DEV_ACQUIRING)
+            dv->lanes_stale = true; /* a lost "new lane" wake-up is caught here */
         if (dv->state == DEV_IDLE && !evtimer_pending(dv->timer, NULL)) {
-            /* An idle device also re-checks its pending list: an entry whose
+            /* An idle device also re-checks its pending lists: an entry whose
              * delivery reply was lost is never left behind. */
             dv->pel_mode = true;
             device_step(dv);
@@ -2159,6 +2516,7 @@ int main(int argc, char **argv)
         free(dv->credentials_hex);
         free(dv->done_result);
         free(dv->row_reason);
+        free(dv->lanes);
         free(dv);
     }
     wc_map_free(&f.devices);
