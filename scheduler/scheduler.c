@@ -45,6 +45,10 @@ typedef struct scheduler_cfg {
     long reconcile_ms;
     long reconcile_after_s;
     long max_message_bytes;
+    long inflight;
+    long feed_ms;
+    long feed_batch;
+    long online_grace_ms;
 } scheduler_cfg;
 
 static const wc_cfg_entry cfg_table[] = {
@@ -71,6 +75,16 @@ static const wc_cfg_entry cfg_table[] = {
      offsetof(scheduler_cfg, reconcile_after_s), 1, 86400, false},
     {"WACAST_MAX_MESSAGE_BYTES", WC_CFG_INT, "4096", "longest rendered message",
      offsetof(scheduler_cfg, max_message_bytes), 16, 65536, false},
+    {"WACAST_CAMPAIGN_INFLIGHT", WC_CFG_INT, "10000",
+     "messages of one campaign published and not yet done, at most (the rest wait in PostgreSQL)",
+     offsetof(scheduler_cfg, inflight), 1, 10000000, false},
+    {"WACAST_FEED_MS", WC_CFG_INT, "100", "how often campaigns' waiting messages are published",
+     offsetof(scheduler_cfg, feed_ms), 10, 60000, false},
+    {"WACAST_FEED_BATCH", WC_CFG_INT, "5000", "messages published per feeder round, at most",
+     offsetof(scheduler_cfg, feed_batch), 1, 1000000, false},
+    {"WACAST_ONLINE_GRACE_MS", WC_CFG_INT, "30000",
+     "a device counts as online while its sender's heartbeat is younger than this",
+     offsetof(scheduler_cfg, online_grace_ms), 1000, 3600000, false},
 };
 
 #define SCHEDULER_METRICS(X)                                                                       \
@@ -82,6 +96,7 @@ static const wc_cfg_entry cfg_table[] = {
     X(messages_published, "messages published to the jobs stream")                                 \
     X(messages_republished, "messages published again by the reconciler")                          \
     X(backpressure_waits, "times publishing waited for the jobs stream to drain")                  \
+    X(feed_rounds, "feeder rounds that published messages")                                        \
     X(redis_errors, "Redis commands that failed")                                                  \
     X(pg_errors, "PostgreSQL statements that failed")
 
@@ -92,28 +107,15 @@ typedef struct scheduler_metrics {
 } scheduler_metrics;
 
 typedef enum {
-    EXP_IDLE,      /* nothing claimed */
-    EXP_CLAIMING,  /* claim statement in flight */
-    EXP_VARS,      /* reading the lead attribute names the template may use */
-    EXP_SELECT,    /* reading a page of leads */
-    EXP_INSERT,    /* inserting a page of messages */
-    EXP_CHECK_LEN, /* XLEN jobs before publishing */
-    EXP_PUBLISH,   /* XADDs in flight */
-    EXP_MARK,      /* marking published rows queued */
-    EXP_LEFTOVERS, /* reading rows still pending */
-    EXP_FINISH,    /* moving the campaign to processing */
+    EXP_IDLE,     /* nothing claimed */
+    EXP_CLAIMING, /* claim statement in flight */
+    EXP_VARS,     /* reading the lead attribute names the template may use */
+    EXP_SELECT,   /* reading a page of leads */
+    EXP_INSERT,   /* inserting a page of messages */
+    EXP_FINISH,   /* moving the campaign to processing */
 } exp_state;
 
-static const char *exp_state_names[] = {"idle",      "claiming", "vars", "select",    "insert",
-                                        "check_len", "publish",  "mark", "leftovers", "finish"};
-
-/* A message ready to publish. */
-typedef struct pub_row {
-    int64_t id;
-    char lead_id[40];
-    char lead_device[40];
-    char *phone, *name, *content;
-} pub_row;
+static const char *exp_state_names[] = {"idle", "claiming", "vars", "select", "insert", "finish"};
 
 typedef struct campaign {
     char id[40], user_id[40];
@@ -127,7 +129,6 @@ typedef struct campaign {
     long taken;      /* recipients counted towards limit */
     bool leads_done;
     wc_map phones; /* normalised phones already given a message in this run */
-    int64_t leftover_cursor;
 } campaign;
 
 typedef struct scheduler {
@@ -136,34 +137,20 @@ typedef struct scheduler {
     scheduler_metrics m;
     exp_state state;
     campaign *c;
-    pub_row *rows;
-    size_t nrows;
-    int publish_pending;
-    bool publish_failed;
     bool reconciling; /* a reconciler query is in flight */
-    struct event *poll_timer, *reconcile_timer, *retry_timer, *claim_now;
+    bool feeding;     /* a feeder round is in flight */
+    bool waiting_busy;
+    struct event *poll_timer, *reconcile_timer, *retry_timer, *claim_now, *feed_timer,
+        *waiting_timer;
     uint64_t rng;
 } scheduler;
 
 static void exp_step(scheduler *s);
-static void publish_rows(scheduler *s);
 
 static void set_state(scheduler *s, exp_state st)
 {
     wc_debug("expansion: %s -> %s", exp_state_names[s->state], exp_state_names[st]);
     s->state = st;
-}
-
-static void free_rows(scheduler *s)
-{
-    for (size_t i = 0; i < s->nrows; i++) {
-        free(s->rows[i].phone);
-        free(s->rows[i].name);
-        free(s->rows[i].content);
-    }
-    free(s->rows);
-    s->rows = NULL;
-    s->nrows = 0;
 }
 
 static void free_campaign(campaign *c)
@@ -183,7 +170,6 @@ static void free_campaign(campaign *c)
 static void end_expansion(scheduler *s)
 {
     bool had = s->c != NULL;
-    free_rows(s);
     free_campaign(s->c);
     s->c = NULL;
     set_state(s, EXP_IDLE);
@@ -492,7 +478,7 @@ static void on_leads(wc_pg *pg, PGresult *res, const char *err, void *arg)
     if (n < s->cfg.batch)
         c->leads_done = true;
     if (n == 0) {
-        set_state(s, EXP_LEFTOVERS);
+        set_state(s, EXP_FINISH);
         exp_step(s);
         return;
     }
@@ -504,11 +490,6 @@ static void on_leads(wc_pg *pg, PGresult *res, const char *err, void *arg)
         evbuffer_add(*bufs[i], "{", 1);
     }
     a.n = 0;
-    /* Keep what publishing needs, by lead id, for the rows the insert returns. */
-    free_rows(s);
-    s->rows = calloc((size_t)n, sizeof *s->rows);
-    if (!s->rows)
-        abort();
     wc_buf out = {0};
     for (int r = 0; r < n; r++) {
         const char *lead_id = PQgetvalue(res, r, 0);
@@ -567,12 +548,6 @@ static void on_leads(wc_pg *pg, PGresult *res, const char *err, void *arg)
         append_array_text(a.status, status, first);
         append_array_text(a.code, code[0] ? code : NULL, first);
         append_array_text(a.message, message[0] ? message : NULL, first);
-        pub_row *row = &s->rows[s->nrows++];
-        snprintf(row->lead_id, sizeof row->lead_id, "%s", lead_id);
-        snprintf(row->lead_device, sizeof row->lead_device, "%s", PQgetvalue(res, r, 3));
-        row->phone = strdup(recipient);
-        row->name = strdup(PQgetvalue(res, r, 1));
-        row->content = strdup(content);
         a.n++;
     }
     wc_buf_free(&out);
@@ -611,7 +586,7 @@ static void on_leads(wc_pg *pg, PGresult *res, const char *err, void *arg)
     if (a.n == 0) {
         for (size_t i = 0; i < 7; i++)
             evbuffer_free(*bufs[i]);
-        set_state(s, c->leads_done ? EXP_LEFTOVERS : EXP_SELECT);
+        set_state(s, c->leads_done ? EXP_FINISH : EXP_SELECT);
         exp_step(s);
         return;
     }
@@ -622,11 +597,6 @@ static void on_leads(wc_pg *pg, PGresult *res, const char *err, void *arg)
     }
     for (size_t i = 0; i < 7; i++)
         evbuffer_free(*bufs[i]);
-}
-
-static int cmp_row_lead(const void *a, const void *b)
-{
-    return strcmp(((const pub_row *)a)->lead_id, ((const pub_row *)b)->lead_id);
 }
 
 static void on_inserted(wc_pg *pg, PGresult *res, const char *err, void *arg)
@@ -646,215 +616,14 @@ static void on_inserted(wc_pg *pg, PGresult *res, const char *err, void *arg)
         end_expansion(s);
         return;
     }
-    /* Keep only the rows just created as pending, with their ids. */
-    qsort(s->rows, s->nrows, sizeof *s->rows, cmp_row_lead);
-    pub_row *keep = calloc((size_t)n, sizeof *keep);
-    if (!keep)
-        abort();
-    size_t nkeep = 0;
+    /* The rows wait as 'pending'; the feeder publishes them as the
+     * campaign's messages in flight leave room. */
     for (int r = 0; r < n - 1; r++) {
-        const char *status = PQgetvalue(res, r, 2);
         s->m.messages_created++;
-        if (strcmp(status, "pending") != 0) {
+        if (strcmp(PQgetvalue(res, r, 2), "pending") != 0)
             s->m.messages_skipped++;
-            continue;
-        }
-        pub_row key;
-        snprintf(key.lead_id, sizeof key.lead_id, "%s", PQgetvalue(res, r, 1));
-        pub_row *row = bsearch(&key, s->rows, s->nrows, sizeof *s->rows, cmp_row_lead);
-        if (!row)
-            continue;
-        keep[nkeep] = *row;
-        keep[nkeep].id = strtoll(PQgetvalue(res, r, 0), NULL, 10);
-        row->phone = row->name = row->content = NULL; /* moved */
-        nkeep++;
     }
-    free_rows(s);
-    s->rows = keep;
-    s->nrows = nkeep;
-    set_state(s, EXP_CHECK_LEN);
-    exp_step(s);
-}
-
-static void on_jobs_len(wc_redis *r, redisReply *reply, void *arg)
-{
-    (void)r;
-    scheduler *s = arg;
-    if (!s->c)
-        return; /* the expansion ended under us (shutdown) */
-    if (s->state != EXP_CHECK_LEN)
-        return;
-    if (!reply || reply->type != REDIS_REPLY_INTEGER) {
-        s->m.redis_errors++;
-        abandon(s, "redis unavailable");
-        return;
-    }
-    if (reply->integer > s->cfg.jobs_max) {
-        /* Back-pressure: wait for the dispatchers to drain the stream. */
-        s->m.backpressure_waits++;
-        struct timeval tv = {0, 200000};
-        evtimer_add(s->retry_timer, &tv);
-        return;
-    }
-    publish_rows(s);
-}
-
-static void on_published(wc_redis *r, redisReply *reply, void *arg);
-
-static void publish_rows(scheduler *s)
-{
-    campaign *c = s->c;
-    if (s->nrows == 0) {
-        set_state(s, EXP_MARK);
-        exp_step(s);
-        return;
-    }
-    set_state(s, EXP_PUBLISH);
-    s->publish_pending = 0;
-    s->publish_failed = false;
-    int64_t now = wc_now_us();
-    for (size_t i = 0; i < s->nrows; i++) {
-        pub_row *row = &s->rows[i];
-        Wacast__Job job = WACAST__JOB__INIT;
-        job.message_id = row->id;
-        job.campaign_id = c->id;
-        job.user_id = c->user_id;
-        job.lead_id = row->lead_id;
-        job.device_id = row->lead_device;
-        job.recipient = row->phone;
-        job.recipient_name = row->name;
-        job.content = row->content;
-        job.media_url = c->media_url;
-        job.min_delay_ms = c->min_delay_ms;
-        job.max_delay_ms = c->max_delay_ms;
-        job.attempt = 1;
-        job.queued_at_us = now;
-        size_t len = wacast__job__get_packed_size(&job);
-        uint8_t *buf = malloc(len ? len : 1);
-        if (!buf)
-            abort();
-        wacast__job__pack(&job, buf);
-        const char *argv[] = {"XADD", WC_KEY_JOBS, "*", "j", (const char *)buf};
-        size_t lens[] = {4, strlen(WC_KEY_JOBS), 1, 1, len};
-        if (wc_redis_commandv(s->d.redis, on_published, s, 5, argv, lens) == 0)
-            s->publish_pending++;
-        else
-            s->publish_failed = true;
-        free(buf);
-    }
-    if (s->publish_pending == 0)
-        abandon(s, "redis unavailable");
-}
-
-static void on_published(wc_redis *r, redisReply *reply, void *arg)
-{
-    (void)r;
-    scheduler *s = arg;
-    if (!s->c)
-        return; /* the expansion ended under us (shutdown) */
-    if (!reply || reply->type == REDIS_REPLY_ERROR) {
-        s->m.redis_errors++;
-        s->publish_failed = true;
-    } else {
-        s->m.messages_published++;
-    }
-    if (--s->publish_pending > 0)
-        return;
-    if (s->publish_failed) {
-        /* Rows stay pending; the leftovers pass of the resumed claim publishes them. */
-        abandon(s, "publishing failed");
-        return;
-    }
-    set_state(s, EXP_MARK);
-    exp_step(s);
-}
-
-static void after_mark(scheduler *s)
-{
-    free_rows(s);
-    campaign *c = s->c;
-    if (c->leftover_cursor > 0 || c->leads_done)
-        set_state(s, EXP_LEFTOVERS);
-    else
-        set_state(s, EXP_SELECT);
-    exp_step(s);
-}
-
-static void on_marked(wc_pg *pg, PGresult *res, const char *err, void *arg)
-{
-    (void)pg;
-    scheduler *s = arg;
-    if (!s->c)
-        return; /* the expansion ended under us (shutdown) */
-    if (!res) {
-        /* Published but still pending: harmless, the reconciler republishes
-         * and the idempotency marker stops a second send. */
-        s->m.pg_errors++;
-        wc_warn("marking messages queued: %s", err);
-    }
-    after_mark(s);
-}
-
-static void mark_queued(scheduler *s)
-{
-    if (s->nrows == 0) {
-        after_mark(s);
-        return;
-    }
-    struct evbuffer *ids = evbuffer_new();
-    for (size_t i = 0; i < s->nrows; i++)
-        evbuffer_add_printf(ids, "%s%" PRId64, i ? "," : "{", s->rows[i].id);
-    evbuffer_add(ids, "}\0", 2);
-    const char *params[] = {(const char *)evbuffer_pullup(ids, -1)};
-    if (wc_pg_query(s->d.pg,
-                    "UPDATE broadcast_messages SET status = 'queued', queued_at = now(), "
-                    "updated_at = now() "
-                    "WHERE id = ANY($1::bigint[]) AND status = 'pending'",
-                    1, params, on_marked, s) < 0) {
-        s->m.pg_errors++;
-        after_mark(s);
-    }
-    evbuffer_free(ids);
-}
-
-/* Rows of the form id, lead_id, lead device, phone, name, content. */
-static void take_rows(scheduler *s, PGresult *res)
-{
-    free_rows(s);
-    int n = PQntuples(res);
-    s->rows = calloc((size_t)n + 1, sizeof *s->rows);
-    if (!s->rows)
-        abort();
-    for (int r = 0; r < n; r++) {
-        pub_row *row = &s->rows[s->nrows++];
-        row->id = strtoll(PQgetvalue(res, r, 0), NULL, 10);
-        snprintf(row->lead_id, sizeof row->lead_id, "%s", PQgetvalue(res, r, 1));
-        snprintf(row->lead_device, sizeof row->lead_device, "%s", PQgetvalue(res, r, 2));
-        row->phone = strdup(PQgetvalue(res, r, 3));
-        row->name = strdup(PQgetvalue(res, r, 4));
-        row->content = strdup(PQgetvalue(res, r, 5));
-    }
-}
-
-static void on_leftovers(wc_pg *pg, PGresult *res, const char *err, void *arg)
-{
-    (void)pg;
-    scheduler *s = arg;
-    if (!s->c)
-        return; /* the expansion ended under us (shutdown) */
-    if (!res) {
-        s->m.pg_errors++;
-        abandon(s, err);
-        return;
-    }
-    if (PQntuples(res) == 0) {
-        set_state(s, EXP_FINISH);
-        exp_step(s);
-        return;
-    }
-    take_rows(s, res);
-    s->c->leftover_cursor = s->rows[s->nrows - 1].id;
-    set_state(s, EXP_CHECK_LEN);
+    set_state(s, s->c->leads_done ? EXP_FINISH : EXP_SELECT);
     exp_step(s);
 }
 
@@ -903,7 +672,7 @@ static void exp_step(scheduler *s)
     }
     case EXP_SELECT: {
         if (c->leads_done) {
-            set_state(s, EXP_LEFTOVERS);
+            set_state(s, EXP_FINISH);
             exp_step(s);
             return;
         }
@@ -919,29 +688,6 @@ static void exp_step(scheduler *s)
             " AND ($3::text IS NULL OR lower(l.niche) = lower($3))"
             " AND l.id > $4::uuid ORDER BY l.id LIMIT $5::int";
         if (wc_pg_query(s->d.pg, sql, 5, params, on_leads, s) < 0)
-            abandon(s, "cannot queue a query");
-        return;
-    }
-    case EXP_CHECK_LEN:
-        if (wc_redis_command(s->d.redis, on_jobs_len, s, "XLEN %s", WC_KEY_JOBS) < 0) {
-            s->m.redis_errors++;
-            abandon(s, "redis unavailable");
-        }
-        return;
-    case EXP_MARK:
-        mark_queued(s);
-        return;
-    case EXP_LEFTOVERS: {
-        char cursor[32];
-        snprintf(cursor, sizeof cursor, "%" PRId64, c->leftover_cursor);
-        const char *params[] = {c->id, cursor};
-        static const char *sql =
-            "SELECT m.id, coalesce(m.lead_id::text, ''), coalesce(l.device_id::text, ''),"
-            " m.recipient_phone, m.recipient_name, m.content FROM broadcast_messages m"
-            " LEFT JOIN leads l ON l.id = m.lead_id"
-            " WHERE m.campaign_id = $1 AND m.status = 'pending' AND m.id > $2::bigint"
-            " ORDER BY m.id LIMIT 2000";
-        if (wc_pg_query(s->d.pg, sql, 2, params, on_leftovers, s) < 0)
             abandon(s, "cannot queue a query");
         return;
     }
@@ -1136,11 +882,173 @@ static void on_reconcile(evutil_socket_t fd, short what, void *arg)
     snprintf(after, sizeof after, "%ld", s->cfg.reconcile_after_s);
     const char *params[] = {after};
     static const char *sql = "SELECT " WC_SQL_JOB_COLUMNS ", m.status::text" WC_SQL_JOB_FROM
-                             " WHERE m.status IN ('pending', 'queued') AND c.status = 'processing'"
+                             " WHERE m.status = 'queued' AND c.status = 'processing'"
                              " AND m.updated_at < now() - make_interval(secs => $1::float8)"
                              " ORDER BY m.updated_at LIMIT 1000";
     if (wc_pg_query(s->d.pg, sql, 1, params, on_stuck, s) == 0)
         s->reconciling = true;
+}
+
+/* ---- feeder --------------------------------------------------------------------------------
+ *
+ * Expansion leaves a campaign's messages 'pending' in PostgreSQL; the feeder
+ * publishes them as room opens: each running campaign has at most
+ * WACAST_CAMPAIGN_INFLIGHT messages queued (published, not yet done). So
+ * Redis holds a bounded amount per campaign, a large campaign never stands in
+ * front of another user's, and a campaign whose user has no healthy device,
+ * or that is outside its sending window, or paused, keeps its messages in
+ * PostgreSQL. Rows are marked queued and returned by one statement (FOR
+ * UPDATE SKIP LOCKED: schedulers never publish the same row twice); a row
+ * marked but not published is republished by the reconciler. */
+
+/* A device the router may use: online, seen by a sender lately, not resting
+ * (user in c.user_id, the online grace in ms as the given parameter). */
+#define HEALTHY_DEVICE(grace_param)                                                                \
+    "EXISTS (SELECT 1 FROM user_devices d WHERE d.user_id = c.user_id AND d.status = 'online'"     \
+    " AND (d.resting_until IS NULL OR d.resting_until <= now())"                                   \
+    " AND d.last_seen > now() - make_interval(secs => " grace_param "::float8 / 1000))"
+
+// clang-format off
+static const char *FEED_SQL =
+    "WITH camp AS ("
+    " SELECT c.id, $1::int - (SELECT count(*) FROM broadcast_messages q"
+    "  WHERE q.campaign_id = c.id AND q.status = 'queued') AS room"
+    " FROM campaigns c WHERE c.status IN ('triggered', 'processing')"
+    " AND wacast_in_window(c.send_window_start, c.send_window_end, c.time_zone)"
+    " AND " HEALTHY_DEVICE("$3")
+    " AND EXISTS (SELECT 1 FROM broadcast_messages p WHERE p.campaign_id = c.id"
+    "  AND p.status = 'pending')),"
+    " share AS (SELECT greatest(1, $2::int / greatest(1, count(*))) AS n FROM camp),"
+    " picked AS ("
+    " SELECT p.id FROM camp, share, LATERAL (SELECT m.id FROM broadcast_messages m"
+    "  WHERE m.campaign_id = camp.id AND m.status = 'pending' ORDER BY m.id"
+    "  LIMIT greatest(0, least(camp.room, share.n)) FOR UPDATE SKIP LOCKED) p),"
+    " upd AS ("
+    " UPDATE broadcast_messages m SET status = 'queued', queued_at = now(), updated_at = now()"
+    " FROM picked WHERE m.id = picked.id AND m.status = 'pending' RETURNING m.*)"
+    " SELECT " WC_SQL_JOB_COLUMNS
+    " FROM upd m JOIN campaigns c ON c.id = m.campaign_id LEFT JOIN leads l ON l.id = m.lead_id"
+    " ORDER BY m.id";
+
+static const char *WAITING_SQL =
+    "WITH w AS ("
+    " SELECT c.id, " HEALTHY_DEVICE("$1") " AS healthy,"
+    " 'waiting: no healthy device (' || coalesce((SELECT string_agg(n || ' ' || st, ', '"
+    "  ORDER BY st) FROM (SELECT CASE WHEN d.status = 'online' AND d.resting_until > now()"
+    "   THEN CASE WHEN d.status_reason LIKE 'daily limit%' THEN 'at daily limit'"
+    "    ELSE 'resting' END"
+    "   WHEN d.status = 'online' THEN 'not seen by a sender' ELSE d.status::text END AS st,"
+    "   count(*) AS n FROM user_devices d WHERE d.user_id = c.user_id GROUP BY 1) x),"
+    "  'the user has no device') || ')' AS reason"
+    " FROM campaigns c WHERE c.status IN ('triggered', 'processing'))"
+    " UPDATE campaigns c SET status_reason = CASE WHEN w.healthy THEN NULL ELSE w.reason END"
+    " FROM w WHERE c.id = w.id AND ((NOT w.healthy AND (c.status_reason IS NULL"
+    "  OR c.status_reason LIKE 'waiting:%') AND c.status_reason IS DISTINCT FROM w.reason)"
+    "  OR (w.healthy AND c.status_reason LIKE 'waiting:%'))";
+// clang-format on
+
+static void on_feed_timer(evutil_socket_t fd, short what, void *arg);
+
+static void on_fed(int published, int n, const char *ids, void *arg)
+{
+    (void)ids;
+    scheduler *s = arg;
+    s->feeding = false;
+    s->m.messages_published += (uint64_t)published;
+    if (published < n)
+        wc_warn("feeder: %d of %d message(s) not published; the reconciler retries them",
+                n - published, n);
+    /* A full round: more may be waiting; go on at once. */
+    if (n >= s->cfg.feed_batch / 2 && !s->d.stopping)
+        on_feed_timer(-1, 0, s);
+}
+
+static void on_feed_rows(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    scheduler *s = arg;
+    if (!res) {
+        s->feeding = false;
+        s->m.pg_errors++;
+        wc_warn("feeder: %s", err);
+        return;
+    }
+    if (PQntuples(res) == 0) {
+        s->feeding = false;
+        return;
+    }
+    s->m.feed_rounds++;
+    if (wc_publish_rows(s->d.redis, res, NULL, 0, on_fed, s) < 0) {
+        /* Marked queued, not published: the reconciler publishes them. */
+        s->feeding = false;
+        s->m.redis_errors++;
+    }
+}
+
+static void on_feed_len(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    scheduler *s = arg;
+    if (!reply || reply->type != REDIS_REPLY_INTEGER) {
+        s->m.redis_errors++;
+        s->feeding = false;
+        return;
+    }
+    if (reply->integer > s->cfg.jobs_max) {
+        /* The routers are behind: let the stream drain first. */
+        s->m.backpressure_waits++;
+        s->feeding = false;
+        return;
+    }
+    char inflight[32], batch[32], grace[32];
+    snprintf(inflight, sizeof inflight, "%ld", s->cfg.inflight);
+    snprintf(batch, sizeof batch, "%ld", s->cfg.feed_batch);
+    snprintf(grace, sizeof grace, "%ld", s->cfg.online_grace_ms);
+    const char *params[] = {inflight, batch, grace};
+    if (wc_pg_query(s->d.pg, FEED_SQL, 3, params, on_feed_rows, s) < 0) {
+        s->m.pg_errors++;
+        s->feeding = false;
+    }
+}
+
+static void on_feed_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    scheduler *s = arg;
+    if (s->feeding || s->d.stopping || !wc_redis_ready(s->d.redis))
+        return;
+    if (wc_redis_command(s->d.redis, on_feed_len, s, "XLEN %s", WC_KEY_JOBS) == 0)
+        s->feeding = true;
+}
+
+static void on_waiting_written(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    scheduler *s = arg;
+    s->waiting_busy = false;
+    if (!res) {
+        s->m.pg_errors++;
+        wc_warn("writing waiting reasons: %s", err);
+    }
+}
+
+/* A running campaign whose user has no healthy device says so, with the
+ * states of the user's devices; the reason goes when a device is back. */
+static void on_waiting_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    scheduler *s = arg;
+    if (s->waiting_busy || s->d.stopping)
+        return;
+    char grace[32];
+    snprintf(grace, sizeof grace, "%ld", s->cfg.online_grace_ms);
+    const char *params[] = {grace};
+    if (wc_pg_query(s->d.pg, WAITING_SQL, 1, params, on_waiting_written, s) == 0)
+        s->waiting_busy = true;
+    else
+        s->m.pg_errors++;
 }
 
 static void on_stop(wc_daemon *d, void *arg)
@@ -1183,11 +1091,15 @@ int main(int argc, char **argv)
     s.claim_now = evtimer_new(s.d.base, on_poll, &s);
     s.poll_timer = wc_daemon_every(&s.d, (int)s.cfg.poll_ms, on_poll, &s);
     s.reconcile_timer = wc_daemon_every(&s.d, (int)s.cfg.reconcile_ms, on_reconcile, &s);
+    s.feed_timer = wc_daemon_every(&s.d, (int)s.cfg.feed_ms, on_feed_timer, &s);
+    s.waiting_timer = wc_daemon_every(&s.d, 1000, on_waiting_timer, &s);
     claim(&s);
     int rc = wc_daemon_run(&s.d);
     end_expansion(&s);
     event_free(s.poll_timer);
     event_free(s.reconcile_timer);
+    event_free(s.feed_timer);
+    event_free(s.waiting_timer);
     event_free(s.retry_timer);
     event_free(s.claim_now);
     wc_daemon_free(&s.d);

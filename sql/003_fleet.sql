@@ -63,3 +63,10 @@ $$;
 
 -- The router's candidates: online, recently seen by a sender, not resting.
 CREATE INDEX user_devices_online_idx ON user_devices (user_id) WHERE status = 'online';
+
+-- The feeder: a campaign's messages waiting in PostgreSQL (in order) and
+-- those published and not yet done (counted against its in-flight bound).
+CREATE INDEX broadcast_messages_pending_idx ON broadcast_messages (campaign_id, id)
+    WHERE status = 'pending';
+CREATE INDEX broadcast_messages_queued_idx ON broadcast_messages (campaign_id)
+    WHERE status = 'queued';
