@@ -82,19 +82,28 @@ struct route_batch {
     int pending;     /* EVAL replies outstanding */
 };
 
-/* Appends a job to the device's lane of its campaign, below the lane's cap;
- * a new lane gets its consumer group and joins the device's set of lanes
- * (then the entry id comes back with a "+"). KEYS[1] lane, KEYS[2] lanes;
- * ARGV[1] cap, ARGV[2] job, ARGV[3] campaign, ARGV[4] group. */
-static const char *LANE_APPEND =
-    "if redis.call('EXISTS', KEYS[1]) == 0 then "
-    " redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[4], '0', 'MKSTREAM') "
-    "elseif redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end "
-    "local id = redis.call('XADD', KEYS[1], '*', 'j', ARGV[2]) "
-    "if redis.call('SADD', KEYS[2], ARGV[3]) == 1 then return '+' .. id end "
+/* Routes a job to a device in one script: a message already claimed or done
+ * (a duplicate job) is refused ("D"); a full lane refuses it (nil: the next
+ * device is tried); else the marker says "routed to <device>" and the job is
+ * appended to the device's lane of its campaign. A new lane gets its consumer
+ * group and joins the device's set of lanes (the entry id comes back with a
+ * "+"). KEYS[1] marker, KEYS[2] lane, KEYS[3] lanes; ARGV[1] "r:<device>",
+ * ARGV[2] marker ttl s, ARGV[3] lane cap, ARGV[4] job, ARGV[5] campaign,
+ * ARGV[6] group. */
+static const char *ROUTE_SCRIPT =
+    "local v = redis.call('GET', KEYS[1]) "
+    "if v then local p = string.sub(v, 1, 1) "
+    " if p == 'c' or p == 'd' then return 'D' end end "
+    "if redis.call('EXISTS', KEYS[2]) == 0 then "
+    " redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[6], '0', 'MKSTREAM') "
+    "elseif redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[3]) then return false end "
+    "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) "
+    "local id = redis.call('XADD', KEYS[2], '*', 'j', ARGV[4]) "
+    "if redis.call('SADD', KEYS[3], ARGV[5]) == 1 then return '+' .. id end "
     "return id";
 
 static void read_jobs(dispatcher *ds);
+static void route(dispatcher *ds, route_job *jobs);
 static void read_results(dispatcher *ds);
 
 static bool reply_ok(dispatcher *ds, redisReply *r)
@@ -289,97 +298,70 @@ static const char *pick_device(dispatcher *ds, route_job *j)
 
 static void finish_route_batch(route_batch *b);
 
-static void on_appended(wc_redis *r, redisReply *reply, void *arg);
-static void on_route_marked(wc_redis *r, redisReply *reply, void *arg);
+
+static void on_routed(wc_redis *r, redisReply *reply, void *arg);
 
 static void try_route(route_batch *b, route_job *j)
 {
     dispatcher *ds = b->ds;
-    const char *dev;
-    while ((dev = pick_device(ds, j)) != NULL) {
-        snprintf(j->device, sizeof j->device, "%s", dev);
-        /* The outbox copy names the chosen device. */
-        free(j->payload);
-        char *preferred = j->job->device_id;
-        j->job->device_id = j->device;
-        j->payload_len = wacast__job__get_packed_size(j->job);
-        j->payload = malloc(j->payload_len ? j->payload_len : 1);
-        if (!j->payload)
-            abort();
-        wacast__job__pack(j->job, j->payload);
-        j->job->device_id = preferred;
-        /* Mark the message routed first: a message already being sent or
-         * done (a duplicate job) is dropped here. */
-        char key[64], val[64], ttl[32];
-        wc_key_msg(key, sizeof key, (long long)j->job->message_id);
-        snprintf(val, sizeof val, "r:%s", dev);
-        snprintf(ttl, sizeof ttl, "%ld", ds->cfg.idempotency_ttl_s);
-        const char *argv[] = {"EVAL", WC_MARK_SCRIPT, "1", key, val, ttl, "cd"};
-        if (wc_redis_commandv(ds->d.redis, on_route_marked, j, 7, argv, NULL) == 0) {
-            b->pending++;
-            return;
-        }
-        ds->m.redis_errors++;
+    const char *dev = pick_device(ds, j);
+    if (!dev) {
         j->device[0] = '\0';
-        return; /* Redis down: parks below when the batch finishes */
+        return;
     }
-    j->device[0] = '\0';
-}
-
-static route_batch *current_batch; /* the batch whose replies are in flight */
-
-static void append(route_batch *b, route_job *j)
-{
-    dispatcher *ds = b->ds;
-    char lane[160], lanes[128], cap[32];
+    snprintf(j->device, sizeof j->device, "%s", dev);
+    /* The lane's copy names the chosen device. */
+    free(j->payload);
+    char *preferred = j->job->device_id;
+    j->job->device_id = j->device;
+    j->payload_len = wacast__job__get_packed_size(j->job);
+    j->payload = malloc(j->payload_len ? j->payload_len : 1);
+    if (!j->payload)
+        abort();
+    wacast__job__pack(j->job, j->payload);
+    j->job->device_id = preferred;
+    char key[64], val[64], ttl[32], lane[160], lanes[128], cap[32];
+    wc_key_msg(key, sizeof key, (long long)j->job->message_id);
+    snprintf(val, sizeof val, "r:%s", dev);
+    snprintf(ttl, sizeof ttl, "%ld", ds->cfg.idempotency_ttl_s);
     wc_key_lane(lane, sizeof lane, j->device, j->job->campaign_id);
     wc_key_lanes(lanes, sizeof lanes, j->device);
     snprintf(cap, sizeof cap, "%ld", ds->cfg.outbox_max);
     const char *argv[] = {"EVAL",
-                          LANE_APPEND,
-                          "2",
+                          ROUTE_SCRIPT,
+                          "3",
+                          key,
                           lane,
                           lanes,
+                          val,
+                          ttl,
                           cap,
                           (const char *)j->payload,
                           j->job->campaign_id,
                           WC_GROUP_SEND};
     size_t lens[] = {4,
-                     strlen(LANE_APPEND),
+                     strlen(ROUTE_SCRIPT),
                      1,
+                     strlen(key),
                      strlen(lane),
                      strlen(lanes),
+                     strlen(val),
+                     strlen(ttl),
                      strlen(cap),
                      j->payload_len,
                      strlen(j->job->campaign_id),
                      strlen(WC_GROUP_SEND)};
-    if (wc_redis_commandv(ds->d.redis, on_appended, j, 9, argv, lens) == 0) {
+    if (wc_redis_commandv(ds->d.redis, on_routed, j, 12, argv, lens) == 0) {
         b->pending++;
         return;
     }
     ds->m.redis_errors++;
-    j->device[0] = '\0';
+    j->device[0] = '\0'; /* Redis down: parks below when the batch finishes */
 }
 
-static void on_route_marked(wc_redis *r, redisReply *reply, void *arg)
-{
-    (void)r;
-    route_job *j = arg;
-    route_batch *b = current_batch;
-    dispatcher *ds = b->ds;
-    b->pending--;
-    if (!reply_ok(ds, reply)) {
-        j->device[0] = '\0';
-    } else if (reply->type == REDIS_REPLY_STATUS) {
-        append(b, j);
-    } else {
-        j->duplicate = true; /* claimed or done elsewhere */
-    }
-    if (b->pending == 0)
-        finish_route_batch(b);
-}
+static route_batch *current_batch; /* the batch whose replies are in flight */
 
-static void on_appended(wc_redis *r, redisReply *reply, void *arg)
+static void on_routed(wc_redis *r, redisReply *reply, void *arg)
 {
     (void)r;
     route_job *j = arg;
@@ -392,6 +374,9 @@ static void on_appended(wc_redis *r, redisReply *reply, void *arg)
         /* Lane full: try the user's next device. */
         j->device[0] = '\0';
         try_route(b, j);
+    } else if (!strcmp(reply->str, "D")) {
+        j->duplicate = true; /* claimed or done elsewhere */
+        j->device[0] = '\0';
     } else if (reply->str[0] == '+') {
         j->new_lane = true;
     }
@@ -486,6 +471,12 @@ static void finish_route_batch(route_batch *b)
         evbuffer_free(cleared);
     }
     free(b);
+    if (ds->backlog) {
+        route_job *next_jobs = ds->backlog;
+        ds->backlog = NULL;
+        route(ds, next_jobs);
+        return;
+    }
     read_jobs(ds);
 }
 
@@ -565,6 +556,15 @@ static void on_jobs(wc_redis *r, redisReply *reply, void *arg)
     }
     if (!head) {
         read_jobs(ds);
+        return;
+    }
+    if (ds->routing) {
+        /* A batch (parked jobs tried again) is routing: one batch at a time
+         * (replies are matched to the batch in flight). These go next. */
+        route_job **t = &ds->backlog;
+        while (*t)
+            t = &(*t)->next;
+        *t = head;
         return;
     }
     route(ds, head);
@@ -1166,6 +1166,11 @@ int main(int argc, char **argv)
     event_free(ds.read_timer);
     events_free(&ds);
     control_free(&ds);
+    while (ds.backlog) {
+        route_job *j = ds.backlog;
+        ds.backlog = j->next;
+        free_route_job(j);
+    }
     while (ds.parked) {
         route_job *j = ds.parked;
         ds.parked = j->next;

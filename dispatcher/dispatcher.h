@@ -86,6 +86,7 @@ typedef struct dispatcher {
     /* router */
     bool jobs_reading, jobs_pel, jobs_read_pel; /* read_pel: the read in flight is of our PEL */
     route_job *parked;
+    route_job *backlog; /* jobs read while a batch was routing: routed next */
     size_t nparked;
     route_batch *routing;
     wc_map waiting; /* campaign id -> last time (mono s) we wrote its "waiting" reason */

@@ -112,8 +112,11 @@ static void on_recorded(wc_redis *r, redisReply *reply, void *arg)
         free(s);
         return;
     }
-    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements == 0 ||
-        reply->element[0]->type != REDIS_REPLY_STRING) {
+    /* The XADD's id, or EXEC's replies with the XADD's id first. */
+    bool ok = reply && (reply->type == REDIS_REPLY_STRING ||
+                        (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
+                         reply->element[0]->type == REDIS_REPLY_STRING));
+    if (!ok) {
         /* The record is the device's "network": no record, no send. */
         s->res.outcome = WC_SEND_RETRY;
         /* Without the EXEC reply nobody knows whether the record was written. */
@@ -238,12 +241,21 @@ static int sim_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, 
                           "ts_us",    ts_us,
                           "ok",       fail ? "0" : "1"};
     int argc = (int)(sizeof argv / sizeof argv[0]);
+    wc_redis *r = d->env->redis;
+    const char *cbs = d->env->sim_callbacks ? d->env->sim_callbacks : "";
+    if (fail || !*cbs) {
+        /* No webhook to go with it: the record alone, one command. */
+        if (wc_redis_commandv(r, on_recorded, s, argc, argv, NULL) < 0) {
+            free(s);
+            return -1;
+        }
+        d->inflight = s;
+        return 0;
+    }
     /* The record and the provider's later webhooks happen together or not at
      * all; the commands are queued back to back on the one connection. */
-    wc_redis *r = d->env->redis;
     int rc = wc_redis_command(r, on_queued, NULL, "MULTI");
     rc |= wc_redis_commandv(r, on_queued, NULL, argc, argv, NULL);
-    const char *cbs = d->env->sim_callbacks ? d->env->sim_callbacks : "";
     int step = 0;
     while (!fail && rc == 0 && *cbs) {
         char status[16];

@@ -180,6 +180,8 @@ typedef struct device {
     char down_reason[256];
     int64_t next_at_us;     /* earliest next send (wall clock) */
     int64_t lease_until_us; /* our lease is valid until (monotonic, with margin) */
+    int64_t lease_sent_us;  /* when the lease command in flight was sent */
+    bool renewing;          /* a renewal is in flight */
     int open_backoff_ms;
     struct event *timer;
     void *transport;
@@ -202,6 +204,8 @@ typedef struct device {
     uint16_t lane_cur;     /* the lane to read next */
     uint16_t empty_run;    /* lanes found empty in a row */
     bool lanes_stale;      /* re-read the set of lanes before the next read */
+    bool woken;            /* a wake-up came while busy: look once more before idling */
+    bool count_in_report;  /* the next report adds one to the day's count in Redis */
     char entry_lane[40];   /* the lane of the entry in hand */
     int64_t later_next_ms; /* earliest message due in the later set (0: none) */
     /* limits, from user_devices (re-read with the device list) */
@@ -247,8 +251,9 @@ struct fleet {
     wc_seal_keys *seal; /* NULL when WACAST_SECRET_KEY is not set */
     struct event *refresh_timer, *heartbeat_timer, *idle_timer, *status_timer, *stop_timer,
         *holds_timer;
-    device *dirty; /* devices whose row must be written */
-    bool status_flushing;
+    device *dirty;              /* devices whose row must be written */
+    struct evbuffer *touch_ids; /* online devices whose last_seen is due, as a uuid[] */
+    bool status_flushing;       /* a row write is in flight */
 };
 
 static void device_step(device *dv);
@@ -592,7 +597,6 @@ static void load_day_count(device *dv)
         dv->f->m.redis_errors++;
 }
 
-
 static void on_lease_set(wc_redis *r, redisReply *reply, void *arg)
 {
     (void)r;
@@ -612,7 +616,9 @@ static void on_lease_set(wc_redis *r, redisReply *reply, void *arg)
     }
     f->held++;
     f->m.leases_acquired++;
-    dv->lease_until_us = wc_mono_us() + (f->cfg.lease_ttl_ms * 1000) * 2 / 3;
+    /* Counted from when the command left: a reply read late must not make a
+     * lease look longer than Redis keeps it. */
+    dv->lease_until_us = dv->lease_sent_us + (f->cfg.lease_ttl_ms * 1000) * 2 / 3;
     char lanes[128], next[128], later[128];
     wc_key_lanes(lanes, sizeof lanes, dv->id);
     wc_key_next(next, sizeof next, dv->id);
@@ -637,6 +643,7 @@ static void device_acquire(device *dv)
     char lease[128], ttl[32];
     wc_key_lease(lease, sizeof lease, dv->id);
     snprintf(ttl, sizeof ttl, "%ld", f->cfg.lease_ttl_ms);
+    dv->lease_sent_us = wc_mono_us();
     if (wc_redis_command(f->d.redis, on_lease_set, dv, "SET %s %s NX PX %s", lease,
                          f->cfg.c.instance_id, ttl) == 0)
         set_state(dv, DEV_ACQUIRING);
@@ -1124,12 +1131,12 @@ static void on_sent(void *arg, const wc_send_result *sr)
                 dv->id, dv->job->message_id, sr->error_message, sr->error_code, wait / 1000);
         defer_entry(dv, wc_now_us() + wait);
         return;
-    } else if (sr->outcome == WC_SEND_RETRY && dv->rest == REST_BREAKER && !sr->outcome_unknown &&
-               dv->attempts < (uint32_t)f->cfg.max_attempts) {
+    } else if (sr->outcome == WC_SEND_RETRY && dv->rest == REST_BREAKER && !sr->outcome_unknown) {
         /* The breaker just opened and this attempt surely did not go out: the
-         * message goes to another device of the user (its attempts count). */
+         * device is at fault, not the message. It goes to another device of
+         * the user with the attempts it came with (this device's failures
+         * are not charged to it, even its last allowed one). */
         f->m.retried++;
-        dv->job->attempts_made = dv->attempts;
         handback_entry(dv);
         return;
     } else if (sr->outcome == WC_SEND_RETRY && dv->attempts < (uint32_t)f->cfg.max_attempts) {
@@ -1186,20 +1193,14 @@ static void on_sent(void *arg, const wc_send_result *sr)
     report(dv, &res);
 }
 
-/* A send counts against the device's day, shared by whichever sender holds it. */
+/* A send counts against the device's day, shared by whichever sender holds
+ * it: in memory now, in Redis with the report that follows. */
 static void count_send(device *dv)
 {
-    fleet *f = dv->f;
     dv->sent_today++;
+    dv->count_in_report = dv->day[0] != '\0';
     if (dv->cap >= 0)
         mark_dirty(dv);
-    if (!dv->day[0])
-        return;
-    char key[128];
-    wc_key_day(key, sizeof key, dv->id, dv->day);
-    if (wc_redis_command(f->d.redis, on_void_device, dv, "INCR %s", key) < 0 ||
-        wc_redis_command(f->d.redis, on_void_device, dv, "EXPIRE %s 172800", key) < 0)
-        f->m.redis_errors++;
 }
 
 static void send_now(device *dv)
@@ -1532,8 +1533,15 @@ static void on_read(wc_redis *r, redisReply *reply, void *arg)
             device_step(dv);
             return;
         }
-        /* Every lane is empty: wait for a wake-up (the set is read again). */
+        /* Every lane is empty: wait for a wake-up (the set is read again). A
+         * wake-up that came during this rotation may be for a lane already
+         * looked at: one more rotation then. */
         dv->lanes_stale = true;
+        if (dv->woken && dv->want) {
+            dv->woken = false;
+            device_step(dv);
+            return;
+        }
         if (!dv->want)
             device_release(dv);
         else if (dv->later_next_ms)
@@ -1635,6 +1643,27 @@ static void on_report_reply(wc_redis *r, redisReply *reply, void *arg)
 
 /* Records an outcome: marker, results stream, ack, next send time. A result
  * with status UNSPECIFIED only acknowledges (duplicate or corrupt entry). */
+/* Records an outcome in one script: the marker ("d:" + result), the result
+ * on the results stream, the ack and delete of the lane entry, the next send
+ * time, and the day's count. KEYS[1] marker, KEYS[2] results, KEYS[3] lane,
+ * KEYS[4] next, KEYS[5] day count; ARGV[1] marker value ("" for none),
+ * ARGV[2] marker ttl s, ARGV[3] group, ARGV[4] entry id ("" for none),
+ * ARGV[5] next send time, ARGV[6] "1" to count the send. */
+static const char *REPORT_SCRIPT = "if ARGV[1] ~= '' then "
+                                   " redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) "
+                                   " redis.call('XADD', KEYS[2], '*', 'r', string.sub(ARGV[1], 3)) "
+                                   "end "
+                                   "if ARGV[4] ~= '' then "
+                                   " redis.call('XACK', KEYS[3], ARGV[3], ARGV[4]) "
+                                   " redis.call('XDEL', KEYS[3], ARGV[4]) "
+                                   "end "
+                                   "redis.call('SET', KEYS[4], ARGV[5], 'PX', 86400000) "
+                                   "if ARGV[6] == '1' and redis.call('INCR', KEYS[5]) == 1 then "
+                                   " redis.call('EXPIRE', KEYS[5], 172800) end "
+                                   "return 1";
+
+/* Records an outcome. A result with status UNSPECIFIED only acknowledges
+ * (duplicate or corrupt entry). */
 static void report(device *dv, const Wacast__Result *res)
 {
     fleet *f = dv->f;
@@ -1642,12 +1671,18 @@ static void report(device *dv, const Wacast__Result *res)
     set_state(dv, DEV_REPORTING);
     dv->pending_replies = 0;
     dv->reply_failed = false;
-    char outbox[160], key[64], ttl[32], next_key[128], next_val[32];
-    wc_key_lane(outbox, sizeof outbox, dv->id, dv->entry_lane);
-    int rcode = 0;
+    char lane[160], key[64], ttl[32], next_key[128], next_val[32], day_key[128];
+    wc_key_lane(lane, sizeof lane, dv->id, dv->entry_lane);
+    wc_key_next(next_key, sizeof next_key, dv->id);
+    wc_key_day(day_key, sizeof day_key, dv->id, dv->day[0] ? dv->day : "-");
+    snprintf(next_val, sizeof next_val, "%" PRId64, dv->next_at_us);
+    snprintf(ttl, sizeof ttl, "%ld", f->cfg.idempotency_ttl_s);
+    wc_key_msg(key, sizeof key, (long long)res->message_id);
+    uint8_t *buf = NULL;
+    size_t len = 0;
     if (res->status != WACAST__STATUS__STATUS_UNSPECIFIED) {
-        size_t len = wacast__result__get_packed_size(res);
-        uint8_t *buf = malloc(len + 2);
+        len = wacast__result__get_packed_size(res);
+        buf = malloc(len + 2);
         if (!buf)
             abort();
         buf[0] = 'd';
@@ -1662,38 +1697,41 @@ static void report(device *dv, const Wacast__Result *res)
         memcpy(dv->done_result, buf + 2, len);
         dv->done_len = len;
         dv->done_id = res->message_id;
-        wc_key_msg(key, sizeof key, (long long)res->message_id);
-        snprintf(ttl, sizeof ttl, "%ld", f->cfg.idempotency_ttl_s);
-        const char *set_argv[] = {"SET", key, (const char *)buf, "EX", ttl};
-        size_t set_len[] = {3, strlen(key), len + 2, 2, strlen(ttl)};
-        rcode |= wc_redis_commandv(rc, on_report_reply, dv, 5, set_argv, set_len);
-        dv->pending_replies += rcode == 0;
-        const char *xadd_argv[] = {"XADD", WC_KEY_RESULTS, "*", "r", (const char *)buf + 2};
-        size_t xadd_len[] = {4, strlen(WC_KEY_RESULTS), 1, 1, len};
-        rcode |= wc_redis_commandv(rc, on_report_reply, dv, 5, xadd_argv, xadd_len);
-        dv->pending_replies += rcode == 0;
-        free(buf);
-        if (res->status == WACAST__STATUS__STATUS_SENT && dv->gap_ms && dv->job &&
-            dv->job->message_id == res->message_id && dv->job->recipient[0]) {
-            /* The recipient's gap runs from the send (the claim started it). */
-            char rkey[192];
-            wc_key_recipient(rkey, sizeof rkey, dv->id, dv->job->recipient);
-            if (wc_redis_command(rc, on_void_device, dv, "SET %s %" PRId64 " PX %u", rkey,
-                                 res->message_id, dv->gap_ms) < 0)
-                f->m.redis_errors++;
-        }
+        len += 2;
     }
-    if (dv->entry_id[0]) {
-        rcode |= wc_redis_command(rc, on_report_reply, dv, "XACK %s %s %s", outbox, WC_GROUP_SEND,
-                                  dv->entry_id);
-        dv->pending_replies += rcode == 0;
-        rcode |= wc_redis_command(rc, on_report_reply, dv, "XDEL %s %s", outbox, dv->entry_id);
-        dv->pending_replies += rcode == 0;
-    }
-    wc_key_next(next_key, sizeof next_key, dv->id);
-    snprintf(next_val, sizeof next_val, "%" PRId64, dv->next_at_us);
-    rcode |= wc_redis_command(rc, on_report_reply, dv, "SET %s %s PX 86400000", next_key, next_val);
+    const char *count = dv->count_in_report ? "1" : "0";
+    dv->count_in_report = false;
+    const char *argv[] = {"EVAL",   REPORT_SCRIPT,  "5",
+                          key,      WC_KEY_RESULTS, lane,
+                          next_key, day_key,        buf ? (const char *)buf : "",
+                          ttl,      WC_GROUP_SEND,  dv->entry_id,
+                          next_val, count};
+    size_t lens[] = {4,
+                     strlen(REPORT_SCRIPT),
+                     1,
+                     strlen(key),
+                     strlen(WC_KEY_RESULTS),
+                     strlen(lane),
+                     strlen(next_key),
+                     strlen(day_key),
+                     len,
+                     strlen(ttl),
+                     strlen(WC_GROUP_SEND),
+                     strlen(dv->entry_id),
+                     strlen(next_val),
+                     1};
+    int rcode = wc_redis_commandv(rc, on_report_reply, dv, 14, argv, lens);
     dv->pending_replies += rcode == 0;
+    free(buf);
+    if (res->status == WACAST__STATUS__STATUS_SENT && dv->gap_ms && dv->job &&
+        dv->job->message_id == res->message_id && dv->job->recipient[0]) {
+        /* The recipient's gap runs from the send (the claim started it). */
+        char rkey[192];
+        wc_key_recipient(rkey, sizeof rkey, dv->id, dv->job->recipient);
+        if (wc_redis_command(rc, on_void_device, dv, "SET %s %" PRId64 " PX %u", rkey,
+                             res->message_id, dv->gap_ms) < 0)
+            f->m.redis_errors++;
+    }
     if (rcode != 0)
         dv->reply_failed = true;
     if (dv->pending_replies == 0) {
@@ -2099,12 +2137,13 @@ static void on_renewed(wc_redis *r, redisReply *reply, void *arg)
     (void)r;
     device *dv = arg;
     fleet *f = dv->f;
+    dv->renewing = false;
     if (dv->state == DEV_UNOWNED || dv->state == DEV_ACQUIRING)
         return;
     if (!reply_ok(f, reply))
         return; /* Redis trouble: lease_until runs out and sends stop by themselves */
     if (reply->type == REDIS_REPLY_INTEGER && reply->integer == 1) {
-        dv->lease_until_us = wc_mono_us() + (f->cfg.lease_ttl_ms * 1000) * 2 / 3;
+        dv->lease_until_us = dv->lease_sent_us + (f->cfg.lease_ttl_ms * 1000) * 2 / 3;
         return;
     }
     /* Expired or someone else's now. A send in flight cannot be recalled; its
@@ -2124,6 +2163,7 @@ static void on_last_seen(wc_pg *pg, PGresult *res, const char *err, void *arg)
 {
     (void)pg;
     fleet *f = arg;
+    f->status_flushing = false;
     if (!res) {
         f->m.pg_errors++;
         wc_warn("updating last_seen: %s", err);
@@ -2162,8 +2202,14 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
         char lease[128];
         wc_key_lease(lease, sizeof lease, dv->id);
         const char *argv[] = {"EVAL", LEASE_RENEW, "1", lease, f->cfg.c.instance_id, ttl};
-        if (wc_redis_commandv(f->d.redis, on_renewed, dv, 6, argv, NULL) < 0)
-            f->m.redis_errors++;
+        /* One renewal in flight at a time (its send time dates the lease). */
+        if (!dv->renewing) {
+            dv->lease_sent_us = wc_mono_us();
+            if (wc_redis_commandv(f->d.redis, on_renewed, dv, 6, argv, NULL) < 0)
+                f->m.redis_errors++;
+            else
+                dv->renewing = true;
+        }
         if (dv->disconnects > 0.01f) {
             /* Disconnects weigh less as they age (half-life ~10 minutes). */
             dv->disconnects *= 0.996f;
@@ -2174,15 +2220,16 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
             nids++;
         }
     }
+    /* Written by the row writer, one statement at a time (two statements on
+     * the same rows at once could deadlock). */
     if (nids) {
         evbuffer_add(ids, "}\0", 2);
-        const char *params[] = {(const char *)evbuffer_pullup(ids, -1)};
-        if (wc_pg_query(f->d.pg,
-                        "UPDATE user_devices SET last_seen = now() WHERE id = ANY($1::uuid[])", 1,
-                        params, on_last_seen, f) < 0)
-            f->m.pg_errors++;
+        if (f->touch_ids)
+            evbuffer_free(f->touch_ids);
+        f->touch_ids = ids;
+    } else {
+        evbuffer_free(ids);
     }
-    evbuffer_free(ids);
 }
 
 static void on_status_written(wc_pg *pg, PGresult *res, const char *err, void *arg)
@@ -2225,7 +2272,22 @@ static void on_status_flush(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     fleet *f = arg;
-    if (!f->dirty || f->status_flushing)
+    if (f->status_flushing)
+        return;
+    if (f->touch_ids) {
+        /* Tell PostgreSQL the online devices are alive (the router's view). */
+        const char *params[] = {(const char *)evbuffer_pullup(f->touch_ids, -1)};
+        if (wc_pg_query(f->d.pg,
+                        "UPDATE user_devices SET last_seen = now() WHERE id = ANY($1::uuid[])", 1,
+                        params, on_last_seen, f) == 0)
+            f->status_flushing = true;
+        else
+            f->m.pg_errors++;
+        evbuffer_free(f->touch_ids);
+        f->touch_ids = NULL;
+        return;
+    }
+    if (!f->dirty)
         return;
     struct evbuffer *b[7];
     for (int k = 0; k < 7; k++) {
@@ -2335,6 +2397,8 @@ static void on_wake(wc_redis *r, const char *channel, const char *msg, size_t le
         dv->lanes_stale = true;
     if (dv->state == DEV_IDLE)
         device_step(dv);
+    else if (dv->state != DEV_UNOWNED && dv->state != DEV_ACQUIRING)
+        dv->woken = true;
 }
 
 static void on_idle_poll(evutil_socket_t fd, short what, void *arg)
@@ -2503,6 +2567,8 @@ int main(int argc, char **argv)
     event_free(f.status_timer);
     event_free(f.holds_timer);
     wc_map_free(&f.holds);
+    if (f.touch_ids)
+        evbuffer_free(f.touch_ids);
     if (f.stop_timer)
         event_free(f.stop_timer);
     for (size_t i = 0; i < f.devices.cap; i++) {
