@@ -205,6 +205,7 @@ typedef struct device {
     uint16_t empty_run;    /* lanes found empty in a row */
     bool lanes_stale;      /* re-read the set of lanes before the next read */
     bool woken;            /* a wake-up came while busy: look once more before idling */
+    bool idle_seen;        /* idle at the last idle poll */
     bool count_in_report;  /* the next report adds one to the day's count in Redis */
     char entry_lane[40];   /* the lane of the entry in hand */
     int64_t later_next_ms; /* earliest message due in the later set (0: none) */
@@ -257,7 +258,7 @@ struct fleet {
 };
 
 static void device_step(device *dv);
-static void lane_drained(device *dv);
+static void lane_drained(device *dv, const char *campaign);
 static void load_day_count(device *dv);
 static void leave_rest(device *dv, const char *why);
 static void open_breaker(device *dv, const wc_send_result *sr);
@@ -1519,8 +1520,6 @@ static void on_read(wc_redis *r, redisReply *reply, void *arg)
         /* This lane has nothing (pending, or new): the next one. */
         dv->empty_run++;
         dv->lane_cur++;
-        if (!dv->pel_mode && !gone)
-            lane_drained(dv);
         set_state(dv, DEV_IDLE);
         if (dv->empty_run < dv->nlanes) {
             device_step(dv);
@@ -1533,10 +1532,10 @@ static void on_read(wc_redis *r, redisReply *reply, void *arg)
             device_step(dv);
             return;
         }
-        /* Every lane is empty: wait for a wake-up (the set is read again). A
-         * wake-up that came during this rotation may be for a lane already
-         * looked at: one more rotation then. */
-        dv->lanes_stale = true;
+        /* Every lane is empty: wait for a wake-up (one with "+" when a lane
+         * is new; the idle poll re-reads the set too). A wake-up that came
+         * during this rotation may be for a lane already looked at: one more
+         * rotation then. */
         if (dv->woken && dv->want) {
             dv->woken = false;
             device_step(dv);
@@ -1597,12 +1596,12 @@ static const char *LANE_DRAINED =
     "if redis.call('XLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[1]) "
     "redis.call('SREM', KEYS[2], ARGV[1]) return 1 end return 0";
 
-static void lane_drained(device *dv)
+static void lane_drained(device *dv, const char *campaign)
 {
     char lane[160], lanes[128];
-    wc_key_lane(lane, sizeof lane, dv->id, dv->entry_lane);
+    wc_key_lane(lane, sizeof lane, dv->id, campaign);
     wc_key_lanes(lanes, sizeof lanes, dv->id);
-    const char *argv[] = {"EVAL", LANE_DRAINED, "2", lane, lanes, dv->entry_lane};
+    const char *argv[] = {"EVAL", LANE_DRAINED, "2", lane, lanes, campaign};
     if (wc_redis_commandv(dv->f->d.redis, on_void_device, dv, 6, argv, NULL) < 0)
         dv->f->m.redis_errors++;
 }
@@ -2417,6 +2416,13 @@ static void on_idle_poll(evutil_socket_t fd, short what, void *arg)
         }
         if (dv->state != DEV_UNOWNED && dv->state != DEV_ACQUIRING)
             dv->lanes_stale = true; /* a lost "new lane" wake-up is caught here */
+        if (dv->state == DEV_IDLE && !evtimer_pending(dv->timer, NULL) && dv->idle_seen) {
+            /* Idle since the last poll: lanes left empty are removed (the
+             * router recreates one with its campaign's next message). */
+            for (uint16_t k = 0; k < dv->nlanes; k++)
+                lane_drained(dv, dv->lanes[k]);
+        }
+        dv->idle_seen = dv->state == DEV_IDLE;
         if (dv->state == DEV_IDLE && !evtimer_pending(dv->timer, NULL)) {
             /* An idle device also re-checks its pending lists: an entry whose
              * delivery reply was lost is never left behind. */
