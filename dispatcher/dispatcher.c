@@ -1,13 +1,15 @@
 /* wacast-dispatcher: the router and the status sink.
  *
  * Router. Reads the jobs stream in a consumer group and appends each message
- * to the outbox stream of a device: the lead's own device when it is online,
- * else another online device of the same user (round-robin), skipping outboxes
- * that are full (a script appends only below a cap, so Redis memory stays
- * bounded). A message with no usable device waits in memory, unacknowledged,
- * and is routed again every second: nothing is dropped, and when a device
- * comes back the messages go out. Entries are acknowledged and deleted only
- * once appended to an outbox.
+ * to a device's lane for its campaign (one stream per device and campaign,
+ * which the device reads round-robin): the lead's own device when it is
+ * healthy (online, seen by a sender, not resting), else another healthy
+ * device of the same user (round-robin), skipping lanes that are full (the
+ * routing script appends only below a cap, so Redis memory stays bounded). A
+ * message with no usable device waits in memory, unacknowledged, is routed
+ * again every second, and its campaign says why: nothing is dropped, and when
+ * a device comes back the messages go out. Entries are acknowledged and
+ * deleted only once appended to a lane.
  *
  * Sink. Reads the results stream and writes statuses and campaign counters to
  * PostgreSQL, one statement per batch (UPDATE ... FROM unnest(...)), guarded
@@ -297,7 +299,6 @@ static const char *pick_device(dispatcher *ds, route_job *j)
 }
 
 static void finish_route_batch(route_batch *b);
-
 
 static void on_routed(wc_redis *r, redisReply *reply, void *arg);
 

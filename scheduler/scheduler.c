@@ -5,15 +5,18 @@
  * batch, and a claim older than WACAST_CLAIM_STALE_S is taken over by another
  * scheduler (its owner died). Expansion is a state machine over batches of
  * leads: select a page of eligible leads, normalise phones and render the
- * template in C, insert the messages in one statement (the UNIQUE constraints
- * make a re-run harmless), publish the new ones to the jobs stream, mark them
- * queued. A last pass publishes any row of the campaign still `pending` (left
- * by a crashed run), and the campaign moves to `processing`.
+ * template in C, insert the messages as 'pending' in one statement (the
+ * UNIQUE constraints make a re-run harmless); then the campaign moves to
+ * `processing`.
  *
- * Postgres is the source of truth, Redis the conveyor belt: the reconciler
- * republishes messages left `pending` in running campaigns, and the
- * idempotency marker on the sender side keeps a republished message from
- * being sent twice. */
+ * The feeder publishes pending messages as room opens: at most
+ * WACAST_CAMPAIGN_INFLIGHT per campaign queued and not done, only while the
+ * campaign's user has a healthy device and the campaign is inside its sending
+ * window. Postgres is the source of truth and holds the backlog; Redis is the
+ * conveyor belt and holds a bounded amount per campaign. The reconciler
+ * republishes queued messages whose marker is gone, and the idempotency
+ * marker on the sender side keeps a republished message from being sent
+ * twice. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -10,11 +10,19 @@
  * now hash elsewhere are released as soon as their current step ends.
  *
  * Each owned device is a small state machine (device_step) on the one event
- * loop: wait until its next send time, read one entry from its outbox stream,
- * claim the message's idempotency marker, send through its transport, then
- * record the outcome (marker, results stream, XACK, next send time) in one
- * pipeline. The next send time is stored in Redis too, so pacing holds when a
- * device moves to another sender. */
+ * loop: wait until its next send time, read one entry from its next lane (one
+ * outbox stream per campaign, taken in turn), claim the message's
+ * idempotency marker, send through its transport, then record the outcome
+ * (marker, results stream, ack, next send time, the day's count) in one
+ * script. The next send time is stored in Redis too, so pacing holds when a
+ * device moves to another sender.
+ *
+ * Limits and health: a daily cap (with a warm-up schedule) per local day of
+ * the device, a minimum gap between two messages to one number (such a
+ * message waits in the device's "later" set), a circuit breaker after
+ * consecutive transient failures, and a health score; a device at its cap or
+ * with its breaker open rests (resting_until on its row: the router skips it)
+ * and its queued messages go back to the router. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -201,10 +209,12 @@ typedef struct device {
     /* lanes: one outbox stream per campaign, read in turn (round-robin) */
     char (*lanes)[40]; /* campaign ids */
     uint16_t nlanes;
-    uint16_t lane_cur;     /* the lane to read next */
-    uint16_t empty_run;    /* lanes found empty in a row */
-    bool lanes_stale;      /* re-read the set of lanes before the next read */
-    bool woken;            /* a wake-up came while busy: look once more before idling */
+    uint16_t lane_cur;  /* the lane to read next */
+    uint16_t empty_run; /* lanes found empty in a row */
+    bool lanes_stale;   /* re-read the set of lanes before the next read */
+    bool woken;         /* a wake-up came while busy: look once more before idling */
+    bool won;           /* rendezvous winner for live_gen won_gen */
+    uint32_t won_gen;
     bool idle_seen;        /* idle at the last idle poll */
     bool count_in_report;  /* the next report adds one to the day's count in Redis */
     char entry_lane[40];   /* the lane of the entry in hand */
@@ -244,6 +254,9 @@ struct fleet {
     bool holds_reading;
     char **live;
     size_t nlive;
+    uint32_t live_gen; /* changes with the set of live senders (starts at 1) */
+    uint32_t heartbeats, polls;
+    struct event *first_beat; /* heartbeats until Redis is up, then the timer */
     bool refreshing;
     bool heartbeat_ok;
     size_t held;
@@ -1965,10 +1978,13 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static bool wins(fleet *f, const device *dv)
+static bool wins(fleet *f, device *dv)
 {
     if (f->d.stopping || !dv->seen || f->nlive == 0)
         return false;
+    /* The hashes change only with the set of live senders. */
+    if (dv->won_gen == f->live_gen)
+        return dv->won;
     uint64_t best = 0;
     const char *winner = NULL;
     for (size_t i = 0; i < f->nlive; i++) {
@@ -1980,7 +1996,9 @@ static bool wins(fleet *f, const device *dv)
             winner = f->live[i];
         }
     }
-    return winner && strcmp(winner, f->cfg.c.instance_id) == 0;
+    dv->won = winner && strcmp(winner, f->cfg.c.instance_id) == 0;
+    dv->won_gen = f->live_gen;
+    return dv->won;
 }
 
 static void rebalance(fleet *f)
@@ -2116,17 +2134,24 @@ static void on_live(wc_redis *r, redisReply *reply, void *arg)
         f->heartbeat_ok = false;
         return;
     }
+    char **live = calloc(reply->elements + 1, sizeof *live);
+    if (!live)
+        abort();
+    size_t nlive = 0;
+    for (size_t i = 0; i < reply->elements; i++)
+        if (reply->element[i]->type == REDIS_REPLY_STRING)
+            live[nlive++] = strdup(reply->element[i]->str);
+    qsort(live, nlive, sizeof *live, cmp_str);
+    bool same = nlive == f->nlive;
+    for (size_t i = 0; same && i < nlive; i++)
+        same = !strcmp(live[i], f->live[i]);
     for (size_t i = 0; i < f->nlive; i++)
         free(f->live[i]);
     free(f->live);
-    f->nlive = 0;
-    f->live = calloc(reply->elements + 1, sizeof *f->live);
-    if (!f->live)
-        abort();
-    for (size_t i = 0; i < reply->elements; i++)
-        if (reply->element[i]->type == REDIS_REPLY_STRING)
-            f->live[f->nlive++] = strdup(reply->element[i]->str);
-    qsort(f->live, f->nlive, sizeof *f->live, cmp_str);
+    f->live = live;
+    f->nlive = nlive;
+    if (!same)
+        f->live_gen++;
     f->heartbeat_ok = true;
     rebalance(f);
 }
@@ -2174,8 +2199,16 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     fleet *f = arg;
-    if (f->d.stopping || !wc_redis_ready(f->d.redis))
+    if (f->d.stopping)
         return;
+    if (!wc_redis_ready(f->d.redis)) {
+        /* Not connected yet (or again): try again shortly, not a period later. */
+        if (f->first_beat && !evtimer_pending(f->first_beat, NULL)) {
+            struct timeval tv = {0, 100000};
+            evtimer_add(f->first_beat, &tv);
+        }
+        return;
+    }
     long long now_ms = wc_now_us() / 1000;
     char score[32], min[32], old[32], ttl[32];
     snprintf(score, sizeof score, "%lld", now_ms);
@@ -2221,7 +2254,8 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
     }
     /* Written by the row writer, one statement at a time (two statements on
      * the same rows at once could deadlock). */
-    if (nids) {
+    /* last_seen every third heartbeat: well inside the router's grace. */
+    if (nids && f->heartbeats++ % 3 == 0) {
         evbuffer_add(ids, "}\0", 2);
         if (f->touch_ids)
             evbuffer_free(f->touch_ids);
@@ -2405,6 +2439,9 @@ static void on_idle_poll(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     fleet *f = arg;
+    /* Idle devices re-read their set of lanes (a lost "new lane" wake-up)
+     * every sixth poll: no burst of one command per device every poll. */
+    bool lanes_round = f->polls++ % 6 == 0;
     for (size_t i = 0; i < f->devices.cap; i++) {
         if (!wc_map_live(&f->devices, i))
             continue;
@@ -2414,7 +2451,8 @@ static void on_idle_poll(evutil_socket_t fd, short what, void *arg)
             handback_outbox(dv);
             continue;
         }
-        if (dv->state != DEV_UNOWNED && dv->state != DEV_ACQUIRING)
+        if (dv->state != DEV_UNOWNED && dv->state != DEV_ACQUIRING &&
+            (lanes_round || dv->state != DEV_IDLE))
             dv->lanes_stale = true; /* a lost "new lane" wake-up is caught here */
         if (dv->state == DEV_IDLE && !evtimer_pending(dv->timer, NULL) && dv->idle_seen) {
             /* Idle since the last poll: lanes left empty are removed (the
@@ -2527,6 +2565,7 @@ static void metrics(struct evbuffer *out, void *arg)
 int main(int argc, char **argv)
 {
     static fleet f;
+    f.live_gen = 1;
     wc_daemon_init(&f.d, "wacast-sender",
                    "Holds a share of the devices, paces each one and sends through its transport.",
                    cfg_table, sizeof cfg_table / sizeof cfg_table[0], &f.cfg, argc, argv, ready,
@@ -2558,6 +2597,7 @@ int main(int argc, char **argv)
     wc_daemon_on_stop(&f.d, on_stop, &f);
     long hb = f.cfg.lease_ttl_ms / 3;
     f.heartbeat_timer = wc_daemon_every(&f.d, (int)hb, on_heartbeat, &f);
+    f.first_beat = evtimer_new(f.d.base, on_heartbeat, &f);
     f.refresh_timer = wc_daemon_every(&f.d, (int)f.cfg.refresh_ms, on_refresh, &f);
     f.idle_timer = wc_daemon_every(&f.d, (int)f.cfg.idle_poll_ms, on_idle_poll, &f);
     f.status_timer = wc_daemon_every(&f.d, 250, on_status_flush, &f);
@@ -2568,6 +2608,7 @@ int main(int argc, char **argv)
     int rc = wc_daemon_run(&f.d);
 
     event_free(f.heartbeat_timer);
+    event_free(f.first_beat);
     event_free(f.refresh_timer);
     event_free(f.idle_timer);
     event_free(f.status_timer);

@@ -110,15 +110,21 @@ void sc_populate(sc_world *w, PGconn *c, uint64_t seed, int nusers, int devices_
                 persons[npersons] = person;
                 person_user[npersons++] = l->user;
             }
-            /* A spelling not used before for this person: find one that is free. */
-            for (int style = (int)(sc_rand(w) % 5), t = 0; t < 5; t++, style++) {
+            /* A spelling not used before for this person: find one that is
+             * free; when all five are taken, a new person. */
+            bool taken = true;
+            for (int style = (int)(sc_rand(w) % 5), t = 0; t < 5 && taken; t++, style++) {
                 spell_phone(l->phone_raw, sizeof l->phone_raw, person, style);
-                bool taken = false;
+                taken = false;
                 for (int j = 0; j < i && !taken; j++)
                     taken =
                         w->leads[j].user == l->user && !strcmp(w->leads[j].phone_raw, l->phone_raw);
-                if (!taken)
-                    break;
+            }
+            if (taken) {
+                person = next_person++;
+                persons[npersons] = person;
+                person_user[npersons++] = l->user;
+                spell_phone(l->phone_raw, sizeof l->phone_raw, person, (int)(sc_rand(w) % 5));
             }
             snprintf(l->e164, sizeof l->e164, "+6012%07ld", person % 10000000);
         }

@@ -26,9 +26,9 @@
  *    not a UUID, 409 for a resume of a campaign that is not paused, 405 for a
  *    GET, and 403 from a dispatcher whose WACAST_ADMIN_TOKEN is empty.
  *
- * Open transports keep the settings they were opened with (see case 4): the
- * test gives the failing user new healthy devices and removes the failing
- * ones rather than relying on a settings change reaching an open device. */
+ * In case 4 the test gives the failing user new healthy devices and removes
+ * the failing ones (a dashboard delete), which also exercises the sender
+ * releasing a device that is gone. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -832,14 +832,10 @@ static void test_retry_failed(void **state)
                                  id),
                      g->n);
 
-    /* The operator fixes the devices. The sender re-reads user_devices, but a
-     * transport keeps the settings (and platform) it was opened with, so
-     * neither settings = '{}' nor an unknown platform reaches these open
-     * devices: the retried messages would fail again on them. So the user
-     * also gets new healthy devices and the failing ones are removed (a
-     * dashboard delete: the sender releases a device that is gone and the
-     * router stops using it). Each step is observed on the dispatcher's
-     * online-device gauge. */
+    /* The operator replaces the devices: the user gets new healthy devices
+     * and the failing ones are removed (a dashboard delete: the sender
+     * releases a device that is gone and the router stops using it). Each
+     * step is observed on the dispatcher's online-device gauge. */
     PQclear(wt_sql(db,
                    "UPDATE user_devices SET settings = '{}' WHERE user_id = '%s'"
                    " AND device_name LIKE 'b-%%'",
