@@ -215,7 +215,7 @@ typedef struct device {
     bool woken;         /* a wake-up came while busy: look once more before idling */
     bool won;           /* rendezvous winner for live_gen won_gen */
     uint32_t won_gen;
-    bool idle_seen;        /* idle at the last idle poll */
+    uint8_t idle_polls;    /* idle polls in a row that found it idle */
     bool count_in_report;  /* the next report adds one to the day's count in Redis */
     char entry_lane[40];   /* the lane of the entry in hand */
     int64_t later_next_ms; /* earliest message due in the later set (0: none) */
@@ -1511,9 +1511,9 @@ static void on_read(wc_redis *r, redisReply *reply, void *arg)
     fleet *f = dv->f;
     if (dv->state != DEV_READING)
         return;
-    bool gone = false;
-    if (!reply_ok(f, reply)) {
-        gone = reply && reply->type == REDIS_REPLY_ERROR && strstr(reply->str, "NOGROUP");
+    /* A lane removed since the list was read answers NOGROUP: not an error. */
+    bool gone = reply && reply->type == REDIS_REPLY_ERROR && strstr(reply->str, "NOGROUP");
+    if (gone || !reply_ok(f, reply)) {
         if (!gone) {
             /* The entry may have been delivered with the reply lost: look at
              * our pending lists first next time. */
@@ -2454,13 +2454,14 @@ static void on_idle_poll(evutil_socket_t fd, short what, void *arg)
         if (dv->state != DEV_UNOWNED && dv->state != DEV_ACQUIRING &&
             (lanes_round || dv->state != DEV_IDLE))
             dv->lanes_stale = true; /* a lost "new lane" wake-up is caught here */
-        if (dv->state == DEV_IDLE && !evtimer_pending(dv->timer, NULL) && dv->idle_seen) {
-            /* Idle since the last poll: lanes left empty are removed (the
-             * router recreates one with its campaign's next message). */
+        bool idle = dv->state == DEV_IDLE && !evtimer_pending(dv->timer, NULL);
+        dv->idle_polls = idle ? (uint8_t)(dv->idle_polls < 255 ? dv->idle_polls + 1 : 255) : 0;
+        if (idle && dv->idle_polls == 6) {
+            /* Idle for six polls: lanes left empty are removed (the router
+             * recreates one with its campaign's next message). */
             for (uint16_t k = 0; k < dv->nlanes; k++)
                 lane_drained(dv, dv->lanes[k]);
         }
-        dv->idle_seen = dv->state == DEV_IDLE;
         if (dv->state == DEV_IDLE && !evtimer_pending(dv->timer, NULL)) {
             /* An idle device also re-checks its pending lists: an entry whose
              * delivery reply was lost is never left behind. */
