@@ -142,6 +142,8 @@ typedef struct scheduler {
     campaign *c;
     bool reconciling; /* a reconciler query is in flight */
     bool feeding;     /* a feeder round is in flight */
+    wc_map fed;       /* campaign id -> last message id fed (where the next scan starts) */
+    int64_t fed_reset_us;
     bool waiting_busy;
     struct event *poll_timer, *reconcile_timer, *retry_timer, *claim_now, *feed_timer,
         *waiting_timer;
@@ -922,10 +924,15 @@ static const char *FEED_SQL =
     " AND EXISTS (SELECT 1 FROM broadcast_messages p WHERE p.campaign_id = c.id"
     "  AND p.status = 'pending')),"
     " share AS (SELECT greatest(1, $2::int / greatest(1, count(*))) AS n FROM camp),"
+    /* Each campaign's scan starts after the last row this scheduler fed: the
+     * pending index keeps entries of rows fed long ago until a vacuum, and
+     * walking over them every round would cost more with every round. */
+    " cur AS (SELECT * FROM unnest($4::uuid[], $5::bigint[]) AS t(id, after)),"
     " picked AS ("
-    " SELECT p.id FROM camp, share, LATERAL (SELECT m.id FROM broadcast_messages m"
-    "  WHERE m.campaign_id = camp.id AND m.status = 'pending' ORDER BY m.id"
-    "  LIMIT greatest(0, least(camp.room, share.n)) FOR UPDATE SKIP LOCKED) p),"
+    " SELECT p.id FROM camp LEFT JOIN cur ON cur.id = camp.id, share,"
+    "  LATERAL (SELECT m.id FROM broadcast_messages m"
+    "  WHERE m.campaign_id = camp.id AND m.status = 'pending' AND m.id > coalesce(cur.after, 0)"
+    "  ORDER BY m.id LIMIT greatest(0, least(camp.room, share.n)) FOR UPDATE SKIP LOCKED) p),"
     " upd AS ("
     " UPDATE broadcast_messages m SET status = 'queued', queued_at = now(), updated_at = now()"
     " FROM picked WHERE m.id = picked.id AND m.status = 'pending' RETURNING m.*)"
@@ -981,6 +988,14 @@ static void on_feed_rows(wc_pg *pg, PGresult *res, const char *err, void *arg)
         return;
     }
     s->m.feed_rounds++;
+    /* Where each campaign's next scan starts (rows come ordered by id). */
+    for (int i = 0; i < PQntuples(res); i++) {
+        long long id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
+        const char *camp = PQgetvalue(res, i, 1);
+        if ((long long)(uintptr_t)wc_map_get(&s->fed, camp) < id &&
+            wc_map_put(&s->fed, camp, (void *)(uintptr_t)id) < 0)
+            abort();
+    }
     if (wc_publish_rows(s->d.redis, res, NULL, 0, on_fed, s) < 0) {
         /* Marked queued, not published: the reconciler publishes them. */
         s->feeding = false;
@@ -1007,11 +1022,35 @@ static void on_feed_len(wc_redis *r, redisReply *reply, void *arg)
     snprintf(inflight, sizeof inflight, "%ld", s->cfg.inflight);
     snprintf(batch, sizeof batch, "%ld", s->cfg.feed_batch);
     snprintf(grace, sizeof grace, "%ld", s->cfg.online_grace_ms);
-    const char *params[] = {inflight, batch, grace};
-    if (wc_pg_query(s->d.pg, FEED_SQL, 3, params, on_feed_rows, s) < 0) {
+    /* Start over from the first row once a minute: a row made pending again
+     * below a cursor (an operator's retry) is never left behind. */
+    if (wc_mono_us() - s->fed_reset_us > 60000000) {
+        wc_map_free(&s->fed);
+        wc_map_init(&s->fed);
+        s->fed_reset_us = wc_mono_us();
+    }
+    struct evbuffer *ids = evbuffer_new(), *after = evbuffer_new();
+    evbuffer_add(ids, "{", 1);
+    evbuffer_add(after, "{", 1);
+    size_t n = 0;
+    for (size_t i = 0; i < s->fed.cap; i++) {
+        if (!wc_map_live(&s->fed, i))
+            continue;
+        evbuffer_add_printf(ids, "%s%s", n ? "," : "", s->fed.slots[i].key);
+        evbuffer_add_printf(after, "%s%llu", n ? "," : "",
+                            (unsigned long long)(uintptr_t)s->fed.slots[i].value);
+        n++;
+    }
+    evbuffer_add(ids, "}\0", 2);
+    evbuffer_add(after, "}\0", 2);
+    const char *params[] = {inflight, batch, grace, (const char *)evbuffer_pullup(ids, -1),
+                            (const char *)evbuffer_pullup(after, -1)};
+    if (wc_pg_query(s->d.pg, FEED_SQL, 5, params, on_feed_rows, s) < 0) {
         s->m.pg_errors++;
         s->feeding = false;
     }
+    evbuffer_free(ids);
+    evbuffer_free(after);
 }
 
 static void on_feed_timer(evutil_socket_t fd, short what, void *arg)
@@ -1089,6 +1128,8 @@ int main(int argc, char **argv)
                    "Finds due campaigns, expands them into messages and publishes them.", cfg_table,
                    sizeof cfg_table / sizeof cfg_table[0], &s.cfg, argc, argv, ready, metrics, &s);
     randombytes_buf(&s.rng, sizeof s.rng);
+    wc_map_init(&s.fed);
+    s.fed_reset_us = wc_mono_us();
     wc_daemon_on_stop(&s.d, on_stop, &s);
     s.retry_timer = evtimer_new(s.d.base, on_retry, &s);
     s.claim_now = evtimer_new(s.d.base, on_poll, &s);
@@ -1102,6 +1143,7 @@ int main(int argc, char **argv)
     event_free(s.poll_timer);
     event_free(s.reconcile_timer);
     event_free(s.feed_timer);
+    wc_map_free(&s.fed);
     event_free(s.waiting_timer);
     event_free(s.retry_timer);
     event_free(s.claim_now);
