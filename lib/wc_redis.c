@@ -29,6 +29,7 @@
 #include <event2/event.h>
 #include <hiredis/async.h>
 #include <hiredis/adapters/libevent.h>
+#include <openssl/evp.h>
 
 #include "wc_log.h"
 
@@ -54,6 +55,20 @@ struct redis_url {
     char user[128];
     char password[256];
 };
+
+/* A Lua script this connection has sent with EVAL: later calls go out as
+ * EVALSHA (Redis then neither reads nor hashes the body again). The body is
+ * loaded with SCRIPT LOAD, pipelined just before the first EVALSHA of each
+ * connection; a NOSCRIPT reply (SCRIPT FLUSH, a failover) makes every script
+ * load again on its next use. */
+#define SCRIPT_CACHE 64
+typedef struct wc_script {
+    const char *ptr; /* the caller's string, for a quick first match */
+    char *body;
+    size_t len;
+    char sha[41];
+    unsigned loaded_gen; /* == wc_redis.script_gen: loaded on this connection */
+} wc_script;
 
 /* One sent command waiting for its reply. */
 typedef struct wc_redis_request {
@@ -106,6 +121,10 @@ struct wc_redis {
 
     wc_redis_conn_cb *on_connect;
     void *on_connect_arg;
+
+    wc_script scripts[SCRIPT_CACHE];
+    int nscripts;
+    unsigned script_gen; /* bumped on each new connection and on NOSCRIPT */
 };
 
 static long long now_ms(void)
@@ -388,6 +407,9 @@ static void request_done(redisAsyncContext *ac, void *reply, void *privdata)
      * error, EOF): refuse new commands until its disconnect callback runs. */
     if (!reply && r->ac == ac && r->state == CONN_READY)
         r->state = CONN_CLOSING;
+    redisReply *rep = reply;
+    if (rep && rep->type == REDIS_REPLY_ERROR && rep->str && strncmp(rep->str, "NOSCRIPT", 8) == 0)
+        r->script_gen++; /* the server lost its scripts: load each again on next use */
     request_unlink(r, q);
     wc_redis_cb *cb = q->cb;
     void *arg = q->arg;
@@ -519,6 +541,7 @@ static void send_subscribe(wc_redis *r, wc_redis_sub *s)
 static void conn_ready(wc_redis *r)
 {
     bool reconnect = r->failures > 0 || r->error[0];
+    r->script_gen++; /* a new connection may reach a server that never saw our scripts */
     set_state(r, CONN_READY);
     r->backoff_ms = 0;
     r->failures = 0;
@@ -743,6 +766,8 @@ void wc_redis_free(wc_redis *r)
         free(s->channel);
         free(s);
     }
+    for (int i = 0; i < r->nscripts; i++)
+        free(r->scripts[i].body);
     explicit_bzero(r->url.password, sizeof r->url.password);
     free(r->name);
     free(r->safe_url);
@@ -800,11 +825,85 @@ int wc_redis_command(wc_redis *r, wc_redis_cb *cb, void *arg, const char *fmt, .
     return 0;
 }
 
+static wc_script *script_find(wc_redis *r, const char *body, size_t len)
+{
+    for (int i = 0; i < r->nscripts; i++) {
+        wc_script *sc = &r->scripts[i];
+        if (sc->len == len && (sc->ptr == body || memcmp(sc->body, body, len) == 0)) {
+            sc->ptr = body;
+            return sc;
+        }
+    }
+    if (r->nscripts == SCRIPT_CACHE)
+        return NULL; /* more distinct scripts than expected: plain EVAL */
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned mdlen = 0;
+    wc_script *sc = &r->scripts[r->nscripts];
+    if (EVP_Digest(body, len, md, &mdlen, EVP_sha1(), NULL) != 1 || mdlen != 20)
+        return NULL;
+    if (!(sc->body = malloc(len ? len : 1)))
+        return NULL;
+    memcpy(sc->body, body, len);
+    sc->ptr = body;
+    sc->len = len;
+    for (unsigned i = 0; i < 20; i++)
+        snprintf(sc->sha + 2 * i, 3, "%02x", md[i]);
+    sc->loaded_gen = r->script_gen - 1;
+    r->nscripts++;
+    return sc;
+}
+
+/* EVAL <body> ... goes out as EVALSHA <sha1> ..., after a SCRIPT LOAD on
+ * the first use on this connection (same pipeline, so it is there first). */
+static int send_eval(wc_redis *r, wc_redis_cb *cb, void *arg, int argc, const char **argv,
+                     const size_t *argvlen)
+{
+    size_t blen = argvlen ? argvlen[1] : strlen(argv[1]);
+    wc_script *sc = script_find(r, argv[1], blen);
+    if (!sc)
+        return send_argv(r, cb, arg, argc, argv, argvlen);
+    if (sc->loaded_gen != r->script_gen) {
+        const char *load[] = {"SCRIPT", "LOAD", sc->body};
+        size_t loadlen[] = {6, 4, sc->len};
+        if (send_argv(r, NULL, NULL, 3, load, loadlen) < 0)
+            return -1;
+        sc->loaded_gen = r->script_gen;
+    }
+    const char *small[16];
+    size_t smalllen[16];
+    const char **av = argc <= 16 ? small : malloc(sizeof *av * (size_t)argc);
+    size_t *al = argc <= 16 ? smalllen : malloc(sizeof *al * (size_t)argc);
+    if (!av || !al) {
+        if (av != small)
+            free(av);
+        if (al != smalllen)
+            free(al);
+        return -1;
+    }
+    for (int i = 0; i < argc; i++) {
+        av[i] = argv[i];
+        al[i] = argvlen ? argvlen[i] : strlen(argv[i]);
+    }
+    av[0] = "EVALSHA";
+    al[0] = 7;
+    av[1] = sc->sha;
+    al[1] = 40;
+    int rc = send_argv(r, cb, arg, argc, av, al);
+    if (av != small)
+        free(av);
+    if (al != smalllen)
+        free(al);
+    return rc;
+}
+
 int wc_redis_commandv(wc_redis *r, wc_redis_cb *cb, void *arg, int argc, const char **argv,
                       const size_t *argvlen)
 {
     if (!wc_redis_ready(r) || r->subs || argc < 1)
         return -1;
+    if (argc >= 2 && (argvlen ? argvlen[0] : strlen(argv[0])) == 4 &&
+        strncasecmp(argv[0], "EVAL", 4) == 0)
+        return send_eval(r, cb, arg, argc, argv, argvlen);
     return send_argv(r, cb, arg, argc, argv, argvlen);
 }
 

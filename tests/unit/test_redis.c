@@ -696,6 +696,71 @@ static void test_free_with_pending(void **state)
     assert_int_equal(other.nulls, 1);
 }
 
+/* How many times the server ran a command, from INFO commandstats. */
+static long long cmd_calls(redisContext *c, const char *cmd)
+{
+    redisReply *reply = redisCommand(c, "INFO commandstats");
+    if (!reply || reply->type != REDIS_REPLY_STRING)
+        fail_msg("INFO commandstats failed");
+    char key[64];
+    snprintf(key, sizeof key, "cmdstat_%s:calls=", cmd);
+    const char *p = strstr(reply->str, key);
+    long long n = p ? strtoll(p + strlen(key), NULL, 10) : 0;
+    freeReplyObject(reply);
+    return n;
+}
+
+/* EVAL through wc_redis_commandv goes out as EVALSHA after one SCRIPT LOAD
+ * per connection; after the server forgets its scripts (SCRIPT FLUSH) one
+ * call gets the NOSCRIPT error and the next loads the script again. */
+static void test_eval_as_evalsha(void **state)
+{
+    fixture *f = *state;
+    wc_redis *r = connect_ready(f, f->env.redis_url, 1000, NULL);
+    redisContext *c = wt_redis(&f->env);
+    assert_non_null(c);
+    sync_ok(c, "CONFIG RESETSTAT");
+    static const char script[] = "return redis.call('INCRBY', KEYS[1], ARGV[1])";
+    reply_rec rec[10];
+    memset(rec, 0, sizeof rec);
+    for (int i = 0; i < 10; i++) {
+        /* A copy each time: the cache matches the body, not the pointer. */
+        char body[sizeof script];
+        memcpy(body, script, sizeof script);
+        const char *argv[] = {"EVAL", body, "1", "evalkey", "2"};
+        assert_int_equal(wc_redis_commandv(r, rec_cb, &rec[i], 5, argv, NULL), 0);
+    }
+    assert_true(wait_calls(f, &rec[9], 1, 2000));
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(rec[i].integer, 2 * (i + 1));
+    assert_int_equal(cmd_calls(c, "evalsha"), 10);
+    assert_int_equal(cmd_calls(c, "eval"), 0);
+    assert_int_equal(cmd_calls(c, "script|load") + cmd_calls(c, "script"), 1);
+
+    sync_ok(c, "SCRIPT FLUSH");
+    const char *argv[] = {"EVAL", script, "1", "evalkey", "1"};
+    reply_rec lost = {0}, again = {0};
+    assert_int_equal(wc_redis_commandv(r, rec_cb, &lost, 5, argv, NULL), 0);
+    assert_true(wait_calls(f, &lost, 1, 2000));
+    assert_int_equal(lost.type, REDIS_REPLY_ERROR);
+    assert_non_null(strstr(lost.str, "NOSCRIPT"));
+    assert_int_equal(wc_redis_commandv(r, rec_cb, &again, 5, argv, NULL), 0);
+    assert_true(wait_calls(f, &again, 1, 2000));
+    assert_int_equal(again.type, REDIS_REPLY_INTEGER);
+    assert_int_equal(again.integer, 21);
+
+    /* A reconnect (server restart) loads it again before the first use. */
+    redisFree(c);
+    assert_int_equal(wt_redis_restart(&f->env, false), 0);
+    assert_true(loop_until(f->base, cond_not_ready, r, 10000));
+    assert_true(loop_until(f->base, cond_ready, r, 10000));
+    reply_rec after = {0};
+    assert_int_equal(wc_redis_commandv(r, rec_cb, &after, 5, argv, NULL), 0);
+    assert_true(wait_calls(f, &after, 1, 2000));
+    assert_int_equal(after.type, REDIS_REPLY_INTEGER);
+    wc_redis_free(r);
+}
+
 int main(void)
 {
     if (!getenv("WACAST_LOG_LEVEL") || wc_log_set_level(getenv("WACAST_LOG_LEVEL")) < 0)
@@ -712,6 +777,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_subscribe, setup, teardown),
         cmocka_unit_test_setup_teardown(test_auth, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_with_pending, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_eval_as_evalsha, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
