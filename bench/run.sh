@@ -197,6 +197,7 @@ redis_start() { # phase: a fresh redis-server (new port if the old one was taken
   for _ in 1 2 3 4 5; do
     redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$work/redis" --save "" \
       --appendonly yes --appendfsync everysec --maxmemory-policy noeviction \
+      --auto-aof-rewrite-min-size 512mb \
       --daemonize yes --pidfile "$work/redis/redis.pid" --logfile "$work/log/redis-$1.log"
     for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
     if redis-cli -p "$redis_port" ping >/dev/null 2>&1; then
@@ -221,7 +222,7 @@ mkdir -p "$work/pg" "$work/pgsock"
 timeout 120 "${pg_as[@]}" "$pgbin/initdb" -D "$work/pg" -U postgres --auth=trust -E UTF8 --locale=C \
   >"$work/log/initdb.log" 2>&1 || die "initdb failed (see $work/log/initdb.log)"
 timeout 120 "${pg_as[@]}" "$pgbin/pg_ctl" -D "$work/pg" -l "$work/log/postgres.log" -w -t 60 \
-  -o "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$work/pgsock -c max_connections=200 -c shared_buffers=256MB -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track_planning=on" \
+  -o "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$work/pgsock -c max_connections=200 -c shared_buffers=256MB -c max_wal_size=4GB -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track_planning=on" \
   start >/dev/null || die "postgres did not start (see $work/log/postgres.log)"
 pg_pid=$(head -1 "$work/pg/postmaster.pid")
 psql_q() { timeout "${2:-600}" psql "$pg_base/${3:-postgres}" -v ON_ERROR_STOP=1 -qtAX -c "$1"; }

@@ -33,6 +33,7 @@ start_redis() {
   if redis-cli -p "$redis_port" ping >/dev/null 2>&1; then return; fi
   redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$home/redis" --save "" \
     --appendonly yes --appendfsync everysec --maxmemory-policy noeviction \
+    --auto-aof-rewrite-min-size 512mb \
     --daemonize yes --pidfile "$home/redis/redis.pid" --logfile "$home/log/redis.log"
   for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && return; sleep 0.1; done
   echo "stack: redis-server did not start; see $home/log/redis.log" >&2; exit 1
@@ -50,7 +51,7 @@ start_pg() {
   [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$home/log"
   if ! as_pg "$pgbin/pg_ctl" -D "$home/pg" status >/dev/null 2>&1; then
     as_pg "$pgbin/pg_ctl" -D "$home/pg" -l "$home/log/postgres.log" -w -t 60 \
-      -o "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$home/pgsock -c max_connections=200 -c shared_buffers=256MB" \
+      -o "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$home/pgsock -c max_connections=200 -c shared_buffers=256MB -c max_wal_size=4GB" \
       start >/dev/null
   fi
   psql "postgresql://postgres@127.0.0.1:$pg_port/postgres" -qtAc \

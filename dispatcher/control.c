@@ -539,7 +539,7 @@ static void on_paused_timer(evutil_socket_t fd, short what, void *arg)
             "WITH m AS (UPDATE broadcast_messages m SET status = 'cancelled', updated_at = now()"
             " FROM campaigns c WHERE c.id = m.campaign_id AND c.status = 'cancelled'"
             " AND c.finished_at < now() - make_interval(secs => $1::float8)"
-            " AND m.status IN ('pending', 'queued') RETURNING m.campaign_id)"
+            " AND (m.status = 'pending' OR m.status = 'queued') RETURNING m.campaign_id)"
             " UPDATE campaigns c SET cancelled_count = c.cancelled_count + d.n"
             " FROM (SELECT campaign_id, count(*) AS n FROM m GROUP BY campaign_id) d"
             " WHERE c.id = d.campaign_id";

@@ -453,12 +453,26 @@ static void finish_route_batch(route_batch *b)
      * sender's idempotency marker keeps that from sending twice. */
     if (nacked)
         (void)ack_and_delete(ds, WC_KEY_JOBS, WC_GROUP_DISPATCH, ids, on_acked);
-    for (size_t i = 0; i < woken.cap; i++) {
-        if (wc_map_live(&woken, i) &&
-            wc_redis_command(ds->d.redis, on_void, ds, "PUBLISH %s %s%s", WC_KEY_WAKE,
-                             woken.slots[i].key, woken.slots[i].value == (void *)2 ? "+" : "") < 0)
-            ds->m.redis_errors++;
+    /* One wake-up message per batch, "dev[+],dev[+],..." in chunks of at
+     * most ~4 KB, not one PUBLISH per device. */
+    struct evbuffer *wake = evbuffer_new();
+    if (!wake)
+        abort();
+    for (size_t i = 0; i <= woken.cap; i++) {
+        bool last = i == woken.cap;
+        if (!last && wc_map_live(&woken, i))
+            evbuffer_add_printf(wake, "%s%s%s", evbuffer_get_length(wake) ? "," : "",
+                                woken.slots[i].key, woken.slots[i].value == (void *)2 ? "+" : "");
+        size_t len = evbuffer_get_length(wake);
+        if (len && (last || len > 4000)) {
+            const char *argv[] = {"PUBLISH", WC_KEY_WAKE, (const char *)evbuffer_pullup(wake, -1)};
+            size_t lens[] = {7, strlen(WC_KEY_WAKE), len};
+            if (wc_redis_commandv(ds->d.redis, on_void, ds, 3, argv, lens) < 0)
+                ds->m.redis_errors++;
+            evbuffer_drain(wake, len);
+        }
     }
+    evbuffer_free(wake);
     wc_map_free(&woken);
     evbuffer_free(ids);
     if (cleared) {
@@ -764,13 +778,15 @@ static const char *SINK_SQL =
     /* A provider's status may name the message only by the provider's id:
      * resolve it from the table, or from the sender's result in this batch. */
     " named AS ("
-    " SELECT coalesce(nullif(r.id, 0), p.id, (SELECT max(s.id) FROM raw s WHERE r.id = 0"
-    "   AND s.id <> 0 AND s.provider_id = r.provider_id AND r.provider_id <> '')) AS id,"
+    " SELECT CASE WHEN r.id <> 0 THEN r.id"
+    "  ELSE coalesce((SELECT p.id FROM broadcast_messages p"
+    "   WHERE p.provider_message_id = r.provider_id),"
+    "   (SELECT max(s.id) FROM raw s WHERE s.id <> 0 AND s.provider_id = r.provider_id"
+    "   AND r.provider_id <> '')) END AS id,"
     " r.status, r.error_code, r.error_message, nullif(r.device_id, '') AS device_id,"
     " nullif(r.provider_id, '') AS provider_id, r.at_us, r.attempt,"
     " wacast_message_status_rank(r.status) AS rank"
-    " FROM raw r LEFT JOIN broadcast_messages p ON r.id = 0 AND p.provider_message_id = "
-    "r.provider_id),"
+    " FROM raw r),"
     /* Several reports about one message: the furthest status wins, and what
      * any of them knows (device, provider id, attempts) is kept. */
     " input AS ("
@@ -780,34 +796,38 @@ static const char *SINK_SQL =
     " max(device_id) AS device_id, max(provider_id) AS provider_id,"
     " (array_agg(at_us ORDER BY rank DESC))[1] AS at_us, max(attempt) AS attempt"
     " FROM named WHERE id IS NOT NULL GROUP BY id),"
-    " locked AS ("
-    " SELECT m.id, m.status AS old_status FROM broadcast_messages m JOIN input i ON i.id = m.id"
-    " ORDER BY m.id FOR UPDATE OF m),"
-    " moves AS ("
-    " SELECT i.*, l.old_status, wacast_message_can_move(l.old_status, i.status) AS mv"
-    " FROM input i JOIN locked l ON l.id = i.id),"
+    /* One UPDATE, no separate locking step: each SET sees the row version it
+     * replaces (the latest one, after any concurrent writer), so the move is
+     * decided on the current status and prev_status keeps that status for
+     * the counters below. Rows are taken in id order (lock order). */
     " upd AS ("
-    " UPDATE broadcast_messages m SET status = CASE WHEN i.mv THEN i.status ELSE m.status END,"
+    " UPDATE broadcast_messages m SET prev_status = m.status,"
+    " status = CASE WHEN wacast_message_can_move(m.status, i.status) THEN i.status"
+    "   ELSE m.status END,"
     " device_id = COALESCE(i.device_id::uuid, m.device_id),"
-    " error_code = CASE WHEN i.mv AND i.status = 'failed' THEN NULLIF(i.error_code, '')"
-    "   ELSE m.error_code END,"
-    " error_message = CASE WHEN i.mv AND i.status = 'failed' THEN NULLIF(i.error_message, '')"
-    "   ELSE m.error_message END,"
+    " error_code = CASE WHEN i.status = 'failed' AND wacast_message_can_move(m.status, i.status)"
+    "   THEN NULLIF(i.error_code, '') ELSE m.error_code END,"
+    " error_message = CASE WHEN i.status = 'failed' AND wacast_message_can_move(m.status, i.status)"
+    "   THEN NULLIF(i.error_message, '') ELSE m.error_message END,"
     " provider_message_id = COALESCE(m.provider_message_id, i.provider_id),"
     " attempts = GREATEST(m.attempts, i.attempt),"
-    " sent_at = CASE WHEN i.mv AND i.status IN ('sent', 'delivered', 'read')"
+    " sent_at = CASE WHEN i.status IN ('sent', 'delivered', 'read')"
+    "   AND wacast_message_can_move(m.status, i.status)"
     "   THEN COALESCE(m.sent_at, to_timestamp(i.at_us / 1e6)) ELSE m.sent_at END,"
-    " delivered_at = CASE WHEN i.mv AND i.status IN ('delivered', 'read')"
+    " delivered_at = CASE WHEN i.status IN ('delivered', 'read')"
+    "   AND wacast_message_can_move(m.status, i.status)"
     "   THEN COALESCE(m.delivered_at, to_timestamp(i.at_us / 1e6)) ELSE m.delivered_at END,"
-    " read_at = CASE WHEN i.mv AND i.status = 'read' THEN to_timestamp(i.at_us / 1e6)"
-    "   ELSE m.read_at END,"
-    " failed_at = CASE WHEN i.mv AND i.status = 'failed' THEN to_timestamp(i.at_us / 1e6)"
-    "   ELSE m.failed_at END,"
+    " read_at = CASE WHEN i.status = 'read' AND wacast_message_can_move(m.status, i.status)"
+    "   THEN to_timestamp(i.at_us / 1e6) ELSE m.read_at END,"
+    " failed_at = CASE WHEN i.status = 'failed' AND wacast_message_can_move(m.status, i.status)"
+    "   THEN to_timestamp(i.at_us / 1e6) ELSE m.failed_at END,"
     " updated_at = now()"
-    " FROM moves i"
-    " WHERE m.id = i.id AND (i.mv OR (m.device_id IS NULL AND i.device_id IS NOT NULL)"
+    " FROM (SELECT * FROM input ORDER BY id) i"
+    " WHERE m.id = i.id AND (wacast_message_can_move(m.status, i.status)"
+    "   OR (m.device_id IS NULL AND i.device_id IS NOT NULL)"
     "   OR (m.provider_message_id IS NULL AND i.provider_id IS NOT NULL) OR m.attempts < i.attempt)"
-    " RETURNING m.campaign_id, m.lead_id, m.error_code, i.old_status, m.status AS new_status),"
+    " RETURNING m.campaign_id, m.lead_id, m.error_code, m.prev_status AS old_status,"
+    " m.status AS new_status),"
     /* The recipient stopped marketing messages (131050): keep them out of the next campaign. */
     " optout AS ("
     " UPDATE leads SET opted_out_at = now() FROM upd u WHERE leads.id = u.lead_id"

@@ -130,6 +130,7 @@ int dispatcher_webhook_body(dispatcher *ds, int provider, const char *body, size
                     ds->d.pg,
                     "UPDATE leads SET opted_out_at = now() WHERE opted_out_at IS NULL AND id IN"
                     " (SELECT lead_id FROM broadcast_messages WHERE recipient_phone = $1"
+                    " AND status IN ('sent', 'delivered', 'read', 'failed')"
                     " AND lead_id IS NOT NULL) RETURNING id",
                     1, params, on_opted_out, ds) < 0)
                 ds->m.pg_errors++;

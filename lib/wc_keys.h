@@ -11,7 +11,7 @@
 #define WC_KEY_JOBS "wacast:jobs"       /* stream: scheduler -> dispatcher */
 #define WC_KEY_RESULTS "wacast:results" /* stream: sender -> status sink */
 #define WC_KEY_SENDERS "wacast:senders" /* zset: live senders, score = heartbeat ms */
-#define WC_KEY_WAKE "wacast:wake"       /* pub/sub: device id ("+" appended: a new lane) */
+#define WC_KEY_WAKE "wacast:wake"       /* pub/sub: "dev[+],dev[+],..." ("+": a lane new to it) */
 #define WC_GROUP_DISPATCH "dispatchers" /* consumer group on the jobs stream */
 #define WC_GROUP_SINK "sinks"           /* consumer group on the results stream */
 #define WC_GROUP_SEND "senders"         /* consumer group on every lane */

@@ -13,8 +13,9 @@
     "THEN 'every message failed' ELSE c.status_reason END, "                                       \
     "finished_at = now() "                                                                         \
     "WHERE c.id = ANY($1::uuid[]) AND c.status = 'processing' AND NOT EXISTS ("                    \
-    "SELECT 1 FROM broadcast_messages m WHERE m.campaign_id = c.id "                               \
-    "AND m.status IN ('pending', 'queued')) "                                                      \
+    "SELECT 1 FROM broadcast_messages m WHERE m.campaign_id = c.id AND m.status = 'pending') "     \
+    "AND NOT EXISTS ("                                                                             \
+    "SELECT 1 FROM broadcast_messages m WHERE m.campaign_id = c.id AND m.status = 'queued') "      \
     "RETURNING c.id, c.status"
 
 #endif

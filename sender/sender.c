@@ -2410,11 +2410,8 @@ static void on_holds_timer(evutil_socket_t fd, short what, void *arg)
         f->holds_reading = true;
 }
 
-static void on_wake(wc_redis *r, const char *channel, const char *msg, size_t len, void *arg)
+static void wake_device(fleet *f, const char *msg, size_t len)
 {
-    (void)r;
-    (void)channel;
-    fleet *f = arg;
     char id[40];
     bool new_lane = len > 0 && msg[len - 1] == '+';
     if (new_lane)
@@ -2432,6 +2429,23 @@ static void on_wake(wc_redis *r, const char *channel, const char *msg, size_t le
         device_step(dv);
     else if (dv->state != DEV_UNOWNED && dv->state != DEV_ACQUIRING)
         dv->woken = true;
+}
+
+/* "dev[+],dev[+],...": devices with new work ('+': in a lane new to them). */
+static void on_wake(wc_redis *r, const char *channel, const char *msg, size_t len, void *arg)
+{
+    (void)r;
+    (void)channel;
+    fleet *f = arg;
+    while (len > 0) {
+        const char *comma = memchr(msg, ',', len);
+        size_t n = comma ? (size_t)(comma - msg) : len;
+        wake_device(f, msg, n);
+        if (!comma)
+            break;
+        len -= n + 1;
+        msg = comma + 1;
+    }
 }
 
 static void on_idle_poll(evutil_socket_t fd, short what, void *arg)
