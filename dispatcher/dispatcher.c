@@ -44,6 +44,10 @@ static const wc_cfg_entry cfg_table[] = {
     {"WACAST_OUTBOX_MAX", WC_CFG_INT, "10000",
      "entries a device's lane (one campaign's outbox) may hold before routing skips it",
      offsetof(dispatcher_cfg, outbox_max), 1, 10000000, false},
+    {"WACAST_DISPLACED_LANE_MAX", WC_CFG_INT, "10",
+     "entries a lane may hold when the job is not for the lead's own device (that device is away):"
+     " displaced messages spread over the user's devices or wait, never pile onto one",
+     offsetof(dispatcher_cfg, displaced_max), 1, 10000000, false},
     {"WACAST_PARKED_MAX", WC_CFG_INT, "100000",
      "jobs waiting for a device before the router stops reading",
      offsetof(dispatcher_cfg, parked_max), 1, 10000000, false},
@@ -327,7 +331,14 @@ static void try_route(route_batch *b, route_job *j)
     snprintf(ttl, sizeof ttl, "%ld", ds->cfg.idempotency_ttl_s);
     wc_key_lane(lane, sizeof lane, j->device, j->job->campaign_id);
     wc_key_lanes(lanes, sizeof lanes, j->device);
-    snprintf(cap, sizeof cap, "%ld", ds->cfg.outbox_max);
+    /* A lead's message on a device other than the lead's own (that one is
+     * offline, blocked, handed over) is one of many displaced at once: a
+     * short lane keeps them from all landing on the first device that is
+     * online; the rest wait (parked) and go home once their device is back. */
+    bool displaced = j->job->device_id[0] && strcmp(dev, j->job->device_id) != 0;
+    snprintf(cap, sizeof cap, "%ld",
+             displaced && ds->cfg.displaced_max < ds->cfg.outbox_max ? ds->cfg.displaced_max
+                                                                     : ds->cfg.outbox_max);
     const char *argv[] = {"EVAL",
                           ROUTE_SCRIPT,
                           "3",

@@ -15,6 +15,7 @@ typedef struct dispatcher_cfg {
     long route_batch;
     long sink_batch;
     long outbox_max;
+    long displaced_max;
     long parked_max;
     long refresh_ms;
     long online_grace_ms;

@@ -124,6 +124,7 @@ static const wc_cfg_entry cfg_table[] = {
     X(replayed, "outcomes re-reported from the idempotency marker")                                \
     X(in_doubt, "messages whose previous send attempt has an unknown outcome")                     \
     X(in_doubt_resent, "in-doubt messages sent again after no status arrived")                     \
+    X(late_claims, "claims answered too late to send on; claimed again")                           \
     X(held_paused, "messages set aside because their campaign is paused")                          \
     X(held_cancelled, "messages not sent because their campaign was cancelled")                    \
     X(held_window, "messages set aside because their campaign is outside its sending window")      \
@@ -200,6 +201,7 @@ typedef struct device {
     uint32_t attempts;
     int64_t doubt_since_us; /* monotonic; 0 when not in doubt */
     int64_t safe_retry_id;  /* last message whose failed attempt surely did not go out */
+    int64_t claimed_us;     /* when the current claim was sent (monotonic) */
     int64_t done_id;        /* last message whose outcome we reported... */
     uint8_t *done_result;   /* ...and that outcome (packed Result), to replay */
     size_t done_len;
@@ -303,6 +305,11 @@ static void set_state(device *dv, dev_state s)
     wc_debug("device %s: %s -> %s", dv->id, dev_state_names[dv->state], dev_state_names[s]);
     dv->state = s;
 }
+
+/* A claim answered later than this is not followed by a send (the message is
+ * read again and claimed anew): the floor the claim set assumes the send
+ * follows within it. */
+#define CLAIM_SEND_MAX_US 1000000
 
 static void arm_timer(device *dv, int64_t delay_us)
 {
@@ -1380,6 +1387,16 @@ static void on_claimed(wc_redis *r, redisReply *reply, void *arg)
     }
     if (reply->type == REDIS_REPLY_STATUS) {
         dv->doubt_since_us = 0;
+        if (wc_mono_us() - dv->claimed_us > CLAIM_SEND_MAX_US) {
+            /* Too late for the floor the claim set: not sent, so claim again. */
+            f->m.late_claims++;
+            dv->safe_retry_id = dv->job->message_id;
+            dv->pel_mode = true;
+            free_job(dv);
+            set_state(dv, DEV_IDLE);
+            arm_timer(dv, 0);
+            return;
+        }
         send_now(dv);
         return;
     }
@@ -1395,43 +1412,62 @@ static void on_claimed(wc_redis *r, redisReply *reply, void *arg)
 
 /* Claims the message's marker for this device and sender, unless the
  * device's recipient gap still runs for its number ("g:<ms left>"). KEYS[1]
- * marker, KEYS[2] (optional) the recipient's key; ARGV[1] value, ARGV[2] ttl
- * s, ARGV[3] blocking prefixes, ARGV[4] gap ms, ARGV[5] message id. */
+ * marker, KEYS[2] the device's next send time, KEYS[3] (optional) the
+ * recipient's key; ARGV[1] value, ARGV[2] ttl s, ARGV[3] blocking prefixes,
+ * ARGV[4] gap ms, ARGV[5] message id, ARGV[6] the earliest next send should
+ * this one go out (wall clock us; "0" with no pacing). That floor keeps the
+ * pacing when the sender dies between the send and its report: the next
+ * owner starts from it (the report replaces it with the real next time). */
 static const char *CLAIM_SCRIPT =
     "local v = redis.call('GET', KEYS[1]) "
     "if v and string.find(ARGV[3], string.sub(v, 1, 1), 1, true) then return v end "
-    "if KEYS[2] then "
-    " local last = redis.call('GET', KEYS[2]) "
-    " if last and last ~= ARGV[5] then return 'g:' .. redis.call('PTTL', KEYS[2]) end "
-    " redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[4]) "
+    "if KEYS[3] then "
+    " local last = redis.call('GET', KEYS[3]) "
+    " if last and last ~= ARGV[5] then return 'g:' .. redis.call('PTTL', KEYS[3]) end "
+    " redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[4]) "
+    "end "
+    "if ARGV[6] ~= '0' then "
+    " local n = tonumber(redis.call('GET', KEYS[2]) or '0') or 0 "
+    " if n < tonumber(ARGV[6]) then redis.call('SET', KEYS[2], ARGV[6], 'PX', 86400000) end "
     "end "
     "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) return redis.status_reply('OK')";
+
 
 /* Claims the message's marker for this device and sender; force overrides an
  * abandoned claim (after the in-doubt wait). */
 static void claim(device *dv, bool force)
 {
     fleet *f = dv->f;
-    char key[64], val[192], ttl[32], rkey[192], gap[32], msg[32];
+    char key[64], val[192], ttl[32], rkey[192], gap[32], msg[32], next[128], floor_us[32];
+    int64_t now_us = wc_now_us();
+    dv->claimed_us = wc_mono_us();
     wc_key_msg(key, sizeof key, (long long)dv->job->message_id);
-    snprintf(val, sizeof val, "c:%s:%s:%" PRId64, dv->id, f->cfg.c.instance_id, wc_now_us() / 1000);
+    snprintf(val, sizeof val, "c:%s:%s:%" PRId64, dv->id, f->cfg.c.instance_id, now_us / 1000);
     snprintf(ttl, sizeof ttl, "%ld", f->cfg.idempotency_ttl_s);
     wc_key_recipient(rkey, sizeof rkey, dv->id, dv->job->recipient);
+    wc_key_next(next, sizeof next, dv->id);
     snprintf(gap, sizeof gap, "%u", dv->gap_ms);
     snprintf(msg, sizeof msg, "%" PRId64, dv->job->message_id);
+    snprintf(floor_us, sizeof floor_us, "%" PRId64,
+             dv->min_delay_ms ? now_us + CLAIM_SEND_MAX_US + (int64_t)dv->min_delay_ms * 1000 : 0);
     set_state(dv, DEV_CLAIMING);
     bool gapped = dv->gap_ms > 0 && dv->job->recipient[0];
-    const char *argv[] = {"EVAL",
-                          CLAIM_SCRIPT,
-                          gapped ? "2" : "1",
-                          key,
-                          gapped ? rkey : val,
-                          gapped ? val : ttl,
-                          gapped ? ttl : (force ? "d" : "cd"),
-                          gapped ? (force ? "d" : "cd") : gap,
-                          gapped ? gap : msg,
-                          msg};
-    if (wc_redis_commandv(f->d.redis, on_claimed, dv, gapped ? 10 : 9, argv, NULL) < 0) {
+    const char *argv[12];
+    int argc = 0;
+    argv[argc++] = "EVAL";
+    argv[argc++] = CLAIM_SCRIPT;
+    argv[argc++] = gapped ? "3" : "2";
+    argv[argc++] = key;
+    argv[argc++] = next;
+    if (gapped)
+        argv[argc++] = rkey;
+    argv[argc++] = val;
+    argv[argc++] = ttl;
+    argv[argc++] = force ? "d" : "cd";
+    argv[argc++] = gap;
+    argv[argc++] = msg;
+    argv[argc++] = floor_us;
+    if (wc_redis_commandv(f->d.redis, on_claimed, dv, argc, argv, NULL) < 0) {
         dv->pel_mode = true;
         free_job(dv);
         set_state(dv, DEV_IDLE);
