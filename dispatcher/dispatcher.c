@@ -100,12 +100,15 @@ static const char *ROUTE_SCRIPT =
     "local v = redis.call('GET', KEYS[1]) "
     "if v then local p = string.sub(v, 1, 1) "
     " if p == 'c' or p == 'd' then return 'D' end end "
-    "if redis.call('EXISTS', KEYS[2]) == 0 then "
-    " redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[6], '0', 'MKSTREAM') "
-    "elseif redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[3]) then return false end "
+    "local n = redis.call('XLEN', KEYS[2]) "
+    "if n >= tonumber(ARGV[3]) then return false end "
+    "if n == 0 and redis.call('EXISTS', KEYS[2]) == 0 then "
+    " redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[6], '0', 'MKSTREAM') end "
     "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) "
     "local id = redis.call('XADD', KEYS[2], '*', 'j', ARGV[4]) "
-    "if redis.call('SADD', KEYS[3], ARGV[5]) == 1 then return '+' .. id end "
+    /* A lane with entries is in the set already (lanes join it when created
+     * and leave it only when deleted empty, each in one script). */
+    "if n == 0 and redis.call('SADD', KEYS[3], ARGV[5]) == 1 then return '+' .. id end "
     "return id";
 
 static void read_jobs(dispatcher *ds);
@@ -860,8 +863,14 @@ static const char *SINK_SQL =
     " delivered_count = c.delivered_count + d.delivered, read_count = c.read_count + d.read,"
     " failed_count = c.failed_count + d.failed, skipped_count = c.skipped_count + d.skipped,"
     " cancelled_count = c.cancelled_count + d.cancelled"
-    " FROM delta d WHERE c.id = d.campaign_id RETURNING c.id)"
-    " SELECT (SELECT count(*) FROM upd), (SELECT coalesce(array_agg(id), '{}') FROM camp)";
+    " FROM delta d WHERE c.id = d.campaign_id RETURNING c.id,"
+    " c.sent_count + c.failed_count + c.skipped_count + c.cancelled_count >= c.total_count"
+    " AS complete)"
+    /* Only campaigns whose counters say every message is final are checked
+     * for finishing now (that check walks the open-message indexes, ~3 ms on
+     * a large campaign); the 2 s sweep checks the others. */
+    " SELECT (SELECT count(*) FROM upd),"
+    " (SELECT coalesce(array_agg(id), '{}') FROM camp WHERE complete)";
 
 static void on_finished(wc_pg *pg, PGresult *res, const char *err, void *arg)
 {

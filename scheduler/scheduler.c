@@ -915,19 +915,20 @@ static void on_reconcile(evutil_socket_t fd, short what, void *arg)
 
 // clang-format off
 static const char *FEED_SQL =
-    "WITH camp AS ("
+    /* Each campaign's scan starts after the last row this scheduler fed: the
+     * pending index keeps entries of rows fed long ago until a vacuum, and
+     * walking over them every round would cost more with every round. */
+    "WITH cur AS (SELECT * FROM unnest($4::uuid[], $5::bigint[]) AS t(id, after)),"
+    " camp AS ("
     " SELECT c.id, $1::int - (SELECT count(*) FROM broadcast_messages q"
     "  WHERE q.campaign_id = c.id AND q.status = 'queued') AS room"
     " FROM campaigns c WHERE c.status IN ('triggered', 'processing')"
     " AND wacast_in_window(c.send_window_start, c.send_window_end, c.time_zone)"
     " AND " HEALTHY_DEVICE("$3")
     " AND EXISTS (SELECT 1 FROM broadcast_messages p WHERE p.campaign_id = c.id"
-    "  AND p.status = 'pending')),"
+    "  AND p.status = 'pending'"
+    "  AND p.id > coalesce((SELECT after FROM cur WHERE cur.id = c.id), 0))),"
     " share AS (SELECT greatest(1, $2::int / greatest(1, count(*))) AS n FROM camp),"
-    /* Each campaign's scan starts after the last row this scheduler fed: the
-     * pending index keeps entries of rows fed long ago until a vacuum, and
-     * walking over them every round would cost more with every round. */
-    " cur AS (SELECT * FROM unnest($4::uuid[], $5::bigint[]) AS t(id, after)),"
     " picked AS ("
     " SELECT p.id FROM camp LEFT JOIN cur ON cur.id = camp.id, share,"
     "  LATERAL (SELECT m.id FROM broadcast_messages m"
