@@ -535,11 +535,19 @@ static void on_paused_timer(evutil_socket_t fd, short what, void *arg)
         char grace[32];
         snprintf(grace, sizeof grace, "%ld", ds->cfg.cancel_grace_s);
         const char *params[] = {grace};
+        /* Through the pending and queued indexes, 10,000 rows a round at
+         * most (a plan that joined the whole table would scan it every
+         * second for as long as any cancelled campaign is on record). */
         static const char *sql =
-            "WITH m AS (UPDATE broadcast_messages m SET status = 'cancelled', updated_at = now()"
-            " FROM campaigns c WHERE c.id = m.campaign_id AND c.status = 'cancelled'"
-            " AND c.finished_at < now() - make_interval(secs => $1::float8)"
-            " AND (m.status = 'pending' OR m.status = 'queued') RETURNING m.campaign_id)"
+            "WITH cc AS (SELECT id FROM campaigns WHERE status = 'cancelled'"
+            " AND finished_at < now() - make_interval(secs => $1::float8)),"
+            " open AS ((SELECT p.id FROM cc, LATERAL (SELECT id FROM broadcast_messages"
+            "  WHERE campaign_id = cc.id AND status = 'pending') p"
+            "  UNION ALL SELECT q.id FROM cc, LATERAL (SELECT id FROM broadcast_messages"
+            "  WHERE campaign_id = cc.id AND status = 'queued') q) LIMIT 10000),"
+            " m AS (UPDATE broadcast_messages m SET status = 'cancelled', updated_at = now()"
+            " FROM open o WHERE m.id = o.id AND m.status IN ('pending', 'queued')"
+            " RETURNING m.campaign_id)"
             " UPDATE campaigns c SET cancelled_count = c.cancelled_count + d.n"
             " FROM (SELECT campaign_id, count(*) AS n FROM m GROUP BY campaign_id) d"
             " WHERE c.id = d.campaign_id";

@@ -813,7 +813,8 @@ static const char *SINK_SQL =
     /* One UPDATE, no separate locking step: each SET sees the row version it
      * replaces (the latest one, after any concurrent writer), so the move is
      * decided on the current status and prev_status keeps that status for
-     * the counters below. Rows are taken in id order (lock order). */
+     * the counters below. The input comes in id order, so the nested-loop
+     * plan this gets takes the row locks in that order. */
     " upd AS ("
     " UPDATE broadcast_messages m SET prev_status = m.status,"
     " status = CASE WHEN wacast_message_can_move(m.status, i.status) THEN i.status"

@@ -63,7 +63,6 @@ struct redis_url {
  * load again on its next use. */
 #define SCRIPT_CACHE 64
 typedef struct wc_script {
-    const char *ptr; /* the caller's string, for a quick first match */
     char *body;
     size_t len;
     char sha[41];
@@ -829,10 +828,8 @@ static wc_script *script_find(wc_redis *r, const char *body, size_t len)
 {
     for (int i = 0; i < r->nscripts; i++) {
         wc_script *sc = &r->scripts[i];
-        if (sc->len == len && (sc->ptr == body || memcmp(sc->body, body, len) == 0)) {
-            sc->ptr = body;
-            return sc;
-        }
+        if (sc->len == len && memcmp(sc->body, body, len) == 0)
+            return sc; /* by content: a caller may build scripts in a reused buffer */
     }
     if (r->nscripts == SCRIPT_CACHE)
         return NULL; /* more distinct scripts than expected: plain EVAL */
@@ -844,7 +841,6 @@ static wc_script *script_find(wc_redis *r, const char *body, size_t len)
     if (!(sc->body = malloc(len ? len : 1)))
         return NULL;
     memcpy(sc->body, body, len);
-    sc->ptr = body;
     sc->len = len;
     for (unsigned i = 0; i < 20; i++)
         snprintf(sc->sha + 2 * i, 3, "%02x", md[i]);

@@ -1432,7 +1432,6 @@ static const char *CLAIM_SCRIPT =
     "end "
     "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) return redis.status_reply('OK')";
 
-
 /* Claims the message's marker for this device and sender; force overrides an
  * abandoned claim (after the in-doubt wait). */
 static void claim(device *dv, bool force)
