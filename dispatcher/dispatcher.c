@@ -44,7 +44,7 @@ static const wc_cfg_entry cfg_table[] = {
     {"WACAST_OUTBOX_MAX", WC_CFG_INT, "10000",
      "entries a device's lane (one campaign's outbox) may hold before routing skips it",
      offsetof(dispatcher_cfg, outbox_max), 1, 10000000, false},
-    {"WACAST_DISPLACED_LANE_MAX", WC_CFG_INT, "10",
+    {"WACAST_DISPLACED_LANE_MAX", WC_CFG_INT, "3",
      "entries a lane may hold when the job is not for the lead's own device (that device is away):"
      " displaced messages spread over the user's devices or wait, never pile onto one",
      offsetof(dispatcher_cfg, displaced_max), 1, 10000000, false},
@@ -285,6 +285,8 @@ static void free_route_job(route_job *j)
     free(j);
 }
 
+#define ROUTE_TRIES 8
+
 /* The next device to try for a job, or NULL when every candidate was tried. */
 static const char *pick_device(dispatcher *ds, route_job *j)
 {
@@ -297,7 +299,11 @@ static const char *pick_device(dispatcher *ds, route_job *j)
         if (job->device_id[0] && wc_map_get(&ds->online, job->device_id))
             return job->device_id;
     }
-    if (n == 0 || j->tried > n)
+    /* At most ROUTE_TRIES devices per round: a job whose lanes are all full
+     * (displaced messages while their device is away) waits for the next
+     * round instead of asking every device of a large account each second;
+     * the round-robin position moves on, so the next round asks others. */
+    if (n == 0 || j->tried > n || j->tried > ROUTE_TRIES)
         return NULL;
     j->tried++;
     const char *id = u->ids[u->next % n];
@@ -500,6 +506,16 @@ static void finish_route_batch(route_batch *b)
         evbuffer_free(cleared);
     }
     free(b);
+    if (ds->parked_due && ds->parked) {
+        /* Their retry came while this batch was routing: they go now, before
+         * more new jobs, or a busy router would never get round to them. */
+        ds->parked_due = false;
+        route_job *jobs = ds->parked;
+        ds->parked = NULL;
+        ds->nparked = 0;
+        route(ds, jobs);
+        return;
+    }
     if (ds->backlog) {
         route_job *next_jobs = ds->backlog;
         ds->backlog = NULL;
@@ -716,8 +732,13 @@ static void on_parked_timer(evutil_socket_t fd, short what, void *arg)
     (void)what;
     dispatcher *ds = arg;
     mark_waiting(ds);
-    if (ds->routing || !ds->parked)
+    if (!ds->parked)
         return;
+    if (ds->routing) {
+        ds->parked_due = true; /* routed as soon as the batch in flight is done */
+        return;
+    }
+    ds->parked_due = false;
     route_job *jobs = ds->parked;
     ds->parked = NULL;
     ds->nparked = 0;

@@ -89,6 +89,7 @@ typedef struct dispatcher {
     route_job *parked;
     route_job *backlog; /* jobs read while a batch was routing: routed next */
     size_t nparked;
+    bool parked_due; /* the parked jobs' retry came while a batch was routing */
     route_batch *routing;
     wc_map waiting; /* campaign id -> last time (mono s) we wrote its "waiting" reason */
     wc_map clean;   /* campaign ids whose "waiting" reason we cleared (or never set) */
