@@ -19,8 +19,8 @@ DROP INDEX broadcast_messages_recipient_idx;
 CREATE INDEX broadcast_messages_recipient_idx ON broadcast_messages (recipient_phone)
     WHERE status IN ('sent', 'delivered', 'read', 'failed');
 
--- The status a row had before the latest status write: the dispatcher's
--- status UPDATE sets it from the row it actually updates (the latest version,
--- after any concurrent writer), so the campaign counters are right without
--- locking the rows in a separate step first.
+-- The status a row had before the dispatcher's latest status UPDATE (only
+-- that statement sets it): taken from the row version it actually replaces
+-- (the latest one, after any concurrent writer), so the campaign counters are
+-- right without locking the rows in a separate step first.
 ALTER TABLE broadcast_messages ADD COLUMN prev_status message_status;

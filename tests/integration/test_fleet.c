@@ -421,22 +421,22 @@ stuck:
             (wt_now_ms() - campaign_due_ms) / 1000.0);
     {
         /* What the unfinished messages look like, for the post-mortem. */
-        PGresult *open = wt_sql(db, "SELECT id, status, coalesce(device_id::text, '-'), attempts,"
+        PGresult *rows = wt_sql(db, "SELECT id, status, coalesce(device_id::text, '-'), attempts,"
                                     " extract(epoch FROM now() - updated_at)::int"
                                     " FROM broadcast_messages WHERE status IN ('pending', 'queued')"
                                     " ORDER BY id LIMIT 30");
-        for (int i = 0; open && i < PQntuples(open); i++) {
-            redisReply *m = redisCommand(rd, "GET wacast:msg:%s", PQgetvalue(open, i, 0));
+        for (int i = 0; rows && i < PQntuples(rows); i++) {
+            redisReply *m = redisCommand(rd, "GET wacast:msg:%s", PQgetvalue(rows, i, 0));
             fprintf(stderr,
                     "fleet: open message %s %s device %s attempts %s idle %s s marker %.60s\n",
-                    PQgetvalue(open, i, 0), PQgetvalue(open, i, 1), PQgetvalue(open, i, 2),
-                    PQgetvalue(open, i, 3), PQgetvalue(open, i, 4),
+                    PQgetvalue(rows, i, 0), PQgetvalue(rows, i, 1), PQgetvalue(rows, i, 2),
+                    PQgetvalue(rows, i, 3), PQgetvalue(rows, i, 4),
                     m && m->type == REDIS_REPLY_STRING ? m->str : "(none)");
             if (m)
                 freeReplyObject(m);
         }
-        if (open)
-            PQclear(open);
+        if (rows)
+            PQclear(rows);
     }
     wt_dump_logs(&env, 40);
     return -1;

@@ -63,17 +63,11 @@ static int sender_port;
 
 /* Small timings: devices re-read every 200 ms, so a row change reaches the
  * sender and the router quickly. */
-static const char *const base_env[] = {"WACAST_LOG_LEVEL=info",
-                                       "WACAST_POLL_MS=200",
-                                       "WACAST_LEASE_TTL_MS=3000",
-                                       "WACAST_DEVICE_REFRESH_MS=200",
-                                       "WACAST_IDLE_POLL_MS=500",
-                                       "WACAST_RECONCILE_MS=2000",
-                                       "WACAST_ONLINE_GRACE_MS=10000",
-                                       "WACAST_CLAIM_IDLE_MS=5000",
-                                       "WACAST_BATCH=700",
-                                       "WACAST_HOLDS_MS=250",
-                                       NULL};
+static const char *const base_env[] = {
+    "WACAST_LOG_LEVEL=info",         "WACAST_POLL_MS=200",          "WACAST_LEASE_TTL_MS=3000",
+    "WACAST_DEVICE_REFRESH_MS=200",  "WACAST_IDLE_POLL_MS=500",     "WACAST_RECONCILE_MS=2000",
+    "WACAST_ONLINE_GRACE_MS=10000",  "WACAST_CLAIM_IDLE_MS=5000",   "WACAST_BATCH=700",
+    "WACAST_HOLDS_MS=250",           NULL};
 
 /* ---- environment --------------------------------------------------------------------------- */
 
@@ -181,9 +175,10 @@ static void new_campaigns(const char *user, int n, const char *const *niches, co
                                   " scheduled_at%s%s) VALUES ",
                                   cols ? ", " : "", cols ? cols : "");
     for (int k = 0; k < n; k++)
-        len += (size_t)snprintf(
-            sql + len, sizeof sql - len, "%s('%s', 'c%d-%s', 'Hi {{name}}', '%s', now()%s%s)",
-            k ? ", " : "", user, k, niches[k], niches[k], vals ? ", " : "", vals ? vals[k] : "");
+        len += (size_t)snprintf(sql + len, sizeof sql - len,
+                                "%s('%s', 'c%d-%s', 'Hi {{name}}', '%s', now()%s%s)", k ? ", " : "",
+                                user, k, niches[k], niches[k], vals ? ", " : "",
+                                vals ? vals[k] : "");
     snprintf(sql + len, sizeof sql - len, " RETURNING id, title");
     PGresult *r = wt_sql(db, "%s", sql);
     for (int i = 0; i < PQntuples(r); i++) {
@@ -204,8 +199,7 @@ static void new_campaign(const char *user, const char *niche, const char *cols, 
     snprintf(id, 40, "%s", ids[0]);
 }
 
-/* ---- diagnostics ------------------------------------------------------------------------------
- */
+/* ---- diagnostics ------------------------------------------------------------------------------ */
 
 static void print_rows(const char *title, const char *sql)
 {
@@ -264,8 +258,7 @@ static void report(int bad)
         }                                                                                          \
     } while (0)
 
-/* ---- waiting on SQL ----------------------------------------------------------------------------
- */
+/* ---- waiting on SQL ---------------------------------------------------------------------------- */
 
 typedef struct sql_cond {
     char sql[4096];
@@ -310,8 +303,7 @@ static long lsql(const char *fmt, ...)
     return wt_sql_long(db, "%s", sql);
 }
 
-/* ---- the sim record ----------------------------------------------------------------------------
- */
+/* ---- the sim record ---------------------------------------------------------------------------- */
 
 static const char *field(redisReply *f, const char *name)
 {
@@ -442,7 +434,8 @@ static int check_once(const char *campaign, const group *g, const sc_send *s, si
         char want[64];
         snprintf(want, sizeof want, "Hi Lead %s-%d", g->niche, i);
         if (strcmp(s[k].text, want) && bad++ < 10)
-            fprintf(stderr, "%s: %s got \"%s\", want \"%s\"\n", g->niche, s[k].to, s[k].text, want);
+            fprintf(stderr, "%s: %s got \"%s\", want \"%s\"\n", g->niche, s[k].to, s[k].text,
+                    want);
     }
     for (int i = 0; i < g->n; i++)
         if (got[i] != 1 && bad++ < 10)
@@ -474,8 +467,7 @@ static int check_once(const char *campaign, const group *g, const sc_send *s, si
     return bad;
 }
 
-/* ---- the local day -----------------------------------------------------------------------------
- */
+/* ---- the local day ----------------------------------------------------------------------------- */
 
 /* Daily counts only mean something when the device's local day did not turn
  * during the test: the test notes the day at its start and skips (rather
@@ -501,8 +493,7 @@ static void day_check(const char *tz)
     }
 }
 
-/* ---- metrics ------------------------------------------------------------------------------------
- */
+/* ---- metrics ------------------------------------------------------------------------------------ */
 
 /* Sum of the samples of a metric on the sender's /metrics whose line contains
  * label (NULL: all); -1 when the page cannot be read, -2 when no sample. */
@@ -536,8 +527,7 @@ static double metric(const char *name, const char *label)
     return seen ? sum : -2;
 }
 
-/* ---- 1: daily cap
- * -------------------------------------------------------------------------------- */
+/* ---- 1: daily cap -------------------------------------------------------------------------------- */
 
 static void test_daily_cap_moves_to_other_device(void **state)
 {
@@ -549,8 +539,7 @@ static void test_daily_cap_moves_to_other_device(void **state)
     new_user("cap", user);
     /* d1 counts its day in Kuala Lumpur (UTC+8), so its rest ends at a local
      * midnight that is not a UTC one. */
-    new_device(d1, user, "d1-capped", 0.02, 0.04, "{}", "daily_limit, time_zone",
-               "10, 'Asia/Kuala_Lumpur'");
+    new_device(d1, user, "d1-capped", 0.02, 0.04, "{}", "daily_limit, time_zone", "10, 'Asia/Kuala_Lumpur'");
     new_device(d2, user, "d2-free", 0.02, 0.04, "{}", NULL, NULL);
     add_leads(user, d1, &g);
     day_mark(tz);
@@ -617,8 +606,7 @@ static void test_daily_cap_waits_then_resumes(void **state)
              " AND status_reason LIKE 'daily limit%%'",
              d);
     MUST_SQL(15000, "the campaign waiting",
-             "SELECT count(*) FROM campaigns WHERE id = '%s' AND status_reason LIKE 'waiting%%'",
-             c);
+             "SELECT count(*) FROM campaigns WHERE id = '%s' AND status_reason LIKE 'waiting%%'", c);
     day_check("UTC");
 
     size_t n;
@@ -669,8 +657,7 @@ static void test_daily_cap_waits_then_resumes(void **state)
     report(bad);
 }
 
-/* ---- 2: warm-up
- * ---------------------------------------------------------------------------------- */
+/* ---- 2: warm-up ---------------------------------------------------------------------------------- */
 
 typedef struct warm_case {
     const char *label;
@@ -685,8 +672,8 @@ static void test_warmup(void **state)
     int bad = 0;
     /* Schedule {4,8}, device day in UTC, 15 leads each. */
     warm_case cases[] = {
-        {"day1", "warmup_schedule, warmup_started_on", "'{4,8}', (now() AT TIME ZONE 'UTC')::date",
-         4, "", "", ""},
+        {"day1", "warmup_schedule, warmup_started_on",
+         "'{4,8}', (now() AT TIME ZONE 'UTC')::date", 4, "", "", ""},
         {"day2", "warmup_schedule, warmup_started_on",
          "'{4,8}', (now() AT TIME ZONE 'UTC')::date - 1", 8, "", "", ""},
         {"day6", "warmup_schedule, warmup_started_on",
@@ -756,18 +743,16 @@ static void test_warmup(void **state)
         } else {
             group g = {w->label, 1000 + 100 * k, 15};
             bad += check_once(w->campaign, &g, s, n);
-            CHECK(
-                lsql("SELECT count(*) FROM user_devices WHERE id = '%s' AND resting_until IS NULL",
-                     w->device) == 1,
-                "%s: past its warm-up with no daily limit, yet resting", w->label);
+            CHECK(lsql("SELECT count(*) FROM user_devices WHERE id = '%s' AND resting_until IS NULL",
+                       w->device) == 1,
+                  "%s: past its warm-up with no daily limit, yet resting", w->label);
         }
     }
     sc_sends_free(s, n);
     report(bad);
 }
 
-/* ---- 3: sending window
- * ---------------------------------------------------------------------------- */
+/* ---- 3: sending window ---------------------------------------------------------------------------- */
 
 static void test_sending_window(void **state)
 {
@@ -829,8 +814,8 @@ static void test_sending_window(void **state)
 
     /* The dashboard moves the window over now. */
     PQclear(wt_sql(db,
-                   "UPDATE campaigns SET send_window_start = " KL_PLUS(
-                       "-1") ", send_window_end = " KL_PLUS("1") " WHERE id = '%s'",
+                   "UPDATE campaigns SET send_window_start = " KL_PLUS("-1") ", send_window_end = "
+                   KL_PLUS("1") " WHERE id = '%s'",
                    c_closed));
     const char *closed_ids[] = {c_closed};
     must_finish(closed_ids, 1, 30000);
@@ -840,15 +825,14 @@ static void test_sending_window(void **state)
     s = rec_read(&n);
     bad += check_once(c_closed, &closed, s, n);
     sc_sends_free(s, n);
-    CHECK(lsql("SELECT count(*) FROM campaigns WHERE id = '%s' AND status = 'finished'",
-               c_closed) == 1,
+    CHECK(lsql("SELECT count(*) FROM campaigns WHERE id = '%s' AND status = 'finished'", c_closed) ==
+              1,
           "campaign not finished");
 #undef KL_PLUS
     report(bad);
 }
 
-/* ---- 4: recipient gap
- * ----------------------------------------------------------------------------- */
+/* ---- 4: recipient gap ----------------------------------------------------------------------------- */
 
 static int cmp_ts(const void *a, const void *b)
 {
@@ -920,8 +904,7 @@ static void test_recipient_gap(void **state)
     report(bad);
 }
 
-/* ---- 4b: pacing across a sender killed between a send and its report ----------------------------
- */
+/* ---- 4b: pacing across a sender killed between a send and its report ---------------------- */
 
 static bool record_has_one(void *arg)
 {
@@ -980,8 +963,7 @@ static void test_pacing_survives_kill_mid_send(void **state)
     report(bad);
 }
 
-/* ---- 5: circuit breaker
- * -------------------------------------------------------------------------- */
+/* ---- 5: circuit breaker -------------------------------------------------------------------------- */
 
 static bool sender_holds_one(void *arg)
 {
@@ -1131,8 +1113,7 @@ static void test_breaker_defaults_lose_nothing(void **state)
     report(bad);
 }
 
-/* ---- 6: fairness
- * ---------------------------------------------------------------------------------- */
+/* ---- 6: fairness ---------------------------------------------------------------------------------- */
 
 static void test_fairness(void **state)
 {
@@ -1184,14 +1165,15 @@ static void test_fairness(void **state)
             longest);
     /* The stretch must be real: both campaigns sharing the device for most of
      * their messages (with FIFO it would be empty). */
-    CHECK(to - from + 1 >= 60, "the campaigns shared the device for %ld sends only", to - from + 1);
+    CHECK(to - from + 1 >= 60, "the campaigns shared the device for %ld sends only",
+          to - from + 1);
     CHECK(longest <= 2, "a run of %d sends of one campaign while both had messages", longest);
     int short_gaps = 0;
     for (size_t i = 1; i < n; i++) {
         long long dt = s[i].ts_us - s[i - 1].ts_us;
         if (dt < (long long)(min_delay * 1e6) && short_gaps++ < 10)
-            fprintf(stderr, "%lld us between sends %zu (%c) and %zu (%c)\n", dt, i - 1, seq[i - 1],
-                    i, seq[i]);
+            fprintf(stderr, "%lld us between sends %zu (%c) and %zu (%c)\n", dt, i - 1,
+                    seq[i - 1], i, seq[i]);
     }
     CHECK(short_gaps == 0, "%d gaps under the device's min delay across both campaigns",
           short_gaps);
@@ -1200,8 +1182,7 @@ static void test_fairness(void **state)
     report(bad);
 }
 
-/* ---- 7: health
- * ------------------------------------------------------------------------------------ */
+/* ---- 7: health ------------------------------------------------------------------------------------ */
 
 typedef struct bands_arg {
     double low, high, all;
