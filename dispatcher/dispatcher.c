@@ -49,8 +49,12 @@ static const wc_cfg_entry cfg_table[] = {
      " displaced messages spread over the user's devices or wait, never pile onto one",
      offsetof(dispatcher_cfg, displaced_max), 1, 10000000, false},
     {"WACAST_PARKED_MAX", WC_CFG_INT, "100000",
-     "jobs waiting for a device before the router stops reading",
+     "jobs waiting for a device, all users together, before the router stops reading",
      offsetof(dispatcher_cfg, parked_max), 1, 10000000, false},
+    {"WACAST_PARKED_USER_MAX", WC_CFG_INT, "10000",
+     "jobs of one user waiting in memory for a device; more stay unacknowledged in Redis and are"
+     " read again once the user's waiting jobs have gone below half of this",
+     offsetof(dispatcher_cfg, parked_user_max), 1, 10000000, false},
     {"WACAST_DEVICE_REFRESH_MS", WC_CFG_INT, "1000", "how often online devices are re-read",
      offsetof(dispatcher_cfg, refresh_ms), 100, 600000, false},
     {"WACAST_ONLINE_GRACE_MS", WC_CFG_INT, "30000",
@@ -113,9 +117,8 @@ static const char *ROUTE_SCRIPT =
 
 static void read_jobs(dispatcher *ds);
 static void route(dispatcher *ds, route_job *jobs);
-static void read_results(dispatcher *ds);
 
-static bool reply_ok(dispatcher *ds, redisReply *r)
+bool dispatcher_reply_ok(dispatcher *ds, redisReply *r)
 {
     if (!r || r->type == REDIS_REPLY_ERROR) {
         ds->m.redis_errors++;
@@ -127,7 +130,7 @@ static bool reply_ok(dispatcher *ds, redisReply *r)
 static void on_void(wc_redis *r, redisReply *reply, void *arg)
 {
     (void)r;
-    reply_ok(arg, reply);
+    dispatcher_reply_ok(arg, reply);
 }
 
 static void on_group(wc_redis *r, redisReply *reply, void *arg)
@@ -165,8 +168,8 @@ static int command_with_ids(wc_redis *r, wc_redis_cb *cb, void *arg, const char 
 }
 
 /* XACK then XDEL of the entries in ids (space-separated). -1 when not sent. */
-static int ack_and_delete(dispatcher *ds, const char *stream, const char *group,
-                          struct evbuffer *ids, wc_redis_cb *cb)
+int dispatcher_ack_and_delete(dispatcher *ds, const char *stream, const char *group,
+                              struct evbuffer *ids, wc_redis_cb *cb)
 {
     const char *ack[] = {"XACK", stream, group};
     const char *del[] = {"XDEL", stream};
@@ -181,7 +184,7 @@ static int ack_and_delete(dispatcher *ds, const char *stream, const char *group,
     return rc;
 }
 
-static void create_groups(dispatcher *ds)
+void dispatcher_create_groups(dispatcher *ds)
 {
     if (wc_redis_command(ds->d.redis, on_group, ds, "XGROUP CREATE %s %s 0 MKSTREAM", WC_KEY_JOBS,
                          WC_GROUP_DISPATCH) < 0 ||
@@ -277,8 +280,9 @@ static void on_refresh(evutil_socket_t fd, short what, void *arg)
 
 /* ---- router ------------------------------------------------------------------------------- */
 
-static void free_route_job(route_job *j)
+static void free_route_job(dispatcher *ds, route_job *j)
 {
+    wc_map_del(&ds->held, j->entry_id);
     if (j->job)
         wacast__job__free_unpacked(j->job, NULL);
     free(j->payload);
@@ -389,7 +393,7 @@ static void on_routed(wc_redis *r, redisReply *reply, void *arg)
     route_batch *b = current_batch;
     dispatcher *ds = b->ds;
     b->pending--;
-    if (!reply_ok(ds, reply)) {
+    if (!dispatcher_reply_ok(ds, reply)) {
         j->device[0] = '\0'; /* parked, tried again later */
     } else if (reply->type != REDIS_REPLY_STRING) {
         /* Lane full: try the user's next device. */
@@ -418,7 +422,42 @@ static void on_pg_void(wc_pg *pg, PGresult *res, const char *err, void *arg)
 static void on_acked(wc_redis *r, redisReply *reply, void *arg)
 {
     (void)r;
-    reply_ok(arg, reply);
+    dispatcher_reply_ok(arg, reply);
+}
+
+/* A job with no device for now stays unacknowledged and waits in memory to
+ * be routed again, up to WACAST_PARKED_USER_MAX jobs per user; past that it
+ * is let go from memory (still pending in Redis, so nothing is lost) and
+ * read again once the user has room: one user's backlog never fills the
+ * router's memory or keeps it from reading other users' jobs. */
+static void park(dispatcher *ds, route_job *j)
+{
+    uintptr_t n = (uintptr_t)wc_map_get(&ds->parked_by_user, j->job->user_id);
+    if (n >= (uintptr_t)ds->cfg.parked_user_max) {
+        ds->m.jobs_spilled++;
+        if (wc_map_put(&ds->spilled_users, j->job->user_id, (void *)1) < 0)
+            abort();
+        free_route_job(ds, j);
+        return;
+    }
+    if (wc_map_put(&ds->parked_by_user, j->job->user_id, (void *)(n + 1)) < 0)
+        abort();
+    ds->m.jobs_parked++;
+    j->tried = 0;
+    j->next = ds->parked;
+    ds->parked = j;
+    ds->nparked++;
+}
+
+/* Takes every parked job out to be routed again. */
+static route_job *unpark_all(dispatcher *ds)
+{
+    route_job *jobs = ds->parked;
+    ds->parked = NULL;
+    ds->nparked = 0;
+    wc_map_free(&ds->parked_by_user);
+    wc_map_init(&ds->parked_by_user);
+    return jobs;
 }
 
 static void finish_route_batch(route_batch *b)
@@ -438,7 +477,7 @@ static void finish_route_batch(route_batch *b)
             evbuffer_add_printf(ids, " %s", j->entry_id);
             nacked++;
             ds->m.jobs_duplicate++;
-            free_route_job(j);
+            free_route_job(ds, j);
         } else if (j->device[0]) {
             evbuffer_add_printf(ids, " %s", j->entry_id);
             nacked++;
@@ -459,20 +498,15 @@ static void finish_route_batch(route_batch *b)
                     abort();
                 wc_map_del(&ds->waiting, j->job->campaign_id);
             }
-            free_route_job(j);
+            free_route_job(ds, j);
         } else {
-            /* No device for now: keep it unacknowledged and try again later. */
-            ds->m.jobs_parked++;
-            j->tried = 0;
-            j->next = ds->parked;
-            ds->parked = j;
-            ds->nparked++;
+            park(ds, j);
         }
     }
     /* If the ack is lost, the entries come back and are routed again; the
      * sender's idempotency marker keeps that from sending twice. */
     if (nacked)
-        (void)ack_and_delete(ds, WC_KEY_JOBS, WC_GROUP_DISPATCH, ids, on_acked);
+        (void)dispatcher_ack_and_delete(ds, WC_KEY_JOBS, WC_GROUP_DISPATCH, ids, on_acked);
     /* One wake-up message per batch, "dev[+],dev[+],..." in chunks of at
      * most ~4 KB, not one PUBLISH per device. */
     struct evbuffer *wake = evbuffer_new();
@@ -510,10 +544,7 @@ static void finish_route_batch(route_batch *b)
         /* Their retry came while this batch was routing: they go now, before
          * more new jobs, or a busy router would never get round to them. */
         ds->parked_due = false;
-        route_job *jobs = ds->parked;
-        ds->parked = NULL;
-        ds->nparked = 0;
-        route(ds, jobs);
+        route(ds, unpark_all(ds));
         return;
     }
     if (ds->backlog) {
@@ -546,9 +577,9 @@ static void on_jobs(wc_redis *r, redisReply *reply, void *arg)
     (void)r;
     dispatcher *ds = arg;
     ds->jobs_reading = false;
-    if (!reply_ok(ds, reply)) {
+    if (!dispatcher_reply_ok(ds, reply)) {
         if (reply && strstr(reply->str, "NOGROUP"))
-            create_groups(ds);
+            dispatcher_create_groups(ds);
         return; /* the read timer tries again */
     }
     redisReply *entries = NULL;
@@ -558,8 +589,10 @@ static void on_jobs(wc_redis *r, redisReply *reply, void *arg)
     if (!entries || entries->type != REDIS_REPLY_ARRAY || entries->elements == 0) {
         /* Only an empty read of our pending list means it is empty: a takeover
          * during a blocking read of new entries set jobs_pel again. */
-        if (ds->jobs_read_pel)
+        if (ds->jobs_read_pel) {
             ds->jobs_pel = false;
+            snprintf(ds->jobs_pel_cursor, sizeof ds->jobs_pel_cursor, "0");
+        }
         read_jobs(ds);
         return;
     }
@@ -568,8 +601,16 @@ static void on_jobs(wc_redis *r, redisReply *reply, void *arg)
     for (size_t i = 0; i < entries->elements; i++) {
         redisReply *e = entries->element[i];
         if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
-            e->element[0]->type != REDIS_REPLY_STRING)
+            e->element[0]->type != REDIS_REPLY_STRING || e->element[0]->len >= 48)
             continue;
+        /* A read of our pending list goes on after its last entry, and an
+         * entry we hold already (parked, or being routed) is not taken twice. */
+        if (ds->jobs_read_pel)
+            snprintf(ds->jobs_pel_cursor, sizeof ds->jobs_pel_cursor, "%s", e->element[0]->str);
+        if (wc_map_get(&ds->held, e->element[0]->str)) {
+            ds->m.jobs_already_held++;
+            continue;
+        }
         Wacast__Job *job = NULL;
         redisReply *fields = e->element[1];
         for (size_t k = 0; fields->type == REDIS_REPLY_ARRAY && k + 1 < fields->elements; k += 2) {
@@ -592,11 +633,13 @@ static void on_jobs(wc_redis *r, redisReply *reply, void *arg)
             abort();
         snprintf(j->entry_id, sizeof j->entry_id, "%s", e->element[0]->str);
         j->job = job;
+        if (wc_map_put(&ds->held, j->entry_id, j) < 0)
+            abort();
         *tail = j;
         tail = &j->next;
     }
     if (bad) {
-        (void)ack_and_delete(ds, WC_KEY_JOBS, WC_GROUP_DISPATCH, bad, on_acked);
+        (void)dispatcher_ack_and_delete(ds, WC_KEY_JOBS, WC_GROUP_DISPATCH, bad, on_acked);
         evbuffer_free(bad);
     }
     if (!head) {
@@ -624,10 +667,10 @@ static void read_jobs(dispatcher *ds)
     char count[32];
     snprintf(count, sizeof count, "%ld", ds->cfg.route_batch);
     /* Our own pending entries first (after a restart or a takeover), then new ones. */
-    if (wc_redis_command(ds->jobs_rd, on_jobs, ds,
-                         "XREADGROUP GROUP %s %s COUNT %s BLOCK %s STREAMS %s %s",
-                         WC_GROUP_DISPATCH, ds->cfg.c.instance_id, count,
-                         ds->jobs_pel ? "0" : "1000", WC_KEY_JOBS, ds->jobs_pel ? "0" : ">") == 0) {
+    if (wc_redis_command(
+            ds->jobs_rd, on_jobs, ds, "XREADGROUP GROUP %s %s COUNT %s BLOCK %s STREAMS %s %s",
+            WC_GROUP_DISPATCH, ds->cfg.c.instance_id, count, ds->jobs_pel ? "0" : "1000",
+            WC_KEY_JOBS, ds->jobs_pel ? ds->jobs_pel_cursor : ">") == 0) {
         ds->jobs_reading = true;
         ds->jobs_read_pel = ds->jobs_pel;
     }
@@ -726,12 +769,41 @@ static void on_window_timer(evutil_socket_t fd, short what, void *arg)
         ds->window_busy = true;
 }
 
+/* Our pending list is read again from its start (after a reconnect, a
+ * takeover, or when jobs let go from memory can be held again). */
+static void rescan_pending(dispatcher *ds)
+{
+    ds->jobs_pel = true;
+    snprintf(ds->jobs_pel_cursor, sizeof ds->jobs_pel_cursor, "0");
+}
+
+/* Users whose jobs were let go from memory (park) get them back once their
+ * waiting jobs are under half the per-user bound. */
+static void take_back_spilled(dispatcher *ds)
+{
+    bool again = false;
+    for (size_t i = 0; i < ds->spilled_users.cap; i++) {
+        if (!wc_map_live(&ds->spilled_users, i))
+            continue;
+        const char *user = ds->spilled_users.slots[i].key;
+        uintptr_t n = (uintptr_t)wc_map_get(&ds->parked_by_user, user);
+        if (n < (uintptr_t)ds->cfg.parked_user_max / 2)
+            again = true;
+    }
+    if (again) {
+        wc_map_free(&ds->spilled_users);
+        wc_map_init(&ds->spilled_users);
+        rescan_pending(ds);
+    }
+}
+
 static void on_parked_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     dispatcher *ds = arg;
     mark_waiting(ds);
+    take_back_spilled(ds);
     if (!ds->parked)
         return;
     if (ds->routing) {
@@ -739,10 +811,7 @@ static void on_parked_timer(evutil_socket_t fd, short what, void *arg)
         return;
     }
     ds->parked_due = false;
-    route_job *jobs = ds->parked;
-    ds->parked = NULL;
-    ds->nparked = 0;
-    route(ds, jobs);
+    route(ds, unpark_all(ds));
 }
 
 /* Keeps our parked entries from looking abandoned to peers' XAUTOCLAIM. */
@@ -760,320 +829,6 @@ static void touch_parked(dispatcher *ds)
     evbuffer_free(ids);
 }
 
-/* ---- sink --------------------------------------------------------------------------------- */
-
-typedef struct sink_batch {
-    dispatcher *ds;
-    struct evbuffer *entry_ids;
-} sink_batch;
-
-static const char *status_name(Wacast__Status s)
-{
-    switch (s) {
-    case WACAST__STATUS__STATUS_SENT:
-        return "sent";
-    case WACAST__STATUS__STATUS_DELIVERED:
-        return "delivered";
-    case WACAST__STATUS__STATUS_READ:
-        return "read";
-    case WACAST__STATUS__STATUS_FAILED:
-        return "failed";
-    case WACAST__STATUS__STATUS_SKIPPED:
-        return "skipped";
-    case WACAST__STATUS__STATUS_CANCELLED:
-        return "cancelled";
-    default:
-        return NULL;
-    }
-}
-
-/* Appends a text value as a quoted array element. */
-static void array_text(struct evbuffer *b, const char *s, bool first)
-{
-    if (!first)
-        evbuffer_add(b, ",", 1);
-    evbuffer_add(b, "\"", 1);
-    for (; s && *s; s++) {
-        if (*s == '"' || *s == '\\')
-            evbuffer_add(b, "\\", 1);
-        evbuffer_add(b, s, 1);
-    }
-    evbuffer_add(b, "\"", 1);
-}
-
-static const char *SINK_SQL =
-    /* One sink writes at a time (a transaction-scoped advisory lock, taken
-     * before any row lock): two sinks updating the same campaigns' counters
-     * in different orders would deadlock. */
-    "WITH raw AS ("
-    " SELECT * FROM unnest($1::bigint[], $2::message_status[], $3::text[], $4::text[], $5::text[],"
-    " $6::text[], $7::bigint[], $8::int[])"
-    " AS t(id, status, error_code, error_message, device_id, provider_id, at_us, attempt)"
-    " WHERE (SELECT pg_advisory_xact_lock(7161676173740002)) IS NOT NULL),"
-    /* A provider's status may name the message only by the provider's id:
-     * resolve it from the table, or from the sender's result in this batch. */
-    " named AS ("
-    " SELECT CASE WHEN r.id <> 0 THEN r.id"
-    "  ELSE coalesce((SELECT p.id FROM broadcast_messages p"
-    "   WHERE p.provider_message_id = r.provider_id),"
-    "   (SELECT max(s.id) FROM raw s WHERE s.id <> 0 AND s.provider_id = r.provider_id"
-    "   AND r.provider_id <> '')) END AS id,"
-    " r.status, r.error_code, r.error_message, nullif(r.device_id, '') AS device_id,"
-    " nullif(r.provider_id, '') AS provider_id, r.at_us, r.attempt,"
-    " wacast_message_status_rank(r.status) AS rank"
-    " FROM raw r),"
-    /* Several reports about one message: the furthest status wins, and what
-     * any of them knows (device, provider id, attempts) is kept. */
-    " input AS ("
-    " SELECT id, (array_agg(status ORDER BY rank DESC))[1] AS status,"
-    " (array_agg(error_code ORDER BY rank DESC))[1] AS error_code,"
-    " (array_agg(error_message ORDER BY rank DESC))[1] AS error_message,"
-    " max(device_id) AS device_id, max(provider_id) AS provider_id,"
-    " (array_agg(at_us ORDER BY rank DESC))[1] AS at_us, max(attempt) AS attempt"
-    " FROM named WHERE id IS NOT NULL GROUP BY id),"
-    /* One UPDATE, no separate locking step: each SET sees the row version it
-     * replaces (the latest one, after any concurrent writer), so the move is
-     * decided on the current status and prev_status keeps that status for
-     * the counters below. The input comes in id order, so the nested-loop
-     * plan this gets takes the row locks in that order. */
-    " upd AS ("
-    " UPDATE broadcast_messages m SET prev_status = m.status,"
-    " status = CASE WHEN wacast_message_can_move(m.status, i.status) THEN i.status"
-    "   ELSE m.status END,"
-    " device_id = COALESCE(i.device_id::uuid, m.device_id),"
-    " error_code = CASE WHEN i.status = 'failed' AND wacast_message_can_move(m.status, i.status)"
-    "   THEN NULLIF(i.error_code, '') ELSE m.error_code END,"
-    " error_message = CASE WHEN i.status = 'failed' AND wacast_message_can_move(m.status, i.status)"
-    "   THEN NULLIF(i.error_message, '') ELSE m.error_message END,"
-    " provider_message_id = COALESCE(m.provider_message_id, i.provider_id),"
-    " attempts = GREATEST(m.attempts, i.attempt),"
-    " sent_at = CASE WHEN i.status IN ('sent', 'delivered', 'read')"
-    "   AND wacast_message_can_move(m.status, i.status)"
-    "   THEN COALESCE(m.sent_at, to_timestamp(i.at_us / 1e6)) ELSE m.sent_at END,"
-    " delivered_at = CASE WHEN i.status IN ('delivered', 'read')"
-    "   AND wacast_message_can_move(m.status, i.status)"
-    "   THEN COALESCE(m.delivered_at, to_timestamp(i.at_us / 1e6)) ELSE m.delivered_at END,"
-    " read_at = CASE WHEN i.status = 'read' AND wacast_message_can_move(m.status, i.status)"
-    "   THEN to_timestamp(i.at_us / 1e6) ELSE m.read_at END,"
-    " failed_at = CASE WHEN i.status = 'failed' AND wacast_message_can_move(m.status, i.status)"
-    "   THEN to_timestamp(i.at_us / 1e6) ELSE m.failed_at END,"
-    " updated_at = now()"
-    " FROM (SELECT * FROM input ORDER BY id) i"
-    " WHERE m.id = i.id AND (wacast_message_can_move(m.status, i.status)"
-    "   OR (m.device_id IS NULL AND i.device_id IS NOT NULL)"
-    "   OR (m.provider_message_id IS NULL AND i.provider_id IS NOT NULL) OR m.attempts < i.attempt)"
-    " RETURNING m.campaign_id, m.lead_id, m.error_code, m.prev_status AS old_status,"
-    " m.status AS new_status),"
-    /* The recipient stopped marketing messages (131050): keep them out of the next campaign. */
-    " optout AS ("
-    " UPDATE leads SET opted_out_at = now() FROM upd u WHERE leads.id = u.lead_id"
-    " AND u.new_status = 'failed' AND u.old_status <> 'failed' AND u.error_code = '131050'"
-    " AND leads.opted_out_at IS NULL RETURNING 1),"
-    " delta AS ("
-    " SELECT campaign_id,"
-    " count(*) FILTER (WHERE new_status IN ('sent', 'delivered', 'read')"
-    "   AND old_status NOT IN ('sent', 'delivered', 'read')) AS sent,"
-    " count(*) FILTER (WHERE new_status IN ('delivered', 'read')"
-    "   AND old_status NOT IN ('delivered', 'read')) AS delivered,"
-    " count(*) FILTER (WHERE new_status = 'read' AND old_status <> 'read') AS read,"
-    " count(*) FILTER (WHERE new_status = 'failed' AND old_status <> 'failed') AS failed,"
-    " count(*) FILTER (WHERE new_status = 'skipped' AND old_status <> 'skipped') AS skipped,"
-    " count(*) FILTER (WHERE new_status = 'cancelled' AND old_status <> 'cancelled') AS cancelled"
-    " FROM upd GROUP BY campaign_id ORDER BY campaign_id),"
-    " camp AS ("
-    " UPDATE campaigns c SET sent_count = c.sent_count + d.sent,"
-    " delivered_count = c.delivered_count + d.delivered, read_count = c.read_count + d.read,"
-    " failed_count = c.failed_count + d.failed, skipped_count = c.skipped_count + d.skipped,"
-    " cancelled_count = c.cancelled_count + d.cancelled"
-    " FROM delta d WHERE c.id = d.campaign_id RETURNING c.id,"
-    " c.sent_count + c.failed_count + c.skipped_count + c.cancelled_count >= c.total_count"
-    " AS complete)"
-    /* Only campaigns whose counters say every message is final are checked
-     * for finishing now (that check walks the open-message indexes, ~3 ms on
-     * a large campaign); the 2 s sweep checks the others. */
-    " SELECT (SELECT count(*) FROM upd),"
-    " (SELECT coalesce(array_agg(id), '{}') FROM camp WHERE complete)";
-
-static void on_finished(wc_pg *pg, PGresult *res, const char *err, void *arg)
-{
-    (void)pg;
-    dispatcher *ds = arg;
-    if (!res) {
-        ds->m.pg_errors++;
-        wc_warn("finishing campaigns: %s", err);
-        return;
-    }
-    for (int i = 0; i < PQntuples(res); i++) {
-        ds->m.campaigns_finished++;
-        wc_info("campaign %s %s", PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
-    }
-}
-
-static void finish_campaigns(dispatcher *ds, const char *uuid_array)
-{
-    const char *params[] = {uuid_array};
-    if (wc_pg_query(ds->d.pg, WC_SQL_FINISH_CAMPAIGNS, 1, params, on_finished, ds) < 0)
-        ds->m.pg_errors++;
-}
-
-static void on_sink_acked(wc_redis *r, redisReply *reply, void *arg)
-{
-    (void)r;
-    reply_ok(arg, reply);
-}
-
-static void on_sink_written(wc_pg *pg, PGresult *res, const char *err, void *arg)
-{
-    (void)pg;
-    sink_batch *sb = arg;
-    dispatcher *ds = sb->ds;
-    ds->sink_writing = false;
-    if (!res) {
-        /* Not acknowledged: the entries stay pending and are read again. */
-        ds->m.pg_errors++;
-        wc_warn("writing statuses: %s", err);
-        ds->results_pel = true;
-    } else {
-        long changed = strtol(PQgetvalue(res, 0, 0), NULL, 10);
-        ds->m.results_written += (uint64_t)changed;
-        if (ack_and_delete(ds, WC_KEY_RESULTS, WC_GROUP_SINK, sb->entry_ids, on_sink_acked) < 0)
-            ds->results_pel = true;
-        const char *campaigns = PQgetvalue(res, 0, 1);
-        if (strcmp(campaigns, "{}") != 0)
-            finish_campaigns(ds, campaigns);
-    }
-    evbuffer_free(sb->entry_ids);
-    free(sb);
-    read_results(ds);
-}
-
-typedef struct sink_row {
-    Wacast__Result *res;
-} sink_row;
-
-static void on_results(wc_redis *r, redisReply *reply, void *arg)
-{
-    (void)r;
-    dispatcher *ds = arg;
-    ds->results_reading = false;
-    if (!reply_ok(ds, reply)) {
-        if (reply && strstr(reply->str, "NOGROUP"))
-            create_groups(ds);
-        return;
-    }
-    redisReply *entries = NULL;
-    if (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
-        reply->element[0]->type == REDIS_REPLY_ARRAY && reply->element[0]->elements == 2)
-        entries = reply->element[0]->element[1];
-    if (!entries || entries->type != REDIS_REPLY_ARRAY || entries->elements == 0) {
-        if (ds->results_read_pel)
-            ds->results_pel = false;
-        read_results(ds);
-        return;
-    }
-    sink_batch *sb = calloc(1, sizeof *sb);
-    if (!sb)
-        abort();
-    sb->ds = ds;
-    sb->entry_ids = evbuffer_new();
-    /* Every usable result goes to the statement, which merges the reports
-     * about one message (the furthest status wins, no detail is lost). */
-    Wacast__Result **all = calloc(entries->elements, sizeof *all);
-    if (!all)
-        abort();
-    size_t nall = 0;
-    for (size_t i = 0; i < entries->elements; i++) {
-        redisReply *e = entries->element[i];
-        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
-            e->element[0]->type != REDIS_REPLY_STRING)
-            continue;
-        evbuffer_add_printf(sb->entry_ids, " %s", e->element[0]->str);
-        redisReply *fields = e->element[1];
-        Wacast__Result *res = NULL;
-        for (size_t k = 0; fields->type == REDIS_REPLY_ARRAY && k + 1 < fields->elements; k += 2) {
-            redisReply *key = fields->element[k], *val = fields->element[k + 1];
-            if (key->type == REDIS_REPLY_STRING && !strcmp(key->str, "r") &&
-                val->type == REDIS_REPLY_STRING)
-                res = wacast__result__unpack(NULL, val->len, (const uint8_t *)val->str);
-        }
-        if (!res || !status_name(res->status)) {
-            ds->m.results_ignored++;
-            if (res)
-                wacast__result__free_unpacked(res, NULL);
-            continue;
-        }
-        if (res->message_id <= 0 && !(res->provider_message_id && res->provider_message_id[0])) {
-            ds->m.results_ignored++;
-            wacast__result__free_unpacked(res, NULL);
-            continue;
-        }
-        all[nall++] = res;
-    }
-    struct evbuffer *a[8];
-    for (int k = 0; k < 8; k++) {
-        a[k] = evbuffer_new();
-        evbuffer_add(a[k], "{", 1);
-    }
-    size_t rows = 0;
-    for (size_t i = 0; i < nall; i++) {
-        Wacast__Result *res = all[i];
-        bool first = rows == 0;
-        evbuffer_add_printf(a[0], "%s%" PRId64, first ? "" : ",", res->message_id);
-        evbuffer_add_printf(a[1], "%s%s", first ? "" : ",", status_name(res->status));
-        array_text(a[2], res->error_code, first);
-        array_text(a[3], res->error_message, first);
-        array_text(a[4], res->device_id, first);
-        array_text(a[5], res->provider_message_id, first);
-        evbuffer_add_printf(a[6], "%s%" PRId64, first ? "" : ",", res->at_us);
-        evbuffer_add_printf(a[7], "%s%u", first ? "" : ",", res->attempt);
-        rows++;
-    }
-    const char *params[8];
-    for (int k = 0; k < 8; k++) {
-        evbuffer_add(a[k], "}\0", 2);
-        params[k] = (const char *)evbuffer_pullup(a[k], -1);
-    }
-    if (rows > 0 && wc_pg_query(ds->d.pg, SINK_SQL, 8, params, on_sink_written, sb) == 0) {
-        ds->sink_writing = true;
-    } else if (rows > 0) {
-        ds->m.pg_errors++;
-        ds->results_pel = true;
-        evbuffer_free(sb->entry_ids);
-        free(sb);
-    } else {
-        /* Nothing usable in the batch: acknowledge it away. */
-        (void)ack_and_delete(ds, WC_KEY_RESULTS, WC_GROUP_SINK, sb->entry_ids, on_sink_acked);
-        evbuffer_free(sb->entry_ids);
-        free(sb);
-    }
-    for (int k = 0; k < 8; k++)
-        evbuffer_free(a[k]);
-    for (size_t i = 0; i < nall; i++)
-        wacast__result__free_unpacked(all[i], NULL);
-    free(all);
-    if (!ds->sink_writing)
-        read_results(ds);
-}
-
-static void read_results(dispatcher *ds)
-{
-    if (ds->results_reading || ds->sink_writing)
-        return;
-    if (ds->d.stopping) {
-        wc_daemon_exit(&ds->d);
-        return;
-    }
-    char count[32];
-    snprintf(count, sizeof count, "%ld", ds->cfg.sink_batch);
-    if (wc_redis_command(ds->results_rd, on_results, ds,
-                         "XREADGROUP GROUP %s %s COUNT %s BLOCK %s STREAMS %s %s", WC_GROUP_SINK,
-                         ds->cfg.c.instance_id, count, ds->results_pel ? "0" : "1000",
-                         WC_KEY_RESULTS, ds->results_pel ? "0" : ">") == 0) {
-        ds->results_reading = true;
-        ds->results_read_pel = ds->results_pel;
-    }
-}
-
 /* ---- periodic work ------------------------------------------------------------------------ */
 
 static void on_read_timer(evutil_socket_t fd, short what, void *arg)
@@ -1083,23 +838,42 @@ static void on_read_timer(evutil_socket_t fd, short what, void *arg)
     dispatcher *ds = arg;
     /* Restarts readers after a Redis outage; no-ops while they run. */
     read_jobs(ds);
-    read_results(ds);
+    sink_read(ds);
 }
 
-static void on_autoclaimed(wc_redis *r, redisReply *reply, void *arg)
+/* XAUTOCLAIM goes on from where its last call stopped (its first reply
+ * element), so entries far down a long pending list are reached too. */
+static void on_autoclaimed(dispatcher *ds, redisReply *reply, char *cursor, size_t cursor_size)
 {
-    (void)r;
-    dispatcher *ds = arg;
-    if (!reply_ok(ds, reply) || reply->type != REDIS_REPLY_ARRAY || reply->elements < 2)
+    if (!dispatcher_reply_ok(ds, reply) || reply->type != REDIS_REPLY_ARRAY || reply->elements < 2)
         return;
+    redisReply *next = reply->element[0];
+    if (next->type == REDIS_REPLY_STRING && next->len < cursor_size)
+        snprintf(cursor, cursor_size, "%s", next->str);
     redisReply *ids = reply->element[1];
     if (ids->type == REDIS_REPLY_ARRAY && ids->elements > 0) {
         ds->m.entries_claimed += ids->elements;
         wc_info("took over %zu entries from a dead consumer", ids->elements);
         /* They are ours now: read our pending list next. */
-        ds->jobs_pel = true;
-        ds->results_pel = true;
+        if (cursor == ds->jobs_claim_cursor)
+            rescan_pending(ds);
+        else
+            ds->results_pel = true;
     }
+}
+
+static void on_jobs_autoclaimed(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    dispatcher *ds = arg;
+    on_autoclaimed(ds, reply, ds->jobs_claim_cursor, sizeof ds->jobs_claim_cursor);
+}
+
+static void on_results_autoclaimed(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    dispatcher *ds = arg;
+    on_autoclaimed(ds, reply, ds->results_claim_cursor, sizeof ds->results_claim_cursor);
 }
 
 static void on_claim_timer(evutil_socket_t fd, short what, void *arg)
@@ -1112,47 +886,22 @@ static void on_claim_timer(evutil_socket_t fd, short what, void *arg)
     touch_parked(ds);
     char idle[32];
     snprintf(idle, sizeof idle, "%ld", ds->cfg.claim_idle_ms);
-    if (wc_redis_command(ds->d.redis, on_autoclaimed, ds,
-                         "XAUTOCLAIM %s %s %s %s 0-0 COUNT 1000 JUSTID", WC_KEY_JOBS,
-                         WC_GROUP_DISPATCH, ds->cfg.c.instance_id, idle) < 0 ||
-        wc_redis_command(ds->d.redis, on_autoclaimed, ds,
-                         "XAUTOCLAIM %s %s %s %s 0-0 COUNT 1000 JUSTID", WC_KEY_RESULTS,
-                         WC_GROUP_SINK, ds->cfg.c.instance_id, idle) < 0)
+    if (wc_redis_command(ds->d.redis, on_jobs_autoclaimed, ds,
+                         "XAUTOCLAIM %s %s %s %s %s COUNT 1000 JUSTID", WC_KEY_JOBS,
+                         WC_GROUP_DISPATCH, ds->cfg.c.instance_id, idle,
+                         ds->jobs_claim_cursor) < 0 ||
+        wc_redis_command(ds->d.redis, on_results_autoclaimed, ds,
+                         "XAUTOCLAIM %s %s %s %s %s COUNT 1000 JUSTID", WC_KEY_RESULTS,
+                         WC_GROUP_SINK, ds->cfg.c.instance_id, idle, ds->results_claim_cursor) < 0)
         ds->m.redis_errors++;
-}
-
-static void on_processing(wc_pg *pg, PGresult *res, const char *err, void *arg)
-{
-    (void)pg;
-    dispatcher *ds = arg;
-    if (!res) {
-        ds->m.pg_errors++;
-        wc_warn("listing campaigns: %s", err);
-        return;
-    }
-    const char *ids = PQgetvalue(res, 0, 0);
-    if (strcmp(ids, "{}") != 0)
-        finish_campaigns(ds, ids);
-}
-
-static void on_sweep_timer(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    dispatcher *ds = arg;
-    if (wc_pg_query(
-            ds->d.pg,
-            "SELECT coalesce(array_agg(id), '{}')::text FROM campaigns WHERE status = 'processing'",
-            0, NULL, on_processing, ds) < 0)
-        ds->m.pg_errors++;
 }
 
 static void on_connected(wc_redis *r, void *arg)
 {
     (void)r;
     dispatcher *ds = arg;
-    create_groups(ds);
-    ds->jobs_pel = true;
+    dispatcher_create_groups(ds);
+    rescan_pending(ds);
     ds->results_pel = true;
 }
 
@@ -1196,6 +945,9 @@ int main(int argc, char **argv)
     wc_map_init(&ds.online);
     wc_map_init(&ds.waiting);
     wc_map_init(&ds.clean);
+    wc_map_init(&ds.held);
+    wc_map_init(&ds.parked_by_user);
+    wc_map_init(&ds.spilled_users);
     char err[256];
     /* Blocking reads need connections of their own; BLOCK is under the timeout. */
     long tmo = ds.cfg.c.timeout_ms < 3000 ? 3000 : ds.cfg.c.timeout_ms;
@@ -1207,15 +959,20 @@ int main(int argc, char **argv)
         fprintf(stderr, "wacast-dispatcher: %s\n", err);
         return 1;
     }
-    ds.jobs_pel = ds.results_pel = true;
+    rescan_pending(&ds);
+    ds.results_pel = true;
+    snprintf(ds.jobs_claim_cursor, sizeof ds.jobs_claim_cursor, "0-0");
+    snprintf(ds.results_claim_cursor, sizeof ds.results_claim_cursor, "0-0");
+    if (ds.cfg.parked_user_max > ds.cfg.parked_max)
+        ds.cfg.parked_user_max = ds.cfg.parked_max;
     wc_redis_on_connect(ds.d.redis, on_connected, &ds);
     wc_daemon_on_stop(&ds.d, on_stop, &ds);
     ds.refresh_timer = wc_daemon_every(&ds.d, (int)ds.cfg.refresh_ms, on_refresh, &ds);
     ds.parked_timer = wc_daemon_every(&ds.d, 1000, on_parked_timer, &ds);
     ds.window_timer = wc_daemon_every(&ds.d, 1000, on_window_timer, &ds);
     ds.claim_timer = wc_daemon_every(&ds.d, 5000, on_claim_timer, &ds);
-    ds.sweep_timer = wc_daemon_every(&ds.d, 2000, on_sweep_timer, &ds);
     ds.read_timer = wc_daemon_every(&ds.d, 250, on_read_timer, &ds);
+    sink_init(&ds);
     events_init(&ds);
     control_init(&ds);
     on_refresh(-1, 0, &ds);
@@ -1225,25 +982,28 @@ int main(int argc, char **argv)
     event_free(ds.parked_timer);
     event_free(ds.window_timer);
     event_free(ds.claim_timer);
-    event_free(ds.sweep_timer);
     event_free(ds.read_timer);
+    sink_free(&ds);
     events_free(&ds);
     control_free(&ds);
     while (ds.backlog) {
         route_job *j = ds.backlog;
         ds.backlog = j->next;
-        free_route_job(j);
+        free_route_job(&ds, j);
     }
     while (ds.parked) {
         route_job *j = ds.parked;
         ds.parked = j->next;
-        free_route_job(j);
+        free_route_job(&ds, j);
     }
     clear_devices(&ds);
     wc_map_free(&ds.users);
     wc_map_free(&ds.online);
     wc_map_free(&ds.waiting);
     wc_map_free(&ds.clean);
+    wc_map_free(&ds.held);
+    wc_map_free(&ds.parked_by_user);
+    wc_map_free(&ds.spilled_users);
     wc_redis_free(ds.jobs_rd);
     wc_redis_free(ds.results_rd);
     wc_daemon_free(&ds.d);

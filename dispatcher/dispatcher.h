@@ -1,5 +1,6 @@
-/* The dispatcher's shared state: router (dispatcher.c), status events from
- * webhooks and the sim (events.c), operator controls (control.c). */
+/* The dispatcher's shared state: router (dispatcher.c), status sink
+ * (sink.c), status events from webhooks and the sim (events.c), operator
+ * controls (control.c). */
 #ifndef DISPATCHER_H
 #define DISPATCHER_H
 
@@ -9,6 +10,9 @@
 #include "wacast.pb-c.h"
 #include "wc_daemon.h"
 #include "wc_map.h"
+#include "wc_redis.h"
+
+struct evbuffer;
 
 typedef struct dispatcher_cfg {
     wc_common_cfg c;
@@ -17,6 +21,7 @@ typedef struct dispatcher_cfg {
     long outbox_max;
     long displaced_max;
     long parked_max;
+    long parked_user_max;
     long refresh_ms;
     long online_grace_ms;
     long claim_idle_ms;
@@ -47,7 +52,12 @@ typedef struct dispatcher_cfg {
     X(sim_callbacks, "simulated provider webhooks delivered")                                      \
     X(paused_requeued, "messages of resumed campaigns put back on the jobs stream")                \
     X(admin_requests, "admin API requests served")                                                 \
-    X(waiting_reasons, "times a campaign was marked waiting for a healthy device")
+    X(waiting_reasons, "times a campaign was marked waiting for a healthy device")                 \
+    X(results_dead_lettered, "results PostgreSQL refused, kept in the dead-letter stream")         \
+    X(results_unwritable, "dead-lettered results whose safe form was refused too")                 \
+    X(jobs_spilled, "jobs let go from memory (still pending) because their user had too many"      \
+                    " waiting")                                                                    \
+    X(jobs_already_held, "pending entries read again while held, not taken twice")
 
 typedef struct dispatcher_metrics {
 #define X(name, help) uint64_t name;
@@ -86,6 +96,11 @@ typedef struct dispatcher {
     bool devices_loaded, refreshing;
     /* router */
     bool jobs_reading, jobs_pel, jobs_read_pel; /* read_pel: the read in flight is of our PEL */
+    char jobs_pel_cursor[48]; /* a read of our pending list goes on after this id */
+    char jobs_claim_cursor[48], results_claim_cursor[48]; /* XAUTOCLAIM goes on from here */
+    wc_map held;           /* entry id -> route_job: every job parked, in backlog or routing */
+    wc_map parked_by_user; /* user id -> number of its parked jobs */
+    wc_map spilled_users;  /* user ids whose jobs were let go from memory (park()) */
     route_job *parked;
     route_job *backlog; /* jobs read while a batch was routing: routed next */
     size_t nparked;
@@ -97,6 +112,7 @@ typedef struct dispatcher {
     struct event *window_timer;
     /* sink */
     bool results_reading, results_pel, results_read_pel, sink_writing;
+    int64_t sink_retry_at_us; /* mono: a batch that failed is read again from then */
     struct event *refresh_timer, *parked_timer, *claim_timer, *sweep_timer, *read_timer, *sim_timer,
         *paused_timer;
     bool sim_busy, paused_busy, cancel_busy;
@@ -112,6 +128,18 @@ void dispatcher_status_result(dispatcher *ds, const Wacast__Result *res);
  * (the body is malformed: answer 400). */
 int dispatcher_webhook_body(dispatcher *ds, int provider, const char *body, size_t len, char *err,
                             size_t errlen);
+/* Shared by the router and the sink: counts a failed reply; XACK + XDEL of
+ * the space-separated ids (-1 when not sent); the consumer groups. */
+bool dispatcher_reply_ok(dispatcher *ds, redisReply *r);
+int dispatcher_ack_and_delete(dispatcher *ds, const char *stream, const char *group,
+                              struct evbuffer *ids, wc_redis_cb *cb);
+void dispatcher_create_groups(dispatcher *ds);
+/* The sink: reads the results stream (no-op while a read or a write is in
+ * flight); finishes campaigns (a PostgreSQL array of ids). */
+void sink_read(dispatcher *ds);
+void sink_finish_campaigns(dispatcher *ds, const char *uuid_array);
+void sink_init(dispatcher *ds);
+void sink_free(dispatcher *ds);
 /* Timers and HTTP routes of events.c and control.c. */
 void events_init(dispatcher *ds);
 void control_init(dispatcher *ds);

@@ -10,6 +10,8 @@
 
 #define WC_KEY_JOBS "wacast:jobs"       /* stream: scheduler -> dispatcher */
 #define WC_KEY_RESULTS "wacast:results" /* stream: sender -> status sink */
+/* stream: results PostgreSQL refused (fields r, message, sqlstate, error), trimmed */
+#define WC_KEY_RESULTS_DEAD "wacast:results:dead"
 #define WC_KEY_SENDERS "wacast:senders" /* zset: live senders, score = heartbeat ms */
 #define WC_KEY_WAKE "wacast:wake"       /* pub/sub: "dev[+],dev[+],..." ("+": a lane new to it) */
 #define WC_GROUP_DISPATCH "dispatchers" /* consumer group on the jobs stream */
