@@ -4,7 +4,10 @@
  * a bearer token and a JSON body that validates against Meta's OpenAPI
  * schemas (text, image by link or uploaded media id, template). The outcome
  * is keyed on the error's numeric code, never its wording, and each code gets
- * the handling Meta documents (see classify()).
+ * the handling Meta documents (see wc_cloudapi_classify_reply()). A send is
+ * in doubt (outcome_unknown) whenever the request may have reached Meta and
+ * no answer of Meta's came back: a reset, an empty or cut reply, a time-out,
+ * a proxy's 5xx, a close with the request out.
  *
  * Throughput: Meta caps messages per second per business number, and several
  * device rows may use one number, so every instance on this loop that uses a
@@ -25,6 +28,8 @@
  * {"name": "...", "language": "en_US" or {"code": "en_US"}, "components": [...]}.
  * The wacast message id goes out as biz_opaque_callback_data, so status
  * webhooks can be matched even if a response was lost. */
+#include "wc_cloudapi.h"
+
 #include <ctype.h>
 #include <inttypes.h>
 #include <math.h>
@@ -40,6 +45,7 @@
 #include "wc_daemon.h"
 #include "wc_httpc.h"
 #include "wc_log.h"
+#include "wc_text.h"
 #include "wc_transport.h"
 
 #define CA_DEFAULT_BASE_URL "https://graph.facebook.com"
@@ -302,6 +308,48 @@ static void set_device(wc_send_result *r, wc_device_action action, const char *r
     snprintf(r->device_reason, sizeof r->device_reason, "%s", reason);
 }
 
+/* A message id we can store and match webhooks by: printable ASCII without
+ * spaces, fitting whole in provider_id. */
+static bool usable_id(const char *id, size_t len)
+{
+    if (len == 0 || len >= sizeof((wc_send_result *)0)->provider_id)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        if (id[i] < 0x21 || id[i] > 0x7E)
+            return false;
+    }
+    return true;
+}
+
+/* Every text in a result holds, at least in part, words from a reply nobody
+ * vouches for, cut by snprintf wherever it ran out of room. PostgreSQL
+ * refuses a whole status batch for one invalid byte, so each field is made
+ * valid UTF-8 and NUL-free here, once, after every cut: at the end of
+ * classification and again before any result leaves the transport. */
+static void clean_result(wc_send_result *r)
+{
+    r->error_code[sizeof r->error_code - 1] = '\0';
+    r->error_message[sizeof r->error_message - 1] = '\0';
+    r->device_reason[sizeof r->device_reason - 1] = '\0';
+    r->provider_id[sizeof r->provider_id - 1] = '\0';
+    wc_text_fix(r->error_code);
+    wc_text_fix(r->error_message);
+    wc_text_fix(r->device_reason);
+    if (!usable_id(r->provider_id, strlen(r->provider_id)))
+        memset(r->provider_id, 0, sizeof r->provider_id);
+}
+
+/* The start of a reply that is not the API's JSON (a proxy's error page),
+ * on one line, to recognise it by in the error message. */
+static void body_snippet(char *dst, size_t size, const char *body, size_t len)
+{
+    wc_text_clean(dst, size, body, len, NULL);
+    for (char *p = dst; *p; p++) {
+        if (*p == '\n' || *p == '\t')
+            *p = ' ';
+    }
+}
+
 enum ca_kind {
     CA_FAIL,      /* permanent for this message */
     CA_TRANSIENT, /* retry with back-off */
@@ -349,46 +397,67 @@ static enum ca_kind kind_of(long code, long http_status)
     return http_status >= 500 ? CA_TRANSIENT : CA_FAIL;
 }
 
-/* Fills s->res from a completed HTTP exchange or a network error. */
-static void classify(ca_send *s, const wc_httpc_resp *resp)
+/* The error's numeric code (a number, or digits in a string), or -1. */
+static long error_code_of(json_t *jcode)
 {
-    wc_send_result *r = &s->res;
-    ca_device *dev = s->dev;
-    if (resp->error) {
-        set_result(r, WC_SEND_RETRY, resp->timed_out ? "timeout" : "network",
-                   "Cloud API unreachable: %s", resp->error);
-        r->retry_after_ms = backoff_ms(s->attempt);
-        /* A time-out may come after the provider took the message. */
-        r->outcome_unknown = resp->timed_out;
+    if (json_is_integer(jcode)) {
+        json_int_t v = json_integer_value(jcode);
+        return v >= 0 && v <= 999999999 ? (long)v : -1;
+    }
+    const char *s = json_string_value(jcode);
+    size_t n = s ? json_string_length(jcode) : 0;
+    if (n == 0 || n > 9)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+    }
+    return strtol(s, NULL, 10);
+}
+
+/* A 2xx: the message is accepted, unless the body is not the API's at all. */
+static void classify_accepted(long http_status, json_t *root, const char *body, size_t len,
+                              uint32_t attempt, wc_send_result *r)
+{
+    if (!json_is_object(root)) {
+        char snippet[101];
+        body_snippet(snippet, sizeof snippet, body, len);
+        set_result(r, WC_SEND_RETRY, "bad_reply", "HTTP %ld from the Cloud API without JSON%s%s",
+                   http_status, *snippet ? ": " : "", snippet);
+        r->retry_after_ms = backoff_ms(attempt);
+        r->outcome_unknown = true;
         return;
     }
-    json_error_t jerr;
-    json_t *root = json_loadb(resp->body, resp->body_len, 0, &jerr);
-    if (resp->status >= 200 && resp->status < 300) {
-        json_t *id = json_object_get(json_array_get(json_object_get(root, "messages"), 0), "id");
-        r->outcome = WC_SEND_OK;
-        if (json_is_string(id)) {
-            snprintf(r->provider_id, sizeof r->provider_id, "%s", json_string_value(id));
-        } else {
-            /* Accepted (2xx) but no wamid: do not send it twice; statuses
-             * still match by biz_opaque_callback_data. */
-            snprintf(r->error_message, sizeof r->error_message,
-                     "accepted without a message id in the response");
-            wc_warn("cloudapi device %s: HTTP %ld without messages[0].id", dev->device_id,
-                    resp->status);
-        }
-        dev->bucket->throttle_streak = 0;
-        json_decref(root);
-        return;
+    json_t *id = json_object_get(json_array_get(json_object_get(root, "messages"), 0), "id");
+    r->outcome = WC_SEND_OK;
+    if (json_is_string(id) && usable_id(json_string_value(id), json_string_length(id))) {
+        memcpy(r->provider_id, json_string_value(id), json_string_length(id) + 1);
+    } else {
+        /* Accepted (2xx) but no usable wamid: do not send it twice; statuses
+         * still match by biz_opaque_callback_data. */
+        snprintf(r->error_message, sizeof r->error_message, "%s",
+                 json_is_string(id) ? "accepted, but the message id in the response is unusable "
+                                      "(too long or not printable ASCII)"
+                                    : "accepted without a message id in the response");
+    }
+}
+
+bool wc_cloudapi_classify_reply(long http_status, const char *body, size_t len, uint32_t attempt,
+                                wc_send_result *out)
+{
+    wc_send_result *r = out;
+    memset(r, 0, sizeof *r);
+    if (!body)
+        len = 0;
+    bool throttled = false;
+    json_t *root = len ? json_loadb(body, len, 0, NULL) : NULL;
+    if (http_status >= 200 && http_status < 300) {
+        classify_accepted(http_status, root, body, len, attempt, r);
+        goto end;
     }
 
     json_t *err = json_object_get(root, "error");
-    json_t *jcode = json_object_get(err, "code");
-    long code = -1;
-    if (json_is_integer(jcode))
-        code = (long)json_integer_value(jcode);
-    else if (json_is_string(jcode))
-        code = strtol(json_string_value(jcode), NULL, 10);
+    long code = error_code_of(json_object_get(err, "code"));
     const char *message = json_string_value(json_object_get(err, "message"));
     const char *details =
         json_string_value(json_object_get(json_object_get(err, "error_data"), "details"));
@@ -396,32 +465,45 @@ static void classify(ca_send *s, const wc_httpc_resp *resp)
     if (code >= 0) {
         snprintf(code_str, sizeof code_str, "%ld", code);
     } else {
-        snprintf(code_str, sizeof code_str, "http_%ld", resp->status);
+        snprintf(code_str, sizeof code_str, "http_%ld", http_status);
         /* No error object: judge by the HTTP status alone. */
-        if (resp->status == 429)
+        if (http_status == 429)
             code = 130429;
-        else if (resp->status == 401)
+        else if (http_status == 401)
             code = 190;
     }
     char text[256], why[128];
-    if (message && details)
+    if (message && details) {
         snprintf(text, sizeof text, "%s: %s", message, details);
-    else if (message || details)
+    } else if (message || details) {
         snprintf(text, sizeof text, "%s", message ? message : details);
-    else
-        snprintf(text, sizeof text, "HTTP %ld from the Cloud API", resp->status);
+    } else {
+        char snippet[101];
+        body_snippet(snippet, sizeof snippet, body, len);
+        snprintf(text, sizeof text, "HTTP %ld from the Cloud API%s%s", http_status,
+                 *snippet ? ": " : "", snippet);
+    }
 
-    switch (kind_of(code, resp->status)) {
+    if (http_status >= 500 && !json_is_object(err)) {
+        /* Not the API's answer but a proxy's or load balancer's: whether the
+         * request got through to Meta before it broke is unknown. */
+        set_result(r, WC_SEND_RETRY, code_str, "%s", text);
+        r->retry_after_ms = backoff_ms(attempt);
+        r->outcome_unknown = true;
+        goto end;
+    }
+    switch (kind_of(code, http_status)) {
     case CA_FAIL:
         set_result(r, WC_SEND_FAIL, code_str, "%s", text);
         break;
     case CA_TRANSIENT:
         set_result(r, WC_SEND_RETRY, code_str, "%s", text);
-        r->retry_after_ms = backoff_ms(s->attempt);
+        r->retry_after_ms = backoff_ms(attempt);
         break;
     case CA_THROTTLE:
         set_result(r, WC_SEND_RETRY, code_str, "%s", text);
-        r->retry_after_ms = bucket_throttled(dev->bucket, backoff_ms(s->attempt));
+        r->retry_after_ms = backoff_ms(attempt);
+        throttled = true;
         break;
     case CA_PAIR:
         set_result(r, WC_SEND_RETRY, code_str, "%s", text);
@@ -445,14 +527,46 @@ static void classify(ca_send *s, const wc_httpc_resp *resp)
         break;
     case CA_AUTH:
         set_result(r, WC_SEND_RETRY, code_str, "%s", text);
-        r->retry_after_ms = backoff_ms(s->attempt);
+        r->retry_after_ms = backoff_ms(attempt);
         snprintf(why, sizeof why, "token invalid (%s)", code_str);
         set_device(r, WC_DEVICE_OFFLINE, why);
         break;
     }
-    if (r->device_action != WC_DEVICE_OK)
-        wc_warn("cloudapi device %s: %s: %s", dev->device_id, r->device_reason, text);
+end:
     json_decref(root);
+    clean_result(r);
+    return throttled;
+}
+
+/* Fills s->res from a completed HTTP exchange or a network error. */
+static void classify(ca_send *s, const wc_httpc_resp *resp)
+{
+    wc_send_result *r = &s->res;
+    ca_device *dev = s->dev;
+    if (resp->error) {
+        memset(r, 0, sizeof *r);
+        if (resp->maybe_sent)
+            set_result(r, WC_SEND_RETRY, resp->timed_out ? "timeout" : "no_reply",
+                       "no answer from the Cloud API after sending: %s", resp->error);
+        else
+            set_result(r, WC_SEND_RETRY, resp->timed_out ? "timeout" : "network",
+                       "Cloud API unreachable: %s", resp->error);
+        r->retry_after_ms = backoff_ms(s->attempt);
+        /* Once the request may have left, the provider may have taken the
+         * message whatever broke afterwards. */
+        r->outcome_unknown = resp->maybe_sent;
+        return;
+    }
+    if (wc_cloudapi_classify_reply(resp->status, resp->body, resp->body_len, s->attempt, r))
+        r->retry_after_ms = bucket_throttled(dev->bucket, r->retry_after_ms);
+    if (r->outcome == WC_SEND_OK) {
+        dev->bucket->throttle_streak = 0;
+        if (!r->provider_id[0])
+            wc_warn("cloudapi device %s: HTTP %ld: %s", dev->device_id, resp->status,
+                    r->error_message);
+    }
+    if (r->device_action != WC_DEVICE_OK)
+        wc_warn("cloudapi device %s: %s: %s", dev->device_id, r->device_reason, r->error_message);
 }
 
 /* ---- request body ------------------------------------------------------------------------ */
@@ -625,6 +739,7 @@ static void finish(ca_send *s)
     wc_send_cb *cb = s->cb;
     void *arg = s->arg;
     wc_send_result res = s->res;
+    clean_result(&res);
     send_free(s);
     cb(arg, &res);
 }
@@ -834,16 +949,21 @@ static void ca_close(void *inst)
     dev->closing = true;
     while (dev->sends) {
         ca_send *s = dev->sends;
-        if (s->call)
-            wc_httpc_cancel(s->call);
+        bool maybe_sent = s->call && wc_httpc_cancel(s->call);
         s->call = NULL;
         if (s->queued)
             bucket_dequeue(dev->bucket, s);
         evtimer_del(s->later);
         /* Whatever was decided, the caller hears "closed": the message was not
-         * confirmed sent, so it goes back to the queue. */
+         * confirmed sent, so it goes back to the queue; in doubt when the
+         * request had started going out. */
         memset(&s->res, 0, sizeof s->res);
-        set_result(&s->res, WC_SEND_RETRY, "closed", "the device was closed during the send");
+        if (maybe_sent)
+            set_result(&s->res, WC_SEND_RETRY, "closed",
+                       "the device was closed with the request out; it may have been sent");
+        else
+            set_result(&s->res, WC_SEND_RETRY, "closed", "the device was closed during the send");
+        s->res.outcome_unknown = maybe_sent;
         finish(s);
     }
     bucket_release(dev->bucket);

@@ -5,7 +5,11 @@
  *          image (a file part, from a base64 data: URL)
  * with basic auth and X-Device-Id selecting the device when the gateway holds
  * several. The gateway answers {"code": "SUCCESS", "results": {"message_id": ...}}
- * or an error code and message, which are reported as they came.
+ * or an error code and message, which are reported as they came (made valid
+ * UTF-8, see wc_gowa_classify_reply()). A send is in doubt (outcome_unknown)
+ * whenever the request may have reached the gateway and no answer of the
+ * gateway's came back: a reset, an empty or cut reply, a time-out, a 5xx
+ * without the gateway's JSON, a close with the request out.
  *
  * settings:    {"base_url": "http://gowa:3000" (required), "device_id": "...",
  *               "timeout_ms": 15000}
@@ -26,6 +30,7 @@
 #include <sodium.h>
 
 #include "wc_log.h"
+#include "wc_text.h"
 #include "wc_transport.h"
 
 #define GW_DEFAULT_TIMEOUT_MS 15000
@@ -89,65 +94,145 @@ static void free_secret(char *s)
     }
 }
 
-/* The gateway's "code" (a string, or a number in some error bodies). */
-static void gateway_code(json_t *root, long status, char *out, size_t outlen)
+/* A message id we can store and match receipts by: printable ASCII without
+ * spaces, fitting whole in provider_id. */
+static bool usable_id(const char *id, size_t len)
+{
+    if (len == 0 || len >= sizeof((wc_send_result *)0)->provider_id)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        if (id[i] < 0x21 || id[i] > 0x7E)
+            return false;
+    }
+    return true;
+}
+
+/* Every text in a result holds, at least in part, words from a reply nobody
+ * vouches for, cut by snprintf wherever it ran out of room. PostgreSQL
+ * refuses a whole status batch for one invalid byte, so each field is made
+ * valid UTF-8 and NUL-free here, once, after every cut: at the end of
+ * classification and again before any result leaves the transport. */
+static void clean_result(wc_send_result *r)
+{
+    r->error_code[sizeof r->error_code - 1] = '\0';
+    r->error_message[sizeof r->error_message - 1] = '\0';
+    r->device_reason[sizeof r->device_reason - 1] = '\0';
+    r->provider_id[sizeof r->provider_id - 1] = '\0';
+    wc_text_fix(r->error_code);
+    wc_text_fix(r->error_message);
+    wc_text_fix(r->device_reason);
+    if (!usable_id(r->provider_id, strlen(r->provider_id)))
+        memset(r->provider_id, 0, sizeof r->provider_id);
+}
+
+/* The start of a reply that is not the gateway's JSON (a proxy's error
+ * page), on one line, to recognise it by in the error message. */
+static void body_snippet(char *dst, size_t size, const char *body, size_t len)
+{
+    wc_text_clean(dst, size, body, len, NULL);
+    for (char *p = dst; *p; p++) {
+        if (*p == '\n' || *p == '\t')
+            *p = ' ';
+    }
+}
+
+/* The gateway's "code" (a string, or a number in some error bodies); false
+ * and "http_<status>" when the body has none. */
+static bool gateway_code(json_t *root, long status, char *out, size_t outlen)
 {
     json_t *code = json_object_get(root, "code");
-    if (json_is_string(code) && *json_string_value(code))
+    if (json_is_string(code) && *json_string_value(code)) {
         snprintf(out, outlen, "%s", json_string_value(code));
-    else if (json_is_integer(code))
+        return true;
+    }
+    if (json_is_integer(code)) {
         snprintf(out, outlen, "%" JSON_INTEGER_FORMAT, json_integer_value(code));
-    else
-        snprintf(out, outlen, "http_%ld", status);
+        return true;
+    }
+    snprintf(out, outlen, "http_%ld", status);
+    return false;
+}
+
+void wc_gowa_classify_reply(long http_status, const char *body, size_t len, uint32_t attempt,
+                            wc_send_result *out)
+{
+    wc_send_result *r = out;
+    memset(r, 0, sizeof *r);
+    if (!body)
+        len = 0;
+    json_t *root = len ? json_loadb(body, len, 0, NULL) : NULL;
+    char code[48];
+    bool answered = gateway_code(root, http_status, code, sizeof code);
+    const char *message = json_string_value(json_object_get(root, "message"));
+    char snippet[101] = "";
+    if (!answered)
+        body_snippet(snippet, sizeof snippet, body, len);
+    if (!message)
+        message = snippet;
+
+    if (http_status == 401) {
+        set_result(r, WC_SEND_RETRY, code, "gateway rejected credentials%s%s", *message ? ": " : "",
+                   message);
+        r->retry_after_ms = backoff_ms(attempt);
+        r->device_action = WC_DEVICE_OFFLINE;
+        snprintf(r->device_reason, sizeof r->device_reason, "gateway rejected credentials");
+    } else if (http_status >= 200 && http_status < 300 && !answered) {
+        /* Not the gateway's answer: whether it sent the message is unknown. */
+        set_result(r, WC_SEND_RETRY, "bad_reply", "gateway HTTP %ld without its JSON%s%s",
+                   http_status, *message ? ": " : "", message);
+        r->retry_after_ms = backoff_ms(attempt);
+        r->outcome_unknown = true;
+    } else if (http_status >= 200 && http_status < 300) {
+        json_t *id = json_object_get(json_object_get(root, "results"), "message_id");
+        bool has_id = json_is_string(id) && json_string_length(id) > 0;
+        if (strcmp(code, "SUCCESS") == 0 && has_id &&
+            usable_id(json_string_value(id), json_string_length(id))) {
+            r->outcome = WC_SEND_OK;
+            memcpy(r->provider_id, json_string_value(id), json_string_length(id) + 1);
+        } else if (strcmp(code, "SUCCESS") == 0) {
+            /* Sent, by the gateway's word, but with no id to track it by. */
+            r->outcome = WC_SEND_OK;
+            snprintf(r->error_message, sizeof r->error_message, "%s",
+                     has_id ? "accepted, but the message id in the response is unusable (too "
+                              "long or not printable ASCII)"
+                            : "accepted without a message id in the response");
+        } else {
+            set_result(r, WC_SEND_FAIL, code, "%s", *message ? message : "gateway refused");
+        }
+    } else if (http_status >= 500 || http_status == 429 || http_status == 408) {
+        set_result(r, WC_SEND_RETRY, code, "gateway HTTP %ld%s%s", http_status,
+                   *message ? ": " : "", message);
+        r->retry_after_ms = backoff_ms(attempt);
+        /* A 5xx without the gateway's code is a proxy's, or a gateway that
+         * broke mid-way: the message may have gone out. */
+        r->outcome_unknown = http_status >= 500 && !answered;
+    } else {
+        set_result(r, WC_SEND_FAIL, code, "%s", *message ? message : "gateway refused");
+    }
+    json_decref(root);
+    clean_result(r);
 }
 
 static void classify(gw_send *s, const wc_httpc_resp *resp)
 {
     wc_send_result *r = &s->res;
     if (resp->error) {
-        set_result(r, WC_SEND_RETRY, resp->timed_out ? "timeout" : "network",
-                   "gateway unreachable: %s", resp->error);
+        memset(r, 0, sizeof *r);
+        if (resp->maybe_sent)
+            set_result(r, WC_SEND_RETRY, resp->timed_out ? "timeout" : "no_reply",
+                       "no answer from the gateway after sending: %s", resp->error);
+        else
+            set_result(r, WC_SEND_RETRY, resp->timed_out ? "timeout" : "network",
+                       "gateway unreachable: %s", resp->error);
         r->retry_after_ms = backoff_ms(s->attempt);
-        /* A time-out may come after the provider took the message. */
-        r->outcome_unknown = resp->timed_out;
+        /* Once the request may have left, the gateway may have sent the
+         * message whatever broke afterwards. */
+        r->outcome_unknown = resp->maybe_sent;
         return;
     }
-    json_t *root = json_loadb(resp->body, resp->body_len, 0, NULL);
-    char code[48];
-    gateway_code(root, resp->status, code, sizeof code);
-    const char *message = json_string_value(json_object_get(root, "message"));
-    if (!message)
-        message = "";
-
-    if (resp->status == 401) {
-        set_result(r, WC_SEND_RETRY, code, "gateway rejected credentials%s%s", *message ? ": " : "",
-                   message);
-        r->retry_after_ms = backoff_ms(s->attempt);
-        r->device_action = WC_DEVICE_OFFLINE;
-        snprintf(r->device_reason, sizeof r->device_reason, "gateway rejected credentials");
+    wc_gowa_classify_reply(resp->status, resp->body, resp->body_len, s->attempt, r);
+    if (resp->status == 401)
         wc_warn("gowa device %s: gateway rejected credentials (HTTP 401)", s->dev->device_id);
-    } else if (resp->status >= 200 && resp->status < 300) {
-        const char *id =
-            json_string_value(json_object_get(json_object_get(root, "results"), "message_id"));
-        if (strcmp(code, "SUCCESS") == 0 && id && *id) {
-            r->outcome = WC_SEND_OK;
-            snprintf(r->provider_id, sizeof r->provider_id, "%s", id);
-        } else if (strcmp(code, "SUCCESS") == 0) {
-            /* Sent, by the gateway's word, but with no id to track it by. */
-            r->outcome = WC_SEND_OK;
-            snprintf(r->error_message, sizeof r->error_message,
-                     "accepted without a message id in the response");
-        } else {
-            set_result(r, WC_SEND_FAIL, code, "%s", *message ? message : "gateway refused");
-        }
-    } else if (resp->status >= 500 || resp->status == 429 || resp->status == 408) {
-        set_result(r, WC_SEND_RETRY, code, "gateway HTTP %ld%s%s", resp->status,
-                   *message ? ": " : "", message);
-        r->retry_after_ms = backoff_ms(s->attempt);
-    } else {
-        set_result(r, WC_SEND_FAIL, code, "%s", *message ? message : "gateway refused");
-    }
-    json_decref(root);
 }
 
 static void unlink_send(gw_send *s)
@@ -168,6 +253,7 @@ static void finish(gw_send *s)
     wc_send_cb *cb = s->cb;
     void *arg = s->arg;
     wc_send_result res = s->res;
+    clean_result(&res);
     event_free(s->later);
     free(s);
     cb(arg, &res);
@@ -376,12 +462,17 @@ static void gw_close(void *inst)
     dev->closing = true;
     while (dev->sends) {
         gw_send *s = dev->sends;
-        if (s->call)
-            wc_httpc_cancel(s->call);
+        bool maybe_sent = s->call && wc_httpc_cancel(s->call);
         s->call = NULL;
         evtimer_del(s->later);
+        /* In doubt when the request had started going out. */
         memset(&s->res, 0, sizeof s->res);
-        set_result(&s->res, WC_SEND_RETRY, "closed", "the device was closed during the send");
+        if (maybe_sent)
+            set_result(&s->res, WC_SEND_RETRY, "closed",
+                       "the device was closed with the request out; it may have been sent");
+        else
+            set_result(&s->res, WC_SEND_RETRY, "closed", "the device was closed during the send");
+        s->res.outcome_unknown = maybe_sent;
         finish(s);
     }
     if (dev->shared_http)
@@ -496,6 +587,7 @@ static void login_fail(gw_login *l, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(why, sizeof why, fmt, ap);
     va_end(ap);
+    wc_text_fix(why); /* gateway words, maybe cut */
     wc_gowa_qr qr = {.error = why};
     wc_gowa_qr_cb *cb = l->cb;
     void *arg = l->arg;

@@ -1,12 +1,32 @@
 /* The `gowa` transport (go-whatsapp-web-multidevice REST gateway; the ops
- * table is wc_transport_gowa in wc_transport.h) and the gateway's QR login,
- * which an admin endpoint uses to pair a device. */
+ * table is wc_transport_gowa in wc_transport.h), the classification of the
+ * gateway's replies (a pure function, tested and fuzzed on its own) and the
+ * gateway's QR login, which an admin endpoint uses to pair a device. */
 #ifndef WC_GOWA_H
 #define WC_GOWA_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "wc_httpc.h"
+#include "wc_transport.h"
+
+/* What a completed HTTP exchange with the gateway means for one message.
+ * Overwrites all of *out from the HTTP status and the reply body (len bytes
+ * of anything: it need not be JSON, UTF-8 or NUL-terminated; body may be
+ * NULL when len is 0). attempt (wc_send_request.attempt) sets the back-off
+ * in retry_after_ms.
+ *
+ * Every text in *out is valid UTF-8, NUL-free and NUL-terminated within its
+ * array, whatever the body held. provider_id is set only from a usable
+ * message id (printable ASCII without spaces that fits whole); any other id
+ * counts as missing, because a cut or repaired id would never match the
+ * gateway's receipts. The gateway's own answers carry a "code"; a 5xx or a
+ * 2xx without one comes from something in between (a proxy) or from a
+ * gateway that broke mid-way, and leaves the send in doubt
+ * (outcome_unknown). */
+void wc_gowa_classify_reply(long http_status, const char *body, size_t len, uint32_t attempt,
+                            wc_send_result *out);
 
 /* What a QR login produced. On success error is NULL and the rest is set;
  * on failure only error is. Strings live until the callback returns. */

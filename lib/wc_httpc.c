@@ -50,6 +50,7 @@ struct wc_httpc_call {
     char *buf;
     size_t len, cap, max;
     bool too_large;
+    bool request_started; /* curl began sending on a ready connection */
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -140,6 +141,7 @@ static void complete(wc_httpc_call *call, CURLcode rc, const char *forced_error)
         r.content_type = ct;
     r.body = call->buf ? call->buf : "";
     r.body_len = call->len;
+    r.maybe_sent = call->request_started;
     char why[CURL_ERROR_SIZE + 64];
     if (forced_error) {
         r.error = forced_error;
@@ -285,6 +287,22 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userdata)
     return n;
 }
 
+/* curl calls this once the connection is ready (connected or reused, TLS
+ * done) and just before it writes the request: from here on the server may
+ * see it. A reused connection that died makes curl connect again and call
+ * this again; the flag stays set, which errs on the side of "maybe sent". */
+static int on_prereq(void *clientp, char *primary_ip, char *local_ip, int primary_port,
+                     int local_port)
+{
+    (void)primary_ip;
+    (void)local_ip;
+    (void)primary_port;
+    (void)local_port;
+    wc_httpc_call *call = clientp;
+    call->request_started = true;
+    return CURL_PREREQFUNC_OK;
+}
+
 wc_httpc *wc_httpc_new(struct event_base *base, long max_total_connections)
 {
     if (!base || global_init() < 0)
@@ -371,6 +389,8 @@ wc_httpc_call *wc_httpc_start(wc_httpc *c, const wc_httpc_req *req, wc_httpc_cb 
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, call);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, call->errbuf);
+    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
+    curl_easy_setopt(e, CURLOPT_PREREQDATA, call);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
@@ -427,13 +447,15 @@ int wc_httpc_request(wc_httpc *c, const wc_httpc_req *req, wc_httpc_cb *cb, void
     return wc_httpc_start(c, req, cb, arg) ? 0 : -1;
 }
 
-void wc_httpc_cancel(wc_httpc_call *call)
+bool wc_httpc_cancel(wc_httpc_call *call)
 {
     if (!call)
-        return;
+        return false;
+    bool maybe_sent = call->request_started;
     unlink_call(call);
     curl_multi_remove_handle(call->c->multi, call->easy);
     call_free(call);
+    return maybe_sent;
 }
 
 size_t wc_httpc_inflight(const wc_httpc *c)

@@ -56,6 +56,14 @@ typedef struct wc_httpc_resp {
     const char *content_type; /* NULL when the server sent none */
     const char *error;        /* NULL for a complete exchange; otherwise why */
     bool timed_out;           /* error is a timeout (connect or whole request) */
+    /* The request may have reached the server: the connection (and any TLS
+     * handshake) was up and curl had begun writing the request. With an error
+     * this means the server may have acted on it without us hearing the
+     * answer (reset or close after sending, empty or cut reply, time-out
+     * while waiting, "cancelled" mid-way). false proves the server never saw
+     * it: DNS failure, connection refused, connect time-out, TLS handshake
+     * failure, cancelled before connecting. */
+    bool maybe_sent;
 } wc_httpc_resp;
 
 typedef void wc_httpc_cb(void *arg, const wc_httpc_resp *resp);
@@ -76,8 +84,10 @@ int wc_httpc_request(wc_httpc *c, const wc_httpc_req *req, wc_httpc_cb *cb, void
  * not start. The handle is valid until its callback starts or it is cancelled. */
 wc_httpc_call *wc_httpc_start(wc_httpc *c, const wc_httpc_req *req, wc_httpc_cb *cb, void *arg)
     __attribute__((warn_unused_result));
-/* Aborts a request; its callback will not run. */
-void wc_httpc_cancel(wc_httpc_call *call);
+/* Aborts a request; its callback will not run. Returns what maybe_sent in
+ * its response would have said: true when the request may already have
+ * reached the server, so its effect is unknown. */
+bool wc_httpc_cancel(wc_httpc_call *call);
 /* Requests started and not yet called back. */
 size_t wc_httpc_inflight(const wc_httpc *c);
 

@@ -7,7 +7,11 @@
  * -1 when it could not start (the callback is not called).
  * close() may be called with a send in flight: the transport must then call
  * the callback with WC_SEND_RETRY ("closed") before close() returns, or never
- * touch the callback again. */
+ * touch the callback again; that result has outcome_unknown set when the
+ * request may already have reached the provider.
+ *
+ * Every text in a result (error_code, error_message, provider_id,
+ * device_reason) is valid UTF-8 without NUL, whatever the provider sent. */
 #ifndef WC_TRANSPORT_H
 #define WC_TRANSPORT_H
 

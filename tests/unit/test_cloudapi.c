@@ -16,16 +16,21 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 #include <jansson.h>
 
+#include "wc_cloudapi.h"
 #include "wc_daemon.h"
 #include "wc_httpc.h"
+#include "wc_text.h"
 #include "wc_transport.h"
 
 #define TOKEN "EAAG-test-token-123"
@@ -36,6 +41,10 @@
 #define TO_PLAIN_500 "+6098500"
 #define TO_HANG "+6097000"
 #define TO_NO_ID "+6096000"
+#define TO_LONG_UTF8 "+6095001" /* error message: 300 x "é" */
+#define TO_LONG_ID "+6095002"   /* success with a 200-character message id */
+#define TO_BAD_ID "+6095003"    /* success with a message id holding non-ASCII */
+#define TO_JSON_500 "+6095004"  /* Meta's own 500 with its error body (131000) */
 
 typedef struct rec {
     int64_t at_us;
@@ -44,7 +53,10 @@ typedef struct rec {
     json_t *body; /* owned */
 } rec;
 
+typedef struct raw_server raw_server;
+
 typedef struct fixture {
+    raw_server *raw;
     struct event_base *base;
     struct evhttp *http;
     int port;
@@ -229,6 +241,23 @@ static void on_request(struct evhttp_request *req, void *arg)
         /* no answer */
     } else if (strcmp(r->to, TO_NO_ID + 1) == 0) {
         reply(req, 200, "{\"messaging_product\":\"whatsapp\"}");
+    } else if (strcmp(r->to, TO_LONG_UTF8 + 1) == 0) {
+        char message[601] = "";
+        for (int i = 0; i < 300; i++)
+            strcat(message, "\xC3\xA9");
+        reply_error(req, 400, 131026, message);
+    } else if (strcmp(r->to, TO_LONG_ID + 1) == 0) {
+        char body[512];
+        snprintf(body, sizeof body,
+                 "{\"messaging_product\":\"whatsapp\",\"messages\":[{\"id\":\"wamid.%0200d\"}]}",
+                 7);
+        reply(req, 200, body);
+    } else if (strcmp(r->to, TO_BAD_ID + 1) == 0) {
+        reply(req, 200,
+              "{\"messaging_product\":\"whatsapp\",\"messages\":[{\"id\":\"wamid.\xC3\xA9 "
+              "x\\u0001\"}]}");
+    } else if (strcmp(r->to, TO_JSON_500 + 1) == 0) {
+        reply_error(req, 500, 131000, "Something went wrong");
     } else {
         char body[512];
         snprintf(body, sizeof body,
@@ -258,9 +287,12 @@ static int setup(void **state)
     return 0;
 }
 
+static void raw_free(raw_server *srv);
+
 static int teardown(void **state)
 {
     fixture *fx = *state;
+    raw_free(fx->raw);
     for (int i = 0; i < fx->nrecs; i++)
         json_decref(fx->recs[i].body);
     evhttp_free(fx->http);
@@ -529,6 +561,7 @@ static void test_timeout_and_network(void **state)
     assert_int_equal(r.outcome, WC_SEND_RETRY);
     assert_string_equal(r.error_code, "timeout");
     assert_true(r.retry_after_ms > 0);
+    assert_true(r.outcome_unknown); /* the API had the request */
     wc_transport_cloudapi.close(dev);
 
     /* Nothing listens there. */
@@ -544,7 +577,296 @@ static void test_timeout_and_network(void **state)
     assert_int_equal(r.outcome, WC_SEND_RETRY);
     assert_string_equal(r.error_code, "network");
     assert_true(r.retry_after_ms > 0);
+    assert_false(r.outcome_unknown); /* refused: nothing left */
     wc_transport_cloudapi.close(dev);
+}
+
+/* A bare TCP server for what evhttp will not do: read a whole request, then
+ * misbehave the way a network or a proxy in front of the API does. */
+typedef enum {
+    RAW_RESET,    /* RST (SO_LINGER 0 and close) */
+    RAW_CLOSE,    /* close without a byte of answer */
+    RAW_HTML_502, /* a proxy's 502 page */
+    RAW_CUT_BODY, /* 200 whose body stops short of its Content-Length */
+} raw_mode;
+
+struct raw_server {
+    struct evconnlistener *listener;
+    raw_mode mode;
+    int port;
+    int requests; /* whole requests read */
+};
+
+typedef struct raw_conn {
+    raw_server *srv;
+    struct bufferevent *bev;
+} raw_conn;
+
+static void raw_close(raw_conn *rc, bool reset)
+{
+    if (reset) {
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(bufferevent_getfd(rc->bev), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
+    bufferevent_free(rc->bev);
+    free(rc);
+}
+
+static void raw_on_written(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    raw_close(arg, false);
+}
+
+static void raw_on_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
+        raw_close(arg, false);
+}
+
+/* Headers and the Content-Length bytes of body have all arrived. */
+static bool whole_request(struct evbuffer *in)
+{
+    struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+    if (end.pos < 0)
+        return false;
+    size_t hlen = (size_t)end.pos + 4;
+    char *head = malloc(hlen + 1);
+    evbuffer_copyout(in, head, hlen);
+    head[hlen] = '\0';
+    const char *cl = strcasestr(head, "\r\ncontent-length:");
+    size_t clen = cl ? strtoul(cl + 17, NULL, 10) : 0;
+    free(head);
+    return evbuffer_get_length(in) >= hlen + clen;
+}
+
+static void raw_on_read(struct bufferevent *bev, void *arg)
+{
+    raw_conn *rc = arg;
+    if (!whole_request(bufferevent_get_input(bev)))
+        return;
+    rc->srv->requests++;
+    static const char page[] =
+        "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>nginx</body></html>";
+    switch (rc->srv->mode) {
+    case RAW_RESET:
+        raw_close(rc, true);
+        return;
+    case RAW_CLOSE:
+        raw_close(rc, false);
+        return;
+    case RAW_HTML_502:
+        evbuffer_add_printf(bufferevent_get_output(bev),
+                            "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\n"
+                            "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                            strlen(page), page);
+        break;
+    case RAW_CUT_BODY:
+        evbuffer_add_printf(bufferevent_get_output(bev),
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                            "Content-Length: 200\r\n\r\n{\"messaging_product\":\"whatsapp\",\"mes");
+        break;
+    }
+    bufferevent_setcb(bev, NULL, raw_on_written, raw_on_event, rc);
+}
+
+static void raw_on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                          int socklen, void *arg)
+{
+    (void)sa;
+    (void)socklen;
+    raw_conn *rc = calloc(1, sizeof *rc);
+    rc->srv = arg;
+    rc->bev = bufferevent_socket_new(evconnlistener_get_base(l), fd, BEV_OPT_CLOSE_ON_FREE);
+    bufferevent_setcb(rc->bev, raw_on_read, NULL, raw_on_event, rc);
+    bufferevent_enable(rc->bev, EV_READ);
+}
+
+static void raw_free(raw_server *srv)
+{
+    if (srv) {
+        evconnlistener_free(srv->listener);
+        free(srv);
+    }
+}
+
+/* Points the fixture's base_url at a raw server that misbehaves as mode says. */
+static raw_server *use_raw(fixture *fx, raw_mode mode)
+{
+    if (!fx->raw) {
+        fx->raw = calloc(1, sizeof *fx->raw);
+        struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        fx->raw->listener = evconnlistener_new_bind(fx->base, raw_on_accept, fx->raw,
+                                                    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 16,
+                                                    (struct sockaddr *)&sin, sizeof sin);
+        assert_non_null(fx->raw->listener);
+        socklen_t len = sizeof sin;
+        getsockname(evconnlistener_get_fd(fx->raw->listener), (struct sockaddr *)&sin, &len);
+        fx->raw->port = ntohs(sin.sin_port);
+    }
+    fx->raw->mode = mode;
+    snprintf(fx->base_url, sizeof fx->base_url, "http://127.0.0.1:%d/", fx->raw->port);
+    return fx->raw;
+}
+
+static void assert_clean_result(const wc_send_result *r)
+{
+    if (!wc_text_valid(r->error_code, strlen(r->error_code)) ||
+        !wc_text_valid(r->error_message, strlen(r->error_message)) ||
+        !wc_text_valid(r->provider_id, strlen(r->provider_id)) ||
+        !wc_text_valid(r->device_reason, strlen(r->device_reason)))
+        fail_msg("a result field is not valid UTF-8: code \"%s\" message \"%s\" id \"%s\" "
+                 "reason \"%s\"",
+                 r->error_code, r->error_message, r->provider_id, r->device_reason);
+}
+
+/* Whenever the request may have reached the API and no answer of the API's
+ * came back, the send is in doubt. */
+static void test_in_doubt_when_the_reply_is_lost(void **state)
+{
+    fixture *fx = *state;
+    static const struct {
+        raw_mode mode;
+        const char *code;
+        const char *in_message;
+    } cases[] = {
+        {RAW_RESET, "no_reply", "Cloud API"},
+        {RAW_CLOSE, "no_reply", "Cloud API"},
+        {RAW_HTML_502, "http_502", "502 Bad Gateway"},
+        {RAW_CUT_BODY, "no_reply", "Cloud API"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        raw_server *srv = use_raw(fx, cases[i].mode);
+        int before = srv->requests;
+        void *dev = open_device(fx, "1234567890", 80, 5000);
+        wc_send_result r = send_one(fx, dev, 20 + (int64_t)i, TO_OK, "hi", NULL);
+        assert_int_equal(srv->requests, before + 1); /* the whole request got there */
+        if (r.outcome != WC_SEND_RETRY || !r.outcome_unknown ||
+            strcmp(r.error_code, cases[i].code) != 0 ||
+            !strstr(r.error_message, cases[i].in_message))
+            fail_msg(
+                "case %zu: want RETRY in doubt, code %s; got outcome %d unknown %d code %s (%s)", i,
+                cases[i].code, r.outcome, r.outcome_unknown, r.error_code, r.error_message);
+        assert_true(r.retry_after_ms > 0);
+        assert_string_equal(r.provider_id, "");
+        assert_clean_result(&r);
+        wc_transport_cloudapi.close(dev);
+    }
+}
+
+/* Answers of the API's own, even 5xx ones, are definite; so is a refused
+ * connection (nothing left). */
+static void test_definite_answers_are_not_in_doubt(void **state)
+{
+    fixture *fx = *state;
+    void *dev = open_device(fx, "1234567890", 80, 5000);
+    wc_send_result r = send_one(fx, dev, 30, TO_JSON_500, "hi", NULL);
+    assert_int_equal(r.outcome, WC_SEND_RETRY);
+    assert_string_equal(r.error_code, "131000");
+    assert_false(r.outcome_unknown);
+    r = send_one(fx, dev, 31, "+60992", "hi", NULL); /* 503 with Meta's error body */
+    assert_int_equal(r.outcome, WC_SEND_RETRY);
+    assert_false(r.outcome_unknown);
+    r = send_one(fx, dev, 32, "+6099131026", "hi", NULL);
+    assert_int_equal(r.outcome, WC_SEND_FAIL);
+    assert_false(r.outcome_unknown);
+    wc_transport_cloudapi.close(dev);
+}
+
+/* Meta's texts are untrusted: a message of 300 two-byte characters must be
+ * cut on a character boundary, and message ids that cannot be stored whole
+ * and plain count as missing. */
+static void test_provider_texts_are_made_safe(void **state)
+{
+    fixture *fx = *state;
+    void *dev = open_device(fx, "1234567890", 80, 5000);
+    wc_send_result r = send_one(fx, dev, 40, TO_LONG_UTF8, "hi", NULL);
+    assert_int_equal(r.outcome, WC_SEND_FAIL);
+    assert_string_equal(r.error_code, "131026");
+    assert_clean_result(&r);
+    assert_true(strlen(r.error_message) > 200);
+    assert_memory_equal(r.error_message, "\xC3\xA9\xC3\xA9", 4);
+
+    r = send_one(fx, dev, 41, TO_LONG_ID, "hi", NULL);
+    assert_int_equal(r.outcome, WC_SEND_OK); /* accepted: never send it twice */
+    assert_string_equal(r.provider_id, "");  /* not stored cut */
+    assert_non_null(strstr(r.error_message, "unusable"));
+    assert_clean_result(&r);
+
+    r = send_one(fx, dev, 42, TO_BAD_ID, "hi", NULL);
+    assert_int_equal(r.outcome, WC_SEND_OK);
+    assert_string_equal(r.provider_id, "");
+    assert_clean_result(&r);
+    assert_no_violations(fx);
+    wc_transport_cloudapi.close(dev);
+}
+
+typedef struct reply_case {
+    long status;
+    const char *body;
+    size_t len; /* 0: strlen(body) */
+    wc_send_outcome outcome;
+    bool unknown;
+    const char *code;
+} reply_case;
+
+#define POISON_PAGE "<h1>\xFF\xC3(\0bad\x01\xE2\x82</h1>"
+
+/* The classification alone, on replies no fake server sends. */
+static void test_classify_reply(void **state)
+{
+    (void)state;
+    static const reply_case cases[] = {
+        {200, "{\"messages\":[{\"id\":\"wamid.ABC\"}]}", 0, WC_SEND_OK, false, ""},
+        {200, "", 0, WC_SEND_RETRY, true, "bad_reply"},
+        {200, "<html>captive portal</html>", 0, WC_SEND_RETRY, true, "bad_reply"},
+        {502, "", 0, WC_SEND_RETRY, true, "http_502"},
+        {503, "Service Unavailable", 0, WC_SEND_RETRY, true, "http_503"},
+        {504, "{\"error\":\"upstream timed out\"}", 0, WC_SEND_RETRY, true, "http_504"},
+        {500, "{\"error\":{\"code\":131000,\"message\":\"x\"}}", 0, WC_SEND_RETRY, false, "131000"},
+        /* A code that is not digits is no code (it used to read as 0, AuthException). */
+        {400, "{\"error\":{\"code\":\"abc\",\"message\":\"x\"}}", 0, WC_SEND_FAIL, false,
+         "http_400"},
+        {400, "{\"error\":{\"code\":\"131026\",\"message\":\"x\"}}", 0, WC_SEND_FAIL, false,
+         "131026"},
+        {400, "{\"error\":{\"code\":-5}}", 0, WC_SEND_FAIL, false, "http_400"},
+        {429, "", 0, WC_SEND_RETRY, false, "http_429"},
+        /* Bad bytes, a NUL, controls: the error page's start, made clean. */
+        {502, POISON_PAGE, sizeof POISON_PAGE - 1, WC_SEND_RETRY, true, "http_502"},
+        {400, "\xC3", 1, WC_SEND_FAIL, false, "http_400"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const reply_case *c = &cases[i];
+        wc_send_result r;
+        memset(&r, 0xAB, sizeof r); /* everything must be overwritten */
+        size_t len = c->len ? c->len : strlen(c->body);
+        wc_cloudapi_classify_reply(c->status, c->body, len, 1, &r);
+        if (r.outcome != c->outcome || r.outcome_unknown != c->unknown ||
+            strcmp(r.error_code, c->code) != 0)
+            fail_msg("case %zu: want outcome %d unknown %d code %s; got %d %d %s (%s)", i,
+                     c->outcome, c->unknown, c->code, r.outcome, r.outcome_unknown, r.error_code,
+                     r.error_message);
+        assert_clean_result(&r);
+    }
+    /* The throttle family says so; others do not. */
+    wc_send_result r;
+    const char *throttle = "{\"error\":{\"code\":130429,\"message\":\"rate\"}}";
+    assert_true(wc_cloudapi_classify_reply(400, throttle, strlen(throttle), 1, &r));
+    assert_true(r.retry_after_ms > 0);
+    assert_false(wc_cloudapi_classify_reply(502, "", 0, 1, &r));
+    assert_false(wc_cloudapi_classify_reply(200, NULL, 0, 1, &r));
+    /* An id that fits exactly is kept; one byte more is not. */
+    char body[256], id[128];
+    memset(id, 'A', 127);
+    id[127] = '\0';
+    snprintf(body, sizeof body, "{\"messages\":[{\"id\":\"%s\"}]}", id);
+    wc_cloudapi_classify_reply(200, body, strlen(body), 1, &r);
+    assert_string_equal(r.provider_id, id);
+    snprintf(body, sizeof body, "{\"messages\":[{\"id\":\"%sA\"}]}", id);
+    wc_cloudapi_classify_reply(200, body, strlen(body), 1, &r);
+    assert_string_equal(r.provider_id, "");
+    assert_int_equal(r.outcome, WC_SEND_OK);
 }
 
 /* Sends n messages at once through devs (round robin) and waits for all. */
@@ -668,6 +990,10 @@ static void test_close_with_sends_in_flight(void **state)
         assert_int_equal(os[i].res.outcome, WC_SEND_RETRY);
         assert_string_equal(os[i].res.error_code, "closed");
     }
+    /* The first had reached the API: in doubt. The others never left the bucket. */
+    assert_true(os[0].res.outcome_unknown);
+    assert_false(os[1].res.outcome_unknown);
+    assert_false(os[2].res.outcome_unknown);
     run_loop(fx, 1500); /* nothing fires later: no callback, no request */
     assert_true(fx->deadline_hit);
     assert_int_equal(fx->nrecs, 1);
@@ -739,6 +1065,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_error_codes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ok_without_id, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeout_and_network, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_in_doubt_when_the_reply_is_lost, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_definite_answers_are_not_in_doubt, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_provider_texts_are_made_safe, setup, teardown),
+        cmocka_unit_test(test_classify_reply),
         cmocka_unit_test_setup_teardown(test_token_bucket, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bucket_shared_by_number, setup, teardown),
         cmocka_unit_test_setup_teardown(test_throttle_holds_the_number, setup, teardown),

@@ -14,17 +14,21 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 #include <jansson.h>
 #include <sodium.h>
 
 #include "wc_gowa.h"
 #include "wc_httpc.h"
+#include "wc_text.h"
 #include "wc_transport.h"
 
 #define USER "admin"
@@ -36,6 +40,11 @@
 #define TO_NOT_LOGGED_IN "+6011500"
 #define TO_HANG "+6011000"
 #define TO_FAILED "+6011200"
+#define TO_LONG_UTF8 "+6011601" /* 500 whose message is 300 x "é" */
+#define TO_LONG_CODE "+6011602" /* 400 whose code is 40 x "é" */
+#define TO_LONG_ID "+6011603"   /* SUCCESS with a 200-character message id */
+#define TO_BAD_BODY "+6011604"  /* 500 page with bad UTF-8, a NUL and controls */
+#define TO_BAD_ID "+6011605"    /* SUCCESS with a message id holding non-ASCII */
 
 static const unsigned char PNG[] = {0x89, 'P',  'N',  'G',  0x0d, 0x0a, 0x1a, 0x0a,
                                     0x00, 0x00, 0x00, 0x0d, 'I',  'H',  'D',  'R'};
@@ -48,7 +57,10 @@ typedef struct rec {
     char device[64];
 } rec;
 
+typedef struct raw_server raw_server;
+
 typedef struct fixture {
+    raw_server *raw;
     struct event_base *base;
     struct evhttp *http;
     int port;
@@ -146,6 +158,32 @@ static void answer_send(fixture *fx, struct evhttp_request *req, const char *pho
                    "{\"code\":\"FAILED\",\"message\":\"could not send\",\"results\":null}");
     } else if (!strcmp(phone, TO_HANG "@s.whatsapp.net" + 1)) {
         /* no answer */
+    } else if (!strcmp(phone, TO_LONG_UTF8 "@s.whatsapp.net" + 1)) {
+        char body[1024] = "{\"code\":\"INTERNAL_SERVER_ERROR\",\"message\":\"";
+        for (int i = 0; i < 300; i++)
+            strcat(body, "\xC3\xA9");
+        strcat(body, "\",\"results\":null}");
+        reply_json(req, 500, body);
+    } else if (!strcmp(phone, TO_LONG_CODE "@s.whatsapp.net" + 1)) {
+        char body[512] = "{\"code\":\"";
+        for (int i = 0; i < 40; i++)
+            strcat(body, "\xC3\xA9");
+        strcat(body, "\",\"message\":\"no\",\"results\":null}");
+        reply_json(req, 400, body);
+    } else if (!strcmp(phone, TO_LONG_ID "@s.whatsapp.net" + 1)) {
+        char body[512];
+        snprintf(body, sizeof body,
+                 "{\"code\":\"SUCCESS\",\"message\":\"Success\",\"results\":{\"message_id\":"
+                 "\"%0200d\"}}",
+                 3);
+        reply_json(req, 200, body);
+    } else if (!strcmp(phone, TO_BAD_ID "@s.whatsapp.net" + 1)) {
+        reply_json(req, 200,
+                   "{\"code\":\"SUCCESS\",\"message\":\"Success\",\"results\":{\"message_id\":"
+                   "\"3EB0\xC3\xA9\\u0007\"}}");
+    } else if (!strcmp(phone, TO_BAD_BODY "@s.whatsapp.net" + 1)) {
+        static const char page[] = "<h1>\xFF\xFE oops\0\x01\x1B[31m \xE2\x82</h1>";
+        reply(req, 500, "text/html", page, sizeof page - 1);
     } else {
         char body[256];
         snprintf(body, sizeof body,
@@ -252,9 +290,12 @@ static int setup(void **state)
     return 0;
 }
 
+static void raw_free(raw_server *srv);
+
 static int teardown(void **state)
 {
     fixture *fx = *state;
+    raw_free(fx->raw);
     for (int i = 0; i < fx->nrecs; i++)
         free(fx->recs[i].body);
     evhttp_free(fx->http);
@@ -448,6 +489,7 @@ static void test_timeout_and_close(void **state)
     assert_int_equal(r.outcome, WC_SEND_RETRY);
     assert_string_equal(r.error_code, "timeout");
     assert_true(r.retry_after_ms > 0);
+    assert_true(r.outcome_unknown); /* the gateway had the request */
     wc_transport_gowa.close(dev);
 
     dev = open_device(fx, PASS, 30000);
@@ -459,12 +501,313 @@ static void test_timeout_and_close(void **state)
     wc_transport_gowa.close(dev);
     assert_int_equal(o.calls, 1);
     assert_string_equal(o.res.error_code, "closed");
+    assert_false(o.res.outcome_unknown); /* closed before it connected */
     assert_int_equal(bad.calls, 1);
     assert_string_equal(bad.res.error_code, "closed");
+    assert_false(bad.res.outcome_unknown);
     run_loop(fx, 300);
     assert_true(fx->deadline_hit);
     assert_int_equal(o.calls, 1);
     assert_int_equal(bad.calls, 1);
+}
+
+/* A bare TCP server for what evhttp will not do: read a whole request, then
+ * misbehave the way a network or a proxy in front of the gateway does. */
+typedef enum {
+    RAW_RESET,    /* RST (SO_LINGER 0 and close) */
+    RAW_CLOSE,    /* close without a byte of answer */
+    RAW_HTML_502, /* a proxy's 502 page */
+    RAW_CUT_BODY, /* 200 whose body stops short of its Content-Length */
+} raw_mode;
+
+struct raw_server {
+    struct evconnlistener *listener;
+    raw_mode mode;
+    int port;
+    int requests; /* whole requests read */
+};
+
+typedef struct raw_conn {
+    raw_server *srv;
+    struct bufferevent *bev;
+} raw_conn;
+
+static void raw_close(raw_conn *rc, bool reset)
+{
+    if (reset) {
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(bufferevent_getfd(rc->bev), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
+    bufferevent_free(rc->bev);
+    free(rc);
+}
+
+static void raw_on_written(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    raw_close(arg, false);
+}
+
+static void raw_on_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
+        raw_close(arg, false);
+}
+
+/* Headers and the Content-Length bytes of body have all arrived. */
+static bool whole_request(struct evbuffer *in)
+{
+    struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+    if (end.pos < 0)
+        return false;
+    size_t hlen = (size_t)end.pos + 4;
+    char *head = malloc(hlen + 1);
+    evbuffer_copyout(in, head, hlen);
+    head[hlen] = '\0';
+    const char *cl = strcasestr(head, "\r\ncontent-length:");
+    size_t clen = cl ? strtoul(cl + 17, NULL, 10) : 0;
+    free(head);
+    return evbuffer_get_length(in) >= hlen + clen;
+}
+
+static void raw_on_read(struct bufferevent *bev, void *arg)
+{
+    raw_conn *rc = arg;
+    if (!whole_request(bufferevent_get_input(bev)))
+        return;
+    rc->srv->requests++;
+    static const char page[] =
+        "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>nginx</body></html>";
+    switch (rc->srv->mode) {
+    case RAW_RESET:
+        raw_close(rc, true);
+        return;
+    case RAW_CLOSE:
+        raw_close(rc, false);
+        return;
+    case RAW_HTML_502:
+        evbuffer_add_printf(bufferevent_get_output(bev),
+                            "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\n"
+                            "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                            strlen(page), page);
+        break;
+    case RAW_CUT_BODY:
+        evbuffer_add_printf(bufferevent_get_output(bev),
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                            "Content-Length: 200\r\n\r\n{\"code\":\"SUCCESS\",\"mes");
+        break;
+    }
+    bufferevent_setcb(bev, NULL, raw_on_written, raw_on_event, rc);
+}
+
+static void raw_on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                          int socklen, void *arg)
+{
+    (void)sa;
+    (void)socklen;
+    raw_conn *rc = calloc(1, sizeof *rc);
+    rc->srv = arg;
+    rc->bev = bufferevent_socket_new(evconnlistener_get_base(l), fd, BEV_OPT_CLOSE_ON_FREE);
+    bufferevent_setcb(rc->bev, raw_on_read, NULL, raw_on_event, rc);
+    bufferevent_enable(rc->bev, EV_READ);
+}
+
+static void raw_free(raw_server *srv)
+{
+    if (srv) {
+        evconnlistener_free(srv->listener);
+        free(srv);
+    }
+}
+
+/* Points the fixture's base_url at a raw server that misbehaves as mode says. */
+static raw_server *use_raw(fixture *fx, raw_mode mode)
+{
+    if (!fx->raw) {
+        fx->raw = calloc(1, sizeof *fx->raw);
+        struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        fx->raw->listener = evconnlistener_new_bind(fx->base, raw_on_accept, fx->raw,
+                                                    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 16,
+                                                    (struct sockaddr *)&sin, sizeof sin);
+        assert_non_null(fx->raw->listener);
+        socklen_t len = sizeof sin;
+        getsockname(evconnlistener_get_fd(fx->raw->listener), (struct sockaddr *)&sin, &len);
+        fx->raw->port = ntohs(sin.sin_port);
+    }
+    fx->raw->mode = mode;
+    snprintf(fx->base_url, sizeof fx->base_url, "http://127.0.0.1:%d/", fx->raw->port);
+    return fx->raw;
+}
+
+static void assert_clean_result(const wc_send_result *r)
+{
+    if (!wc_text_valid(r->error_code, strlen(r->error_code)) ||
+        !wc_text_valid(r->error_message, strlen(r->error_message)) ||
+        !wc_text_valid(r->provider_id, strlen(r->provider_id)) ||
+        !wc_text_valid(r->device_reason, strlen(r->device_reason)))
+        fail_msg("a result field is not valid UTF-8: code \"%s\" message \"%s\" id \"%s\" "
+                 "reason \"%s\"",
+                 r->error_code, r->error_message, r->provider_id, r->device_reason);
+}
+
+/* Whenever the request may have reached the gateway and no answer of the
+ * gateway's came back, the send is in doubt. */
+static void test_in_doubt_when_the_reply_is_lost(void **state)
+{
+    fixture *fx = *state;
+    static const struct {
+        raw_mode mode;
+        const char *code;
+        const char *in_message;
+    } cases[] = {
+        {RAW_RESET, "no_reply", "gateway"},
+        {RAW_CLOSE, "no_reply", "gateway"},
+        {RAW_HTML_502, "http_502", "502 Bad Gateway"},
+        {RAW_CUT_BODY, "no_reply", "gateway"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        raw_server *srv = use_raw(fx, cases[i].mode);
+        int before = srv->requests;
+        void *dev = open_device(fx, PASS, 5000);
+        wc_send_result r = send_one(fx, dev, TO_OK, "hi", NULL);
+        assert_int_equal(srv->requests, before + 1); /* the whole request got there */
+        if (r.outcome != WC_SEND_RETRY || !r.outcome_unknown ||
+            strcmp(r.error_code, cases[i].code) != 0 ||
+            !strstr(r.error_message, cases[i].in_message))
+            fail_msg(
+                "case %zu: want RETRY in doubt, code %s; got outcome %d unknown %d code %s (%s)", i,
+                cases[i].code, r.outcome, r.outcome_unknown, r.error_code, r.error_message);
+        assert_true(r.retry_after_ms > 0);
+        assert_clean_result(&r);
+        wc_transport_gowa.close(dev);
+    }
+
+    /* Nothing listens: refused, nothing left, a plain retry. */
+    raw_free(fx->raw);
+    fx->raw = NULL;
+    void *dev = open_device(fx, PASS, 2000);
+    wc_send_result r = send_one(fx, dev, TO_OK, "hi", NULL);
+    assert_int_equal(r.outcome, WC_SEND_RETRY);
+    assert_string_equal(r.error_code, "network");
+    assert_false(r.outcome_unknown);
+    wc_transport_gowa.close(dev);
+}
+
+/* The gateway's own answers are definite, even its 5xx; a bare 5xx page is not. */
+static void test_gateway_answers_and_pages(void **state)
+{
+    fixture *fx = *state;
+    void *dev = open_device(fx, PASS, 5000);
+    wc_send_result r = send_one(fx, dev, TO_NOT_LOGGED_IN, "hi", NULL);
+    assert_int_equal(r.outcome, WC_SEND_RETRY);
+    assert_false(r.outcome_unknown);
+    r = send_one(fx, dev, TO_BAD_BODY, "hi", NULL);
+    assert_int_equal(r.outcome, WC_SEND_RETRY);
+    assert_true(r.outcome_unknown);
+    assert_string_equal(r.error_code, "http_500");
+    assert_non_null(strstr(r.error_message, "oops"));
+    assert_clean_result(&r);
+    wc_transport_gowa.close(dev);
+}
+
+/* The gateway's texts are untrusted: long multi-byte codes and messages are
+ * cut on a character boundary, and ids that cannot be stored whole and plain
+ * count as missing. */
+static void test_gateway_texts_are_made_safe(void **state)
+{
+    fixture *fx = *state;
+    void *dev = open_device(fx, PASS, 5000);
+    wc_send_result r = send_one(fx, dev, TO_LONG_UTF8, "hi", NULL);
+    assert_int_equal(r.outcome, WC_SEND_RETRY);
+    assert_clean_result(&r);
+    assert_true(strlen(r.error_message) > 200);
+
+    r = send_one(fx, dev, TO_LONG_CODE, "hi", NULL);
+    assert_int_equal(r.outcome, WC_SEND_FAIL);
+    assert_clean_result(&r);
+    assert_true(strlen(r.error_code) >= 40);
+
+    r = send_one(fx, dev, TO_LONG_ID, "hi", NULL);
+    assert_int_equal(r.outcome, WC_SEND_OK); /* sent: never send it twice */
+    assert_string_equal(r.provider_id, "");  /* not stored cut */
+    assert_non_null(strstr(r.error_message, "unusable"));
+    assert_clean_result(&r);
+
+    r = send_one(fx, dev, TO_BAD_ID, "hi", NULL);
+    assert_int_equal(r.outcome, WC_SEND_OK);
+    assert_string_equal(r.provider_id, "");
+    assert_clean_result(&r);
+    assert_no_violations(fx);
+    wc_transport_gowa.close(dev);
+}
+
+/* Closing with a request the gateway holds: the callback says in doubt. */
+static void test_close_with_request_out(void **state)
+{
+    fixture *fx = *state;
+    void *dev = open_device(fx, PASS, 30000);
+    outcome o = {.fx = fx};
+    wc_send_request req = {.message_id = 1, .recipient = TO_HANG, .content = "x"};
+    assert_int_equal(wc_transport_gowa.send(dev, &req, on_sent, &o), 0);
+    run_loop(fx, 200);
+    assert_int_equal(fx->nrecs, 1); /* the gateway has it */
+    assert_int_equal(o.calls, 0);
+    wc_transport_gowa.close(dev);
+    assert_int_equal(o.calls, 1);
+    assert_int_equal(o.res.outcome, WC_SEND_RETRY);
+    assert_string_equal(o.res.error_code, "closed");
+    assert_true(o.res.outcome_unknown);
+}
+
+#define POISON_PAGE "<h1>\xFF\xC3(\0bad\x01\xE2\x82</h1>"
+
+typedef struct reply_case {
+    long status;
+    const char *body;
+    size_t len; /* 0: strlen(body) */
+    wc_send_outcome outcome;
+    bool unknown;
+    const char *code;
+} reply_case;
+
+/* The classification alone, on replies no fake server sends. */
+static void test_classify_reply(void **state)
+{
+    (void)state;
+    static const reply_case cases[] = {
+        {200, "{\"code\":\"SUCCESS\",\"results\":{\"message_id\":\"3EB0\"}}", 0, WC_SEND_OK, false,
+         ""},
+        {200, "", 0, WC_SEND_RETRY, true, "bad_reply"},
+        {200, "<html>captive portal</html>", 0, WC_SEND_RETRY, true, "bad_reply"},
+        {502, "", 0, WC_SEND_RETRY, true, "http_502"},
+        {503, "{\"error\":\"upstream\"}", 0, WC_SEND_RETRY, true, "http_503"},
+        {500, "{\"code\":\"INTERNAL_SERVER_ERROR\",\"message\":\"x\"}", 0, WC_SEND_RETRY, false,
+         "INTERNAL_SERVER_ERROR"},
+        {500, "{\"code\":500,\"message\":\"x\"}", 0, WC_SEND_RETRY, false, "500"},
+        {400, "{\"code\":\"INVALID_JID\",\"message\":\"x\"}", 0, WC_SEND_FAIL, false,
+         "INVALID_JID"},
+        {429, "", 0, WC_SEND_RETRY, false, "http_429"},
+        {401, POISON_PAGE, sizeof POISON_PAGE - 1, WC_SEND_RETRY, false, "http_401"},
+        {502, POISON_PAGE, sizeof POISON_PAGE - 1, WC_SEND_RETRY, true, "http_502"},
+        {400, "\xC3", 1, WC_SEND_FAIL, false, "http_400"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const reply_case *c = &cases[i];
+        wc_send_result r;
+        memset(&r, 0xAB, sizeof r); /* everything must be overwritten */
+        size_t len = c->len ? c->len : strlen(c->body);
+        wc_gowa_classify_reply(c->status, c->body, len, 1, &r);
+        if (r.outcome != c->outcome || r.outcome_unknown != c->unknown ||
+            strcmp(r.error_code, c->code) != 0)
+            fail_msg("case %zu: want outcome %d unknown %d code %s; got %d %d %s (%s)", i,
+                     c->outcome, c->unknown, c->code, r.outcome, r.outcome_unknown, r.error_code,
+                     r.error_message);
+        assert_clean_result(&r);
+    }
+    wc_send_result r;
+    wc_gowa_classify_reply(200, NULL, 0, 1, &r);
+    assert_true(r.outcome_unknown);
 }
 
 static void test_open_validation(void **state)
@@ -580,6 +923,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_gateway_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_credentials_take_device_offline, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeout_and_close, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_in_doubt_when_the_reply_is_lost, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gateway_answers_and_pages, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gateway_texts_are_made_safe, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_with_request_out, setup, teardown),
+        cmocka_unit_test(test_classify_reply),
         cmocka_unit_test_setup_teardown(test_open_validation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_login_qr, setup, teardown),
     };

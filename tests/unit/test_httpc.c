@@ -42,6 +42,7 @@ typedef struct result {
     char error[512];
     bool has_error;
     bool timed_out;
+    bool maybe_sent;
     int *done_counter;
     fixture *fx;
     int break_at; /* loopbreak when *done_counter reaches this */
@@ -183,6 +184,7 @@ static void on_result(void *arg, const wc_httpc_resp *resp)
     r->has_error = resp->error != NULL;
     snprintf(r->error, sizeof r->error, "%s", resp->error ? resp->error : "");
     r->timed_out = resp->timed_out;
+    r->maybe_sent = resp->maybe_sent;
     if (r->done_counter) {
         (*r->done_counter)++;
         if (*r->done_counter == r->break_at)
@@ -314,6 +316,7 @@ static void test_500_passes_through(void **state)
     assert_false(r.has_error);
     assert_int_equal(r.status, 500);
     assert_string_equal(r.body, "{\"error\":\"boom\"}");
+    assert_true(r.maybe_sent);
 }
 
 static void test_timeout(void **state)
@@ -332,6 +335,8 @@ static void test_timeout(void **state)
     assert_true(r.timed_out);
     assert_int_equal(r.status, 0);
     assert_non_null(strstr(r.error, "timed out"));
+    /* The server got the request and sat on it: its effect is unknown. */
+    assert_true(r.maybe_sent);
 }
 
 static void test_connect_refused(void **state)
@@ -354,6 +359,26 @@ static void test_connect_refused(void **state)
     assert_true(r.has_error);
     assert_false(r.timed_out);
     assert_int_equal(r.status, 0);
+    /* Nobody listened: the request provably never left. */
+    assert_false(r.maybe_sent);
+}
+
+/* https:// to a plain HTTP port fails in the TLS handshake, before any of
+ * the request is written. */
+static void test_tls_handshake_failure_not_sent(void **state)
+{
+    fixture *fx = *state;
+    char u[128];
+    snprintf(u, sizeof u, "https://127.0.0.1:%d/echo", fx->port);
+    result r = {.fx = fx};
+    wc_httpc_req req = {.url = u, .body = "{}", .body_len = 2, .timeout_ms = 3000};
+    assert_int_equal(wc_httpc_request(fx->c, &req, on_result, &r), 0);
+    run_loop(fx, 5000);
+    assert_false(fx->deadline_hit);
+    assert_int_equal(r.calls, 1);
+    assert_true(r.has_error);
+    assert_false(r.maybe_sent);
+    assert_int_equal(fx->received, 0);
 }
 
 static void test_response_cap(void **state)
@@ -368,6 +393,7 @@ static void test_response_cap(void **state)
     assert_int_equal(r.calls, 1);
     assert_true(r.has_error);
     assert_non_null(strstr(r.error, "larger than 1048576 bytes"));
+    assert_true(r.maybe_sent); /* the server answered: it saw the request */
 }
 
 static void test_rejects_bad_requests(void **state)
@@ -488,6 +514,7 @@ static void test_free_cancels_in_flight(void **state)
         assert_int_equal(rs[i].calls, 1);
         assert_true(rs[i].has_error);
         assert_string_equal(rs[i].error, "cancelled");
+        assert_true(rs[i].maybe_sent); /* they had reached the server */
     }
     run_for(fx, 50); /* the server sees the connections close; nothing else fires */
     for (int i = 0; i < N; i++)
@@ -504,12 +531,24 @@ static void test_cancel_one(void **state)
     wc_httpc_call *ca = wc_httpc_start(fx->c, &req, on_result, &a);
     assert_non_null(ca);
     assert_int_equal(wc_httpc_request(fx->c, &req, on_result, &b), 0);
-    wc_httpc_cancel(ca);
+    /* Not even connected yet: the server cannot have seen it. */
+    assert_false(wc_httpc_cancel(ca));
     assert_int_equal(wc_httpc_inflight(fx->c), 1);
     run_loop(fx, 5000);
     assert_int_equal(a.calls, 0);
     assert_int_equal(b.calls, 1);
     assert_int_equal(b.status, 200);
+    assert_int_equal(fx->received, 1);
+
+    /* One the server holds: cancelling it leaves its effect unknown. */
+    url(fx, "/hang", u, sizeof u);
+    result c = {.fx = fx};
+    wc_httpc_call *cc = wc_httpc_start(fx->c, &req, on_result, &c);
+    assert_non_null(cc);
+    run_for(fx, 200);
+    assert_int_equal(fx->hangs, 1);
+    assert_true(wc_httpc_cancel(cc));
+    assert_int_equal(c.calls, 0);
 }
 
 /* A callback that frees the client it is called from, with others in flight. */
@@ -628,6 +667,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_500_passes_through, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_connect_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_handshake_failure_not_sent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_response_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rejects_bad_requests, setup, teardown),
         cmocka_unit_test_setup_teardown(test_thousand_concurrent, setup, teardown),
