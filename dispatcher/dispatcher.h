@@ -49,6 +49,8 @@ typedef struct dispatcher_cfg {
     X(webhooks_rejected, "webhook requests refused (signature, size, format)")                     \
     X(status_events, "provider status events turned into results")                                 \
     X(opt_outs, "leads opted out by an inbound reply")                                             \
+    X(opt_outs_unmatched, "opt-out replies to a number that is none of our devices")               \
+    X(webhooks_unstored, "webhooks answered 503 because what they carry could not be stored")      \
     X(sim_callbacks, "simulated provider webhooks delivered")                                      \
     X(paused_requeued, "messages of resumed campaigns put back on the jobs stream")                \
     X(admin_requests, "admin API requests served")                                                 \
@@ -120,14 +122,27 @@ typedef struct dispatcher {
     struct wc_seal_keys *seal; /* to open device credentials; NULL without WACAST_SECRET_KEY */
 } dispatcher;
 
+/* The writes one webhook body causes (events.c): done() runs once all of
+ * them have answered, with failed set if any did not succeed, and the op is
+ * freed after it. */
+typedef struct webhook_op {
+    dispatcher *ds;
+    void (*done)(struct webhook_op *op);
+    void *ctx;   /* done()'s: the HTTP request, the sim's round */
+    int pending; /* writes not answered yet */
+    bool issued; /* every write has been issued */
+    bool failed; /* a write failed or could not be issued */
+} webhook_op;
+webhook_op *webhook_op_new(dispatcher *ds, void (*done)(webhook_op *op), void *ctx);
 /* Appends a status result for the sink (and, with a message id, records the
- * outcome in the idempotency marker). */
-void dispatcher_status_result(dispatcher *ds, const Wacast__Result *res);
+ * outcome in the idempotency marker), counted on op. */
+void dispatcher_status_result(dispatcher *ds, const Wacast__Result *res, webhook_op *op);
 /* Handles one provider webhook body already authenticated: statuses become
- * results, inbound opt-out words opt the lead out. Returns 0, or -1 with err
- * (the body is malformed: answer 400). */
-int dispatcher_webhook_body(dispatcher *ds, int provider, const char *body, size_t len, char *err,
-                            size_t errlen);
+ * results, inbound opt-out words opt the receiving user's lead out; op's
+ * done() runs when all of it is durable (or failed). Returns 0, or -1 with
+ * err (the body is malformed: answer 400; op is the caller's to free). */
+int dispatcher_webhook_body(dispatcher *ds, int provider, const char *body, size_t len,
+                            webhook_op *op, char *err, size_t errlen);
 /* Shared by the router and the sink: counts a failed reply; XACK + XDEL of
  * the space-separated ids (-1 when not sent); the consumer groups. */
 bool dispatcher_reply_ok(dispatcher *ds, redisReply *r);

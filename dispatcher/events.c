@@ -5,7 +5,16 @@
  * (the sink applies it, idempotently and never backwards) and, when the
  * message is known, the outcome is recorded in the message's idempotency
  * marker, which is how a send left in doubt by a dead sender is resolved.
- * An inbound opt-out word opts the lead out. */
+ * An inbound opt-out word opts out the leads of the user whose device
+ * received it (never another user's lead with the same number).
+ *
+ * A webhook is acknowledged only once what it carries is durable: every
+ * result is on the results stream with its marker written, and every
+ * opt-out is in PostgreSQL. Until then the request waits; if any write
+ * fails it is answered 503, and the provider sends it again (applying a
+ * body twice is harmless: results never move a status backwards, and an
+ * opt-out is set once). The sim's webhooks follow the same rule: one is
+ * removed from its set only once durable. */
 #include <ctype.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -17,6 +26,8 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
+#include <sodium.h>
+
 #include "dispatcher.h"
 #include "wc_keys.h"
 #include "wc_log.h"
@@ -24,15 +35,50 @@
 
 #define WEBHOOK_MAX_BODY (1u << 20)
 
-static void on_void(wc_redis *r, redisReply *reply, void *arg)
+/* A timestamp in seconds that PostgreSQL can hold and that is plausible
+ * (before the year 3000), as microseconds; else now. */
+static int64_t event_time_us(int64_t seconds)
 {
-    (void)r;
-    dispatcher *ds = arg;
-    if (!reply || reply->type == REDIS_REPLY_ERROR)
-        ds->m.redis_errors++;
+    return seconds > 0 && seconds < INT64_C(32503680000) ? seconds * 1000000 : wc_now_us();
 }
 
-void dispatcher_status_result(dispatcher *ds, const Wacast__Result *res)
+/* Everything a webhook body caused is durable once no write is pending and
+ * none failed; then the op's owner is told (the HTTP reply, the sim's
+ * removal) and the op is freed. */
+static void op_settle(webhook_op *op)
+{
+    if (!op->issued || op->pending > 0)
+        return;
+    op->done(op);
+    free(op);
+}
+
+static void on_op_redis(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    webhook_op *op = arg;
+    op->pending--;
+    if (!reply || reply->type == REDIS_REPLY_ERROR) {
+        op->ds->m.redis_errors++;
+        op->failed = true;
+    }
+    op_settle(op);
+}
+
+static void on_op_pg(wc_pg *pg, PGresult *res, const char *err, void *arg);
+
+webhook_op *webhook_op_new(dispatcher *ds, void (*done)(webhook_op *), void *ctx)
+{
+    webhook_op *op = calloc(1, sizeof *op);
+    if (!op)
+        abort();
+    op->ds = ds;
+    op->done = done;
+    op->ctx = ctx;
+    return op;
+}
+
+void dispatcher_status_result(dispatcher *ds, const Wacast__Result *res, webhook_op *op)
 {
     size_t len = wacast__result__get_packed_size(res);
     uint8_t *buf = malloc(len + 2);
@@ -48,29 +94,66 @@ void dispatcher_status_result(dispatcher *ds, const Wacast__Result *res)
         snprintf(ttl, sizeof ttl, "%ld", ds->cfg.idempotency_ttl_s);
         const char *argv[] = {"EVAL", WC_MARK_SCRIPT, "1", key, (const char *)buf, ttl, "d"};
         size_t lens[] = {4, strlen(WC_MARK_SCRIPT), 1, strlen(key), len + 2, strlen(ttl), 1};
-        if (wc_redis_commandv(ds->d.redis, on_void, ds, 7, argv, lens) < 0)
+        if (wc_redis_commandv(ds->d.redis, on_op_redis, op, 7, argv, lens) == 0) {
+            op->pending++;
+        } else {
             ds->m.redis_errors++;
+            op->failed = true;
+        }
     }
     const char *argv[] = {"XADD", WC_KEY_RESULTS, "*", "r", (const char *)buf + 2};
     size_t lens[] = {4, strlen(WC_KEY_RESULTS), 1, 1, len};
-    if (wc_redis_commandv(ds->d.redis, on_void, ds, 5, argv, lens) < 0)
+    if (wc_redis_commandv(ds->d.redis, on_op_redis, op, 5, argv, lens) == 0) {
+        op->pending++;
+    } else {
         ds->m.redis_errors++;
+        op->failed = true;
+    }
     free(buf);
 }
 
-static void on_opted_out(wc_pg *pg, PGresult *res, const char *err, void *arg)
+static void on_op_pg(wc_pg *pg, PGresult *res, const char *err, void *arg)
 {
     (void)pg;
-    dispatcher *ds = arg;
+    webhook_op *op = arg;
+    dispatcher *ds = op->ds;
+    op->pending--;
     if (!res) {
         ds->m.pg_errors++;
+        op->failed = true;
         wc_warn("opting a lead out: %s", err);
-        return;
+    } else if (PQntuples(res) > 0 && !strcmp(PQgetvalue(res, 0, 0), "f")) {
+        ds->m.opt_outs_unmatched++;
+        wc_warn("opt-out reply to %s: no device of ours has that number; nobody opted out",
+                PQgetvalue(res, 0, 1));
+    } else {
+        for (int i = 0; i < PQntuples(res); i++) {
+            if (PQgetisnull(res, i, 2))
+                continue;
+            ds->m.opt_outs++;
+            wc_info("lead %s opted out by reply", PQgetvalue(res, i, 2));
+        }
     }
-    ds->m.opt_outs += (uint64_t)PQntuples(res);
-    for (int i = 0; i < PQntuples(res); i++)
-        wc_info("lead %s opted out by reply", PQgetvalue(res, i, 0));
+    op_settle(op);
 }
+
+/* The leads this number was messaged as, of the users whose device received
+ * the reply: the sim names the device itself, the Cloud API its
+ * phone_number_id, gowa the device's JID ("<its number>@s.whatsapp.net",
+ * matched to the row's phone, or to settings.jid).
+ * The first column says whether any device matched. */
+static const char *OPT_OUT_SQL =
+    "WITH dev AS (SELECT DISTINCT user_id FROM user_devices d WHERE d.id::text = $2"
+    "  OR d.settings->>'phone_number_id' = $2 OR d.settings->>'jid' = $2"
+    "  OR (d.phone IS NOT NULL AND regexp_replace(d.phone, '[^0-9]', '', 'g')"
+    "      = split_part(split_part($2, '@', 1), ':', 1))),"
+    " out AS (UPDATE leads SET opted_out_at = now() WHERE opted_out_at IS NULL"
+    "  AND user_id IN (SELECT user_id FROM dev) AND id IN"
+    "  (SELECT lead_id FROM broadcast_messages WHERE recipient_phone = $1"
+    "   AND status IN ('sent', 'delivered', 'read', 'failed') AND lead_id IS NOT NULL"
+    "   AND user_id IN (SELECT user_id FROM dev)) RETURNING id)"
+    " SELECT EXISTS (SELECT 1 FROM dev), $2::text, out.id FROM (SELECT 1) one"
+    " LEFT JOIN out ON true";
 
 static Wacast__Status map_status(wc_webhook_status s)
 {
@@ -87,8 +170,9 @@ static Wacast__Status map_status(wc_webhook_status s)
     return WACAST__STATUS__STATUS_UNSPECIFIED;
 }
 
-int dispatcher_webhook_body(dispatcher *ds, int provider, const char *body, size_t len, char *err,
-                            size_t errlen)
+/* Parses a body and issues the writes it calls for, counted on op. */
+static int body_writes(dispatcher *ds, int provider, const char *body, size_t len, webhook_op *op,
+                       char *err, size_t errlen)
 {
     wc_webhook_events ev;
     if (wc_webhook_parse((wc_webhook_provider)provider, body, len, WEBHOOK_MAX_BODY, 0, &ev, err,
@@ -106,7 +190,7 @@ int dispatcher_webhook_body(dispatcher *ds, int provider, const char *body, size
             if (e->receiver && strlen(e->receiver) == 36 && e->receiver[8] == '-')
                 res.device_id = e->receiver;
             res.status = map_status(e->status);
-            res.at_us = e->timestamp > 0 ? e->timestamp * 1000000 : wc_now_us();
+            res.at_us = event_time_us(e->timestamp);
             char code[32] = "";
             if (e->status == WC_WEBHOOK_FAILED) {
                 snprintf(code, sizeof code, "%ld", e->error_code);
@@ -118,25 +202,31 @@ int dispatcher_webhook_body(dispatcher *ds, int provider, const char *body, size
             if (res.status == WACAST__STATUS__STATUS_UNSPECIFIED)
                 continue;
             ds->m.status_events++;
-            dispatcher_status_result(ds, &res);
+            dispatcher_status_result(ds, &res, op);
         } else if (e->kind == WC_WEBHOOK_INBOUND && e->text && e->peer &&
                    wc_webhook_is_opt_out(e->text, ds->cfg.opt_out_words)) {
-            /* The leads this number was messaged as (any user's: the reply
-             * came to one of their numbers, and STOP means stop). */
             char phone[40];
-            snprintf(phone, sizeof phone, "+%s", e->peer);
-            const char *params[] = {phone};
-            if (wc_pg_query(
-                    ds->d.pg,
-                    "UPDATE leads SET opted_out_at = now() WHERE opted_out_at IS NULL AND id IN"
-                    " (SELECT lead_id FROM broadcast_messages WHERE recipient_phone = $1"
-                    " AND status IN ('sent', 'delivered', 'read', 'failed')"
-                    " AND lead_id IS NOT NULL) RETURNING id",
-                    1, params, on_opted_out, ds) < 0)
+            snprintf(phone, sizeof phone, "+%.30s", e->peer);
+            const char *params[] = {phone, e->receiver ? e->receiver : ""};
+            if (wc_pg_query(ds->d.pg, OPT_OUT_SQL, 2, params, on_op_pg, op) == 0) {
+                op->pending++;
+            } else {
                 ds->m.pg_errors++;
+                op->failed = true;
+            }
         }
     }
     wc_webhook_events_free(&ev);
+    return 0;
+}
+
+int dispatcher_webhook_body(dispatcher *ds, int provider, const char *body, size_t len,
+                            webhook_op *op, char *err, size_t errlen)
+{
+    if (body_writes(ds, provider, body, len, op, err, errlen) < 0)
+        return -1;
+    op->issued = true;
+    op_settle(op);
     return 0;
 }
 
@@ -145,6 +235,38 @@ int dispatcher_webhook_body(dispatcher *ds, int provider, const char *body, size
 static const char *query_param(struct evkeyvalq *q, const char *name)
 {
     return evhttp_find_header(q, name);
+}
+
+static void reply_when_durable(webhook_op *op)
+{
+    struct evhttp_request *req = op->ctx;
+    if (op->failed) {
+        op->ds->m.webhooks_unstored++;
+        wc_warn("webhook: not stored (Redis or PostgreSQL unavailable); answered 503 for a retry");
+        wc_http_reply_error(req, 503, "not stored; send it again");
+        return;
+    }
+    op->ds->m.webhooks_accepted++;
+    wc_http_reply_json(req, 200, "{\"ok\":true}");
+}
+
+/* Meta's verification challenge is a number; anything else is refused
+ * rather than echoed. */
+static bool plain_challenge(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 128)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)s[i]) && s[i] != '-' && s[i] != '_')
+            return false;
+    return true;
+}
+
+static bool same_secret(const char *given, const char *want)
+{
+    size_t n = strlen(want);
+    return n > 0 && strlen(given) == n && sodium_memcmp(given, want, n) == 0;
 }
 
 static void webhook_request(struct evhttp_request *req, dispatcher *ds, int provider,
@@ -164,10 +286,15 @@ static void webhook_request(struct evhttp_request *req, dispatcher *ds, int prov
                    *token = query_param(&q, "hub.verify_token"),
                    *challenge = query_param(&q, "hub.challenge");
         bool ok = mode && token && challenge && !strcmp(mode, "subscribe") &&
-                  ds->cfg.meta_verify_token[0] && !strcmp(token, ds->cfg.meta_verify_token);
-        if (ok) {
+                  same_secret(token, ds->cfg.meta_verify_token);
+        if (ok && !plain_challenge(challenge)) {
+            ds->m.webhooks_rejected++;
+            wc_http_reply_error(req, 400, "hub.challenge must be 1-128 letters or digits");
+        } else if (ok) {
             struct evbuffer *b = evbuffer_new();
             evbuffer_add(b, challenge, strlen(challenge));
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                              "text/plain; charset=utf-8");
             evhttp_send_reply(req, 200, "OK", b);
             evbuffer_free(b);
         } else {
@@ -208,14 +335,14 @@ static void webhook_request(struct evhttp_request *req, dispatcher *ds, int prov
         return;
     }
     char err[256];
-    if (dispatcher_webhook_body(ds, provider, (const char *)body, len, err, sizeof err) < 0) {
+    /* Answered by reply_when_durable(), once its writes are done. */
+    webhook_op *op = webhook_op_new(ds, reply_when_durable, req);
+    if (dispatcher_webhook_body(ds, provider, (const char *)body, len, op, err, sizeof err) < 0) {
+        free(op);
         ds->m.webhooks_rejected++;
         wc_warn("webhook: malformed body: %s", err);
         wc_http_reply_error(req, 400, err);
-        return;
     }
-    ds->m.webhooks_accepted++;
-    wc_http_reply_json(req, 200, "{\"ok\":true}");
 }
 
 static void on_webhook(struct evhttp_request *req, void *arg)
@@ -241,8 +368,54 @@ static void on_sim_removed(wc_redis *r, redisReply *reply, void *arg)
     ds->sim_busy = false;
 }
 
+/* The due webhooks of one round, removed from the set once all they carry
+ * is durable; kept (and delivered again next round) if anything failed. */
+typedef struct sim_round {
+    size_t n;
+    char **members;
+    size_t *lens;
+} sim_round;
+
+static void sim_round_free(sim_round *sr)
+{
+    for (size_t i = 0; i < sr->n; i++)
+        free(sr->members[i]);
+    free(sr->members);
+    free(sr->lens);
+    free(sr);
+}
+
+static void remove_when_durable(webhook_op *op)
+{
+    sim_round *sr = op->ctx;
+    dispatcher *ds = op->ds;
+    bool removing = false;
+    if (!op->failed && sr->n > 0) {
+        const char **argv = calloc(sr->n + 2, sizeof *argv);
+        size_t *lens = calloc(sr->n + 2, sizeof *lens);
+        if (!argv || !lens)
+            abort();
+        argv[0] = "ZREM";
+        lens[0] = 4;
+        argv[1] = WC_KEY_SIM_CALLBACKS;
+        lens[1] = strlen(WC_KEY_SIM_CALLBACKS);
+        for (size_t i = 0; i < sr->n; i++) {
+            argv[i + 2] = sr->members[i];
+            lens[i + 2] = sr->lens[i];
+        }
+        removing =
+            wc_redis_commandv(ds->d.redis, on_sim_removed, ds, (int)sr->n + 2, argv, lens) == 0;
+        free(argv);
+        free(lens);
+    }
+    if (!removing)
+        ds->sim_busy = false;
+    sim_round_free(sr);
+}
+
 static void on_sim_due(wc_redis *r, redisReply *reply, void *arg)
 {
+    (void)r;
     dispatcher *ds = arg;
     if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements == 0) {
         if (!reply || reply->type == REDIS_REPLY_ERROR)
@@ -250,33 +423,34 @@ static void on_sim_due(wc_redis *r, redisReply *reply, void *arg)
         ds->sim_busy = false;
         return;
     }
-    /* Handle, then remove: a dispatcher dying in between delivers a webhook
-     * twice (as providers do), never loses one. */
-    const char **argv = calloc(reply->elements + 2, sizeof *argv);
-    size_t *lens = calloc(reply->elements + 2, sizeof *lens);
-    if (!argv || !lens)
+    /* Handle, then remove once durable: a dispatcher dying in between
+     * delivers a webhook twice (as providers do), never loses one. */
+    sim_round *sr = calloc(1, sizeof *sr);
+    if (sr)
+        sr->members = calloc(reply->elements, sizeof *sr->members);
+    if (sr)
+        sr->lens = calloc(reply->elements, sizeof *sr->lens);
+    if (!sr || !sr->members || !sr->lens)
         abort();
-    argv[0] = "ZREM";
-    lens[0] = 4;
-    argv[1] = WC_KEY_SIM_CALLBACKS;
-    lens[1] = strlen(WC_KEY_SIM_CALLBACKS);
-    int n = 2;
+    webhook_op *op = webhook_op_new(ds, remove_when_durable, sr);
     for (size_t i = 0; i < reply->elements; i++) {
         redisReply *m = reply->element[i];
         if (m->type != REDIS_REPLY_STRING)
             continue;
         char err[256];
-        if (dispatcher_webhook_body(ds, WC_WEBHOOK_CLOUDAPI, m->str, m->len, err, sizeof err) < 0)
+        /* Each body adds its writes to the round's op. */
+        if (body_writes(ds, WC_WEBHOOK_CLOUDAPI, m->str, m->len, op, err, sizeof err) < 0)
             wc_error("sim webhook: %s", err);
         else
             ds->m.sim_callbacks++;
-        argv[n] = m->str;
-        lens[n++] = m->len;
+        sr->members[sr->n] = malloc(m->len ? m->len : 1);
+        if (!sr->members[sr->n])
+            abort();
+        memcpy(sr->members[sr->n], m->str, m->len);
+        sr->lens[sr->n++] = m->len;
     }
-    if (wc_redis_commandv(r, on_sim_removed, ds, n, argv, lens) < 0)
-        ds->sim_busy = false;
-    free(argv);
-    free(lens);
+    op->issued = true;
+    op_settle(op);
 }
 
 static void on_sim_timer(evutil_socket_t fd, short what, void *arg)

@@ -413,10 +413,11 @@ static int setup_world(void)
             gw_devices, d->gowa_id,
             json_pack("{s:s, s:s, s:s}", "jid", d->jid, "name", d->gowa_id, "state", "logged_in"));
         r = wt_sql(db,
-                   "INSERT INTO user_devices (user_id, device_name, platform, min_delay_seconds,"
-                   " max_delay_seconds, settings) VALUES ('%s', '%s', 'gowa', 0.01, 0.05,"
+                   "INSERT INTO user_devices (user_id, device_name, phone, platform,"
+                   " min_delay_seconds, max_delay_seconds, settings) VALUES ('%s', '%s',"
+                   " '+6030000000%d', 'gowa', 0.01, 0.05,"
                    " '{\"base_url\": \"%s\", \"device_id\": \"%s\"}') RETURNING id",
-                   user, d->gowa_id, gowa.base, d->gowa_id);
+                   user, d->gowa_id, k + 1, gowa.base, d->gowa_id);
         snprintf(d->id, sizeof d->id, "%s", PQgetvalue(r, 0, 0));
         PQclear(r);
     }
