@@ -744,8 +744,15 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
  *   queued, no marker     lost with Redis data: publish again
  *   queued, "d:..."       the outcome is known but its result was lost: put
  *                         the result on the results stream again
- *   queued, "r:"/"c:"     still travelling (an outbox, a send): leave it, and
- *                         touch it so the next rounds look at others first */
+ *   queued, "r:"/"c:"     still travelling (an outbox, a send): leave it
+ *
+ * The statement that picks the candidates also moves their updated_at to now
+ * (FOR UPDATE SKIP LOCKED): a row is looked at again only after another
+ * WACAST_RECONCILE_AFTER_S, not every round (a user whose devices are all
+ * away would otherwise get one copy of each waiting row per round on the
+ * jobs stream), and two schedulers never pick, and so never republish, the
+ * same row in the same period. A row picked in a round whose Redis command
+ * then fails waits for the next period. */
 typedef struct reconcile {
     scheduler *s;
     PGresult *rows;
@@ -798,8 +805,7 @@ static void on_markers(wc_redis *r, redisReply *reply, void *arg)
         reconcile_end(rc);
         return;
     }
-    struct evbuffer *alive = evbuffer_new();
-    int npublish = 0, nalive = 0;
+    int npublish = 0;
     for (int i = 0; i < n; i++) {
         bool pending = PQgetvalue(rc->rows, i, 11)[0] == 'p';
         redisReply *m = reply->element[i];
@@ -812,21 +818,8 @@ static void on_markers(wc_redis *r, redisReply *reply, void *arg)
             size_t lens[] = {4, strlen(WC_KEY_RESULTS), 1, 1, m->len - 2};
             if (wc_redis_commandv(r, on_result_replayed, s, 5, argv, lens) < 0)
                 s->m.redis_errors++;
-        } else {
-            evbuffer_add_printf(alive, "%s%s", nalive++ ? "," : "{", PQgetvalue(rc->rows, i, 0));
         }
     }
-    if (nalive) {
-        evbuffer_add(alive, "}\0", 2);
-        const char *params[] = {(const char *)evbuffer_pullup(alive, -1)};
-        if (wc_pg_query(
-                s->d.pg,
-                "UPDATE broadcast_messages SET updated_at = now() WHERE id = ANY($1::bigint[])"
-                " AND status = 'queued'",
-                1, params, on_reconcile_marked, s) < 0)
-            s->m.pg_errors++;
-    }
-    evbuffer_free(alive);
     if (npublish && wc_publish_rows(r, rc->rows, rc->publish, 0, on_reconcile_published, s) < 0)
         s->m.redis_errors++;
     reconcile_end(rc);
@@ -886,10 +879,16 @@ static void on_reconcile(evutil_socket_t fd, short what, void *arg)
     char after[32];
     snprintf(after, sizeof after, "%ld", s->cfg.reconcile_after_s);
     const char *params[] = {after};
-    static const char *sql = "SELECT " WC_SQL_JOB_COLUMNS ", m.status::text" WC_SQL_JOB_FROM
-                             " WHERE m.status = 'queued' AND c.status = 'processing'"
-                             " AND m.updated_at < now() - make_interval(secs => $1::float8)"
-                             " ORDER BY m.updated_at LIMIT 1000";
+    static const char *sql =
+        "WITH stuck AS (SELECT m.id FROM broadcast_messages m JOIN campaigns c"
+        " ON c.id = m.campaign_id WHERE m.status = 'queued' AND c.status = 'processing'"
+        " AND m.updated_at < now() - make_interval(secs => $1::float8)"
+        " ORDER BY m.updated_at LIMIT 1000 FOR UPDATE OF m SKIP LOCKED),"
+        " touched AS (UPDATE broadcast_messages m SET updated_at = now() FROM stuck"
+        " WHERE m.id = stuck.id AND m.status = 'queued' RETURNING m.*)"
+        " SELECT " WC_SQL_JOB_COLUMNS ", m.status::text FROM touched m"
+        " JOIN campaigns c ON c.id = m.campaign_id LEFT JOIN leads l ON l.id = m.lead_id"
+        " ORDER BY m.id";
     if (wc_pg_query(s->d.pg, sql, 1, params, on_stuck, s) == 0)
         s->reconciling = true;
 }
