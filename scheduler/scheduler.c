@@ -35,6 +35,7 @@
 #include "wc_phone.h"
 #include "wc_publish.h"
 #include "wc_sql.h"
+#include "wc_text.h"
 #include "wc_tpl.h"
 
 typedef struct scheduler_cfg {
@@ -225,8 +226,12 @@ static void on_failed(wc_pg *pg, PGresult *res, const char *err, void *arg)
 static void fail_campaign(scheduler *s, const char *reason)
 {
     s->m.campaigns_failed++;
-    wc_warn("campaign %s failed: %s", s->c->id, reason);
-    const char *params[] = {s->c->id, reason, s->cfg.c.instance_id};
+    /* The reason may quote the campaign's own text, cut by the caller's
+     * buffer: one invalid byte and the UPDATE fails, every minute, forever. */
+    char clean[512];
+    wc_text_clean(clean, sizeof clean, reason, (size_t)-1, NULL);
+    wc_warn("campaign %s failed: %s", s->c->id, clean);
+    const char *params[] = {s->c->id, clean, s->cfg.c.instance_id};
     if (wc_pg_query(
             s->d.pg,
             "UPDATE campaigns SET status = 'failed', status_reason = $2, finished_at = now() "
@@ -458,6 +463,42 @@ static const char *lookup(void *ctx, const char *name, size_t namelen)
     return NULL;
 }
 
+/* Longest raw text of an invalid phone stored or quoted as it is. */
+#define INVALID_PHONE_MAX 100
+/* Longest recipient_name stored. */
+#define RECIPIENT_NAME_MAX 512
+
+/* Lead fields come from PostgreSQL, so they are valid UTF-8, but of any
+ * length: every text the scheduler builds from them is made clean and
+ * bounded here, cut on a character boundary, before it goes into a page
+ * INSERT (one invalid byte fails the whole page, and the page again on
+ * every resume of the claim). */
+
+/* An invalid phone as stored in recipient_phone: the raw text when short
+ * and clean, else its clean start and the lead's id (recipient_phone is
+ * UNIQUE per campaign: two long numbers cut alike must stay distinct). */
+static const char *stored_invalid_phone(char *buf, size_t size, const char *raw,
+                                        const char *lead_id)
+{
+    char start[INVALID_PHONE_MAX + 1];
+    bool changed = false;
+    wc_text_clean(start, sizeof start, raw, (size_t)-1, &changed);
+    if (!changed)
+        return raw;
+    snprintf(buf, size, "%s... [lead %s]", start, lead_id);
+    return buf;
+}
+
+/* A lead's name as stored in recipient_name. */
+static const char *stored_name(char *buf, size_t size, const char *raw)
+{
+    size_t len = strlen(raw);
+    if (len < size && wc_text_valid(raw, len))
+        return raw;
+    wc_text_clean(buf, size, raw, len, NULL);
+    return buf;
+}
+
 typedef struct insert_arrays {
     struct evbuffer *lead, *phone, *name, *content, *status, *code, *message;
     size_t n;
@@ -510,12 +551,18 @@ static void on_leads(wc_pg *pg, PGresult *res, const char *err, void *arg)
         char code[64] = "", message[512] = "";
         const char *content = "";
         const char *recipient = phone;
+        char recipient_buf[INVALID_PHONE_MAX + 64], name_buf[RECIPIENT_NAME_MAX];
         if (wc_phone_normalize(raw_phone, s->cfg.default_country, phone, sizeof phone, &why) < 0) {
             status = "skipped";
             snprintf(code, sizeof code, "invalid_phone");
-            snprintf(message, sizeof message, "invalid phone number '%.100s': %s (%s)", raw_phone,
-                     phone_reason_text(why), why);
-            recipient = raw_phone;
+            char quoted[INVALID_PHONE_MAX + 1];
+            bool cut = false;
+            wc_text_clean(quoted, sizeof quoted, raw_phone, (size_t)-1, &cut);
+            snprintf(message, sizeof message, "invalid phone number '%s%s': %s (%s)", quoted,
+                     cut ? "..." : "", phone_reason_text(why), why);
+            wc_text_fix(message);
+            recipient = stored_invalid_phone(recipient_buf, sizeof recipient_buf, raw_phone,
+                                             lead_id);
         } else if (wc_map_get(&c->phones, phone)) {
             /* The same person under another spelling of the number: one message. */
             continue;
@@ -534,12 +581,15 @@ static void on_leads(wc_pg *pg, PGresult *res, const char *err, void *arg)
                               (size_t)s->cfg.max_message_bytes, &out, rerr, sizeof rerr) < 0) {
                 status = "skipped";
                 snprintf(code, sizeof code, "render_failed");
-                snprintf(message, sizeof message, "%s", rerr);
+                wc_text_clean(message, sizeof message, rerr, (size_t)-1, NULL);
             } else if (strspn(out.data, " \t\r\n") == out.len) {
                 status = "skipped";
                 snprintf(code, sizeof code, "empty_message");
                 snprintf(message, sizeof message, "the template rendered to an empty message");
             } else {
+                /* Rendered from clean parts, so clean; made sure of all the same. */
+                if (!wc_text_valid(out.data, out.len))
+                    out.len = wc_text_fix(out.data);
                 content = out.data;
             }
             json_decref(v.attrs);
@@ -548,7 +598,8 @@ static void on_leads(wc_pg *pg, PGresult *res, const char *err, void *arg)
         bool first = a.n == 0;
         append_array_text(a.lead, lead_id, first);
         append_array_text(a.phone, recipient, first);
-        append_array_text(a.name, PQgetvalue(res, r, 1), first);
+        append_array_text(a.name, stored_name(name_buf, sizeof name_buf, PQgetvalue(res, r, 1)),
+                          first);
         append_array_text(a.content, content, first);
         append_array_text(a.status, status, first);
         append_array_text(a.code, code[0] ? code : NULL, first);

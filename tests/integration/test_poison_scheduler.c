@@ -179,12 +179,249 @@ static void test_republished_once_per_period(void **state)
     assert_int_equal(bad, 0);
 }
 
+/* ---- poison leads ---------------------------------------------------------------------------- */
+
+#define NGOOD 20 /* good leads of each tenant */
+#define MAX_MESSAGE_BYTES 4096
+#define FINAL_TIMEOUT_MS 45000 /* well under the 60 s a stale claim waits */
+
+typedef struct good_lead {
+    char name[32], e164[20];
+} good_lead;
+
+typedef struct tenant {
+    char user[40], campaign[40];
+    good_lead good[NGOOD];
+} tenant;
+
+static tenant poisoned, healthy;
+
+/* A bad lead of the poisoned tenant and the outcome it must get. */
+typedef struct bad_lead {
+    const char *label;
+    char *name, *phone; /* SQL text, built at setup */
+    const char *code;   /* error_code wanted */
+    const char *says;   /* error_message must contain this */
+} bad_lead;
+
+static bad_lead bad_leads[] = {
+    /* 300 three-byte characters: a cut at 100 bytes lands inside one. */
+    {"multibyte phone", NULL, NULL, "invalid_phone", "invalid phone number '\u20ac\u20ac"},
+    /* Rendered, "Hello " and the name go past the limit in the middle of a
+     * two-byte character. */
+    {"name past the limit", NULL, NULL, "render_failed", "longer than"},
+};
+#define NBAD (int)(sizeof bad_leads / sizeof bad_leads[0])
+
+static char *repeat(const char *unit, int n)
+{
+    size_t len = strlen(unit);
+    char *out = malloc(len * (size_t)n + 1);
+    for (int i = 0; i < n; i++)
+        memcpy(out + len * (size_t)i, unit, len);
+    out[len * (size_t)n] = '\0';
+    return out;
+}
+
+static void add_tenant(tenant *t, const char *label, int prefix)
+{
+    insert_id(t->user, sizeof t->user,
+              wt_sql(db, "INSERT INTO users (name) VALUES ('%s') RETURNING id", label));
+    char devices[2][40];
+    for (int k = 0; k < 2; k++)
+        insert_id(devices[k], sizeof devices[k],
+                  wt_sql(db,
+                         "INSERT INTO user_devices (user_id, device_name, platform,"
+                         " min_delay_seconds, max_delay_seconds) VALUES ('%s', '%s-%d', 'sim',"
+                         " 0.01, 0.02) RETURNING id",
+                         t->user, label, k));
+    for (int i = 0; i < NGOOD; i++) {
+        good_lead *g = &t->good[i];
+        snprintf(g->name, sizeof g->name, "%s %d", label, i);
+        snprintf(g->e164, sizeof g->e164, "+601%d00%04d", prefix, i + 1);
+        PQclear(wt_sql(db,
+                       "INSERT INTO leads (user_id, device_id, name, phone) VALUES"
+                       " ('%s', '%s', '%s', '%s')",
+                       t->user, devices[i % 2], g->name, g->e164));
+    }
+}
+
+static int setup_poison(void **state)
+{
+    (void)state;
+    if (wt_env_start(&env, WT_REDIS | WT_MIGRATE) < 0)
+        return -1;
+    db = wt_pg(&env);
+    add_tenant(&poisoned, "Poisoned", 2);
+    add_tenant(&healthy, "Healthy", 3);
+    bad_leads[0].name = strdup("Euro");
+    bad_leads[0].phone = repeat("\u20ac", 300);
+    /* "Hello " is 6 bytes: 6 + 2 * 2046 = 4098 > 4096, the limit falls
+     * between the two bytes of the 2046th character. */
+    bad_leads[1].name = repeat("\u00fc", (MAX_MESSAGE_BYTES - 6) / 2 + 1);
+    bad_leads[1].phone = strdup("+60124999999");
+    for (int i = 0; i < NBAD; i++)
+        PQclear(wt_sql(db, "INSERT INTO leads (user_id, name, phone) VALUES ('%s', '%s', '%s')",
+                       poisoned.user, bad_leads[i].name, bad_leads[i].phone));
+    PQclear(wt_sql(db, "BEGIN"));
+    insert_id(poisoned.campaign, sizeof poisoned.campaign,
+              wt_sql(db,
+                     "INSERT INTO campaigns (user_id, title, message) VALUES ('%s', 'poisoned',"
+                     " 'Hello {{name}}') RETURNING id",
+                     poisoned.user));
+    insert_id(healthy.campaign, sizeof healthy.campaign,
+              wt_sql(db,
+                     "INSERT INTO campaigns (user_id, title, message, scheduled_at) VALUES"
+                     " ('%s', 'healthy', 'Hello {{name}}', now() + interval '1 second')"
+                     " RETURNING id",
+                     healthy.user));
+    PQclear(wt_sql(db, "COMMIT"));
+    static const char *extra[] = {"WACAST_MAX_MESSAGE_BYTES=4096", NULL};
+    sc_start_daemons(&env, 1, extra);
+    return 0;
+}
+
+static int teardown_poison(void **state)
+{
+    for (int i = 0; i < NBAD; i++) {
+        free(bad_leads[i].name);
+        free(bad_leads[i].phone);
+    }
+    return teardown_env(state);
+}
+
+/* The campaign is finished with these counts, and each good lead got exactly
+ * one "Hello <name>" from its tenant's campaign. */
+static int check_campaign(const tenant *t, int nbad, const sc_send *sends, size_t nsends)
+{
+    int bad = 0;
+    PGresult *r = wt_sql(db,
+                         "SELECT status, coalesce(status_reason, ''), total_count, sent_count,"
+                         " failed_count, skipped_count FROM campaigns WHERE id = '%s'",
+                         t->campaign);
+    if (strcmp(PQgetvalue(r, 0, 0), "finished") || atoi(PQgetvalue(r, 0, 2)) != NGOOD + nbad ||
+        atoi(PQgetvalue(r, 0, 3)) != NGOOD || atoi(PQgetvalue(r, 0, 4)) != 0 ||
+        atoi(PQgetvalue(r, 0, 5)) != nbad) {
+        fprintf(stderr,
+                "campaign %s: %s '%s' total %s sent %s failed %s skipped %s;"
+                " want finished, total %d, sent %d, failed 0, skipped %d\n",
+                t->campaign, PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 2),
+                PQgetvalue(r, 0, 3), PQgetvalue(r, 0, 4), PQgetvalue(r, 0, 5), NGOOD + nbad, NGOOD,
+                nbad);
+        bad++;
+    }
+    PQclear(r);
+    long rows = wt_sql_long(db, "SELECT count(*) FROM broadcast_messages WHERE campaign_id = '%s'",
+                            t->campaign);
+    if (rows != NGOOD + nbad) {
+        fprintf(stderr, "campaign %s: %ld message rows, want %d\n", t->campaign, rows,
+                NGOOD + nbad);
+        bad++;
+    }
+    size_t in_record = 0;
+    for (size_t k = 0; k < nsends; k++)
+        in_record += !strcmp(sends[k].campaign, t->campaign);
+    if (in_record != NGOOD) {
+        fprintf(stderr, "campaign %s: %zu sends in the sim record, want %d\n", t->campaign,
+                in_record, NGOOD);
+        bad++;
+    }
+    for (int i = 0; i < NGOOD; i++) {
+        char want[64];
+        snprintf(want, sizeof want, "Hello %s", t->good[i].name);
+        int got = 0;
+        for (size_t k = 0; k < nsends; k++) {
+            if (strcmp(sends[k].campaign, t->campaign) || strcmp(sends[k].to, t->good[i].e164))
+                continue;
+            got++;
+            if (strcmp(sends[k].text, want)) {
+                fprintf(stderr, "%s got \"%s\", want \"%s\"\n", t->good[i].e164, sends[k].text,
+                        want);
+                bad++;
+            }
+        }
+        if (got != 1) {
+            fprintf(stderr, "campaign %s: %s received %d messages, want 1\n", t->campaign,
+                    t->good[i].e164, got);
+            bad++;
+        }
+    }
+    return bad;
+}
+
+/* Both tenants' campaigns finish, well before a stale claim would be
+ * resumed: the good leads sent once each, the bad ones skipped and counted. */
+static void test_both_tenants_finish_exactly(void **state)
+{
+    (void)state;
+    const char *ids[] = {poisoned.campaign, healthy.campaign};
+    if (!sc_wait_campaigns_final(db, ids, 2, FINAL_TIMEOUT_MS)) {
+        PGresult *r = wt_sql(db, "SELECT title, status, coalesce(status_reason, ''), total_count"
+                                 " FROM campaigns ORDER BY title");
+        fprintf(stderr, "campaigns did not reach a final status in %d ms:\n", FINAL_TIMEOUT_MS);
+        for (int i = 0; i < PQntuples(r); i++)
+            fprintf(stderr, "  %-10s %-10s total %s %s\n", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
+                    PQgetvalue(r, i, 3), PQgetvalue(r, i, 2));
+        PQclear(r);
+        wt_dump_logs(&env, 30);
+        fail();
+    }
+    size_t nsends;
+    sc_send *sends = sc_read_sends(&env, &nsends);
+    int bad =
+        check_campaign(&poisoned, NBAD, sends, nsends) + check_campaign(&healthy, 0, sends, nsends);
+    sc_sends_free(sends, nsends);
+    if (bad)
+        wt_dump_logs(&env, 30);
+    assert_int_equal(bad, 0);
+}
+
+/* Each bad lead has one skipped message with its code and a clean reason. */
+static void test_bad_leads_skipped_with_reason(void **state)
+{
+    (void)state;
+    int bad = 0;
+    for (int i = 0; i < NBAD; i++) {
+        const bad_lead *b = &bad_leads[i];
+        PGresult *r = wt_sql(db,
+                             "SELECT m.status, coalesce(m.error_code, '<null>'),"
+                             " coalesce(m.error_message, '<null>'), m.content,"
+                             " length(m.recipient_phone) FROM broadcast_messages m"
+                             " JOIN leads l ON l.id = m.lead_id"
+                             " WHERE m.campaign_id = '%s' AND l.phone = '%s'",
+                             poisoned.campaign, b->phone);
+        if (PQntuples(r) != 1) {
+            fprintf(stderr, "%s: %d message rows, want 1\n", b->label, PQntuples(r));
+            bad++;
+        } else if (strcmp(PQgetvalue(r, 0, 0), "skipped") || strcmp(PQgetvalue(r, 0, 1), b->code) ||
+                   !strstr(PQgetvalue(r, 0, 2), b->says) || PQgetvalue(r, 0, 3)[0]) {
+            fprintf(stderr,
+                    "%s: %s, error_code %s, error_message \"%s\", content of %zu bytes;"
+                    " want skipped, %s, a message containing \"%s\", no content\n",
+                    b->label, PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 2),
+                    strlen(PQgetvalue(r, 0, 3)), b->code, b->says);
+            bad++;
+        } else if (atoi(PQgetvalue(r, 0, 4)) > 200) {
+            fprintf(stderr, "%s: recipient_phone of %s characters stored\n", b->label,
+                    PQgetvalue(r, 0, 4));
+            bad++;
+        }
+        PQclear(r);
+    }
+    assert_int_equal(bad, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest reconciler[] = {
         cmocka_unit_test(test_republished_once_per_period),
     };
+    const struct CMUnitTest poison[] = {
+        cmocka_unit_test(test_both_tenants_finish_exactly),
+        cmocka_unit_test(test_bad_leads_skipped_with_reason),
+    };
     int failed =
         cmocka_run_group_tests_name("reconciler", reconciler, setup_reconciler, teardown_env);
+    failed += cmocka_run_group_tests_name("poison", poison, setup_poison, teardown_poison);
     return failed;
 }
