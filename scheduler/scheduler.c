@@ -6,8 +6,9 @@
  * scheduler (its owner died). Expansion is a state machine over batches of
  * leads: select a page of eligible leads, normalise phones and render the
  * template in C, insert the messages as 'pending' in one statement (the
- * UNIQUE constraints make a re-run harmless); then the campaign moves to
- * `processing`.
+ * UNIQUE constraints make a re-run harmless; a page PostgreSQL refuses for
+ * one lead's data is inserted in halves until that lead is found and
+ * skipped); then the campaign moves to `processing`.
  *
  * The feeder publishes pending messages as room opens: at most
  * WACAST_CAMPAIGN_INFLIGHT per campaign queued and not done, only while the
@@ -97,6 +98,9 @@ static const wc_cfg_entry cfg_table[] = {
     X(campaigns_empty, "campaigns finished with no eligible lead")                                 \
     X(messages_created, "message rows inserted")                                                   \
     X(messages_skipped, "messages skipped at expansion (invalid phone, render error)")             \
+    X(pages_split, "page INSERTs refused for their data, inserted again in halves")                \
+    X(leads_refused, "leads whose message PostgreSQL refused, written as skipped (invalid_lead)")  \
+    X(leads_unwritable, "leads for which not even a skipped message could be written")             \
     X(messages_published, "messages published to the jobs stream")                                 \
     X(messages_republished, "messages published again by the reconciler")                          \
     X(backpressure_waits, "times publishing waited for the jobs stream to drain")                  \
@@ -121,6 +125,25 @@ typedef enum {
 
 static const char *exp_state_names[] = {"idle", "claiming", "vars", "select", "insert", "finish"};
 
+/* One message row of a page, as it will be inserted (texts owned, clean). */
+typedef struct page_row {
+    char lead_id[40];
+    char *phone, *name, *content, *code, *message; /* code, message: NULL for none */
+    const char *status;
+    bool refused; /* PostgreSQL refused the row once: now its invalid_lead form */
+} page_row;
+
+/* A page of leads' messages. Each range [lo, hi) on the todo stack is still
+ * to be inserted; the top one is in flight. */
+typedef struct page {
+    page_row *rows;
+    size_t n;
+    struct {
+        size_t lo, hi;
+    } todo[64];
+    int ntodo;
+} page;
+
 typedef struct campaign {
     char id[40], user_id[40];
     char *message, *media_url, *target_status, *niche, *time_zone;
@@ -133,6 +156,7 @@ typedef struct campaign {
     long taken;      /* recipients counted towards limit */
     bool leads_done;
     wc_map phones; /* normalised phones already given a message in this run */
+    page page;     /* the page of messages being inserted */
 } campaign;
 
 typedef struct scheduler {
@@ -159,6 +183,8 @@ static void set_state(scheduler *s, exp_state st)
     s->state = st;
 }
 
+static void page_free(page *p);
+
 static void free_campaign(campaign *c)
 {
     if (!c)
@@ -170,6 +196,7 @@ static void free_campaign(campaign *c)
     free(c->time_zone);
     wc_tpl_free(c->tpl);
     wc_map_free(&c->phones);
+    page_free(&c->page);
     free(c);
 }
 
@@ -499,19 +526,176 @@ static const char *stored_name(char *buf, size_t size, const char *raw)
     return buf;
 }
 
-typedef struct insert_arrays {
-    struct evbuffer *lead, *phone, *name, *content, *status, *code, *message;
-    size_t n;
-} insert_arrays;
+/* ---- page insert ------------------------------------------------------------------------------
+ *
+ * A page of leads becomes one multi-row INSERT. When PostgreSQL refuses it
+ * for its data (an SQLSTATE of class 22 data exception, 23 integrity, 54
+ * program limit or P0 raised by a trigger), the page is split in halves, and
+ * the halves again, until the one lead at fault is found: its message is
+ * written as skipped with error_code invalid_lead and PostgreSQL's words, and
+ * every other lead of the page goes in. So one lead's data never stops a
+ * campaign (a refused page used to abandon the claim, resumed a minute later
+ * at the same page, forever). Any other failure (connection lost, time-out)
+ * abandons the claim as before: splitting would blame leads for it. */
 
 static void on_inserted(wc_pg *pg, PGresult *res, const char *err, void *arg);
+
+static void page_free(page *p)
+{
+    for (size_t i = 0; i < p->n; i++) {
+        page_row *row = &p->rows[i];
+        free(row->phone);
+        free(row->name);
+        free(row->content);
+        free(row->code);
+        free(row->message);
+    }
+    free(p->rows);
+    memset(p, 0, sizeof *p);
+}
+
+static char *dup_text(const char *v)
+{
+    char *d = strdup(v ? v : "");
+    if (!d)
+        abort();
+    return d;
+}
+
+static bool refused_for_its_data(const char *sqlstate)
+{
+    return !strncmp(sqlstate, "22", 2) || !strncmp(sqlstate, "23", 2) ||
+           !strncmp(sqlstate, "54", 2) || !strncmp(sqlstate, "P0", 2);
+}
+
+/* Inserts the rows of the range on top of the page's stack; when the stack
+ * is empty the page is done and the expansion goes on. */
+static void insert_next(scheduler *s)
+{
+    campaign *c = s->c;
+    page *p = &c->page;
+    if (p->ntodo == 0) {
+        page_free(p);
+        set_state(s, c->leads_done ? EXP_FINISH : EXP_SELECT);
+        exp_step(s);
+        return;
+    }
+    struct evbuffer *bufs[7];
+    for (size_t i = 0; i < 7; i++) {
+        bufs[i] = evbuffer_new();
+        evbuffer_add(bufs[i], "{", 1);
+    }
+    size_t lo = p->todo[p->ntodo - 1].lo, hi = p->todo[p->ntodo - 1].hi;
+    for (size_t i = lo; i < hi; i++) {
+        const page_row *row = &p->rows[i];
+        bool first = i == lo;
+        append_array_text(bufs[0], row->lead_id, first);
+        append_array_text(bufs[1], row->phone, first);
+        append_array_text(bufs[2], row->name, first);
+        append_array_text(bufs[3], row->content, first);
+        append_array_text(bufs[4], row->status, first);
+        append_array_text(bufs[5], row->code, first);
+        append_array_text(bufs[6], row->message, first);
+    }
+    const char *params[11];
+    for (size_t i = 0; i < 7; i++) {
+        evbuffer_add(bufs[i], "}\0", 2);
+        params[i + 1] = (const char *)evbuffer_pullup(bufs[i], -1);
+    }
+    params[0] = c->id;
+    params[8] = c->user_id;
+    params[9] = c->media_url;
+    params[10] = s->cfg.c.instance_id;
+    static const char *sql =
+        "WITH input AS ("
+        " SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], "
+        "$6::message_status[],"
+        " $7::text[], $8::text[]) AS t(lead_id, phone, name, content, status, error_code, "
+        "error_message)),"
+        " claim AS (SELECT 1 FROM campaigns WHERE id = $1 AND claimed_by = $11 AND status = "
+        "'triggered'),"
+        " ins AS ("
+        " INSERT INTO broadcast_messages (campaign_id, user_id, lead_id, recipient_phone, "
+        "recipient_name,"
+        " content, media_url, status, error_code, error_message, scheduled_at)"
+        " SELECT $1, $9, lead_id, phone, name, content, NULLIF($10, ''), status, error_code, "
+        "error_message,"
+        " now() FROM input WHERE EXISTS (SELECT 1 FROM claim)"
+        " ON CONFLICT DO NOTHING RETURNING id, lead_id, status),"
+        " cnt AS ("
+        " UPDATE campaigns SET total_count = total_count + (SELECT count(*) FROM ins),"
+        " skipped_count = skipped_count + (SELECT count(*) FROM ins WHERE status = 'skipped'),"
+        " claimed_at = now() WHERE id = $1 AND claimed_by = $11 AND status = 'triggered' RETURNING "
+        "1)"
+        " SELECT id, lead_id, status::text, (SELECT count(*) FROM cnt) FROM ins"
+        " UNION ALL SELECT NULL, NULL, NULL, (SELECT count(*) FROM cnt)";
+    set_state(s, EXP_INSERT);
+    if (wc_pg_query(s->d.pg, sql, 11, params, on_inserted, s) < 0) {
+        s->m.pg_errors++;
+        abandon(s, "cannot queue the insert");
+    }
+    for (size_t i = 0; i < 7; i++)
+        evbuffer_free(bufs[i]);
+}
+
+/* The range on top was refused for its data: split it, or, for one lead,
+ * write its message as skipped instead (and if even that is refused, give
+ * that lead up, loudly). */
+static void page_refused(scheduler *s, const char *err)
+{
+    campaign *c = s->c;
+    page *p = &c->page;
+    size_t lo = p->todo[p->ntodo - 1].lo, hi = p->todo[p->ntodo - 1].hi;
+    char why[400];
+    wc_text_clean(why, sizeof why, err, (size_t)-1, NULL);
+    if (hi - lo > 1) {
+        if (p->ntodo == (int)(sizeof p->todo / sizeof p->todo[0]))
+            abort(); /* halving a page of at most 100,000 rows goes 18 deep */
+        size_t mid = lo + (hi - lo) / 2;
+        p->todo[p->ntodo - 1].lo = mid; /* the second half, after the first */
+        p->todo[p->ntodo].lo = lo;
+        p->todo[p->ntodo].hi = mid;
+        p->ntodo++;
+        s->m.pages_split++;
+        wc_info("campaign %s: %zu message(s) refused (%s); inserting them in halves", c->id,
+                hi - lo, why);
+        insert_next(s);
+        return;
+    }
+    page_row *row = &p->rows[lo];
+    if (row->refused) {
+        s->m.leads_unwritable++;
+        wc_error("campaign %s: lead %s: even its skipped message was refused (%s); it gets no "
+                 "message",
+                 c->id, row->lead_id, why);
+        p->ntodo--;
+        insert_next(s);
+        return;
+    }
+    /* The least the row can hold: the lead id says who it was for. */
+    row->refused = true;
+    row->status = "skipped";
+    free(row->name);
+    free(row->content);
+    free(row->code);
+    free(row->message);
+    row->name = dup_text("");
+    row->content = dup_text("");
+    row->code = dup_text("invalid_lead");
+    char message[512];
+    snprintf(message, sizeof message, "PostgreSQL refused this lead's message: %s", why);
+    wc_text_fix(message);
+    row->message = dup_text(message);
+    s->m.leads_refused++;
+    wc_warn("campaign %s: lead %s: its message was refused (%s); skipped as invalid_lead", c->id,
+            row->lead_id, why);
+    insert_next(s);
+}
 
 static void on_leads(wc_pg *pg, PGresult *res, const char *err, void *arg)
 {
     (void)pg;
     scheduler *s = arg;
-    if (!s->c)
-        return; /* the expansion ended under us (shutdown) */
     if (!s->c)
         return; /* the expansion ended under us (shutdown) */
     campaign *c = s->c;
@@ -528,14 +712,11 @@ static void on_leads(wc_pg *pg, PGresult *res, const char *err, void *arg)
         exp_step(s);
         return;
     }
-    insert_arrays a;
-    struct evbuffer **bufs[] = {&a.lead,   &a.phone, &a.name,   &a.content,
-                                &a.status, &a.code,  &a.message};
-    for (size_t i = 0; i < 7; i++) {
-        *bufs[i] = evbuffer_new();
-        evbuffer_add(*bufs[i], "{", 1);
-    }
-    a.n = 0;
+    page *p = &c->page;
+    page_free(p);
+    p->rows = calloc((size_t)n, sizeof *p->rows);
+    if (!p->rows)
+        abort();
     wc_buf out = {0};
     for (int r = 0; r < n; r++) {
         const char *lead_id = PQgetvalue(res, r, 0);
@@ -561,8 +742,8 @@ static void on_leads(wc_pg *pg, PGresult *res, const char *err, void *arg)
             snprintf(message, sizeof message, "invalid phone number '%s%s': %s (%s)", quoted,
                      cut ? "..." : "", phone_reason_text(why), why);
             wc_text_fix(message);
-            recipient = stored_invalid_phone(recipient_buf, sizeof recipient_buf, raw_phone,
-                                             lead_id);
+            recipient =
+                stored_invalid_phone(recipient_buf, sizeof recipient_buf, raw_phone, lead_id);
         } else if (wc_map_get(&c->phones, phone)) {
             /* The same person under another spelling of the number: one message. */
             continue;
@@ -595,73 +776,36 @@ static void on_leads(wc_pg *pg, PGresult *res, const char *err, void *arg)
             json_decref(v.attrs);
             c->taken++;
         }
-        bool first = a.n == 0;
-        append_array_text(a.lead, lead_id, first);
-        append_array_text(a.phone, recipient, first);
-        append_array_text(a.name, stored_name(name_buf, sizeof name_buf, PQgetvalue(res, r, 1)),
-                          first);
-        append_array_text(a.content, content, first);
-        append_array_text(a.status, status, first);
-        append_array_text(a.code, code[0] ? code : NULL, first);
-        append_array_text(a.message, message[0] ? message : NULL, first);
-        a.n++;
+        page_row *row = &p->rows[p->n++];
+        snprintf(row->lead_id, sizeof row->lead_id, "%s", lead_id);
+        row->phone = dup_text(recipient);
+        row->name = dup_text(stored_name(name_buf, sizeof name_buf, PQgetvalue(res, r, 1)));
+        row->content = dup_text(content);
+        row->status = status;
+        row->code = code[0] ? dup_text(code) : NULL;
+        row->message = message[0] ? dup_text(message) : NULL;
     }
     wc_buf_free(&out);
-    const char *params[12];
-    for (size_t i = 0; i < 7; i++) {
-        evbuffer_add(*bufs[i], "}\0", 2);
-        params[i + 1] = (const char *)evbuffer_pullup(*bufs[i], -1);
+    p->ntodo = 0;
+    if (p->n > 0) {
+        p->todo[0].lo = 0;
+        p->todo[0].hi = p->n;
+        p->ntodo = 1;
     }
-    params[0] = c->id;
-    params[8] = c->user_id;
-    params[9] = c->media_url;
-    params[10] = s->cfg.c.instance_id;
-    static const char *sql =
-        "WITH input AS ("
-        " SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], "
-        "$6::message_status[],"
-        " $7::text[], $8::text[]) AS t(lead_id, phone, name, content, status, error_code, "
-        "error_message)),"
-        " claim AS (SELECT 1 FROM campaigns WHERE id = $1 AND claimed_by = $11 AND status = "
-        "'triggered'),"
-        " ins AS ("
-        " INSERT INTO broadcast_messages (campaign_id, user_id, lead_id, recipient_phone, "
-        "recipient_name,"
-        " content, media_url, status, error_code, error_message, scheduled_at)"
-        " SELECT $1, $9, lead_id, phone, name, content, NULLIF($10, ''), status, error_code, "
-        "error_message,"
-        " now() FROM input WHERE EXISTS (SELECT 1 FROM claim)"
-        " ON CONFLICT DO NOTHING RETURNING id, lead_id, status),"
-        " cnt AS ("
-        " UPDATE campaigns SET total_count = total_count + (SELECT count(*) FROM ins),"
-        " skipped_count = skipped_count + (SELECT count(*) FROM ins WHERE status = 'skipped'),"
-        " claimed_at = now() WHERE id = $1 AND claimed_by = $11 AND status = 'triggered' RETURNING "
-        "1)"
-        " SELECT id, lead_id, status::text, (SELECT count(*) FROM cnt) FROM ins"
-        " UNION ALL SELECT NULL, NULL, NULL, (SELECT count(*) FROM cnt)";
-    if (a.n == 0) {
-        for (size_t i = 0; i < 7; i++)
-            evbuffer_free(*bufs[i]);
-        set_state(s, c->leads_done ? EXP_FINISH : EXP_SELECT);
-        exp_step(s);
-        return;
-    }
-    set_state(s, EXP_INSERT);
-    if (wc_pg_query(s->d.pg, sql, 11, params, on_inserted, s) < 0) {
-        s->m.pg_errors++;
-        abandon(s, "cannot queue the insert");
-    }
-    for (size_t i = 0; i < 7; i++)
-        evbuffer_free(*bufs[i]);
+    insert_next(s);
 }
 
 static void on_inserted(wc_pg *pg, PGresult *res, const char *err, void *arg)
 {
-    (void)pg;
     scheduler *s = arg;
+    if (!s->c)
+        return; /* the expansion ended under us (shutdown) */
     if (!res) {
         s->m.pg_errors++;
-        abandon(s, err);
+        if (refused_for_its_data(wc_pg_last_sqlstate(pg)))
+            page_refused(s, err);
+        else
+            abandon(s, err);
         return;
     }
     int n = PQntuples(res);
@@ -679,8 +823,8 @@ static void on_inserted(wc_pg *pg, PGresult *res, const char *err, void *arg)
         if (strcmp(PQgetvalue(res, r, 2), "pending") != 0)
             s->m.messages_skipped++;
     }
-    set_state(s, s->c->leads_done ? EXP_FINISH : EXP_SELECT);
-    exp_step(s);
+    s->c->page.ntodo--;
+    insert_next(s);
 }
 
 static void on_processing(wc_pg *pg, PGresult *res, const char *err, void *arg)

@@ -10,15 +10,18 @@
  *
  * poison: one tenant's campaign holds leads whose data broke the page INSERT
  * (a 300-character multibyte phone, a name that makes the message too long,
- * a lead PostgreSQL refuses for a reason of its own), next to a second
+ * a lead whose message PostgreSQL refuses, here by a trigger of the test's
+ * own), next to a second
  * tenant's ordinary campaign; both reach a final status with exact counts,
  * the bad leads skipped with a reason, every good lead sent once. */
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include <cmocka.h>
 
@@ -31,6 +34,33 @@ static void insert_id(char *out, size_t outlen, PGresult *r)
 {
     snprintf(out, outlen, "%s", PQgetvalue(r, 0, 0));
     PQclear(r);
+}
+
+/* SIGTERM stops every daemon with exit status 0 (under the sanitizers that
+ * also means no leak on the way out). */
+static void test_daemons_stop_cleanly(void **state)
+{
+    (void)state;
+    int bad = 0;
+    for (int i = 0; i < env.nchildren; i++) {
+        wt_child *ch = &env.children[i];
+        if (ch->pid <= 0)
+            continue;
+        pid_t pid = ch->pid;
+        if (kill(pid, SIGTERM) < 0) {
+            fprintf(stderr, "%s: already gone\n", ch->name);
+            bad++;
+            continue;
+        }
+        int st = wt_wait_exit(&env, pid, 15000);
+        if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+            fprintf(stderr, "%s: did not exit cleanly on SIGTERM (status %d)\n", ch->name, st);
+            bad++;
+        }
+    }
+    if (bad)
+        wt_dump_logs(&env, 30);
+    assert_int_equal(bad, 0);
 }
 
 /* ---- reconciler ----------------------------------------------------------------------------- */
@@ -210,6 +240,9 @@ static bad_lead bad_leads[] = {
     /* Rendered, "Hello " and the name go past the limit in the middle of a
      * two-byte character. */
     {"name past the limit", NULL, NULL, "render_failed", "longer than"},
+    /* Refused by PostgreSQL itself (here a rule of the test's own; in life a
+     * constraint or limit nobody foresaw): found by halving the page. */
+    {"refused by PostgreSQL", NULL, NULL, "invalid_lead", "refused by the test's rule"},
 };
 #define NBAD (int)(sizeof bad_leads / sizeof bad_leads[0])
 
@@ -260,6 +293,14 @@ static int setup_poison(void **state)
      * between the two bytes of the 2046th character. */
     bad_leads[1].name = repeat("\u00fc", (MAX_MESSAGE_BYTES - 6) / 2 + 1);
     bad_leads[1].phone = strdup("+60124999999");
+    bad_leads[2].name = strdup("Hemlock");
+    bad_leads[2].phone = strdup("+60124999998");
+    PQclear(wt_sql(db, "CREATE FUNCTION test_refuse_hemlock() RETURNS trigger LANGUAGE plpgsql"
+                       " AS $$ BEGIN IF NEW.content LIKE '%%Hemlock%%' THEN"
+                       " RAISE EXCEPTION 'message refused by the test''s rule'; END IF;"
+                       " RETURN NEW; END $$"));
+    PQclear(wt_sql(db, "CREATE TRIGGER test_refuse_hemlock BEFORE INSERT ON broadcast_messages"
+                       " FOR EACH ROW EXECUTE FUNCTION test_refuse_hemlock()"));
     for (int i = 0; i < NBAD; i++)
         PQclear(wt_sql(db, "INSERT INTO leads (user_id, name, phone) VALUES ('%s', '%s', '%s')",
                        poisoned.user, bad_leads[i].name, bad_leads[i].phone));
@@ -408,6 +449,25 @@ static void test_bad_leads_skipped_with_reason(void **state)
         }
         PQclear(r);
     }
+    /* The refused lead is in the scheduler log once, as a warning. */
+    char path[600];
+    snprintf(path, sizeof path, "%s/scheduler-1.log", env.dir);
+    FILE *f = fopen(path, "r");
+    int logged = 0;
+    char *line = NULL;
+    size_t cap = 0;
+    while (f && getline(&line, &cap, f) >= 0)
+        logged += strstr(line, "WARN") && strstr(line, "skipped as invalid_lead") != NULL;
+    free(line);
+    if (f)
+        fclose(f);
+    if (logged != 1) {
+        fprintf(stderr, "%d scheduler log warnings of a lead skipped as invalid_lead, want 1\n",
+                logged);
+        bad++;
+    }
+    if (bad)
+        wt_dump_logs(&env, 30);
     assert_int_equal(bad, 0);
 }
 
@@ -415,10 +475,12 @@ int main(void)
 {
     const struct CMUnitTest reconciler[] = {
         cmocka_unit_test(test_republished_once_per_period),
+        cmocka_unit_test(test_daemons_stop_cleanly),
     };
     const struct CMUnitTest poison[] = {
         cmocka_unit_test(test_both_tenants_finish_exactly),
         cmocka_unit_test(test_bad_leads_skipped_with_reason),
+        cmocka_unit_test(test_daemons_stop_cleanly),
     };
     int failed =
         cmocka_run_group_tests_name("reconciler", reconciler, setup_reconciler, teardown_env);
