@@ -13,7 +13,8 @@
  * a lead whose message PostgreSQL refuses, here by a trigger of the test's
  * own), next to a second
  * tenant's ordinary campaign; both reach a final status with exact counts,
- * the bad leads skipped with a reason, every good lead sent once. */
+ * the bad leads skipped with a reason, every good lead sent once. A campaign
+ * whose failure reason quotes its own junk time zone fails with the reason. */
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -225,6 +226,7 @@ typedef struct tenant {
 } tenant;
 
 static tenant poisoned, healthy;
+static char zone_campaign[40]; /* the poisoned tenant's campaign with a junk time zone */
 
 /* A bad lead of the poisoned tenant and the outcome it must get. */
 typedef struct bad_lead {
@@ -316,6 +318,15 @@ static int setup_poison(void **state)
                      " ('%s', 'healthy', 'Hello {{name}}', now() + interval '1 second')"
                      " RETURNING id",
                      healthy.user));
+    /* A time zone of 'x' and 300 three-byte characters: the failure reason
+     * quoting it is cut by its 512-byte buffer inside a character. */
+    char *zone = repeat("\u20ac", 300);
+    insert_id(zone_campaign, sizeof zone_campaign,
+              wt_sql(db,
+                     "INSERT INTO campaigns (user_id, title, message, time_zone) VALUES"
+                     " ('%s', 'zone', 'Hello {{name}}', 'x%s') RETURNING id",
+                     poisoned.user, zone));
+    free(zone);
     PQclear(wt_sql(db, "COMMIT"));
     static const char *extra[] = {"WACAST_MAX_MESSAGE_BYTES=4096", NULL};
     sc_start_daemons(&env, 1, extra);
@@ -417,6 +428,33 @@ static void test_both_tenants_finish_exactly(void **state)
     assert_int_equal(bad, 0);
 }
 
+/* A campaign whose failure reason quotes its junk time zone fails with that
+ * reason (cut on a character boundary), instead of staying 'triggered'
+ * because the UPDATE that fails it is refused. */
+static void test_junk_time_zone_fails(void **state)
+{
+    (void)state;
+    const char *ids[] = {zone_campaign};
+    bool final = sc_wait_campaigns_final(db, ids, 1, FINAL_TIMEOUT_MS);
+    PGresult *r = wt_sql(db,
+                         "SELECT status, coalesce(status_reason, '<null>'), total_count"
+                         " FROM campaigns WHERE id = '%s'",
+                         zone_campaign);
+    const char *want = "unknown time zone 'x\u20ac\u20ac";
+    bool ok = final && !strcmp(PQgetvalue(r, 0, 0), "failed") &&
+              !strncmp(PQgetvalue(r, 0, 1), want, strlen(want)) &&
+              !strcmp(PQgetvalue(r, 0, 2), "0");
+    if (!ok) {
+        fprintf(stderr,
+                "junk time zone: %s, total %s, reason \"%.80s\"; want failed, total 0, a reason"
+                " starting \"%s\"\n",
+                PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 2), PQgetvalue(r, 0, 1), want);
+        wt_dump_logs(&env, 30);
+    }
+    PQclear(r);
+    assert_true(ok);
+}
+
 /* Each bad lead has one skipped message with its code and a clean reason. */
 static void test_bad_leads_skipped_with_reason(void **state)
 {
@@ -480,6 +518,7 @@ int main(void)
     const struct CMUnitTest poison[] = {
         cmocka_unit_test(test_both_tenants_finish_exactly),
         cmocka_unit_test(test_bad_leads_skipped_with_reason),
+        cmocka_unit_test(test_junk_time_zone_fails),
         cmocka_unit_test(test_daemons_stop_cleanly),
     };
     int failed =
