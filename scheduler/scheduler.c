@@ -100,7 +100,7 @@ static const wc_cfg_entry cfg_table[] = {
     X(messages_skipped, "messages skipped at expansion (invalid phone, render error)")             \
     X(pages_split, "page INSERTs refused for their data, inserted again in halves")                \
     X(leads_refused, "leads whose message PostgreSQL refused, written as skipped (invalid_lead)")  \
-    X(leads_unwritable, "leads for which not even a skipped message could be written")             \
+    X(refusals_not_lead_data, "expansions stopped: a row holding no lead data was refused")        \
     X(messages_published, "messages published to the jobs stream")                                 \
     X(messages_republished, "messages published again by the reconciler")                          \
     X(backpressure_waits, "times publishing waited for the jobs stream to drain")                  \
@@ -130,7 +130,7 @@ typedef struct page_row {
     char lead_id[40];
     char *phone, *name, *content, *code, *message; /* code, message: NULL for none */
     const char *status;
-    bool refused; /* PostgreSQL refused the row once: now its invalid_lead form */
+    int refused; /* times PostgreSQL refused the row: 1 invalid_lead form, 2 without phone */
 } page_row;
 
 /* A page of leads' messages. Each range [lo, hi) on the todo stack is still
@@ -532,8 +532,12 @@ static const char *stored_name(char *buf, size_t size, const char *raw)
  * for its data (an SQLSTATE of class 22 data exception, 23 integrity, 54
  * program limit or P0 raised by a trigger), the page is split in halves, and
  * the halves again, until the one lead at fault is found: its message is
- * written as skipped with error_code invalid_lead and PostgreSQL's words, and
- * every other lead of the page goes in. So one lead's data never stops a
+ * written as skipped with error_code invalid_lead and PostgreSQL's words
+ * (and, if that is refused too, without its phone: then the row holds no
+ * text of the lead), and every other lead of the page goes in. A row with no
+ * lead data refused as well means the fault is not the lead's (a constraint
+ * or trigger refusing every row): the claim is abandoned, as for an outage,
+ * rather than every lead blamed. So one lead's data never stops a
  * campaign (a refused page used to abandon the claim, resumed a minute later
  * at the same page, forever). Any other failure (connection lost, time-out)
  * abandons the claim as before: splitting would blame leads for it. */
@@ -663,17 +667,30 @@ static void page_refused(scheduler *s, const char *err)
         return;
     }
     page_row *row = &p->rows[lo];
-    if (row->refused) {
-        s->m.leads_unwritable++;
-        wc_error("campaign %s: lead %s: even its skipped message was refused (%s); it gets no "
-                 "message",
-                 c->id, row->lead_id, why);
-        p->ntodo--;
+    if (row->refused == 2) {
+        /* Not this lead's fault: nothing of it was left in the row. */
+        s->m.refusals_not_lead_data++;
+        wc_error("campaign %s: PostgreSQL refuses even a message holding no lead data (%s); the "
+                 "expansion stops here and resumes when the claim goes stale",
+                 c->id, why);
+        abandon(s, why);
+        return;
+    }
+    if (row->refused == 1) {
+        /* The phone, the one lead text left: replaced by the lead's id. */
+        row->refused = 2;
+        char phone[64];
+        snprintf(phone, sizeof phone, "lead %s", row->lead_id);
+        free(row->phone);
+        row->phone = dup_text(phone);
+        wc_warn("campaign %s: lead %s: its skipped message was refused too (%s); written without "
+                "its phone",
+                c->id, row->lead_id, why);
         insert_next(s);
         return;
     }
     /* The least the row can hold: the lead id says who it was for. */
-    row->refused = true;
+    row->refused = 1;
     row->status = "skipped";
     free(row->name);
     free(row->content);

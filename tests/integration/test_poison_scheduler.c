@@ -14,7 +14,9 @@
  * own), next to a second
  * tenant's ordinary campaign; both reach a final status with exact counts,
  * the bad leads skipped with a reason, every good lead sent once. A campaign
- * whose failure reason quotes its own junk time zone fails with the reason. */
+ * whose failure reason quotes its own junk time zone fails with the reason.
+ * A third tenant's campaign whose every message PostgreSQL refuses blames no
+ * lead: it waits, and finishes once the refusal is lifted. */
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -225,7 +227,7 @@ typedef struct tenant {
     good_lead good[NGOOD];
 } tenant;
 
-static tenant poisoned, healthy;
+static tenant poisoned, healthy, blocked;
 static char zone_campaign[40]; /* the poisoned tenant's campaign with a junk time zone */
 
 /* A bad lead of the poisoned tenant and the outcome it must get. */
@@ -234,17 +236,21 @@ typedef struct bad_lead {
     char *name, *phone; /* SQL text, built at setup */
     const char *code;   /* error_code wanted */
     const char *says;   /* error_message must contain this */
+    bool phoneless;     /* stored as "lead <id>": its phone was refused too */
 } bad_lead;
 
 static bad_lead bad_leads[] = {
     /* 300 three-byte characters: a cut at 100 bytes lands inside one. */
-    {"multibyte phone", NULL, NULL, "invalid_phone", "invalid phone number '\u20ac\u20ac"},
+    {"multibyte phone", NULL, NULL, "invalid_phone", "invalid phone number '\u20ac\u20ac", false},
     /* Rendered, "Hello " and the name go past the limit in the middle of a
      * two-byte character. */
-    {"name past the limit", NULL, NULL, "render_failed", "longer than"},
+    {"name past the limit", NULL, NULL, "render_failed", "longer than", false},
     /* Refused by PostgreSQL itself (here a rule of the test's own; in life a
      * constraint or limit nobody foresaw): found by halving the page. */
-    {"refused by PostgreSQL", NULL, NULL, "invalid_lead", "refused by the test's rule"},
+    {"refused by PostgreSQL", NULL, NULL, "invalid_lead", "refused by the test's rule", false},
+    /* Refused for its phone: its skipped message is refused too, until it
+     * is written without the phone. */
+    {"phone refused by PostgreSQL", NULL, NULL, "invalid_lead", "refused by the test's rule", true},
 };
 #define NBAD (int)(sizeof bad_leads / sizeof bad_leads[0])
 
@@ -289,6 +295,7 @@ static int setup_poison(void **state)
     db = wt_pg(&env);
     add_tenant(&poisoned, "Poisoned", 2);
     add_tenant(&healthy, "Healthy", 3);
+    add_tenant(&blocked, "Blocked", 4);
     bad_leads[0].name = strdup("Euro");
     bad_leads[0].phone = repeat("\u20ac", 300);
     /* "Hello " is 6 bytes: 6 + 2 * 2046 = 4098 > 4096, the limit falls
@@ -297,12 +304,21 @@ static int setup_poison(void **state)
     bad_leads[1].phone = strdup("+60124999999");
     bad_leads[2].name = strdup("Hemlock");
     bad_leads[2].phone = strdup("+60124999998");
-    PQclear(wt_sql(db, "CREATE FUNCTION test_refuse_hemlock() RETURNS trigger LANGUAGE plpgsql"
-                       " AS $$ BEGIN IF NEW.content LIKE '%%Hemlock%%' THEN"
+    bad_leads[3].name = strdup("Nightshade");
+    bad_leads[3].phone = strdup("+60124999997");
+    /* The test's rule: PostgreSQL refuses a message that names Hemlock, one
+     * to Nightshade's phone, and every message of a blocked user. */
+    PQclear(wt_sql(db, "CREATE TABLE test_blocked_users (user_id uuid PRIMARY KEY)"));
+    PQclear(wt_sql(db, "INSERT INTO test_blocked_users VALUES ('%s')", blocked.user));
+    PQclear(wt_sql(db, "CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$"
+                       " BEGIN IF NEW.content LIKE '%%Hemlock%%'"
+                       " OR NEW.recipient_phone = '+60124999997'"
+                       " OR EXISTS (SELECT 1 FROM test_blocked_users b"
+                       "  WHERE b.user_id = NEW.user_id) THEN"
                        " RAISE EXCEPTION 'message refused by the test''s rule'; END IF;"
                        " RETURN NEW; END $$"));
-    PQclear(wt_sql(db, "CREATE TRIGGER test_refuse_hemlock BEFORE INSERT ON broadcast_messages"
-                       " FOR EACH ROW EXECUTE FUNCTION test_refuse_hemlock()"));
+    PQclear(wt_sql(db, "CREATE TRIGGER test_refuse BEFORE INSERT ON broadcast_messages"
+                       " FOR EACH ROW EXECUTE FUNCTION test_refuse()"));
     for (int i = 0; i < NBAD; i++)
         PQclear(wt_sql(db, "INSERT INTO leads (user_id, name, phone) VALUES ('%s', '%s', '%s')",
                        poisoned.user, bad_leads[i].name, bad_leads[i].phone));
@@ -318,6 +334,11 @@ static int setup_poison(void **state)
                      " ('%s', 'healthy', 'Hello {{name}}', now() + interval '1 second')"
                      " RETURNING id",
                      healthy.user));
+    insert_id(blocked.campaign, sizeof blocked.campaign,
+              wt_sql(db,
+                     "INSERT INTO campaigns (user_id, title, message) VALUES ('%s', 'blocked',"
+                     " 'Hello {{name}}') RETURNING id",
+                     blocked.user));
     /* A time zone of 'x' and 300 three-byte characters: the failure reason
      * quoting it is cut by its 512-byte buffer inside a character. */
     char *zone = repeat("\u20ac", 300);
@@ -328,7 +349,9 @@ static int setup_poison(void **state)
                      poisoned.user, zone));
     free(zone);
     PQclear(wt_sql(db, "COMMIT"));
-    static const char *extra[] = {"WACAST_MAX_MESSAGE_BYTES=4096", NULL};
+    /* A stale claim is resumed after 5 s (the blocked campaign's, once its
+     * rule is lifted). */
+    static const char *extra[] = {"WACAST_MAX_MESSAGE_BYTES=4096", "WACAST_CLAIM_STALE_S=5", NULL};
     sc_start_daemons(&env, 1, extra);
     return 0;
 }
@@ -428,6 +451,70 @@ static void test_both_tenants_finish_exactly(void **state)
     assert_int_equal(bad, 0);
 }
 
+/* Lines of the scheduler's log that contain a, b and c. */
+static int scheduler_log_lines(const char *a, const char *b, const char *c)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/scheduler-1.log", env.dir);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    int n = 0;
+    char *line = NULL;
+    size_t cap = 0;
+    while (getline(&line, &cap, f) >= 0)
+        n += strstr(line, a) && strstr(line, b) && strstr(line, c);
+    free(line);
+    fclose(f);
+    return n;
+}
+
+static bool blocked_logged(void *arg)
+{
+    (void)arg;
+    return scheduler_log_lines(blocked.campaign, "ERROR", "holding no lead data") > 0;
+}
+
+/* When PostgreSQL refuses every message of a campaign (not any lead's
+ * fault), no lead is blamed: the expansion stops with an error and the
+ * campaign stays triggered with no message; once the refusal is lifted the
+ * stale claim is resumed and the campaign finishes with exact counts. */
+static void test_refusing_everything_blames_no_lead(void **state)
+{
+    (void)state;
+    if (!wt_wait_for(blocked_logged, NULL, 30000)) {
+        fprintf(stderr, "no scheduler error about campaign %s refused as a whole\n",
+                blocked.campaign);
+        wt_dump_logs(&env, 30);
+        fail();
+    }
+    PGresult *r = wt_sql(db,
+                         "SELECT status, total_count, (SELECT count(*) FROM broadcast_messages"
+                         " WHERE campaign_id = c.id) FROM campaigns c WHERE id = '%s'",
+                         blocked.campaign);
+    bool held = !strcmp(PQgetvalue(r, 0, 0), "triggered") && !strcmp(PQgetvalue(r, 0, 1), "0") &&
+                !strcmp(PQgetvalue(r, 0, 2), "0");
+    if (!held)
+        fprintf(stderr, "blocked campaign: %s, total %s, %s message rows; want triggered, 0, 0\n",
+                PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 2));
+    PQclear(r);
+    assert_true(held);
+    PQclear(wt_sql(db, "DELETE FROM test_blocked_users"));
+    const char *ids[] = {blocked.campaign};
+    if (!sc_wait_campaigns_final(db, ids, 1, FINAL_TIMEOUT_MS)) {
+        fprintf(stderr, "the blocked campaign did not finish once its rule was lifted\n");
+        wt_dump_logs(&env, 30);
+        fail();
+    }
+    size_t nsends;
+    sc_send *sends = sc_read_sends(&env, &nsends);
+    int bad = check_campaign(&blocked, 0, sends, nsends);
+    sc_sends_free(sends, nsends);
+    if (bad)
+        wt_dump_logs(&env, 30);
+    assert_int_equal(bad, 0);
+}
+
 /* A campaign whose failure reason quotes its junk time zone fails with that
  * reason (cut on a character boundary), instead of staying 'triggered'
  * because the UPDATE that fails it is refused. */
@@ -465,7 +552,8 @@ static void test_bad_leads_skipped_with_reason(void **state)
         PGresult *r = wt_sql(db,
                              "SELECT m.status, coalesce(m.error_code, '<null>'),"
                              " coalesce(m.error_message, '<null>'), m.content,"
-                             " length(m.recipient_phone) FROM broadcast_messages m"
+                             " length(m.recipient_phone), m.recipient_phone = 'lead ' || l.id"
+                             " FROM broadcast_messages m"
                              " JOIN leads l ON l.id = m.lead_id"
                              " WHERE m.campaign_id = '%s' AND l.phone = '%s'",
                              poisoned.campaign, b->phone);
@@ -480,6 +568,10 @@ static void test_bad_leads_skipped_with_reason(void **state)
                     b->label, PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 2),
                     strlen(PQgetvalue(r, 0, 3)), b->code, b->says);
             bad++;
+        } else if (b->phoneless != (PQgetvalue(r, 0, 5)[0] == 't')) {
+            fprintf(stderr, "%s: recipient_phone %s \"lead <its id>\"\n", b->label,
+                    b->phoneless ? "is not" : "is");
+            bad++;
         } else if (atoi(PQgetvalue(r, 0, 4)) > 200) {
             fprintf(stderr, "%s: recipient_phone of %s characters stored\n", b->label,
                     PQgetvalue(r, 0, 4));
@@ -487,20 +579,16 @@ static void test_bad_leads_skipped_with_reason(void **state)
         }
         PQclear(r);
     }
-    /* The refused lead is in the scheduler log once, as a warning. */
-    char path[600];
-    snprintf(path, sizeof path, "%s/scheduler-1.log", env.dir);
-    FILE *f = fopen(path, "r");
-    int logged = 0;
-    char *line = NULL;
-    size_t cap = 0;
-    while (f && getline(&line, &cap, f) >= 0)
-        logged += strstr(line, "WARN") && strstr(line, "skipped as invalid_lead") != NULL;
-    free(line);
-    if (f)
-        fclose(f);
+    /* Each refused lead is in the scheduler log once, as a warning. */
+    int logged = scheduler_log_lines(poisoned.campaign, "WARN", "skipped as invalid_lead");
+    if (logged != 2) {
+        fprintf(stderr, "%d scheduler log warnings of a lead skipped as invalid_lead, want 2\n",
+                logged);
+        bad++;
+    }
+    logged = scheduler_log_lines(poisoned.campaign, "WARN", "written without its phone");
     if (logged != 1) {
-        fprintf(stderr, "%d scheduler log warnings of a lead skipped as invalid_lead, want 1\n",
+        fprintf(stderr, "%d scheduler log warnings of a lead written without its phone, want 1\n",
                 logged);
         bad++;
     }
@@ -519,6 +607,7 @@ int main(void)
         cmocka_unit_test(test_both_tenants_finish_exactly),
         cmocka_unit_test(test_bad_leads_skipped_with_reason),
         cmocka_unit_test(test_junk_time_zone_fails),
+        cmocka_unit_test(test_refusing_everything_blames_no_lead),
         cmocka_unit_test(test_daemons_stop_cleanly),
     };
     int failed =
