@@ -528,19 +528,18 @@ static const char *stored_name(char *buf, size_t size, const char *raw)
 
 /* ---- page insert ------------------------------------------------------------------------------
  *
- * A page of leads becomes one multi-row INSERT. When PostgreSQL refuses it
- * for its data (an SQLSTATE of class 22 data exception, 23 integrity, 54
- * program limit or P0 raised by a trigger), the page is split in halves, and
- * the halves again, until the one lead at fault is found: its message is
- * written as skipped with error_code invalid_lead and PostgreSQL's words
- * (and, if that is refused too, without its phone: then the row holds no
- * text of the lead), and every other lead of the page goes in. A row with no
- * lead data refused as well means the fault is not the lead's (a constraint
- * or trigger refusing every row): the claim is abandoned, as for an outage,
- * rather than every lead blamed. So one lead's data never stops a
- * campaign (a refused page used to abandon the claim, resumed a minute later
- * at the same page, forever). Any other failure (connection lost, time-out)
- * abandons the claim as before: splitting would blame leads for it. */
+ * A page of leads becomes one multi-row INSERT. A refused page used to
+ * abandon the claim, which was resumed a minute later at the same page,
+ * forever. Now, when PostgreSQL refuses it for its data (an SQLSTATE of
+ * class 22 data exception, 23 integrity, 54 program limit or P0 raised by a
+ * trigger), the page is split in halves, and the halves again, until the one
+ * lead at fault is found: its message is written as skipped with error_code
+ * invalid_lead and PostgreSQL's words (and, if that is refused too, without
+ * its phone: then the row holds no text of the lead), and every other lead of
+ * the page goes in. A row with no lead data refused as well means the fault
+ * is not the lead's (a constraint or trigger refusing every row): the claim
+ * is abandoned, as for an outage, rather than every lead blamed. Any other
+ * failure (connection lost, time-out) abandons the claim as before. */
 
 static void on_inserted(wc_pg *pg, PGresult *res, const char *err, void *arg);
 
@@ -642,9 +641,9 @@ static void insert_next(scheduler *s)
         evbuffer_free(bufs[i]);
 }
 
-/* The range on top was refused for its data: split it, or, for one lead,
- * write its message as skipped instead (and if even that is refused, give
- * that lead up, loudly). */
+/* The range on top was refused for its data: split it; for one lead, write
+ * its message as skipped instead, then without its phone; a row holding no
+ * lead data refused too stops the expansion. */
 static void page_refused(scheduler *s, const char *err)
 {
     campaign *c = s->c;
@@ -947,13 +946,12 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
 
 /* ---- reconciler ---------------------------------------------------------------------------- */
 
-/* Candidates are messages pending or queued for longer than
- * WACAST_RECONCILE_AFTER_S in running campaigns. Their markers in Redis tell
- * what happened to each:
- *   pending, any marker   published but never marked queued, or never
- *                         published: publish (a duplicate is dropped by the
- *                         marker downstream)
- *   queued, no marker     lost with Redis data: publish again
+/* Candidates are messages queued for longer than WACAST_RECONCILE_AFTER_S
+ * in running campaigns (pending ones wait for the feeder, which marks a row
+ * queued before it publishes it). Their markers in Redis tell what happened
+ * to each:
+ *   queued, no marker     lost with Redis data: publish again (a duplicate
+ *                         is dropped by the marker downstream)
  *   queued, "d:..."       the outcome is known but its result was lost: put
  *                         the result on the results stream again
  *   queued, "r:"/"c:"     still travelling (an outbox, a send): leave it
