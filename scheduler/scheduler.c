@@ -170,8 +170,9 @@ typedef struct scheduler {
     wc_map fed;       /* campaign id -> last message id fed (where the next scan starts) */
     int64_t fed_reset_us;
     bool waiting_busy;
+    bool pruning; /* a query for fed campaigns no longer running is in flight */
     struct event *poll_timer, *reconcile_timer, *retry_timer, *claim_now, *feed_timer,
-        *waiting_timer;
+        *waiting_timer, *prune_timer;
     uint64_t rng;
 } scheduler;
 
@@ -1279,6 +1280,49 @@ static void on_feed_timer(evutil_socket_t fd, short what, void *arg)
         s->feeding = true;
 }
 
+static void on_fed_pruned(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    scheduler *s = arg;
+    s->pruning = false;
+    if (!res) {
+        s->m.pg_errors++;
+        wc_warn("feeder: looking for campaigns no longer running: %s", err);
+        return;
+    }
+    for (int i = 0; i < PQntuples(res); i++)
+        wc_map_del(&s->fed, PQgetvalue(res, i, 0));
+}
+
+/* The feeder's cursors of campaigns no longer running (finished, failed,
+ * cancelled, paused, deleted) go, so the map and the cursor arrays of every
+ * feeder round hold only the campaigns being fed; the reset once a minute
+ * alone let them pile up for a minute with many short campaigns. */
+static void on_prune_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    scheduler *s = arg;
+    if (s->pruning || s->d.stopping || s->fed.len == 0)
+        return;
+    struct evbuffer *ids = evbuffer_new();
+    size_t n = 0;
+    for (size_t i = 0; i < s->fed.cap; i++)
+        if (wc_map_live(&s->fed, i))
+            evbuffer_add_printf(ids, "%s%s", n++ ? "," : "{", s->fed.slots[i].key);
+    evbuffer_add(ids, "}\0", 2);
+    const char *params[] = {(const char *)evbuffer_pullup(ids, -1)};
+    if (wc_pg_query(s->d.pg,
+                    "SELECT t.id::text FROM unnest($1::uuid[]) AS t(id) WHERE NOT EXISTS"
+                    " (SELECT 1 FROM campaigns c WHERE c.id = t.id"
+                    " AND c.status IN ('triggered', 'processing'))",
+                    1, params, on_fed_pruned, s) == 0)
+        s->pruning = true;
+    else
+        s->m.pg_errors++;
+    evbuffer_free(ids);
+}
+
 static void on_waiting_written(wc_pg *pg, PGresult *res, const char *err, void *arg)
 {
     (void)pg;
@@ -1334,6 +1378,9 @@ static void metrics(struct evbuffer *out, void *arg)
 #undef X
     wc_metric(out, "wacast_scheduler_expanding", "gauge", "1 while a campaign is being expanded",
               s->state != EXP_IDLE);
+    wc_metric(out, "wacast_scheduler_feed_cursors", "gauge",
+              "campaigns whose feeder cursor is kept (running ones, until pruned)",
+              (double)s->fed.len);
 }
 
 int main(int argc, char **argv)
@@ -1352,6 +1399,7 @@ int main(int argc, char **argv)
     s.reconcile_timer = wc_daemon_every(&s.d, (int)s.cfg.reconcile_ms, on_reconcile, &s);
     s.feed_timer = wc_daemon_every(&s.d, (int)s.cfg.feed_ms, on_feed_timer, &s);
     s.waiting_timer = wc_daemon_every(&s.d, 1000, on_waiting_timer, &s);
+    s.prune_timer = wc_daemon_every(&s.d, 5000, on_prune_timer, &s);
     claim(&s);
     int rc = wc_daemon_run(&s.d);
     end_expansion(&s);
@@ -1360,6 +1408,7 @@ int main(int argc, char **argv)
     event_free(s.feed_timer);
     wc_map_free(&s.fed);
     event_free(s.waiting_timer);
+    event_free(s.prune_timer);
     event_free(s.retry_timer);
     event_free(s.claim_now);
     wc_daemon_free(&s.d);

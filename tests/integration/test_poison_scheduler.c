@@ -16,7 +16,11 @@
  * the bad leads skipped with a reason, every good lead sent once. A campaign
  * whose failure reason quotes its own junk time zone fails with the reason.
  * A third tenant's campaign whose every message PostgreSQL refuses blames no
- * lead: it waits, and finishes once the refusal is lifted. */
+ * lead: it waits, and finishes once the refusal is lifted.
+ *
+ * cursors: the feeder's per-campaign cursor of a finished campaign is pruned
+ * within seconds (wacast_scheduler_feed_cursors on /metrics goes back to 0),
+ * not kept until the feeder's reset once a minute. */
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -27,6 +31,7 @@
 #include <sys/wait.h>
 
 #include <cmocka.h>
+#include <curl/curl.h>
 
 #include "scenario.h"
 
@@ -597,6 +602,124 @@ static void test_bad_leads_skipped_with_reason(void **state)
     assert_int_equal(bad, 0);
 }
 
+/* ---- feeder cursors ---------------------------------------------------------------------------
+ */
+
+static tenant brief;
+static int scheduler_port;
+
+typedef struct body {
+    char text[65536];
+    size_t len;
+} body;
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
+{
+    body *b = arg;
+    size_t n = size * nmemb, take = n;
+    if (take > sizeof b->text - 1 - b->len)
+        take = sizeof b->text - 1 - b->len;
+    memcpy(b->text + b->len, data, take);
+    b->len += take;
+    b->text[b->len] = '\0';
+    return n;
+}
+
+/* The scheduler's wacast_scheduler_feed_cursors gauge, or -1. */
+static long feed_cursors(void)
+{
+    body b = {0};
+    CURL *c = curl_easy_init();
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/metrics", scheduler_port);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_PROXY, "");
+    curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 5000L);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+    CURLcode rc = curl_easy_perform(c);
+    curl_easy_cleanup(c);
+    const char *at = rc == CURLE_OK ? strstr(b.text, "\nwacast_scheduler_feed_cursors ") : NULL;
+    return at ? atol(at + strlen("\nwacast_scheduler_feed_cursors ")) : -1;
+}
+
+static int setup_cursors(void **state)
+{
+    (void)state;
+    if (wt_env_start(&env, WT_REDIS | WT_MIGRATE) < 0)
+        return -1;
+    db = wt_pg(&env);
+    add_tenant(&brief, "Brief", 5);
+    insert_id(brief.campaign, sizeof brief.campaign,
+              wt_sql(db,
+                     "INSERT INTO campaigns (user_id, title, message) VALUES ('%s', 'brief',"
+                     " 'Hello {{name}}') RETURNING id",
+                     brief.user));
+    scheduler_port = wt_free_port();
+    static char port[32];
+    snprintf(port, sizeof port, "PORT=%d", scheduler_port);
+    static const char *base[] = {"WACAST_LOG_LEVEL=info",     "WACAST_POLL_MS=200",
+                                 "WACAST_LEASE_TTL_MS=3000",  "WACAST_DEVICE_REFRESH_MS=500",
+                                 "WACAST_IDLE_POLL_MS=1000",  "WACAST_ONLINE_GRACE_MS=10000",
+                                 "WACAST_CLAIM_IDLE_MS=5000", NULL};
+    const char *with_port[16];
+    int n = 0;
+    for (; base[n]; n++)
+        with_port[n] = base[n];
+    with_port[n++] = port;
+    with_port[n] = NULL;
+    if (wt_spawn(&env, "wacast-scheduler", "scheduler-1", with_port) < 0 ||
+        wt_spawn(&env, "wacast-dispatcher", "dispatcher-1", base) < 0 ||
+        wt_spawn(&env, "wacast-sender", "sender-1", base) < 0)
+        return -1;
+    return 0;
+}
+
+static bool cursor_kept(void *arg)
+{
+    (void)arg;
+    return feed_cursors() == 1;
+}
+
+static bool cursors_pruned(void *arg)
+{
+    long *got = arg;
+    *got = feed_cursors();
+    return *got == 0;
+}
+
+/* The feeder keeps a cursor per campaign it feeds; once the campaign is
+ * finished the cursor goes within seconds (the prune runs every 5 s), not
+ * at the feeder's reset once a minute. */
+static void test_finished_campaign_cursor_pruned(void **state)
+{
+    (void)state;
+    const char *ids[] = {brief.campaign};
+    if (!wt_wait_for(cursor_kept, NULL, 20000) ||
+        !sc_wait_campaigns_final(db, ids, 1, FINAL_TIMEOUT_MS)) {
+        fprintf(stderr, "no feeder cursor seen (gauge %ld), or the campaign did not finish\n",
+                feed_cursors());
+        wt_dump_logs(&env, 30);
+        fail();
+    }
+    long got = -1;
+    if (!wt_wait_for(cursors_pruned, &got, 15000)) {
+        fprintf(stderr,
+                "wacast_scheduler_feed_cursors is %ld 15 s after the campaign finished,"
+                " want 0\n",
+                got);
+        wt_dump_logs(&env, 30);
+        fail();
+    }
+    size_t nsends;
+    sc_send *sends = sc_read_sends(&env, &nsends);
+    int bad = check_campaign(&brief, 0, sends, nsends);
+    sc_sends_free(sends, nsends);
+    assert_int_equal(bad, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest reconciler[] = {
@@ -613,5 +736,10 @@ int main(void)
     int failed =
         cmocka_run_group_tests_name("reconciler", reconciler, setup_reconciler, teardown_env);
     failed += cmocka_run_group_tests_name("poison", poison, setup_poison, teardown_poison);
+    const struct CMUnitTest cursors[] = {
+        cmocka_unit_test(test_finished_campaign_cursor_pruned),
+        cmocka_unit_test(test_daemons_stop_cleanly),
+    };
+    failed += cmocka_run_group_tests_name("cursors", cursors, setup_cursors, teardown_env);
     return failed;
 }
