@@ -6,8 +6,9 @@
  * scheduler (its owner died). Expansion is a state machine over batches of
  * leads: select a page of eligible leads, normalise phones and render the
  * template in C, insert the messages as 'pending' in one statement (the
- * UNIQUE constraints make a re-run harmless); then the campaign moves to
- * `processing`.
+ * UNIQUE constraints make a re-run harmless; a page PostgreSQL refuses for
+ * one lead's data is inserted in halves until that lead is found and
+ * skipped); then the campaign moves to `processing`.
  *
  * The feeder publishes pending messages as room opens: at most
  * WACAST_CAMPAIGN_INFLIGHT per campaign queued and not done, only while the
@@ -35,6 +36,7 @@
 #include "wc_phone.h"
 #include "wc_publish.h"
 #include "wc_sql.h"
+#include "wc_text.h"
 #include "wc_tpl.h"
 
 typedef struct scheduler_cfg {
@@ -96,6 +98,9 @@ static const wc_cfg_entry cfg_table[] = {
     X(campaigns_empty, "campaigns finished with no eligible lead")                                 \
     X(messages_created, "message rows inserted")                                                   \
     X(messages_skipped, "messages skipped at expansion (invalid phone, render error)")             \
+    X(pages_split, "page INSERTs refused for their data, inserted again in halves")                \
+    X(leads_refused, "leads whose message PostgreSQL refused, written as skipped (invalid_lead)")  \
+    X(refusals_not_lead_data, "expansions stopped: a row holding no lead data was refused")        \
     X(messages_published, "messages published to the jobs stream")                                 \
     X(messages_republished, "messages published again by the reconciler")                          \
     X(backpressure_waits, "times publishing waited for the jobs stream to drain")                  \
@@ -120,6 +125,25 @@ typedef enum {
 
 static const char *exp_state_names[] = {"idle", "claiming", "vars", "select", "insert", "finish"};
 
+/* One message row of a page, as it will be inserted (texts owned, clean). */
+typedef struct page_row {
+    char lead_id[40];
+    char *phone, *name, *content, *code, *message; /* code, message: NULL for none */
+    const char *status;
+    int refused; /* times PostgreSQL refused the row: 1 invalid_lead form, 2 without phone */
+} page_row;
+
+/* A page of leads' messages. Each range [lo, hi) on the todo stack is still
+ * to be inserted; the top one is in flight. */
+typedef struct page {
+    page_row *rows;
+    size_t n;
+    struct {
+        size_t lo, hi;
+    } todo[64];
+    int ntodo;
+} page;
+
 typedef struct campaign {
     char id[40], user_id[40];
     char *message, *media_url, *target_status, *niche, *time_zone;
@@ -132,6 +156,7 @@ typedef struct campaign {
     long taken;      /* recipients counted towards limit */
     bool leads_done;
     wc_map phones; /* normalised phones already given a message in this run */
+    page page;     /* the page of messages being inserted */
 } campaign;
 
 typedef struct scheduler {
@@ -145,8 +170,9 @@ typedef struct scheduler {
     wc_map fed;       /* campaign id -> last message id fed (where the next scan starts) */
     int64_t fed_reset_us;
     bool waiting_busy;
+    bool pruning; /* a query for fed campaigns no longer running is in flight */
     struct event *poll_timer, *reconcile_timer, *retry_timer, *claim_now, *feed_timer,
-        *waiting_timer;
+        *waiting_timer, *prune_timer;
     uint64_t rng;
 } scheduler;
 
@@ -157,6 +183,8 @@ static void set_state(scheduler *s, exp_state st)
     wc_debug("expansion: %s -> %s", exp_state_names[s->state], exp_state_names[st]);
     s->state = st;
 }
+
+static void page_free(page *p);
 
 static void free_campaign(campaign *c)
 {
@@ -169,6 +197,7 @@ static void free_campaign(campaign *c)
     free(c->time_zone);
     wc_tpl_free(c->tpl);
     wc_map_free(&c->phones);
+    page_free(&c->page);
     free(c);
 }
 
@@ -225,8 +254,12 @@ static void on_failed(wc_pg *pg, PGresult *res, const char *err, void *arg)
 static void fail_campaign(scheduler *s, const char *reason)
 {
     s->m.campaigns_failed++;
-    wc_warn("campaign %s failed: %s", s->c->id, reason);
-    const char *params[] = {s->c->id, reason, s->cfg.c.instance_id};
+    /* The reason may quote the campaign's own text, cut by the caller's
+     * buffer: one invalid byte and the UPDATE fails, every minute, forever. */
+    char clean[512];
+    wc_text_clean(clean, sizeof clean, reason, (size_t)-1, NULL);
+    wc_warn("campaign %s failed: %s", s->c->id, clean);
+    const char *params[] = {s->c->id, clean, s->cfg.c.instance_id};
     if (wc_pg_query(
             s->d.pg,
             "UPDATE campaigns SET status = 'failed', status_reason = $2, finished_at = now() "
@@ -458,108 +491,120 @@ static const char *lookup(void *ctx, const char *name, size_t namelen)
     return NULL;
 }
 
-typedef struct insert_arrays {
-    struct evbuffer *lead, *phone, *name, *content, *status, *code, *message;
-    size_t n;
-} insert_arrays;
+/* Longest raw text of an invalid phone stored or quoted as it is. */
+#define INVALID_PHONE_MAX 100
+/* Longest recipient_name stored. */
+#define RECIPIENT_NAME_MAX 512
+
+/* Lead fields come from PostgreSQL, so they are valid UTF-8, but of any
+ * length: every text the scheduler builds from them is made clean and
+ * bounded here, cut on a character boundary, before it goes into a page
+ * INSERT (one invalid byte fails the whole page, and the page again on
+ * every resume of the claim). */
+
+/* An invalid phone as stored in recipient_phone: the raw text when short
+ * and clean, else its clean start and the lead's id (recipient_phone is
+ * UNIQUE per campaign: two long numbers cut alike must stay distinct). */
+static const char *stored_invalid_phone(char *buf, size_t size, const char *raw,
+                                        const char *lead_id)
+{
+    char start[INVALID_PHONE_MAX + 1];
+    bool changed = false;
+    wc_text_clean(start, sizeof start, raw, (size_t)-1, &changed);
+    if (!changed)
+        return raw;
+    snprintf(buf, size, "%s... [lead %s]", start, lead_id);
+    return buf;
+}
+
+/* A lead's name as stored in recipient_name. */
+static const char *stored_name(char *buf, size_t size, const char *raw)
+{
+    size_t len = strlen(raw);
+    if (len < size && wc_text_valid(raw, len))
+        return raw;
+    wc_text_clean(buf, size, raw, len, NULL);
+    return buf;
+}
+
+/* ---- page insert ------------------------------------------------------------------------------
+ *
+ * A page of leads becomes one multi-row INSERT. A refused page used to
+ * abandon the claim, which was resumed a minute later at the same page,
+ * forever. Now, when PostgreSQL refuses it for its data (an SQLSTATE of
+ * class 22 data exception, 23 integrity, 54 program limit or P0 raised by a
+ * trigger), the page is split in halves, and the halves again, until the one
+ * lead at fault is found: its message is written as skipped with error_code
+ * invalid_lead and PostgreSQL's words (and, if that is refused too, without
+ * its phone: then the row holds no text of the lead), and every other lead of
+ * the page goes in. A row with no lead data refused as well means the fault
+ * is not the lead's (a constraint or trigger refusing every row): the claim
+ * is abandoned, as for an outage, rather than every lead blamed. Any other
+ * failure (connection lost, time-out) abandons the claim as before. */
 
 static void on_inserted(wc_pg *pg, PGresult *res, const char *err, void *arg);
 
-static void on_leads(wc_pg *pg, PGresult *res, const char *err, void *arg)
+static void page_free(page *p)
 {
-    (void)pg;
-    scheduler *s = arg;
-    if (!s->c)
-        return; /* the expansion ended under us (shutdown) */
-    if (!s->c)
-        return; /* the expansion ended under us (shutdown) */
-    campaign *c = s->c;
-    if (!res) {
-        s->m.pg_errors++;
-        abandon(s, err);
-        return;
+    for (size_t i = 0; i < p->n; i++) {
+        page_row *row = &p->rows[i];
+        free(row->phone);
+        free(row->name);
+        free(row->content);
+        free(row->code);
+        free(row->message);
     }
-    int n = PQntuples(res);
-    if (n < s->cfg.batch)
-        c->leads_done = true;
-    if (n == 0) {
-        set_state(s, EXP_FINISH);
+    free(p->rows);
+    memset(p, 0, sizeof *p);
+}
+
+static char *dup_text(const char *v)
+{
+    char *d = strdup(v ? v : "");
+    if (!d)
+        abort();
+    return d;
+}
+
+static bool refused_for_its_data(const char *sqlstate)
+{
+    return !strncmp(sqlstate, "22", 2) || !strncmp(sqlstate, "23", 2) ||
+           !strncmp(sqlstate, "54", 2) || !strncmp(sqlstate, "P0", 2);
+}
+
+/* Inserts the rows of the range on top of the page's stack; when the stack
+ * is empty the page is done and the expansion goes on. */
+static void insert_next(scheduler *s)
+{
+    campaign *c = s->c;
+    page *p = &c->page;
+    if (p->ntodo == 0) {
+        page_free(p);
+        set_state(s, c->leads_done ? EXP_FINISH : EXP_SELECT);
         exp_step(s);
         return;
     }
-    insert_arrays a;
-    struct evbuffer **bufs[] = {&a.lead,   &a.phone, &a.name,   &a.content,
-                                &a.status, &a.code,  &a.message};
+    struct evbuffer *bufs[7];
     for (size_t i = 0; i < 7; i++) {
-        *bufs[i] = evbuffer_new();
-        evbuffer_add(*bufs[i], "{", 1);
+        bufs[i] = evbuffer_new();
+        evbuffer_add(bufs[i], "{", 1);
     }
-    a.n = 0;
-    wc_buf out = {0};
-    for (int r = 0; r < n; r++) {
-        const char *lead_id = PQgetvalue(res, r, 0);
-        snprintf(c->cursor, sizeof c->cursor, "%s", lead_id);
-        if (c->limit >= 0 && c->taken >= c->limit) {
-            c->leads_done = true;
-            break;
-        }
-        const char *raw_phone = PQgetvalue(res, r, 2);
-        char phone[WC_PHONE_E164_MAX];
-        const char *why = NULL;
-        const char *status = "pending";
-        char code[64] = "", message[512] = "";
-        const char *content = "";
-        const char *recipient = phone;
-        if (wc_phone_normalize(raw_phone, s->cfg.default_country, phone, sizeof phone, &why) < 0) {
-            status = "skipped";
-            snprintf(code, sizeof code, "invalid_phone");
-            snprintf(message, sizeof message, "invalid phone number '%.100s': %s (%s)", raw_phone,
-                     phone_reason_text(why), why);
-            recipient = raw_phone;
-        } else if (wc_map_get(&c->phones, phone)) {
-            /* The same person under another spelling of the number: one message. */
-            continue;
-        } else {
-            if (wc_map_put(&c->phones, phone, (void *)1) < 0)
-                abort();
-            lead_vars v = {.name = PQgetvalue(res, r, 1),
-                           .phone = phone,
-                           .niche = PQgetvalue(res, r, 4),
-                           .target_status = PQgetvalue(res, r, 5)};
-            const char *attrs = PQgetvalue(res, r, 6);
-            if (strcmp(attrs, "{}") != 0)
-                v.attrs = json_loads(attrs, 0, NULL);
-            char rerr[256];
-            if (wc_tpl_render(c->tpl, lookup, &v, &s->rng, c->hour,
-                              (size_t)s->cfg.max_message_bytes, &out, rerr, sizeof rerr) < 0) {
-                status = "skipped";
-                snprintf(code, sizeof code, "render_failed");
-                snprintf(message, sizeof message, "%s", rerr);
-            } else if (strspn(out.data, " \t\r\n") == out.len) {
-                status = "skipped";
-                snprintf(code, sizeof code, "empty_message");
-                snprintf(message, sizeof message, "the template rendered to an empty message");
-            } else {
-                content = out.data;
-            }
-            json_decref(v.attrs);
-            c->taken++;
-        }
-        bool first = a.n == 0;
-        append_array_text(a.lead, lead_id, first);
-        append_array_text(a.phone, recipient, first);
-        append_array_text(a.name, PQgetvalue(res, r, 1), first);
-        append_array_text(a.content, content, first);
-        append_array_text(a.status, status, first);
-        append_array_text(a.code, code[0] ? code : NULL, first);
-        append_array_text(a.message, message[0] ? message : NULL, first);
-        a.n++;
+    size_t lo = p->todo[p->ntodo - 1].lo, hi = p->todo[p->ntodo - 1].hi;
+    for (size_t i = lo; i < hi; i++) {
+        const page_row *row = &p->rows[i];
+        bool first = i == lo;
+        append_array_text(bufs[0], row->lead_id, first);
+        append_array_text(bufs[1], row->phone, first);
+        append_array_text(bufs[2], row->name, first);
+        append_array_text(bufs[3], row->content, first);
+        append_array_text(bufs[4], row->status, first);
+        append_array_text(bufs[5], row->code, first);
+        append_array_text(bufs[6], row->message, first);
     }
-    wc_buf_free(&out);
-    const char *params[12];
+    const char *params[11];
     for (size_t i = 0; i < 7; i++) {
-        evbuffer_add(*bufs[i], "}\0", 2);
-        params[i + 1] = (const char *)evbuffer_pullup(*bufs[i], -1);
+        evbuffer_add(bufs[i], "}\0", 2);
+        params[i + 1] = (const char *)evbuffer_pullup(bufs[i], -1);
     }
     params[0] = c->id;
     params[8] = c->user_id;
@@ -588,29 +633,196 @@ static void on_leads(wc_pg *pg, PGresult *res, const char *err, void *arg)
         "1)"
         " SELECT id, lead_id, status::text, (SELECT count(*) FROM cnt) FROM ins"
         " UNION ALL SELECT NULL, NULL, NULL, (SELECT count(*) FROM cnt)";
-    if (a.n == 0) {
-        for (size_t i = 0; i < 7; i++)
-            evbuffer_free(*bufs[i]);
-        set_state(s, c->leads_done ? EXP_FINISH : EXP_SELECT);
-        exp_step(s);
-        return;
-    }
     set_state(s, EXP_INSERT);
     if (wc_pg_query(s->d.pg, sql, 11, params, on_inserted, s) < 0) {
         s->m.pg_errors++;
         abandon(s, "cannot queue the insert");
     }
     for (size_t i = 0; i < 7; i++)
-        evbuffer_free(*bufs[i]);
+        evbuffer_free(bufs[i]);
+}
+
+/* The range on top was refused for its data: split it; for one lead, write
+ * its message as skipped instead, then without its phone; a row holding no
+ * lead data refused too stops the expansion. */
+static void page_refused(scheduler *s, const char *err)
+{
+    campaign *c = s->c;
+    page *p = &c->page;
+    size_t lo = p->todo[p->ntodo - 1].lo, hi = p->todo[p->ntodo - 1].hi;
+    char why[400];
+    wc_text_clean(why, sizeof why, err, (size_t)-1, NULL);
+    if (hi - lo > 1) {
+        if (p->ntodo == (int)(sizeof p->todo / sizeof p->todo[0]))
+            abort(); /* halving a page of at most 100,000 rows goes 18 deep */
+        size_t mid = lo + (hi - lo) / 2;
+        p->todo[p->ntodo - 1].lo = mid; /* the second half, after the first */
+        p->todo[p->ntodo].lo = lo;
+        p->todo[p->ntodo].hi = mid;
+        p->ntodo++;
+        s->m.pages_split++;
+        wc_info("campaign %s: %zu message(s) refused (%s); inserting them in halves", c->id,
+                hi - lo, why);
+        insert_next(s);
+        return;
+    }
+    page_row *row = &p->rows[lo];
+    if (row->refused == 2) {
+        /* Not this lead's fault: nothing of it was left in the row. */
+        s->m.refusals_not_lead_data++;
+        wc_error("campaign %s: PostgreSQL refuses even a message holding no lead data (%s); the "
+                 "expansion stops here and resumes when the claim goes stale",
+                 c->id, why);
+        abandon(s, why);
+        return;
+    }
+    if (row->refused == 1) {
+        /* The phone, the one lead text left: replaced by the lead's id. */
+        row->refused = 2;
+        char phone[64];
+        snprintf(phone, sizeof phone, "lead %s", row->lead_id);
+        free(row->phone);
+        row->phone = dup_text(phone);
+        wc_warn("campaign %s: lead %s: its skipped message was refused too (%s); written without "
+                "its phone",
+                c->id, row->lead_id, why);
+        insert_next(s);
+        return;
+    }
+    /* The least the row can hold: the lead id says who it was for. */
+    row->refused = 1;
+    row->status = "skipped";
+    free(row->name);
+    free(row->content);
+    free(row->code);
+    free(row->message);
+    row->name = dup_text("");
+    row->content = dup_text("");
+    row->code = dup_text("invalid_lead");
+    char message[512];
+    snprintf(message, sizeof message, "PostgreSQL refused this lead's message: %s", why);
+    wc_text_fix(message);
+    row->message = dup_text(message);
+    s->m.leads_refused++;
+    wc_warn("campaign %s: lead %s: its message was refused (%s); skipped as invalid_lead", c->id,
+            row->lead_id, why);
+    insert_next(s);
+}
+
+static void on_leads(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    scheduler *s = arg;
+    if (!s->c)
+        return; /* the expansion ended under us (shutdown) */
+    campaign *c = s->c;
+    if (!res) {
+        s->m.pg_errors++;
+        abandon(s, err);
+        return;
+    }
+    int n = PQntuples(res);
+    if (n < s->cfg.batch)
+        c->leads_done = true;
+    if (n == 0) {
+        set_state(s, EXP_FINISH);
+        exp_step(s);
+        return;
+    }
+    page *p = &c->page;
+    page_free(p);
+    p->rows = calloc((size_t)n, sizeof *p->rows);
+    if (!p->rows)
+        abort();
+    wc_buf out = {0};
+    for (int r = 0; r < n; r++) {
+        const char *lead_id = PQgetvalue(res, r, 0);
+        snprintf(c->cursor, sizeof c->cursor, "%s", lead_id);
+        if (c->limit >= 0 && c->taken >= c->limit) {
+            c->leads_done = true;
+            break;
+        }
+        const char *raw_phone = PQgetvalue(res, r, 2);
+        char phone[WC_PHONE_E164_MAX];
+        const char *why = NULL;
+        const char *status = "pending";
+        char code[64] = "", message[512] = "";
+        const char *content = "";
+        const char *recipient = phone;
+        char recipient_buf[INVALID_PHONE_MAX + 64], name_buf[RECIPIENT_NAME_MAX];
+        if (wc_phone_normalize(raw_phone, s->cfg.default_country, phone, sizeof phone, &why) < 0) {
+            status = "skipped";
+            snprintf(code, sizeof code, "invalid_phone");
+            char quoted[INVALID_PHONE_MAX + 1];
+            bool cut = false;
+            wc_text_clean(quoted, sizeof quoted, raw_phone, (size_t)-1, &cut);
+            snprintf(message, sizeof message, "invalid phone number '%s%s': %s (%s)", quoted,
+                     cut ? "..." : "", phone_reason_text(why), why);
+            wc_text_fix(message);
+            recipient =
+                stored_invalid_phone(recipient_buf, sizeof recipient_buf, raw_phone, lead_id);
+        } else if (wc_map_get(&c->phones, phone)) {
+            /* The same person under another spelling of the number: one message. */
+            continue;
+        } else {
+            if (wc_map_put(&c->phones, phone, (void *)1) < 0)
+                abort();
+            lead_vars v = {.name = PQgetvalue(res, r, 1),
+                           .phone = phone,
+                           .niche = PQgetvalue(res, r, 4),
+                           .target_status = PQgetvalue(res, r, 5)};
+            const char *attrs = PQgetvalue(res, r, 6);
+            if (strcmp(attrs, "{}") != 0)
+                v.attrs = json_loads(attrs, 0, NULL);
+            char rerr[256];
+            if (wc_tpl_render(c->tpl, lookup, &v, &s->rng, c->hour,
+                              (size_t)s->cfg.max_message_bytes, &out, rerr, sizeof rerr) < 0) {
+                status = "skipped";
+                snprintf(code, sizeof code, "render_failed");
+                wc_text_clean(message, sizeof message, rerr, (size_t)-1, NULL);
+            } else if (strspn(out.data, " \t\r\n") == out.len) {
+                status = "skipped";
+                snprintf(code, sizeof code, "empty_message");
+                snprintf(message, sizeof message, "the template rendered to an empty message");
+            } else {
+                /* Rendered from clean parts, so clean; made sure of all the same. */
+                if (!wc_text_valid(out.data, out.len))
+                    out.len = wc_text_fix(out.data);
+                content = out.data;
+            }
+            json_decref(v.attrs);
+            c->taken++;
+        }
+        page_row *row = &p->rows[p->n++];
+        snprintf(row->lead_id, sizeof row->lead_id, "%s", lead_id);
+        row->phone = dup_text(recipient);
+        row->name = dup_text(stored_name(name_buf, sizeof name_buf, PQgetvalue(res, r, 1)));
+        row->content = dup_text(content);
+        row->status = status;
+        row->code = code[0] ? dup_text(code) : NULL;
+        row->message = message[0] ? dup_text(message) : NULL;
+    }
+    wc_buf_free(&out);
+    p->ntodo = 0;
+    if (p->n > 0) {
+        p->todo[0].lo = 0;
+        p->todo[0].hi = p->n;
+        p->ntodo = 1;
+    }
+    insert_next(s);
 }
 
 static void on_inserted(wc_pg *pg, PGresult *res, const char *err, void *arg)
 {
-    (void)pg;
     scheduler *s = arg;
+    if (!s->c)
+        return; /* the expansion ended under us (shutdown) */
     if (!res) {
         s->m.pg_errors++;
-        abandon(s, err);
+        if (refused_for_its_data(wc_pg_last_sqlstate(pg)))
+            page_refused(s, err);
+        else
+            abandon(s, err);
         return;
     }
     int n = PQntuples(res);
@@ -628,8 +840,8 @@ static void on_inserted(wc_pg *pg, PGresult *res, const char *err, void *arg)
         if (strcmp(PQgetvalue(res, r, 2), "pending") != 0)
             s->m.messages_skipped++;
     }
-    set_state(s, s->c->leads_done ? EXP_FINISH : EXP_SELECT);
-    exp_step(s);
+    s->c->page.ntodo--;
+    insert_next(s);
 }
 
 static void on_processing(wc_pg *pg, PGresult *res, const char *err, void *arg)
@@ -735,17 +947,23 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
 
 /* ---- reconciler ---------------------------------------------------------------------------- */
 
-/* Candidates are messages pending or queued for longer than
- * WACAST_RECONCILE_AFTER_S in running campaigns. Their markers in Redis tell
- * what happened to each:
- *   pending, any marker   published but never marked queued, or never
- *                         published: publish (a duplicate is dropped by the
- *                         marker downstream)
- *   queued, no marker     lost with Redis data: publish again
+/* Candidates are messages queued for longer than WACAST_RECONCILE_AFTER_S
+ * in running campaigns (pending ones wait for the feeder, which marks a row
+ * queued before it publishes it). Their markers in Redis tell what happened
+ * to each:
+ *   queued, no marker     lost with Redis data: publish again (a duplicate
+ *                         is dropped by the marker downstream)
  *   queued, "d:..."       the outcome is known but its result was lost: put
  *                         the result on the results stream again
- *   queued, "r:"/"c:"     still travelling (an outbox, a send): leave it, and
- *                         touch it so the next rounds look at others first */
+ *   queued, "r:"/"c:"     still travelling (an outbox, a send): leave it
+ *
+ * The statement that picks the candidates also moves their updated_at to now
+ * (FOR UPDATE SKIP LOCKED): a row is looked at again only after another
+ * WACAST_RECONCILE_AFTER_S, not every round (a user whose devices are all
+ * away would otherwise get one copy of each waiting row per round on the
+ * jobs stream), and two schedulers never pick, and so never republish, the
+ * same row in the same period. A row picked in a round whose Redis command
+ * then fails waits for the next period. */
 typedef struct reconcile {
     scheduler *s;
     PGresult *rows;
@@ -798,8 +1016,7 @@ static void on_markers(wc_redis *r, redisReply *reply, void *arg)
         reconcile_end(rc);
         return;
     }
-    struct evbuffer *alive = evbuffer_new();
-    int npublish = 0, nalive = 0;
+    int npublish = 0;
     for (int i = 0; i < n; i++) {
         bool pending = PQgetvalue(rc->rows, i, 11)[0] == 'p';
         redisReply *m = reply->element[i];
@@ -812,21 +1029,8 @@ static void on_markers(wc_redis *r, redisReply *reply, void *arg)
             size_t lens[] = {4, strlen(WC_KEY_RESULTS), 1, 1, m->len - 2};
             if (wc_redis_commandv(r, on_result_replayed, s, 5, argv, lens) < 0)
                 s->m.redis_errors++;
-        } else {
-            evbuffer_add_printf(alive, "%s%s", nalive++ ? "," : "{", PQgetvalue(rc->rows, i, 0));
         }
     }
-    if (nalive) {
-        evbuffer_add(alive, "}\0", 2);
-        const char *params[] = {(const char *)evbuffer_pullup(alive, -1)};
-        if (wc_pg_query(
-                s->d.pg,
-                "UPDATE broadcast_messages SET updated_at = now() WHERE id = ANY($1::bigint[])"
-                " AND status = 'queued'",
-                1, params, on_reconcile_marked, s) < 0)
-            s->m.pg_errors++;
-    }
-    evbuffer_free(alive);
     if (npublish && wc_publish_rows(r, rc->rows, rc->publish, 0, on_reconcile_published, s) < 0)
         s->m.redis_errors++;
     reconcile_end(rc);
@@ -886,10 +1090,16 @@ static void on_reconcile(evutil_socket_t fd, short what, void *arg)
     char after[32];
     snprintf(after, sizeof after, "%ld", s->cfg.reconcile_after_s);
     const char *params[] = {after};
-    static const char *sql = "SELECT " WC_SQL_JOB_COLUMNS ", m.status::text" WC_SQL_JOB_FROM
-                             " WHERE m.status = 'queued' AND c.status = 'processing'"
-                             " AND m.updated_at < now() - make_interval(secs => $1::float8)"
-                             " ORDER BY m.updated_at LIMIT 1000";
+    static const char *sql =
+        "WITH stuck AS (SELECT m.id FROM broadcast_messages m JOIN campaigns c"
+        " ON c.id = m.campaign_id WHERE m.status = 'queued' AND c.status = 'processing'"
+        " AND m.updated_at < now() - make_interval(secs => $1::float8)"
+        " ORDER BY m.updated_at LIMIT 1000 FOR UPDATE OF m SKIP LOCKED),"
+        " touched AS (UPDATE broadcast_messages m SET updated_at = now() FROM stuck"
+        " WHERE m.id = stuck.id AND m.status = 'queued' RETURNING m.*)"
+        " SELECT " WC_SQL_JOB_COLUMNS ", m.status::text FROM touched m"
+        " JOIN campaigns c ON c.id = m.campaign_id LEFT JOIN leads l ON l.id = m.lead_id"
+        " ORDER BY m.id";
     if (wc_pg_query(s->d.pg, sql, 1, params, on_stuck, s) == 0)
         s->reconciling = true;
 }
@@ -1070,6 +1280,49 @@ static void on_feed_timer(evutil_socket_t fd, short what, void *arg)
         s->feeding = true;
 }
 
+static void on_fed_pruned(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    scheduler *s = arg;
+    s->pruning = false;
+    if (!res) {
+        s->m.pg_errors++;
+        wc_warn("feeder: looking for campaigns no longer running: %s", err);
+        return;
+    }
+    for (int i = 0; i < PQntuples(res); i++)
+        wc_map_del(&s->fed, PQgetvalue(res, i, 0));
+}
+
+/* The feeder's cursors of campaigns no longer running (finished, failed,
+ * cancelled, paused, deleted) go, so the map and the cursor arrays of every
+ * feeder round hold only the campaigns being fed; the reset once a minute
+ * alone let them pile up for a minute with many short campaigns. */
+static void on_prune_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    scheduler *s = arg;
+    if (s->pruning || s->d.stopping || s->fed.len == 0)
+        return;
+    struct evbuffer *ids = evbuffer_new();
+    size_t n = 0;
+    for (size_t i = 0; i < s->fed.cap; i++)
+        if (wc_map_live(&s->fed, i))
+            evbuffer_add_printf(ids, "%s%s", n++ ? "," : "{", s->fed.slots[i].key);
+    evbuffer_add(ids, "}\0", 2);
+    const char *params[] = {(const char *)evbuffer_pullup(ids, -1)};
+    if (wc_pg_query(s->d.pg,
+                    "SELECT t.id::text FROM unnest($1::uuid[]) AS t(id) WHERE NOT EXISTS"
+                    " (SELECT 1 FROM campaigns c WHERE c.id = t.id"
+                    " AND c.status IN ('triggered', 'processing'))",
+                    1, params, on_fed_pruned, s) == 0)
+        s->pruning = true;
+    else
+        s->m.pg_errors++;
+    evbuffer_free(ids);
+}
+
 static void on_waiting_written(wc_pg *pg, PGresult *res, const char *err, void *arg)
 {
     (void)pg;
@@ -1125,6 +1378,9 @@ static void metrics(struct evbuffer *out, void *arg)
 #undef X
     wc_metric(out, "wacast_scheduler_expanding", "gauge", "1 while a campaign is being expanded",
               s->state != EXP_IDLE);
+    wc_metric(out, "wacast_scheduler_feed_cursors", "gauge",
+              "campaigns whose feeder cursor is kept (running ones, until pruned)",
+              (double)s->fed.len);
 }
 
 int main(int argc, char **argv)
@@ -1143,6 +1399,7 @@ int main(int argc, char **argv)
     s.reconcile_timer = wc_daemon_every(&s.d, (int)s.cfg.reconcile_ms, on_reconcile, &s);
     s.feed_timer = wc_daemon_every(&s.d, (int)s.cfg.feed_ms, on_feed_timer, &s);
     s.waiting_timer = wc_daemon_every(&s.d, 1000, on_waiting_timer, &s);
+    s.prune_timer = wc_daemon_every(&s.d, 5000, on_prune_timer, &s);
     claim(&s);
     int rc = wc_daemon_run(&s.d);
     end_expansion(&s);
@@ -1151,6 +1408,7 @@ int main(int argc, char **argv)
     event_free(s.feed_timer);
     wc_map_free(&s.fed);
     event_free(s.waiting_timer);
+    event_free(s.prune_timer);
     event_free(s.retry_timer);
     event_free(s.claim_now);
     wc_daemon_free(&s.d);
