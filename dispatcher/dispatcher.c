@@ -63,6 +63,9 @@ static const wc_cfg_entry cfg_table[] = {
     {"WACAST_CLAIM_IDLE_MS", WC_CFG_INT, "30000",
      "entries unacknowledged this long by a dead consumer are taken over",
      offsetof(dispatcher_cfg, claim_idle_ms), 1000, 3600000, false},
+    {"WACAST_CONSUMER_GONE_MS", WC_CFG_INT, "600000",
+     "a consumer holding nothing and idle this long (a dispatcher that is gone) leaves its groups",
+     offsetof(dispatcher_cfg, consumer_gone_ms), 1000, 86400000, false},
     {"WACAST_IDEMPOTENCY_TTL_S", WC_CFG_INT, "604800", "how long a message's marker is kept",
      offsetof(dispatcher_cfg, idempotency_ttl_s), 60, 31536000, false},
     {"WACAST_ADMIN_TOKEN", WC_CFG_STR, "",
@@ -797,11 +800,32 @@ static void take_back_spilled(dispatcher *ds)
     }
 }
 
+/* The campaign maps of the "waiting" reasons are caches: emptied once a
+ * minute, so campaigns that ended do not stay in them (the cost is one
+ * cheap UPDATE per running campaign a minute). */
+static void prune_reason_maps(dispatcher *ds)
+{
+    int64_t now_s = wc_mono_us() / 1000000;
+    if (now_s - ds->reasons_pruned_s < 60)
+        return;
+    ds->reasons_pruned_s = now_s;
+    wc_map_free(&ds->clean);
+    wc_map_init(&ds->clean);
+    for (size_t i = 0; i < ds->waiting.cap; i++) {
+        if (!wc_map_live(&ds->waiting, i))
+            continue;
+        int64_t at = (int64_t)(uintptr_t)ds->waiting.slots[i].value;
+        if (now_s + 1 - at > 60)
+            wc_map_del(&ds->waiting, ds->waiting.slots[i].key);
+    }
+}
+
 static void on_parked_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     dispatcher *ds = arg;
+    prune_reason_maps(ds);
     mark_waiting(ds);
     take_back_spilled(ds);
     if (!ds->parked)
@@ -876,6 +900,51 @@ static void on_results_autoclaimed(wc_redis *r, redisReply *reply, void *arg)
     on_autoclaimed(ds, reply, ds->results_claim_cursor, sizeof ds->results_claim_cursor);
 }
 
+/* Consumers of dispatchers that are gone (each start has a new name) are
+ * removed from the groups once they hold nothing and have been idle for
+ * WACAST_CONSUMER_GONE_MS; else the groups grow with every restart. */
+static void on_consumers(dispatcher *ds, redisReply *reply, const char *stream, const char *group)
+{
+    if (!dispatcher_reply_ok(ds, reply) || reply->type != REDIS_REPLY_ARRAY)
+        return;
+    for (size_t i = 0; i < reply->elements; i++) {
+        redisReply *c = reply->element[i];
+        const char *name = NULL;
+        long long pending = -1, idle = -1;
+        for (size_t k = 0; c->type == REDIS_REPLY_ARRAY && k + 1 < c->elements; k += 2) {
+            redisReply *key = c->element[k], *val = c->element[k + 1];
+            if (key->type != REDIS_REPLY_STRING)
+                continue;
+            if (!strcmp(key->str, "name") && val->type == REDIS_REPLY_STRING)
+                name = val->str;
+            else if (!strcmp(key->str, "pending") && val->type == REDIS_REPLY_INTEGER)
+                pending = val->integer;
+            else if (!strcmp(key->str, "idle") && val->type == REDIS_REPLY_INTEGER)
+                idle = val->integer;
+        }
+        if (!name || pending != 0 || idle < ds->cfg.consumer_gone_ms ||
+            !strcmp(name, ds->cfg.c.instance_id))
+            continue;
+        if (wc_redis_command(ds->d.redis, on_void, ds, "XGROUP DELCONSUMER %s %s %s", stream, group,
+                             name) < 0)
+            ds->m.redis_errors++;
+        else
+            ds->m.consumers_removed++;
+    }
+}
+
+static void on_jobs_consumers(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    on_consumers(arg, reply, WC_KEY_JOBS, WC_GROUP_DISPATCH);
+}
+
+static void on_results_consumers(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    on_consumers(arg, reply, WC_KEY_RESULTS, WC_GROUP_SINK);
+}
+
 static void on_claim_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -884,6 +953,14 @@ static void on_claim_timer(evutil_socket_t fd, short what, void *arg)
     if (!wc_redis_ready(ds->d.redis))
         return;
     touch_parked(ds);
+    /* Looked for every tenth of that time (the claim timer runs every 5 s). */
+    unsigned every = (unsigned)(ds->cfg.consumer_gone_ms / 10 / 5000);
+    if (++ds->claim_rounds % (every ? every : 1) == 0 &&
+        (wc_redis_command(ds->d.redis, on_jobs_consumers, ds, "XINFO CONSUMERS %s %s", WC_KEY_JOBS,
+                          WC_GROUP_DISPATCH) < 0 ||
+         wc_redis_command(ds->d.redis, on_results_consumers, ds, "XINFO CONSUMERS %s %s",
+                          WC_KEY_RESULTS, WC_GROUP_SINK) < 0))
+        ds->m.redis_errors++;
     char idle[32];
     snprintf(idle, sizeof idle, "%ld", ds->cfg.claim_idle_ms);
     if (wc_redis_command(ds->d.redis, on_jobs_autoclaimed, ds,

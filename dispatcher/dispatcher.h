@@ -25,6 +25,7 @@ typedef struct dispatcher_cfg {
     long refresh_ms;
     long online_grace_ms;
     long claim_idle_ms;
+    long consumer_gone_ms;
     long idempotency_ttl_s;
     char *admin_token;
     char *meta_app_secret;
@@ -59,7 +60,8 @@ typedef struct dispatcher_cfg {
     X(results_unwritable, "dead-lettered results whose safe form was refused too")                 \
     X(jobs_spilled, "jobs let go from memory (still pending) because their user had too many"      \
                     " waiting")                                                                    \
-    X(jobs_already_held, "pending entries read again while held, not taken twice")
+    X(jobs_already_held, "pending entries read again while held, not taken twice")                 \
+    X(consumers_removed, "consumers of gone dispatchers removed from the groups")
 
 typedef struct dispatcher_metrics {
 #define X(name, help) uint64_t name;
@@ -108,8 +110,10 @@ typedef struct dispatcher {
     size_t nparked;
     bool parked_due; /* the parked jobs' retry came while a batch was routing */
     route_batch *routing;
-    wc_map waiting; /* campaign id -> last time (mono s) we wrote its "waiting" reason */
-    wc_map clean;   /* campaign ids whose "waiting" reason we cleared (or never set) */
+    wc_map waiting;           /* campaign id -> last time (mono s) we wrote its "waiting" reason */
+    wc_map clean;             /* campaign ids whose "waiting" reason we cleared (or never set) */
+    unsigned claim_rounds;    /* some of them also remove consumers that are gone */
+    int64_t reasons_pruned_s; /* mono s: the last time waiting/clean were pruned */
     bool waiting_busy, window_busy;
     struct event *window_timer;
     /* sink */

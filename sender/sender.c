@@ -1500,13 +1500,19 @@ static void park_paused(device *dv, const uint8_t *payload, size_t len)
     set_state(dv, DEV_CLAIMING);
     const char *argv[] = {"XADD", key, "*", "j", (const char *)payload};
     size_t lens[] = {4, strlen(key), 1, 1, len};
-    if (wc_redis_command(f->d.redis, on_void_device, dv, "SADD wacast:paused:index %s",
-                         dv->job->campaign_id) < 0 ||
-        wc_redis_commandv(f->d.redis, on_parked, dv, 5, argv, lens) < 0) {
+    if (wc_redis_commandv(f->d.redis, on_parked, dv, 5, argv, lens) < 0) {
         dv->pel_mode = true;
         free_job(dv);
         set_state(dv, DEV_IDLE);
+        return;
     }
+    /* The index entry goes after the entry itself: the dispatcher forgets a
+     * campaign whose paused stream it found empty, and an index entry added
+     * before our XADD could be forgotten after it (the entry would then sit
+     * unseen). Added after, it is either seen with the entry or re-added. */
+    if (wc_redis_command(f->d.redis, on_void_device, dv, "SADD wacast:paused:index %s",
+                         dv->job->campaign_id) < 0)
+        f->m.redis_errors++;
 }
 
 /* Decides what to do with a job just read: hold it, drop it, or claim it. */

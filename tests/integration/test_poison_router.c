@@ -13,7 +13,8 @@
  *   3. The dispatcher is killed with -9 and a new one starts: it takes over
  *      the dead one's pending entries (XAUTOCLAIM, going on from where each
  *      call stopped), again without copies; Y's third campaign finishes.
- * At the end all 20,000 of X's jobs are still on the stream, none lost. */
+ * At the end all 20,000 of X's jobs are still on the stream, none lost, and
+ * the dead dispatcher's consumer, holding nothing, has left the sinks group. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -107,10 +108,10 @@ static int setup(void **state)
 
     dport = wt_free_port();
     snprintf(port_env, sizeof port_env, "PORT=%d", dport);
-    static const char *base[] = {"WACAST_LOG_LEVEL=info",       "WACAST_POLL_MS=200",
-                                 "WACAST_LEASE_TTL_MS=3000",    "WACAST_DEVICE_REFRESH_MS=500",
-                                 "WACAST_RECONCILE_MS=2000",    "WACAST_CLAIM_IDLE_MS=3000",
-                                 "WACAST_PARKED_USER_MAX=5000", NULL};
+    static const char *base[] = {
+        "WACAST_LOG_LEVEL=info",        "WACAST_POLL_MS=200",           "WACAST_LEASE_TTL_MS=3000",
+        "WACAST_DEVICE_REFRESH_MS=500", "WACAST_RECONCILE_MS=2000",     "WACAST_CLAIM_IDLE_MS=3000",
+        "WACAST_PARKED_USER_MAX=5000",  "WACAST_CONSUMER_GONE_MS=5000", NULL};
     for (int i = 0; base[i]; i++)
         daemon_env[i] = base[i];
     dispatcher_pid = spawn_dispatcher("dispatcher-1");
@@ -206,6 +207,15 @@ static long x_jobs_on_stream(void)
     return n;
 }
 
+static bool one_sink_consumer(void *arg)
+{
+    (void)arg;
+    redisReply *r = redisCommand(rc, "XINFO CONSUMERS wacast:results sinks");
+    bool one = r && r->type == REDIS_REPLY_ARRAY && r->elements == 1;
+    freeReplyObject(r);
+    return one;
+}
+
 static void test_backlog_of_one_user_neither_blocks_nor_multiplies(void **state)
 {
     (void)state;
@@ -241,6 +251,9 @@ static void test_backlog_of_one_user_neither_blocks_nor_multiplies(void **state)
     assert_true(taken > 0);
     assert_true(max_waiting <= X_CAP + Y_LEADS); /* X's bound, and Y's jobs of a moment */
     assert_int_equal(x_jobs_on_stream(), X_JOBS);
+    /* The dead dispatcher's sink consumer held nothing: it leaves the group. */
+    if (!wt_wait_for(one_sink_consumer, NULL, 60000))
+        fail_msg("the gone dispatcher's consumer stayed in the sinks group");
 }
 
 int main(void)
