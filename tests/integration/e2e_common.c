@@ -244,3 +244,24 @@ void random_hex(char *out, size_t bytes)
     for (size_t i = 0; i < bytes; i++)
         snprintf(out + 2 * i, 3, "%02x", raw[i]);
 }
+
+double e2e_metric(int port, const char *name)
+{
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/metrics", port);
+    resp r;
+    double v = -1;
+    if (http("GET", url, NULL, 0, NULL, &r) == 200) {
+        size_t n = strlen(name);
+        for (const char *p = r.body; p && *p;) {
+            if (!strncmp(p, name, n) && p[n] == ' ') {
+                v = strtod(p + n + 1, NULL);
+                break;
+            }
+            p = strchr(p, '\n');
+            p = p ? p + 1 : NULL;
+        }
+    }
+    resp_free(&r);
+    return v;
+}

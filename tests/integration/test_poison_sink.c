@@ -118,23 +118,7 @@ static int teardown(void **state)
 
 static double metric(const char *name)
 {
-    char url[128];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/metrics", dport);
-    resp r;
-    double v = -1;
-    if (http("GET", url, NULL, 0, NULL, &r) == 200) {
-        size_t n = strlen(name);
-        for (const char *p = r.body; p && *p;) {
-            if (!strncmp(p, name, n) && p[n] == ' ') {
-                v = strtod(p + n + 1, NULL);
-                break;
-            }
-            p = strchr(p, '\n');
-            p = p ? p + 1 : NULL;
-        }
-    }
-    resp_free(&r);
-    return v;
+    return e2e_metric(dport, name);
 }
 
 /* Appends one result to the results stream, as a sender or a webhook would. */
