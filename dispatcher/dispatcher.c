@@ -67,7 +67,7 @@ static const wc_cfg_entry cfg_table[] = {
      "a consumer holding nothing and idle this long (a dispatcher that is gone) leaves its groups",
      offsetof(dispatcher_cfg, consumer_gone_ms), 1000, 86400000, false},
     {"WACAST_IDEMPOTENCY_TTL_S", WC_CFG_INT, "604800", "how long a message's marker is kept",
-     offsetof(dispatcher_cfg, idempotency_ttl_s), 60, 31536000, false},
+     offsetof(dispatcher_cfg, idempotency_ttl_s), 2, 31536000, false},
     {"WACAST_ADMIN_TOKEN", WC_CFG_STR, "",
      "bearer token of the admin API (/admin/...); empty disables it",
      offsetof(dispatcher_cfg, admin_token), 1, 0, true},

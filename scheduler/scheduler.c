@@ -49,6 +49,7 @@ typedef struct scheduler_cfg {
     char *default_country;
     long reconcile_ms;
     long reconcile_after_s;
+    long idempotency_ttl_s;
     long max_message_bytes;
     long inflight;
     long feed_ms;
@@ -78,6 +79,11 @@ static const wc_cfg_entry cfg_table[] = {
     {"WACAST_RECONCILE_AFTER_S", WC_CFG_INT, "120",
      "a message pending this long in a running campaign is published again",
      offsetof(scheduler_cfg, reconcile_after_s), 1, 86400, false},
+    {"WACAST_IDEMPOTENCY_TTL_S", WC_CFG_INT, "604800",
+     "how long a message's marker is kept (the reconciler renews the markers of messages still"
+     " queued, so a long wait in an outbox never outlives it; keep it above"
+     " WACAST_RECONCILE_AFTER_S)",
+     offsetof(scheduler_cfg, idempotency_ttl_s), 2, 31536000, false},
     {"WACAST_MAX_MESSAGE_BYTES", WC_CFG_INT, "4096", "longest rendered message",
      offsetof(scheduler_cfg, max_message_bytes), 16, 65536, false},
     {"WACAST_CAMPAIGN_INFLIGHT", WC_CFG_INT, "10000",
@@ -103,6 +109,7 @@ static const wc_cfg_entry cfg_table[] = {
     X(refusals_not_lead_data, "expansions stopped: a row holding no lead data was refused")        \
     X(messages_published, "messages published to the jobs stream")                                 \
     X(messages_republished, "messages published again by the reconciler")                          \
+    X(markers_renewed, "markers of messages still travelling renewed by the reconciler")           \
     X(backpressure_waits, "times publishing waited for the jobs stream to drain")                  \
     X(feed_rounds, "feeder rounds that published messages")                                        \
     X(redis_errors, "Redis commands that failed")                                                  \
@@ -955,7 +962,13 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
  *                         is dropped by the marker downstream)
  *   queued, "d:..."       the outcome is known but its result was lost: put
  *                         the result on the results stream again
- *   queued, "r:"/"c:"     still travelling (an outbox, a send): leave it
+ *   queued, "r:"/"c:"     still travelling (an outbox, a send): its marker
+ *                         is renewed to the full WACAST_IDEMPOTENCY_TTL_S, so
+ *                         a message that waits in an outbox longer than that
+ *                         (a slow device behind many campaigns) is never
+ *                         taken for lost and published again, which would
+ *                         leave a copy to be sent once the first copy's
+ *                         outcome marker has expired
  *
  * The statement that picks the candidates also moves their updated_at to now
  * (FOR UPDATE SKIP LOCKED): a row is looked at again only after another
@@ -1029,6 +1042,15 @@ static void on_markers(wc_redis *r, redisReply *reply, void *arg)
             size_t lens[] = {4, strlen(WC_KEY_RESULTS), 1, 1, m->len - 2};
             if (wc_redis_commandv(r, on_result_replayed, s, 5, argv, lens) < 0)
                 s->m.redis_errors++;
+        } else {
+            char key[64], ttl[32];
+            wc_key_msg(key, sizeof key, strtoll(PQgetvalue(rc->rows, i, 0), NULL, 10));
+            snprintf(ttl, sizeof ttl, "%ld", s->cfg.idempotency_ttl_s);
+            const char *argv[] = {"EXPIRE", key, ttl};
+            if (wc_redis_commandv(r, on_result_replayed, s, 3, argv, NULL) < 0)
+                s->m.redis_errors++;
+            else
+                s->m.markers_renewed++;
         }
     }
     if (npublish && wc_publish_rows(r, rc->rows, rc->publish, 0, on_reconcile_published, s) < 0)

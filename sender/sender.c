@@ -79,7 +79,7 @@ static const wc_cfg_entry cfg_table[] = {
     {"WACAST_RETRY_BASE_MS", WC_CFG_INT, "1000", "first retry back-off (doubles, with jitter)",
      offsetof(sender_cfg, retry_base_ms), 1, 3600000, false},
     {"WACAST_IDEMPOTENCY_TTL_S", WC_CFG_INT, "604800", "how long a message's marker is kept",
-     offsetof(sender_cfg, idempotency_ttl_s), 60, 31536000, false},
+     offsetof(sender_cfg, idempotency_ttl_s), 2, 31536000, false},
     {"WACAST_STOP_TIMEOUT_MS", WC_CFG_INT, "10000", "longest wait for in-flight sends at SIGTERM",
      offsetof(sender_cfg, stop_timeout_ms), 0, 600000, false},
     {"WACAST_SIM_LATENCY_MS", WC_CFG_INT, "0", "simulated devices: provider latency",
