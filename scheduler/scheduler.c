@@ -64,7 +64,8 @@ static const wc_cfg_entry cfg_table[] = {
     {"WACAST_BATCH", WC_CFG_INT, "2000", "leads expanded per statement",
      offsetof(scheduler_cfg, batch), 1, 100000, false},
     {"WACAST_JOBS_MAX", WC_CFG_INT, "200000",
-     "publishing pauses while the jobs stream holds more entries than this",
+     "publishing pauses while more jobs than this wait on the jobs stream for a router to read"
+     " them",
      offsetof(scheduler_cfg, jobs_max), 100, 100000000, false},
     {"WACAST_CLAIM_STALE_S", WC_CFG_INT, "60", "a campaign claim untouched this long is taken over",
      offsetof(scheduler_cfg, claim_stale_s), 5, 86400, false},
@@ -1241,6 +1242,17 @@ static void on_feed_rows(wc_pg *pg, PGresult *res, const char *err, void *arg)
     }
 }
 
+/* Jobs no router has read yet: the stream's length less the entries routers
+ * hold unacknowledged. Those held are jobs waiting for a device of their
+ * user (bounded per user by the router): counting them would let one user
+ * whose devices are away stop the publishing of every user's campaigns.
+ * KEYS[1] jobs stream, ARGV[1] the routers' group. */
+static const char *UNREAD_SCRIPT =
+    "local n = redis.call('XLEN', KEYS[1]) "
+    "local ok, p = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1]) "
+    "if ok and type(p) == 'table' and tonumber(p[1]) then n = n - tonumber(p[1]) end "
+    "return n";
+
 static void on_feed_len(wc_redis *r, redisReply *reply, void *arg)
 {
     (void)r;
@@ -1298,7 +1310,8 @@ static void on_feed_timer(evutil_socket_t fd, short what, void *arg)
     scheduler *s = arg;
     if (s->feeding || s->d.stopping || !wc_redis_ready(s->d.redis))
         return;
-    if (wc_redis_command(s->d.redis, on_feed_len, s, "XLEN %s", WC_KEY_JOBS) == 0)
+    const char *argv[] = {"EVAL", UNREAD_SCRIPT, "1", WC_KEY_JOBS, WC_GROUP_DISPATCH};
+    if (wc_redis_commandv(s->d.redis, on_feed_len, s, 5, argv, NULL) == 0)
         s->feeding = true;
 }
 

@@ -3,7 +3,9 @@
  * user X has 20,000 jobs on the jobs stream and no device (they wait,
  * unacknowledged); user Y runs campaigns on sim devices.
  *   1. The router holds at most WACAST_PARKED_USER_MAX (5,000) of X's jobs in
- *      memory and keeps reading: Y's first campaign finishes.
+ *      memory and keeps reading: Y's first campaign finishes. The scheduler's
+ *      back-pressure (WACAST_JOBS_MAX, 1,000 here) counts only jobs no
+ *      router has read: X's 20,000 waiting ones do not stop Y's publishing.
  *   2. Every Redis connection is killed (CLIENT KILL): the router reads its
  *      pending list again from the start. Before the fix it parked the same
  *      first 500 entries again as copies on every read, never got past them
@@ -108,10 +110,11 @@ static int setup(void **state)
 
     dport = wt_free_port();
     snprintf(port_env, sizeof port_env, "PORT=%d", dport);
-    static const char *base[] = {
-        "WACAST_LOG_LEVEL=info",        "WACAST_POLL_MS=200",           "WACAST_LEASE_TTL_MS=3000",
-        "WACAST_DEVICE_REFRESH_MS=500", "WACAST_RECONCILE_MS=2000",     "WACAST_CLAIM_IDLE_MS=3000",
-        "WACAST_PARKED_USER_MAX=5000",  "WACAST_CONSUMER_GONE_MS=5000", NULL};
+    static const char *base[] = {"WACAST_LOG_LEVEL=info",       "WACAST_POLL_MS=200",
+                                 "WACAST_LEASE_TTL_MS=3000",    "WACAST_DEVICE_REFRESH_MS=500",
+                                 "WACAST_RECONCILE_MS=2000",    "WACAST_CLAIM_IDLE_MS=3000",
+                                 "WACAST_PARKED_USER_MAX=5000", "WACAST_CONSUMER_GONE_MS=5000",
+                                 "WACAST_JOBS_MAX=1000",        NULL};
     for (int i = 0; base[i]; i++)
         daemon_env[i] = base[i];
     dispatcher_pid = spawn_dispatcher("dispatcher-1");
