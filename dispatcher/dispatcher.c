@@ -209,10 +209,15 @@ static void clear_devices(dispatcher *ds)
         free(u->ids);
         free(u);
     }
+    for (size_t i = 0; i < ds->numbers.cap; i++)
+        if (wc_map_live(&ds->numbers, i))
+            free(ds->numbers.slots[i].value);
     wc_map_free(&ds->users);
     wc_map_free(&ds->online);
+    wc_map_free(&ds->numbers);
     wc_map_init(&ds->users);
     wc_map_init(&ds->online);
+    wc_map_init(&ds->numbers);
 }
 
 static void on_devices(wc_pg *pg, PGresult *res, const char *err, void *arg)
@@ -254,6 +259,12 @@ static void on_devices(wc_pg *pg, PGresult *res, const char *err, void *arg)
         u->ids[u->n++] = strdup(id);
         if (wc_map_put(&ds->online, id, (void *)1) < 0)
             abort();
+        const char *number = PQgetvalue(res, r, 2);
+        if (number[0] && !wc_map_get(&ds->numbers, number)) {
+            char *copy = strdup(id);
+            if (!copy || wc_map_put(&ds->numbers, number, copy) < 0)
+                abort();
+        }
     }
     wc_map_free(&cursors);
     if (!ds->devices_loaded) {
@@ -274,7 +285,8 @@ static void on_refresh(evutil_socket_t fd, short what, void *arg)
     snprintf(grace, sizeof grace, "%f", ds->cfg.online_grace_ms / 1000.0);
     const char *params[] = {grace};
     if (wc_pg_query(ds->d.pg,
-                    "SELECT id, user_id FROM user_devices WHERE status = 'online' "
+                    "SELECT id, user_id, coalesce(settings->>'phone_number_id', '')"
+                    " FROM user_devices WHERE status = 'online' "
                     "AND last_seen > now() - make_interval(secs => $1::float8) "
                     "AND (resting_until IS NULL OR resting_until <= now()) ORDER BY user_id, id",
                     1, params, on_devices, ds) == 0)
@@ -1020,6 +1032,7 @@ int main(int argc, char **argv)
                    metrics, &ds);
     wc_map_init(&ds.users);
     wc_map_init(&ds.online);
+    wc_map_init(&ds.numbers);
     wc_map_init(&ds.waiting);
     wc_map_init(&ds.clean);
     wc_map_init(&ds.held);
@@ -1076,6 +1089,7 @@ int main(int argc, char **argv)
     clear_devices(&ds);
     wc_map_free(&ds.users);
     wc_map_free(&ds.online);
+    wc_map_free(&ds.numbers);
     wc_map_free(&ds.waiting);
     wc_map_free(&ds.clean);
     wc_map_free(&ds.held);

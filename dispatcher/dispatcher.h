@@ -95,8 +95,9 @@ typedef struct dispatcher {
     dispatcher_cfg cfg;
     dispatcher_metrics m;
     wc_redis *jobs_rd, *results_rd;
-    wc_map users;  /* user_id -> user_devices */
-    wc_map online; /* device_id -> (void *)1 */
+    wc_map users;   /* user_id -> user_devices */
+    wc_map online;  /* device_id -> (void *)1 */
+    wc_map numbers; /* a Cloud API phone_number_id -> its online device's id (owned) */
     bool devices_loaded, refreshing;
     /* router */
     bool jobs_reading, jobs_pel, jobs_read_pel; /* read_pel: the read in flight is of our PEL */

@@ -186,9 +186,13 @@ static int body_writes(dispatcher *ds, int provider, const char *body, size_t le
             long long id = e->callback_data ? strtoll(e->callback_data, &end, 10) : 0;
             res.message_id = end && *end == '\0' && id > 0 ? id : 0;
             res.provider_message_id = e->provider_id;
-            /* The sim names the device itself as the receiving number. */
+            /* The sim names the device itself as the receiving number; the
+             * Cloud API its phone_number_id, whose device the row then
+             * names (a send whose reply was lost has no other report). */
             if (e->receiver && strlen(e->receiver) == 36 && e->receiver[8] == '-')
                 res.device_id = e->receiver;
+            else if (e->receiver && wc_map_get(&ds->numbers, e->receiver))
+                res.device_id = wc_map_get(&ds->numbers, e->receiver);
             res.status = map_status(e->status);
             res.at_us = event_time_us(e->timestamp);
             char code[32] = "";

@@ -289,8 +289,12 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userdata)
 
 /* curl calls this once the connection is ready (connected or reused, TLS
  * done) and just before it writes the request: from here on the server may
- * see it. A reused connection that died makes curl connect again and call
- * this again; the flag stays set, which errs on the side of "maybe sent". */
+ * see it. When a reused connection breaks after the request went out with
+ * no answer yet, curl sends the request again on a new connection by itself
+ * and calls this again: a second call is refused, so a request goes out at
+ * most once per call (a POST that the server took before the break would
+ * otherwise be taken twice, e.g. a WhatsApp message sent twice). The call
+ * then fails as maybe sent, and its caller decides. */
 static int on_prereq(void *clientp, char *primary_ip, char *local_ip, int primary_port,
                      int local_port)
 {
@@ -299,6 +303,8 @@ static int on_prereq(void *clientp, char *primary_ip, char *local_ip, int primar
     (void)primary_port;
     (void)local_port;
     wc_httpc_call *call = clientp;
+    if (call->request_started)
+        return CURL_PREREQFUNC_ABORT;
     call->request_started = true;
     return CURL_PREREQFUNC_OK;
 }

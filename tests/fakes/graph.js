@@ -548,7 +548,10 @@ function createGraphFake(userConfig = {}) {
         const rule = takeRule(pnid, waId);
         if (rule) {
             if (rule.delay_ms) await timers.sleep(rule.delay_ms);
-            if (rule.drop) return res.destroy();
+            // drop: true resets before the message is taken; "after_accept"
+            // takes it (record, status webhooks) and resets instead of answering,
+            // as when a connection breaks after Meta accepted a send.
+            if (rule.drop === true) return res.destroy();
             if (rule.mode !== 'webhook' && (rule.code !== undefined || rule.status !== undefined)) {
                 const code = rule.code ?? (rule.status === 503 ? 2 : 1);
                 return reject(res, metaError(code, rule));
@@ -578,11 +581,13 @@ function createGraphFake(userConfig = {}) {
         sent.push(rec);
         byId.set(rec.id, rec);
         counters.accepted++;
-        sendJson(res, 200, {
-            messaging_product: 'whatsapp',
-            contacts: [{ input: body.to, wa_id: waId }],
-            messages: [{ id: rec.id, ...(body.type === 'template' ? { message_status: 'accepted' } : {}) }],
-        });
+        if (rule && rule.drop === 'after_accept') res.destroy();
+        else
+            sendJson(res, 200, {
+                messaging_product: 'whatsapp',
+                contacts: [{ input: body.to, wa_id: waId }],
+                messages: [{ id: rec.id, ...(body.type === 'template' ? { message_status: 'accepted' } : {}) }],
+            });
         if (rule && rule.mode === 'webhook') {
             // Meta reports some failures only later, as a "failed" status.
             const code = rule.code ?? 131026;
@@ -670,7 +675,7 @@ function createGraphFake(userConfig = {}) {
             title: b.title,
             mode: b.mode === 'webhook' ? 'webhook' : 'response',
             delay_ms: b.delay_ms,
-            drop: !!b.drop,
+            drop: b.drop === 'after_accept' ? 'after_accept' : !!b.drop,
             times,
             remaining: times,
             hits: 0,

@@ -26,7 +26,9 @@
  *    expired token (190) takes the device 'offline' with a reason, and its
  *    messages are neither lost (none fails during an 8 s outage, longer than
  *    3 attempts' back-off) nor sent twice: they go out once the token is
- *    replaced; 131048 and 368 mark the device 'blocked' with a reason;
+ *    replaced; 131048 and 368 mark the device 'blocked' with a reason; a
+ *    connection reset after Meta took a message leaves it in doubt, settled
+ *    by its status webhook, and it is not sent a second time;
  * 4. a STOP reply (inbound webhook) opts the lead out, and the next campaigns
  *    skip both it and the 131050 lead while everyone else gets one more
  *    message. */
@@ -231,6 +233,7 @@ typedef enum {
     L_FAIL_131050,
     L_RETRY, /* transient errors, then one send */
     L_BLOCK, /* the device gets restricted */
+    L_RESET, /* the connection resets after Meta took the message: in doubt, not sent again */
     L_TOKEN, /* on the device whose token expires */
 } lead_kind;
 
@@ -486,6 +489,7 @@ static int setup_world(void)
     add_lead(1, e3, L_RETRY, "\"status\": 503, \"times\": 2", 2, NULL);
     add_lead(1, e3, L_RETRY, "\"code\": 131056, \"times\": 1", 1, NULL);
     add_lead(1, e3, L_NORMAL, NULL, 0, NULL);
+    add_lead(1, e1, L_RESET, "\"drop\": \"after_accept\", \"times\": 1", 0, NULL);
     for (int i = 0; i < 3; i++)
         add_lead(1, dev_t1, L_TOKEN, NULL, 0, NULL);
     add_lead(1, dev_s1, L_BLOCK, "\"code\": 131048, \"times\": 1", 0, "131048");
@@ -1040,6 +1044,12 @@ static void test_error_codes(void **state)
             ok = sent_ok && got == 1 && attempts == l->retries + 1 &&
                  rule_hits(rules, l->digits) < 0;
             fprintf(stderr, "%s (%s): %s after %d attempts, accepted %d\n", l->digits, l->rule,
+                    status, attempts, got);
+            break;
+        case L_RESET:
+            /* Taken once, its reply lost: the status webhook settles it. */
+            ok = sent_ok && got == 1 && rule_hits(rules, l->digits) < 0;
+            fprintf(stderr, "%s (reset after accept): %s, %d attempts, accepted %d\n", l->digits,
                     status, attempts, got);
             break;
         case L_BLOCK:
