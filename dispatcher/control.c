@@ -239,11 +239,15 @@ static void on_qr_device(wc_pg *pg, PGresult *res, const char *err, void *arg)
         size_t plainlen = 0;
         if (!ds->seal || !sealed ||
             sodium_hex2bin(sealed, hexlen / 2 + 1, hex, hexlen, NULL, &len, NULL) != 0 ||
-            wc_unseal(ds->seal, sealed, len, &plain, &plainlen, why, sizeof why) < 0) {
+            wc_unseal(ds->seal, PQgetvalue(res, 0, 3), sealed, len, &plain, &plainlen, why,
+                      sizeof why) < 0) {
             free(sealed);
             json_decref(settings);
+            char msg[224];
+            snprintf(msg, sizeof msg, "cannot open the device's credentials%s%s",
+                     why[0] ? ": " : "", why);
             wc_http_reply_error(op->req, 500,
-                                ds->seal ? "cannot open the device's credentials"
+                                ds->seal ? msg
                                          : "device credentials are sealed: set WACAST_SECRET_KEY");
             free(op);
             return;
@@ -281,8 +285,8 @@ static void device_qr(dispatcher *ds, struct evhttp_request *req, const char *de
     snprintf(op->device, sizeof op->device, "%s", device);
     const char *params[] = {op->device};
     if (wc_pg_query(ds->d.pg,
-                    "SELECT platform, settings::text, coalesce(encode(credentials, 'hex'), '')"
-                    " FROM user_devices WHERE id = $1",
+                    "SELECT platform, settings::text, coalesce(encode(credentials, 'hex'), ''),"
+                    " id::text FROM user_devices WHERE id = $1",
                     1, params, on_qr_device, op) < 0) {
         wc_http_reply_error(req, 503, "database unavailable");
         free(op);

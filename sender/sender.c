@@ -422,7 +422,7 @@ static json_t *unseal_credentials(device *dv, char *err, size_t errlen, bool *fa
     char *plain = NULL;
     size_t plainlen = 0;
     char why[160];
-    if (wc_unseal(f->seal, sealed, len, &plain, &plainlen, why, sizeof why) < 0) {
+    if (wc_unseal(f->seal, dv->id, sealed, len, &plain, &plainlen, why, sizeof why) < 0) {
         free(sealed);
         snprintf(err, errlen, "cannot open device credentials: %s", why);
         *failed = true;
