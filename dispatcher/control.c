@@ -26,6 +26,7 @@
 #include "dispatcher.h"
 #include "wc_keys.h"
 #include "wc_log.h"
+#include "wc_origin.h"
 #include "wc_gowa.h"
 #include "wc_publish.h"
 #include "wc_seal.h"
@@ -258,8 +259,13 @@ static void on_qr_device(wc_pg *pg, PGresult *res, const char *err, void *arg)
     }
     const char *user = json_string_value(json_object_get(creds, "username"));
     const char *pass = json_string_value(json_object_get(creds, "password"));
+    char why[256];
     if (!base) {
         wc_http_reply_error(op->req, 409, "device settings have no base_url");
+        free(op);
+    } else if (!wc_provider_url_allowed(ds->cfg.provider_hosts, base, why, sizeof why)) {
+        /* The device's password would go there. */
+        wc_http_reply_error(op->req, 409, why);
         free(op);
     } else if (wc_gowa_login_qr(ds->httpc, base, gw_device, user, pass, on_qr, op) < 0) {
         wc_http_reply_error(op->req, 502, "cannot reach the gateway");
@@ -563,6 +569,10 @@ static void on_paused_timer(evutil_socket_t fd, short what, void *arg)
 void control_init(dispatcher *ds)
 {
     char err[256];
+    if (wc_provider_hosts_check(ds->cfg.provider_hosts, err, sizeof err) < 0) {
+        wc_error("%s", err);
+        exit(1);
+    }
     if (getenv(WC_SEAL_KEY_ENV) && getenv(WC_SEAL_KEY_ENV)[0] &&
         wc_seal_init_env(&ds->seal, err, sizeof err) < 0) {
         wc_error("%s", err);

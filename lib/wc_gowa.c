@@ -30,6 +30,7 @@
 #include <sodium.h>
 
 #include "wc_log.h"
+#include "wc_origin.h"
 #include "wc_text.h"
 #include "wc_transport.h"
 
@@ -499,6 +500,11 @@ static void *gw_open(const wc_transport_env *env, const char *device_id, json_t 
     if (!base_url ||
         (strncmp(base_url, "http://", 7) != 0 && strncmp(base_url, "https://", 8) != 0)) {
         snprintf(err, errlen, "gowa: settings.base_url (http:// or https://) is required");
+        return NULL;
+    }
+    char why[256];
+    if (!wc_provider_url_allowed(env->provider_hosts, base_url, why, sizeof why)) {
+        snprintf(err, errlen, "gowa: %s", why);
         return NULL;
     }
     if (gw_device_id && strpbrk(gw_device_id, "\r\n")) {

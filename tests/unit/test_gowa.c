@@ -65,6 +65,7 @@ typedef struct fixture {
     struct evhttp *http;
     int port;
     char base_url[64];
+    char provider_hosts[64]; /* the allow-list: the fake's base URL */
     rec recs[64];
     int nrecs;
     char violations[4096];
@@ -310,6 +311,8 @@ static void *open_device(fixture *fx, const char *password, long timeout_ms)
                                  GW_DEVICE, "timeout_ms", (int)timeout_ms);
     json_t *creds = json_pack("{s:s, s:s}", "username", USER, "password", password);
     char err[256] = "";
+    snprintf(fx->provider_hosts, sizeof fx->provider_hosts, "%s", fx->base_url);
+    fx->env.provider_hosts = fx->provider_hosts;
     void *dev = wc_transport_gowa.open(&fx->env, "wc-dev-1", settings, creds, err, sizeof err);
     if (!dev)
         fail_msg("open: %s", err);
@@ -813,6 +816,7 @@ static void test_classify_reply(void **state)
 static void test_open_validation(void **state)
 {
     fixture *fx = *state;
+    fx->env.provider_hosts = "http://x";
     char err[256];
     json_t *s = json_loads("{\"device_id\":\"x\"}", 0, NULL);
     assert_null(wc_transport_gowa.open(&fx->env, "d", s, NULL, err, sizeof err));
@@ -833,6 +837,39 @@ static void test_open_validation(void **state)
     wc_transport_gowa.close(dev);
     json_decref(s);
     assert_ptr_equal(wc_transport_find("gowa"), &wc_transport_gowa);
+}
+
+/* settings.base_url is the dashboard's to write; the gateway's password goes
+ * only where WACAST_PROVIDER_HOSTS allows. No gateway is allowed by default. */
+static void test_base_url_allow_list(void **state)
+{
+    fixture *fx = *state;
+    char err[256];
+    json_t *s = json_pack("{s:s}", "base_url", fx->base_url);
+    json_t *c = json_pack("{s:s, s:s}", "username", USER, "password", PASS);
+    fx->env.provider_hosts = NULL;
+    assert_null(wc_transport_gowa.open(&fx->env, "d", s, c, err, sizeof err));
+    char want[128];
+    snprintf(want, sizeof want,
+             "gowa: base_url not allowed: http://127.0.0.1:%d (not in WACAST_PROVIDER_HOSTS)",
+             fx->port);
+    assert_string_equal(err, want);
+    fx->env.provider_hosts = "http://127.0.0.1:1,http://localhost:80";
+    assert_null(wc_transport_gowa.open(&fx->env, "d", s, c, err, sizeof err));
+    assert_non_null(strstr(err, "base_url not allowed"));
+    assert_null(strstr(err, PASS));
+    json_decref(s);
+    s = json_pack("{s:s}", "base_url", "http://u:p@127.0.0.1:1");
+    assert_null(wc_transport_gowa.open(&fx->env, "d", s, c, err, sizeof err));
+    assert_non_null(strstr(err, "not a valid"));
+    json_decref(s);
+    json_decref(c);
+    /* Listed: opens and sends to the fake. */
+    void *dev = open_device(fx, PASS, 5000);
+    wc_send_result r = send_one(fx, dev, TO_OK, "hi", NULL);
+    assert_int_equal(r.outcome, WC_SEND_OK);
+    wc_transport_gowa.close(dev);
+    assert_int_equal(fx->nrecs, 1);
 }
 
 typedef struct qr_outcome {
@@ -929,6 +966,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_close_with_request_out, setup, teardown),
         cmocka_unit_test(test_classify_reply),
         cmocka_unit_test_setup_teardown(test_open_validation, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_base_url_allow_list, setup, teardown),
         cmocka_unit_test_setup_teardown(test_login_qr, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
