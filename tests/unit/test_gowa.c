@@ -253,10 +253,32 @@ static void on_request(struct evhttp_request *req, void *arg)
                        "in.\",\"results\":null}");
             return;
         }
-        if (strcmp(r->device, "relative") == 0)
+        /* Devices named for the link the gateway hands back. */
+        static const struct {
+            const char *device, *link; /* %d: the fake's port */
+        } links[] = {
+            {"relative", "/statics/images/qrcode/scan-qr-rel.png"},
+            {"other-port", "http://127.0.0.1:1/statics/images/qrcode/x.png"},
+            {"other-host", "http://localhost:%d/statics/images/qrcode/x.png"},
+            {"other-scheme", "https://127.0.0.1:%d/statics/images/qrcode/x.png"},
+            {"scheme-relative", "//127.0.0.2:%d/statics/images/qrcode/x.png"},
+            {"user-info", "http://u:p@127.0.0.1:%d/statics/images/qrcode/x.png"},
+            {"not-png", "/statics/images/other/page.html"},
+            {"png-type-html-body", "/statics/images/other/fake.png"},
+            {"too-big", "/statics/images/other/huge.png"},
+        };
+        const char *link = NULL;
+        for (size_t i = 0; i < sizeof links / sizeof links[0]; i++)
+            if (strcmp(r->device, links[i].device) == 0)
+                link = links[i].link;
+        char resolved[256];
+        if (link)
+            snprintf(resolved, sizeof resolved, link, fx->port);
+        if (link)
             snprintf(body, sizeof body,
                      "{\"code\":\"SUCCESS\",\"message\":\"Success\",\"results\":{\"qr_duration\":"
-                     "30,\"qr_link\":\"/statics/images/qrcode/scan-qr-rel.png\"}}");
+                     "30,\"qr_link\":\"%s\"}}",
+                     resolved);
         else
             snprintf(body, sizeof body,
                      "{\"code\":\"SUCCESS\",\"message\":\"Success\",\"results\":{\"qr_duration\":"
@@ -266,6 +288,18 @@ static void on_request(struct evhttp_request *req, void *arg)
         reply_json(req, 200, body);
     } else if (strncmp(r->path, "/statics/images/qrcode/", 23) == 0) {
         reply(req, 200, "image/png", PNG, sizeof PNG);
+    } else if (strcmp(r->path, "/statics/images/other/page.html") == 0) {
+        static const char page[] = "<html>internal page</html>";
+        reply(req, 200, "text/html", page, sizeof page - 1);
+    } else if (strcmp(r->path, "/statics/images/other/fake.png") == 0) {
+        static const char page[] = "<html>internal page</html>";
+        reply(req, 200, "image/png", page, sizeof page - 1);
+    } else if (strcmp(r->path, "/statics/images/other/huge.png") == 0) {
+        size_t n = 1024 * 1024 + 1;
+        unsigned char *big = calloc(1, n);
+        memcpy(big, PNG, sizeof PNG);
+        reply(req, 200, "image/png", big, n);
+        free(big);
     } else {
         violation(fx, "unexpected path %s", r->path);
         reply_json(req, 404, "{\"code\":\"404\",\"message\":\"not found\"}");
@@ -933,6 +967,33 @@ static void test_login_qr(void **state)
     assert_false(o.has_error);
     assert_non_null(strstr(o.link, "/statics/images/qrcode/scan-qr-rel.png"));
     assert_string_equal(o.png_b64, want_b64);
+
+    /* A link off the gateway's origin is not fetched, and nothing but a
+     * PNG of at most 1 MiB is handed back. */
+    static const struct {
+        const char *device, *error;
+        int fetches; /* requests the fake sees: the login, and the image when fetched */
+    } refused[] = {
+        {"other-port", "not on the gateway's origin", 1},
+        {"other-host", "not on the gateway's origin", 1},
+        {"other-scheme", "not on the gateway's origin", 1},
+        {"scheme-relative", "not on the gateway's origin", 1},
+        {"user-info", "not on the gateway's origin", 1},
+        {"not-png", "did not answer with a PNG", 2},
+        {"png-type-html-body", "did not answer with a PNG", 2},
+        {"too-big", "larger than", 2},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        int before = fx->nrecs;
+        o = login(fx, c, refused[i].device, PASS);
+        if (!o.has_error || !strstr(o.error, refused[i].error))
+            fail_msg("%s: want an error with \"%s\", got \"%s\"", refused[i].device,
+                     refused[i].error, o.has_error ? o.error : "(none: the image was returned)");
+        assert_null(strstr(o.error, "internal page"));
+        if (fx->nrecs - before != refused[i].fetches)
+            fail_msg("%s: the fake saw %d requests, want %d", refused[i].device, fx->nrecs - before,
+                     refused[i].fetches);
+    }
 
     o = login(fx, c, "busy", PASS);
     assert_true(o.has_error);
