@@ -589,6 +589,32 @@ static void test_credentials_stay_home(void **state)
     assert_int_equal(code, 409);
     assert_non_null(strstr(r.body, "base_url not allowed"));
     resp_free(&r);
+
+    /* Device 0's sealed credentials copied into a device with an allowed
+     * base_url: they are bound to device 0 and do not open there. */
+    res = wt_sql(db,
+                 "INSERT INTO user_devices (user_id, device_name, platform, settings, credentials)"
+                 " SELECT '%s', 'copied', 'gowa', settings, credentials FROM user_devices"
+                 " WHERE id = '%s' RETURNING id",
+                 other_user, devices[0].id);
+    char copied[40];
+    snprintf(copied, sizeof copied, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    if (!wait_sql(
+            20000,
+            "SELECT count(*) = 1 FROM user_devices WHERE id = '%s' AND status = 'offline'"
+            " AND status_reason LIKE 'cannot open device credentials: wrong key or corrupt:%%'",
+            copied)) {
+        wt_dump_logs(&env, 40);
+        fail_msg("credentials sealed for another device opened");
+    }
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/admin/devices/%s/qr", dport, copied);
+    code = http("GET", url, NULL, 0, auth, &r);
+    fprintf(stderr, "QR with copied credentials: %ld %.300s\n", code, r.body ? r.body : "");
+    assert_int_equal(code, 500);
+    assert_non_null(strstr(r.body, "does not open for this device"));
+    assert_null(strstr(r.body, password));
+    resp_free(&r);
 }
 
 static void test_campaign_end_to_end(void **state)
