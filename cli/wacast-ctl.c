@@ -381,8 +381,9 @@ static void usage(FILE *f)
            "                               to the device, and store it as its credentials\n"
            "  reseal                       re-seal every device's credentials with the current\n"
            "                               key, bound to its row (after rotating:\n"
-           "                               WACAST_SECRET_KEY_PREVIOUS=old; after upgrading from\n"
-           "                               the unbound format, before WACAST_SEAL_LEGACY=refuse)\n\n"
+           "                               WACAST_SECRET_KEY_PREVIOUS=old; after upgrading\n"
+           "                               from the unbound format, before\n"
+           "                               WACAST_SEAL_LEGACY=refuse)\n\n"
            "Settings: DATABASE_URL (default postgresql://localhost/wacast).\n");
 }
 
