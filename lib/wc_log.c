@@ -121,7 +121,12 @@ void wc_log_redact_url(const char *url, char *out, size_t outlen)
         return;
     }
     memcpy(work, url ? url : "", len + 1);
-    char *scheme = strstr(work, "://");
+    /* URL form only when the text starts with a scheme: a key/value string
+     * may hold "://" in some value. */
+    size_t scheme_len =
+        strspn(work, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-");
+    char *scheme =
+        scheme_len > 0 && strncmp(work + scheme_len, "://", 3) == 0 ? work + scheme_len : NULL;
     if (scheme) {
         /* URL form: scheme://user:password@host/...?password=... The last
          * '@' ends the credentials: a password may contain '@' or '/' (an

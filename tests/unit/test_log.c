@@ -57,6 +57,9 @@ static void test_keyvalue_form(void **state)
     expect_redacted("host=db sslpassword=s3cr3t password=s3cr3t",
                     "host=db sslpassword=*** password=***");
     expect_redacted("host=db user=password", "host=db user=password");
+    /* A "://" in a value does not make it a URL. */
+    expect_redacted("host=db options='-c x=http://y' password=s3cr3t",
+                    "host=db options='-c x=http://y' password=***");
     expect_redacted("", "");
 }
 
