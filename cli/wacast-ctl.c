@@ -224,7 +224,20 @@ static wc_seal_keys *seal_keys(void)
     return k;
 }
 
-/* Reads a device's credentials (JSON) from stdin, seals them and stores them. */
+/* The device id as the daemons read it (user_devices.id::text), which the
+ * sealed value is bound to; NULL when there is no such device. */
+static char *canonical_device_id(PGconn *c, const char *device)
+{
+    const char *params[] = {device};
+    PGresult *r =
+        exec_or_die(c, "SELECT id::text FROM user_devices WHERE id::text = lower($1)", 1, params);
+    char *id = PQntuples(r) ? strdup(PQgetvalue(r, 0, 0)) : NULL;
+    PQclear(r);
+    return id;
+}
+
+/* Reads a device's credentials (JSON) from stdin, seals them for that device
+ * and stores them. */
 static int cmd_set_credentials(const char *device)
 {
     char buf[16384];
@@ -240,9 +253,18 @@ static int cmd_set_credentials(const char *device)
     }
     json_decref(j);
     wc_seal_keys *k = seal_keys();
+    PGconn *c = connect_db();
+    char *id = canonical_device_id(c, device);
+    if (!id) {
+        sodium_memzero(buf, sizeof buf);
+        PQfinish(c);
+        wc_seal_keys_free(k);
+        fprintf(stderr, "wacast-ctl: no device %s\n", device);
+        return 1;
+    }
     uint8_t *sealed = NULL;
     size_t len = 0;
-    if (wc_seal(k, buf, n, &sealed, &len) < 0) {
+    if (wc_seal(k, id, buf, n, &sealed, &len) < 0) {
         fprintf(stderr, "wacast-ctl: out of memory\n");
         return 1;
     }
@@ -251,8 +273,7 @@ static int cmd_set_credentials(const char *device)
     hex[0] = '\\';
     hex[1] = 'x';
     sodium_bin2hex(hex + 2, len * 2 + 1, sealed, len);
-    PGconn *c = connect_db();
-    const char *params[] = {device, hex};
+    const char *params[] = {id, hex};
     PGresult *r = exec_or_die(
         c, "UPDATE user_devices SET credentials = $2::bytea WHERE id = $1 RETURNING id", 2, params);
     int found = PQntuples(r);
@@ -262,57 +283,78 @@ static int cmd_set_credentials(const char *device)
     free(sealed);
     wc_seal_keys_free(k);
     if (!found) {
-        fprintf(stderr, "wacast-ctl: no device %s\n", device);
+        fprintf(stderr, "wacast-ctl: no device %s\n", id);
+        free(id);
         return 1;
     }
-    printf("credentials of device %s sealed and stored\n", device);
+    printf("credentials of device %s sealed and stored\n", id);
+    free(id);
     return 0;
 }
 
-/* Re-seals every device's credentials with the current key (after rotation). */
+/* Re-seals every device's credentials with the current key, in the current
+ * format bound to the row's id: after a key rotation, and after an upgrade
+ * from the legacy (unbound) format, which it opens whatever
+ * WACAST_SEAL_LEGACY says. A row changed meanwhile (set-credentials) is
+ * left as it is. A value that opens for no key under its row's id (copied
+ * from another row, sealed with a lost key) counts as failed. */
 static int cmd_reseal(void)
 {
     wc_seal_keys *k = seal_keys();
+    char err[160];
+    if (wc_seal_set_legacy(k, "allow", err, sizeof err) < 0)
+        abort();
     PGconn *c = connect_db();
-    PGresult *r = exec_or_die(
-        c, "SELECT id, encode(credentials, 'hex') FROM user_devices WHERE credentials IS NOT NULL",
-        0, NULL);
+    PGresult *r = exec_or_die(c,
+                              "SELECT id::text, encode(credentials, 'hex') FROM user_devices"
+                              " WHERE credentials IS NOT NULL",
+                              0, NULL);
     int done = 0, current = 0, failed = 0;
     for (int i = 0; i < PQntuples(r); i++) {
-        const char *hex = PQgetvalue(r, i, 1);
+        const char *id = PQgetvalue(r, i, 0), *hex = PQgetvalue(r, i, 1);
         size_t hexlen = strlen(hex), len = 0;
         uint8_t *sealed = malloc(hexlen / 2 + 1);
         if (sodium_hex2bin(sealed, hexlen / 2 + 1, hex, hexlen, NULL, &len, NULL) != 0) {
+            fprintf(stderr, "device %s: credentials are not valid sealed bytes\n", id);
             free(sealed);
             failed++;
             continue;
         }
-        if (wc_seal_is_current(k, sealed, len)) {
+        if (wc_seal_is_current(k, id, sealed, len)) {
             free(sealed);
             current++;
             continue;
         }
-        char *plain = NULL, err[160];
+        char *plain = NULL;
         size_t plainlen = 0;
-        if (wc_unseal(k, sealed, len, &plain, &plainlen, err, sizeof err) < 0) {
-            fprintf(stderr, "device %s: %s\n", PQgetvalue(r, i, 0), err);
+        if (wc_unseal(k, id, sealed, len, &plain, &plainlen, err, sizeof err) < 0) {
+            fprintf(stderr, "device %s: %s\n", id, err);
             free(sealed);
             failed++;
             continue;
         }
         uint8_t *fresh = NULL;
         size_t freshlen = 0;
-        if (wc_seal(k, plain, plainlen, &fresh, &freshlen) == 0) {
+        if (wc_seal(k, id, plain, plainlen, &fresh, &freshlen) == 0) {
             char *out = malloc(freshlen * 2 + 3);
             out[0] = '\\';
             out[1] = 'x';
             sodium_bin2hex(out + 2, freshlen * 2 + 1, fresh, freshlen);
-            const char *params[] = {PQgetvalue(r, i, 0), out};
-            PQclear(exec_or_die(c, "UPDATE user_devices SET credentials = $2::bytea WHERE id = $1",
-                                2, params));
+            const char *params[] = {id, out, hex};
+            PGresult *u =
+                exec_or_die(c,
+                            "UPDATE user_devices SET credentials = $2::bytea WHERE id = $1"
+                            " AND credentials = decode($3, 'hex') RETURNING id",
+                            3, params);
+            if (PQntuples(u))
+                done++;
+            else
+                fprintf(stderr, "device %s: credentials changed meanwhile; left as they are\n", id);
+            PQclear(u);
             free(out);
             free(fresh);
-            done++;
+        } else {
+            failed++;
         }
         wc_seal_plain_free(plain, plainlen);
         free(sealed);
@@ -335,10 +377,13 @@ static void usage(FILE *f)
            "  watch CAMPAIGN [TIMEOUT_S]   live progress until the campaign ends\n"
            "  campaigns                    the latest campaigns and their counts\n"
            "  keygen                       print a new WACAST_SECRET_KEY\n"
-           "  set-credentials DEVICE       seal the JSON on stdin with WACAST_SECRET_KEY and\n"
-           "                               store it as the device's credentials\n"
+           "  set-credentials DEVICE       seal the JSON on stdin with WACAST_SECRET_KEY, bound\n"
+           "                               to the device, and store it as its credentials\n"
            "  reseal                       re-seal every device's credentials with the current\n"
-           "                               key (after rotating: WACAST_SECRET_KEY_PREVIOUS=old)\n\n"
+           "                               key, bound to its row (after rotating:\n"
+           "                               WACAST_SECRET_KEY_PREVIOUS=old; after upgrading\n"
+           "                               from the unbound format, before\n"
+           "                               WACAST_SEAL_LEGACY=refuse)\n\n"
            "Settings: DATABASE_URL (default postgresql://localhost/wacast).\n");
 }
 

@@ -26,6 +26,7 @@
 #include "dispatcher.h"
 #include "wc_keys.h"
 #include "wc_log.h"
+#include "wc_origin.h"
 #include "wc_gowa.h"
 #include "wc_publish.h"
 #include "wc_seal.h"
@@ -239,11 +240,15 @@ static void on_qr_device(wc_pg *pg, PGresult *res, const char *err, void *arg)
         size_t plainlen = 0;
         if (!ds->seal || !sealed ||
             sodium_hex2bin(sealed, hexlen / 2 + 1, hex, hexlen, NULL, &len, NULL) != 0 ||
-            wc_unseal(ds->seal, sealed, len, &plain, &plainlen, why, sizeof why) < 0) {
+            wc_unseal(ds->seal, PQgetvalue(res, 0, 3), sealed, len, &plain, &plainlen, why,
+                      sizeof why) < 0) {
             free(sealed);
             json_decref(settings);
+            char msg[224];
+            snprintf(msg, sizeof msg, "cannot open the device's credentials%s%s",
+                     why[0] ? ": " : "", why);
             wc_http_reply_error(op->req, 500,
-                                ds->seal ? "cannot open the device's credentials"
+                                ds->seal ? msg
                                          : "device credentials are sealed: set WACAST_SECRET_KEY");
             free(op);
             return;
@@ -254,8 +259,13 @@ static void on_qr_device(wc_pg *pg, PGresult *res, const char *err, void *arg)
     }
     const char *user = json_string_value(json_object_get(creds, "username"));
     const char *pass = json_string_value(json_object_get(creds, "password"));
+    char why[256];
     if (!base) {
         wc_http_reply_error(op->req, 409, "device settings have no base_url");
+        free(op);
+    } else if (!wc_provider_url_allowed(ds->cfg.provider_hosts, base, why, sizeof why)) {
+        /* The device's password would go there. */
+        wc_http_reply_error(op->req, 409, why);
         free(op);
     } else if (wc_gowa_login_qr(ds->httpc, base, gw_device, user, pass, on_qr, op) < 0) {
         wc_http_reply_error(op->req, 502, "cannot reach the gateway");
@@ -281,8 +291,8 @@ static void device_qr(dispatcher *ds, struct evhttp_request *req, const char *de
     snprintf(op->device, sizeof op->device, "%s", device);
     const char *params[] = {op->device};
     if (wc_pg_query(ds->d.pg,
-                    "SELECT platform, settings::text, coalesce(encode(credentials, 'hex'), '')"
-                    " FROM user_devices WHERE id = $1",
+                    "SELECT platform, settings::text, coalesce(encode(credentials, 'hex'), ''),"
+                    " id::text FROM user_devices WHERE id = $1",
                     1, params, on_qr_device, op) < 0) {
         wc_http_reply_error(req, 503, "database unavailable");
         free(op);
@@ -559,6 +569,10 @@ static void on_paused_timer(evutil_socket_t fd, short what, void *arg)
 void control_init(dispatcher *ds)
 {
     char err[256];
+    if (wc_provider_hosts_check(ds->cfg.provider_hosts, err, sizeof err) < 0) {
+        wc_error("%s", err);
+        exit(1);
+    }
     if (getenv(WC_SEAL_KEY_ENV) && getenv(WC_SEAL_KEY_ENV)[0] &&
         wc_seal_init_env(&ds->seal, err, sizeof err) < 0) {
         wc_error("%s", err);

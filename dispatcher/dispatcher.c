@@ -33,6 +33,7 @@
 #include "wc_keys.h"
 #include "wc_log.h"
 #include "wc_map.h"
+#include "wc_origin.h"
 #include "wc_sql.h"
 
 static const wc_cfg_entry cfg_table[] = {
@@ -87,6 +88,7 @@ static const wc_cfg_entry cfg_table[] = {
     {"WACAST_CANCEL_GRACE_S", WC_CFG_INT, "30",
      "after a cancel, messages still queued this long later are marked cancelled",
      offsetof(dispatcher_cfg, cancel_grace_s), 1, 86400, false},
+    WC_CFG_PROVIDER_HOSTS(dispatcher_cfg, provider_hosts),
 };
 
 struct route_batch {

@@ -33,6 +33,7 @@ typedef struct dispatcher_cfg {
     char *gowa_webhook_secret;
     char *opt_out_words;
     long cancel_grace_s;
+    char *provider_hosts;
 } dispatcher_cfg;
 
 #define DISPATCHER_METRICS(X)                                                                      \

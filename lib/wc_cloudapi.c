@@ -45,6 +45,7 @@
 #include "wc_daemon.h"
 #include "wc_httpc.h"
 #include "wc_log.h"
+#include "wc_origin.h"
 #include "wc_text.h"
 #include "wc_transport.h"
 
@@ -882,6 +883,11 @@ static void *ca_open(const wc_transport_env *env, const char *device_id, json_t 
     }
     if (strncmp(base_url, "https://", 8) != 0 && strncmp(base_url, "http://", 7) != 0) {
         snprintf(err, errlen, "cloudapi: settings.base_url must start with https://");
+        return NULL;
+    }
+    char why[256];
+    if (!wc_provider_url_allowed(env->provider_hosts, base_url, why, sizeof why)) {
+        snprintf(err, errlen, "cloudapi: %s", why);
         return NULL;
     }
     if (!(mps > 0 && mps <= CA_MAX_MPS)) {

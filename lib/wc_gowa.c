@@ -24,12 +24,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <event2/event.h>
 #include <jansson.h>
 #include <sodium.h>
 
 #include "wc_log.h"
+#include "wc_origin.h"
 #include "wc_text.h"
 #include "wc_transport.h"
 
@@ -37,6 +39,8 @@
 #define GW_MAX_BACKOFF_MS 60000
 #define GW_JID_SUFFIX "@s.whatsapp.net"
 #define GW_MAX_IMAGE (16 * 1024 * 1024)
+/* A login QR is a few kilobytes; anything near this is not one. */
+#define GW_MAX_QR_IMAGE (1024 * 1024)
 
 typedef struct gw_send gw_send;
 
@@ -501,6 +505,11 @@ static void *gw_open(const wc_transport_env *env, const char *device_id, json_t 
         snprintf(err, errlen, "gowa: settings.base_url (http:// or https://) is required");
         return NULL;
     }
+    char why[256];
+    if (!wc_provider_url_allowed(env->provider_hosts, base_url, why, sizeof why)) {
+        snprintf(err, errlen, "gowa: %s", why);
+        return NULL;
+    }
     if (gw_device_id && strpbrk(gw_device_id, "\r\n")) {
         snprintf(err, errlen, "gowa: settings.device_id is malformed");
         return NULL;
@@ -595,7 +604,7 @@ static void login_fail(gw_login *l, const char *fmt, ...)
     cb(arg, &qr);
 }
 
-static int login_get(gw_login *l, const char *url, bool with_auth, wc_httpc_cb *cb)
+static int login_get(gw_login *l, const char *url, size_t max_response, wc_httpc_cb *cb)
 {
     const char *headers[] = {l->device_header, NULL};
     wc_httpc_req req = {
@@ -603,11 +612,22 @@ static int login_get(gw_login *l, const char *url, bool with_auth, wc_httpc_cb *
         .url = url,
         .headers = l->device_header ? headers : NULL,
         .timeout_ms = GW_DEFAULT_TIMEOUT_MS,
-        .username = with_auth ? l->user : NULL,
-        .password = with_auth ? l->pass : NULL,
-        .max_response = 4 * 1024 * 1024,
+        .username = l->user,
+        .password = l->pass,
+        .max_response = max_response,
     };
     return wc_httpc_request(l->http, &req, cb, l);
+}
+
+/* The admin API hands the image on to a browser: only a PNG (by its
+ * Content-Type and its signature) goes, never whatever else came back. */
+static bool is_png(const wc_httpc_resp *resp)
+{
+    static const char sig[] = "\x89PNG\r\n\x1a\n";
+    const char *ct = resp->content_type ? resp->content_type : "";
+    size_t n = strcspn(ct, "; \t");
+    return n == 9 && strncasecmp(ct, "image/png", 9) == 0 && resp->body_len >= sizeof sig - 1 &&
+           memcmp(resp->body, sig, sizeof sig - 1) == 0;
 }
 
 static void on_qr_image(void *arg, const wc_httpc_resp *resp)
@@ -619,6 +639,10 @@ static void on_qr_image(void *arg, const wc_httpc_resp *resp)
     }
     if (resp->status != 200 || resp->body_len == 0) {
         login_fail(l, "fetching the QR image: HTTP %ld", resp->status);
+        return;
+    }
+    if (!is_png(resp)) {
+        login_fail(l, "fetching the QR image: the gateway did not answer with a PNG");
         return;
     }
     size_t b64len = sodium_base64_ENCODED_LEN(resp->body_len, sodium_base64_VARIANT_ORIGINAL);
@@ -663,19 +687,22 @@ static void on_login(void *arg, const wc_httpc_resp *resp)
     } else if (!link || !*link) {
         login_fail(l, "gateway: no results.qr_link in the login response");
     } else {
-        /* A relative link is served by the gateway itself. */
-        int n = link[0] == '/' ? asprintf(&l->qr_link, "%s%s", l->base_url, link)
-                               : asprintf(&l->qr_link, "%s", link);
-        if (n < 0) {
-            l->qr_link = NULL;
-            login_fail(l, "out of memory");
+        /* The link is the gateway's word: fetch it (with the gateway's
+         * credentials) only from the gateway's own origin, never from
+         * wherever it points (that would make the dispatcher fetch and
+         * hand back any URL it can reach). A relative link resolves
+         * against the base URL. */
+        wc_origin base, target;
+        l->qr_link = wc_origin_resolve(l->base_url, link);
+        if (!l->qr_link) {
+            login_fail(l, "results.qr_link is not a usable link");
+        } else if (wc_origin_parse(l->base_url, &base, NULL, 0) < 0 ||
+                   wc_origin_parse(l->qr_link, &target, NULL, 0) < 0 ||
+                   !wc_origin_equal(&base, &target)) {
+            login_fail(l, "results.qr_link is not on the gateway's origin; refused");
         } else {
             l->qr_duration = json_is_integer(dur) ? (int)json_integer_value(dur) : 0;
-            /* Send credentials only back to the gateway that asked for them. */
-            size_t blen = strlen(l->base_url);
-            bool same = strncmp(l->qr_link, l->base_url, blen) == 0 &&
-                        (l->qr_link[blen] == '/' || l->qr_link[blen] == '\0');
-            if (login_get(l, l->qr_link, same, on_qr_image) < 0)
+            if (login_get(l, l->qr_link, GW_MAX_QR_IMAGE, on_qr_image) < 0)
                 login_fail(l, "could not start fetching the QR image");
         }
     }
@@ -711,7 +738,7 @@ int wc_gowa_login_qr(wc_httpc *c, const char *base_url, const char *device_id, c
         login_free(l);
         return -1;
     }
-    int rc = login_get(l, url, true, on_login);
+    int rc = login_get(l, url, 4 * 1024 * 1024, on_login);
     free(url);
     if (rc < 0) {
         login_free(l);

@@ -42,10 +42,13 @@ typedef void wc_gowa_qr_cb(void *arg, const wc_gowa_qr *qr);
 
 /* GET {base_url}/app/login (basic auth when user is not NULL, X-Device-Id
  * when device_id is not NULL or ""), then fetches results.qr_link and
- * base64-encodes the image. Arguments are copied. Returns 0 and calls cb
- * exactly once, later (arg must stay valid until then; freeing the client
- * calls it with an error ending in "cancelled"), or -1 when it could not
- * start (cb not called). */
+ * base64-encodes the image. The link is fetched only when it is on the base
+ * URL's origin (scheme, host, port; a relative link resolves against the
+ * base URL), and the image is handed on only when it is a PNG (Content-Type
+ * and signature) of at most 1 MiB; otherwise the callback gets an error.
+ * Arguments are copied. Returns 0 and calls cb exactly once, later (arg
+ * must stay valid until then; freeing the client calls it with an error
+ * ending in "cancelled"), or -1 when it could not start (cb not called). */
 int wc_gowa_login_qr(wc_httpc *c, const char *base_url, const char *device_id, const char *user,
                      const char *pass, wc_gowa_qr_cb *cb, void *arg)
     __attribute__((warn_unused_result));

@@ -2,6 +2,8 @@
 #include "wc_log.h"
 
 #include <stdarg.h>
+#include <stdbool.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -57,42 +59,92 @@ void wc_log_write(int level, const char *fmt, ...)
     }
 }
 
+/* Replaces, in place, the value of every key=value pair whose key is one of
+ * keys by "***". A pair starts at the start of s or after one of `before`;
+ * its value ends at one of `after` (or the end; a value in single quotes
+ * ends at the closing quote). s has room for cap bytes; "***" may be longer
+ * than the value, so the tail moves (and is cut at cap, never the mask). */
+static void mask_pairs(char *s, size_t cap, const char *before, const char *after)
+{
+    static const char *keys[] = {"password", "sslpassword", NULL};
+    for (char *p = s; *p;) {
+        bool at_start = p == s || strchr(before, p[-1]) != NULL;
+        char *val = NULL;
+        for (int k = 0; at_start && !val && keys[k]; k++) {
+            size_t n = strlen(keys[k]);
+            if (strncasecmp(p, keys[k], n) != 0)
+                continue;
+            /* libpq allows spaces around the '='. */
+            char *eq = p + n + strspn(p + n, " \t");
+            if (*eq == '=')
+                val = eq + 1 + strspn(eq + 1, " \t");
+        }
+        if (!val) {
+            p++;
+            continue;
+        }
+        if ((size_t)(val - s) + 4 > cap) { /* no room for the mask: drop the rest */
+            *val = '\0';
+            return;
+        }
+        char *end = val;
+        if (*end == '\'') {
+            for (end++; *end && *end != '\''; end++)
+                if (*end == '\\' && end[1])
+                    end++;
+            if (*end)
+                end++;
+        } else {
+            end += strcspn(end, after);
+        }
+        size_t tail = strlen(end) + 1;
+        if ((size_t)(val - s) + 3 + tail > cap)
+            tail = cap - (size_t)(val - s) - 3; /* cut the tail; the NUL is put back below */
+        memmove(val + 3, end, tail);
+        memcpy(val, "***", 3);
+        s[cap - 1] = '\0';
+        p = val + 3;
+    }
+}
+
 void wc_log_redact_url(const char *url, char *out, size_t outlen)
 {
     if (outlen == 0)
         return;
-    snprintf(out, outlen, "%s", url ? url : "");
-    /* URL form: scheme://user:password@host */
-    char *scheme = strstr(out, "://");
+    /* Masked at full length, then cut: cutting first could cut off the '@'
+     * that marks where a password ends, and print the password. */
+    size_t len = strlen(url ? url : "");
+    size_t cap = len + 3 * 8 + 1;
+    char *work = malloc(cap);
+    if (!work) {
+        snprintf(out, outlen, "%s", "(url not shown)");
+        return;
+    }
+    memcpy(work, url ? url : "", len + 1);
+    /* URL form only when the text starts with a scheme: a key/value string
+     * may hold "://" in some value. */
+    size_t scheme_len =
+        strspn(work, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-");
+    char *scheme =
+        scheme_len > 0 && strncmp(work + scheme_len, "://", 3) == 0 ? work + scheme_len : NULL;
     if (scheme) {
+        /* URL form: scheme://user:password@host/...?password=... The last
+         * '@' ends the credentials: a password may contain '@' or '/' (an
+         * '@' later in the query only masks more). */
         char *userinfo = scheme + 3;
-        /* The last '@' ends the credentials: a password may contain '@' or '/'. */
         char *at = strrchr(userinfo, '@');
         char *colon = strchr(userinfo, ':');
         if (at && colon && colon < at) {
-            char rest[1024];
-            snprintf(rest, sizeof rest, "%s", at);
-            snprintf(colon + 1, outlen - (size_t)(colon + 1 - out), "***%s", rest);
+            memmove(colon + 4, at, strlen(at) + 1);
+            memcpy(colon + 1, "***", 3);
         }
-        return;
+        char *query = strchr(userinfo, '?');
+        if (query)
+            mask_pairs(query + 1, cap - (size_t)(query + 1 - work), "&", "&#");
+    } else {
+        /* libpq key/value form: host=... password=secret sslpassword='a b' */
+        mask_pairs(work, cap, " \t\n", " \t\n");
     }
-    /* key/value form: ... password=secret ... */
-    char *pw = strstr(out, "password=");
-    if (pw) {
-        char *val = pw + strlen("password=");
-        char *end = val;
-        if (*end == '\'') {
-            end++;
-            while (*end && *end != '\'')
-                end++;
-            if (*end)
-                end++;
-        } else {
-            while (*end && *end != ' ')
-                end++;
-        }
-        char rest[1024];
-        snprintf(rest, sizeof rest, "%s", end);
-        snprintf(val, outlen - (size_t)(val - out), "***%s", rest);
-    }
+    snprintf(out, outlen, "%s", work);
+    free(work);
 }

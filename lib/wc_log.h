@@ -28,9 +28,12 @@ void wc_log_write(int level, const char *fmt, ...) __attribute__((format(printf,
 #define wc_warn(...) wc_log(WC_LOG_WARN, __VA_ARGS__)
 #define wc_error(...) wc_log(WC_LOG_ERROR, __VA_ARGS__)
 
-/* Copies url into out with any password replaced by "***"
- * (redis://:secret@host -> redis://:***@host, postgres://u:pw@h -> postgres://u:***@h,
- * and password=... in a libpq key/value string). Always NUL-terminates. */
+/* Copies url into out with every password replaced by "***", whatever its
+ * spelling: redis://:secret@host -> redis://:***@host, postgres://u:pw@h ->
+ * postgres://u:***@h, ?password=... and &sslpassword=... in a URL's query,
+ * and password=... / sslpassword=... in a libpq key/value string. Masks
+ * before cutting to outlen, so a cut never shows part of a password.
+ * Always NUL-terminates. */
 void wc_log_redact_url(const char *url, char *out, size_t outlen);
 
 #endif

@@ -285,6 +285,13 @@ static int url_parse(const char *url, struct redis_url *u, char *err, size_t err
         }
         q += n;
     }
+    if (*q == '?' || *q == '#') {
+        /* Not quoted: a query may hold ?password=... */
+        set_err(err, errlen,
+                "Redis URL query and fragment are not supported (a password goes before the "
+                "host: redis://:password@host)");
+        return -1;
+    }
     if (*q) {
         set_err(err, errlen, "Redis URL has unsupported trailing '%s'", q);
         return -1;

@@ -77,6 +77,9 @@ typedef struct wc_transport_env {
     /* HTTP client shared by the transports that call out (cloudapi, gowa).
      * NULL: each such transport shares one client per event base by itself. */
     struct wc_httpc *httpc;
+    /* WACAST_PROVIDER_HOSTS (wc_origin.h): the base URLs a device's
+     * settings.base_url may name; NULL means the default list. */
+    const char *provider_hosts;
     /* sim defaults, overridable per device in user_devices.settings */
     int sim_latency_ms;
     double sim_failure_rate;

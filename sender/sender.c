@@ -38,6 +38,7 @@
 #include "wc_keys.h"
 #include "wc_log.h"
 #include "wc_map.h"
+#include "wc_origin.h"
 #include "wc_seal.h"
 #include "wc_transport.h"
 
@@ -62,6 +63,7 @@ typedef struct sender_cfg {
     long breaker_failures;
     long breaker_rest_ms;
     long breaker_rest_max_ms;
+    char *provider_hosts;
 } sender_cfg;
 
 static const wc_cfg_entry cfg_table[] = {
@@ -114,6 +116,7 @@ static const wc_cfg_entry cfg_table[] = {
      offsetof(sender_cfg, breaker_rest_ms), 10, 86400000, false},
     {"WACAST_BREAKER_REST_MAX_MS", WC_CFG_INT, "1800000", "longest breaker rest",
      offsetof(sender_cfg, breaker_rest_max_ms), 10, 86400000, false},
+    WC_CFG_PROVIDER_HOSTS(sender_cfg, provider_hosts),
 };
 
 #define SENDER_METRICS(X)                                                                          \
@@ -422,7 +425,7 @@ static json_t *unseal_credentials(device *dv, char *err, size_t errlen, bool *fa
     char *plain = NULL;
     size_t plainlen = 0;
     char why[160];
-    if (wc_unseal(f->seal, sealed, len, &plain, &plainlen, why, sizeof why) < 0) {
+    if (wc_unseal(f->seal, dv->id, sealed, len, &plain, &plainlen, why, sizeof why) < 0) {
         free(sealed);
         snprintf(err, errlen, "cannot open device credentials: %s", why);
         *failed = true;
@@ -2637,7 +2640,12 @@ int main(int argc, char **argv)
         .sim_record_maxlen = f.cfg.sim_record_maxlen,
         .sim_callbacks = f.cfg.sim_callbacks,
         .sim_callback_delay_ms = (int)f.cfg.sim_callback_delay_ms,
+        .provider_hosts = f.cfg.provider_hosts,
     };
+    if (wc_provider_hosts_check(f.cfg.provider_hosts, err, sizeof err) < 0) {
+        fprintf(stderr, "wacast-sender: %s\n", err);
+        return 1;
+    }
     wc_map_init(&f.holds);
     if (getenv(WC_SEAL_KEY_ENV) && getenv(WC_SEAL_KEY_ENV)[0] &&
         wc_seal_init_env(&f.seal, err, sizeof err) < 0) {

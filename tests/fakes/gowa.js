@@ -53,6 +53,7 @@ const DEFAULTS = {
     duplicate_delay_ms: [5, 50],
     seed: 1,
     qr_duration: 30,
+    qr_link_base: null, // null: the gateway's own URL; tests set another origin to play a hostile gateway
     max_body_bytes: 1 << 20,
     max_image_bytes: 16 << 20,
     max_records: 10000,
@@ -402,7 +403,7 @@ function createGowaFake(userConfig = {}) {
         const dev = begin(req, res, url);
         if (!dev) return;
         if (dev.device.state === 'logged_in') return reply(res, 400, 'ALREADY_LOGGED_IN', 'You already logged in :)');
-        const base = selfUrl || `http://${req.headers.host}`;
+        const base = config.qr_link_base || selfUrl || `http://${req.headers.host}`;
         reply(res, 200, 'SUCCESS', 'Success', {
             qr_link: `${base}/statics/qrcode/scan-qr-${crypto.randomUUID()}.png`,
             qr_duration: config.qr_duration,

@@ -317,7 +317,10 @@ static void insert_campaign(int user, const char *title, char *id_out)
 
 static void start_daemons(void)
 {
-    static char port_env[32], key_env[100], app_env[100], verify_env[100], gowa_env[100];
+    static char port_env[32], hosts_env[160], key_env[100], app_env[100], verify_env[100],
+        gowa_env[100];
+    /* The fake is the only provider the daemons may send credentials to. */
+    snprintf(hosts_env, sizeof hosts_env, "WACAST_PROVIDER_HOSTS=%s", graph.base);
     snprintf(port_env, sizeof port_env, "PORT=%d", dport);
     snprintf(key_env, sizeof key_env, "WACAST_SECRET_KEY=%s", secret_key);
     snprintf(app_env, sizeof app_env, "WACAST_META_APP_SECRET=%s", app_secret);
@@ -332,6 +335,7 @@ static void start_daemons(void)
                             "WACAST_ONLINE_GRACE_MS=10000",
                             "WACAST_CLAIM_IDLE_MS=5000",
                             "WACAST_MAX_ATTEMPTS=3",
+                            hosts_env,
                             key_env,
                             app_env,
                             verify_env,

@@ -243,7 +243,9 @@ static void insert_campaign(const char *title, char *id_out)
 
 static void start_daemons(void)
 {
-    static char port_env[32], key_env[100], app_env[100], gowa_env[100];
+    static char port_env[32], hosts_env[160], key_env[100], app_env[100], gowa_env[100];
+    /* The fake is the only provider the daemons may send credentials to. */
+    snprintf(hosts_env, sizeof hosts_env, "WACAST_PROVIDER_HOSTS=%s", gowa.base);
     snprintf(port_env, sizeof port_env, "PORT=%d", dport);
     snprintf(key_env, sizeof key_env, "WACAST_SECRET_KEY=%s", secret_key);
     snprintf(app_env, sizeof app_env, "WACAST_META_APP_SECRET=%s", app_secret);
@@ -257,6 +259,7 @@ static void start_daemons(void)
                             "WACAST_ONLINE_GRACE_MS=10000",
                             "WACAST_CLAIM_IDLE_MS=5000",
                             "WACAST_MAX_ATTEMPTS=3",
+                            hosts_env,
                             key_env,
                             app_env,
                             gowa_env,
@@ -516,6 +519,86 @@ static void test_qr_pairing(void **state)
     /* Without the token: refused. */
     code = http("GET", url, NULL, 0, NULL, &r);
     assert_int_equal(code, 401);
+    resp_free(&r);
+}
+
+/* Credentials stay with the operator's gateways: a gateway that hands back
+ * a link on another origin gets no fetch (and its body is never reflected),
+ * and a device whose base_url is outside WACAST_PROVIDER_HOSTS neither opens
+ * in the sender nor pairs through the dispatcher. */
+static void test_credentials_stay_home(void **state)
+{
+    (void)state;
+    char control[64];
+    snprintf(control, sizeof control, "/_control/devices/%s", devices[0].gowa_id);
+    assert_true(fake_ok(&gowa, "POST", control, "{\"state\": \"logged_out\"}"));
+    /* The gateway's QR link points at the dispatcher's own admin API. */
+    assert_true(fake_ok(&gowa, "POST", "/_control/config",
+                        "{\"qr_link_base\": \"http://127.0.0.1:%d/admin\"}", dport));
+    char url[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/admin/devices/%s/qr", dport, devices[0].id);
+    const char *auth[] = {"Authorization: Bearer gowa-e2e-admin", NULL};
+    resp r;
+    long code = http("GET", url, NULL, 0, auth, &r);
+    fprintf(stderr, "QR with a foreign link: %ld %.300s\n", code, r.body ? r.body : "");
+    assert_int_equal(code, 502);
+    assert_non_null(strstr(r.body, "not on the gateway's origin"));
+    assert_null(strstr(r.body, "qr_png_base64"));
+    resp_free(&r);
+    assert_true(fake_ok(&gowa, "POST", "/_control/config", "{\"qr_link_base\": null}"));
+
+    /* A device of another user whose base_url the dashboard pointed elsewhere. */
+    PGresult *res = wt_sql(db, "INSERT INTO users (name) VALUES ('elsewhere') RETURNING id");
+    char other_user[40];
+    snprintf(other_user, sizeof other_user, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    res = wt_sql(db,
+                 "INSERT INTO user_devices (user_id, device_name, platform, settings) VALUES"
+                 " ('%s', 'elsewhere', 'gowa', '{\"base_url\": \"http://127.0.0.1:1\"}')"
+                 " RETURNING id",
+                 other_user);
+    char other_device[40];
+    snprintf(other_device, sizeof other_device, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    if (!wait_sql(20000,
+                  "SELECT count(*) = 1 FROM user_devices WHERE id = '%s' AND status = 'offline'"
+                  " AND status_reason = 'gowa: base_url not allowed: http://127.0.0.1:1"
+                  " (not in WACAST_PROVIDER_HOSTS)'",
+                  other_device)) {
+        wt_dump_logs(&env, 40);
+        fail_msg("the sender did not refuse the device's base_url");
+    }
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/admin/devices/%s/qr", dport, other_device);
+    code = http("GET", url, NULL, 0, auth, &r);
+    fprintf(stderr, "QR for a base_url not allowed: %ld %.300s\n", code, r.body ? r.body : "");
+    assert_int_equal(code, 409);
+    assert_non_null(strstr(r.body, "base_url not allowed"));
+    resp_free(&r);
+
+    /* Device 0's sealed credentials copied into a device with an allowed
+     * base_url: they are bound to device 0 and do not open there. */
+    res = wt_sql(db,
+                 "INSERT INTO user_devices (user_id, device_name, platform, settings, credentials)"
+                 " SELECT '%s', 'copied', 'gowa', settings, credentials FROM user_devices"
+                 " WHERE id = '%s' RETURNING id",
+                 other_user, devices[0].id);
+    char copied[40];
+    snprintf(copied, sizeof copied, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    if (!wait_sql(
+            20000,
+            "SELECT count(*) = 1 FROM user_devices WHERE id = '%s' AND status = 'offline'"
+            " AND status_reason LIKE 'cannot open device credentials: wrong key or corrupt:%%'",
+            copied)) {
+        wt_dump_logs(&env, 40);
+        fail_msg("credentials sealed for another device opened");
+    }
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/admin/devices/%s/qr", dport, copied);
+    code = http("GET", url, NULL, 0, auth, &r);
+    fprintf(stderr, "QR with copied credentials: %ld %.300s\n", code, r.body ? r.body : "");
+    assert_int_equal(code, 500);
+    assert_non_null(strstr(r.body, "does not open for this device"));
+    assert_null(strstr(r.body, password));
     resp_free(&r);
 }
 
@@ -824,10 +907,9 @@ static void test_logged_out_device(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_campaign_end_to_end),
-        cmocka_unit_test(test_stop_opts_out),
-        cmocka_unit_test(test_logged_out_device),
-        cmocka_unit_test(test_qr_pairing),
+        cmocka_unit_test(test_campaign_end_to_end),   cmocka_unit_test(test_stop_opts_out),
+        cmocka_unit_test(test_logged_out_device),     cmocka_unit_test(test_qr_pairing),
+        cmocka_unit_test(test_credentials_stay_home),
     };
     return cmocka_run_group_tests_name("gowa-e2e", tests, setup, teardown);
 }

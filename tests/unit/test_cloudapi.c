@@ -61,6 +61,7 @@ typedef struct fixture {
     struct evhttp *http;
     int port;
     char base_url[64];
+    char provider_hosts[64]; /* the allow-list: the fake's base URL */
     rec recs[MAX_RECS];
     int nrecs;
     char violations[8192];
@@ -308,6 +309,8 @@ static void *open_device(fixture *fx, const char *pnid, double mps, long timeout
                   "phone_number_id", pnid, "mps", mps, "timeout_ms", (int)timeout_ms);
     json_t *creds = json_pack("{s:s}", "access_token", TOKEN);
     char err[256] = "";
+    snprintf(fx->provider_hosts, sizeof fx->provider_hosts, "%s", fx->base_url);
+    fx->env.provider_hosts = fx->provider_hosts;
     void *dev = wc_transport_cloudapi.open(&fx->env, "dev-1", settings, creds, err, sizeof err);
     if (!dev)
         fail_msg("open: %s", err);
@@ -1043,6 +1046,37 @@ static void test_open_validation(void **state)
     assert_ptr_equal(wc_transport_find("cloudapi"), &wc_transport_cloudapi);
 }
 
+/* settings.base_url is the dashboard's to write; the token goes only where
+ * WACAST_PROVIDER_HOSTS allows. */
+static void test_base_url_allow_list(void **state)
+{
+    fixture *fx = *state;
+    const char *tok = "{\"access_token\":\"secret-token\"}";
+    char settings[256];
+    snprintf(settings, sizeof settings, "{\"phone_number_id\":\"1\",\"base_url\":\"%s\"}",
+             fx->base_url);
+    /* The default list (Meta only) refuses the fake on loopback. */
+    fx->env.provider_hosts = NULL;
+    expect_open_error(fx, settings, tok, "cloudapi: base_url not allowed: http://127.0.0.1:");
+    expect_open_error(fx, settings, tok, "(not in WACAST_PROVIDER_HOSTS)");
+    /* Another host, port or scheme than the listed ones: refused too. */
+    fx->env.provider_hosts = "https://graph.facebook.com, http://127.0.0.1:1";
+    expect_open_error(fx, settings, tok, "base_url not allowed");
+    expect_open_error(fx,
+                      "{\"phone_number_id\":\"1\",\"base_url\":\"https://graph.facebook.com@evil."
+                      "example\"}",
+                      tok, "base_url");
+    expect_open_error(
+        fx, "{\"phone_number_id\":\"1\",\"base_url\":\"https://graph.facebook.com.evil.example\"}",
+        tok, "base_url not allowed: https://graph.facebook.com.evil.example:443");
+    /* Listed: it opens and sends; the fake saw the request. */
+    void *dev = open_device(fx, "1234567890", 80, 5000);
+    wc_send_result r = send_one(fx, dev, 11, TO_OK, "hi", NULL);
+    assert_int_equal(r.outcome, WC_SEND_OK);
+    wc_transport_cloudapi.close(dev);
+    assert_int_equal(fx->nrecs, 1);
+}
+
 static void test_own_http_client(void **state)
 {
     fixture *fx = *state;
@@ -1075,6 +1109,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_close_with_sends_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_validation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_own_http_client, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_base_url_allow_list, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

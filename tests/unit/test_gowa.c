@@ -65,6 +65,7 @@ typedef struct fixture {
     struct evhttp *http;
     int port;
     char base_url[64];
+    char provider_hosts[64]; /* the allow-list: the fake's base URL */
     rec recs[64];
     int nrecs;
     char violations[4096];
@@ -252,10 +253,32 @@ static void on_request(struct evhttp_request *req, void *arg)
                        "in.\",\"results\":null}");
             return;
         }
-        if (strcmp(r->device, "relative") == 0)
+        /* Devices named for the link the gateway hands back. */
+        static const struct {
+            const char *device, *link; /* %d: the fake's port */
+        } links[] = {
+            {"relative", "/statics/images/qrcode/scan-qr-rel.png"},
+            {"other-port", "http://127.0.0.1:1/statics/images/qrcode/x.png"},
+            {"other-host", "http://localhost:%d/statics/images/qrcode/x.png"},
+            {"other-scheme", "https://127.0.0.1:%d/statics/images/qrcode/x.png"},
+            {"scheme-relative", "//127.0.0.2:%d/statics/images/qrcode/x.png"},
+            {"user-info", "http://u:p@127.0.0.1:%d/statics/images/qrcode/x.png"},
+            {"not-png", "/statics/images/other/page.html"},
+            {"png-type-html-body", "/statics/images/other/fake.png"},
+            {"too-big", "/statics/images/other/huge.png"},
+        };
+        const char *link = NULL;
+        for (size_t i = 0; i < sizeof links / sizeof links[0]; i++)
+            if (strcmp(r->device, links[i].device) == 0)
+                link = links[i].link;
+        char resolved[256];
+        if (link)
+            snprintf(resolved, sizeof resolved, link, fx->port);
+        if (link)
             snprintf(body, sizeof body,
                      "{\"code\":\"SUCCESS\",\"message\":\"Success\",\"results\":{\"qr_duration\":"
-                     "30,\"qr_link\":\"/statics/images/qrcode/scan-qr-rel.png\"}}");
+                     "30,\"qr_link\":\"%s\"}}",
+                     resolved);
         else
             snprintf(body, sizeof body,
                      "{\"code\":\"SUCCESS\",\"message\":\"Success\",\"results\":{\"qr_duration\":"
@@ -265,6 +288,18 @@ static void on_request(struct evhttp_request *req, void *arg)
         reply_json(req, 200, body);
     } else if (strncmp(r->path, "/statics/images/qrcode/", 23) == 0) {
         reply(req, 200, "image/png", PNG, sizeof PNG);
+    } else if (strcmp(r->path, "/statics/images/other/page.html") == 0) {
+        static const char page[] = "<html>internal page</html>";
+        reply(req, 200, "text/html", page, sizeof page - 1);
+    } else if (strcmp(r->path, "/statics/images/other/fake.png") == 0) {
+        static const char page[] = "<html>internal page</html>";
+        reply(req, 200, "image/png", page, sizeof page - 1);
+    } else if (strcmp(r->path, "/statics/images/other/huge.png") == 0) {
+        size_t n = 1024 * 1024 + 1;
+        unsigned char *big = calloc(1, n);
+        memcpy(big, PNG, sizeof PNG);
+        reply(req, 200, "image/png", big, n);
+        free(big);
     } else {
         violation(fx, "unexpected path %s", r->path);
         reply_json(req, 404, "{\"code\":\"404\",\"message\":\"not found\"}");
@@ -310,6 +345,8 @@ static void *open_device(fixture *fx, const char *password, long timeout_ms)
                                  GW_DEVICE, "timeout_ms", (int)timeout_ms);
     json_t *creds = json_pack("{s:s, s:s}", "username", USER, "password", password);
     char err[256] = "";
+    snprintf(fx->provider_hosts, sizeof fx->provider_hosts, "%s", fx->base_url);
+    fx->env.provider_hosts = fx->provider_hosts;
     void *dev = wc_transport_gowa.open(&fx->env, "wc-dev-1", settings, creds, err, sizeof err);
     if (!dev)
         fail_msg("open: %s", err);
@@ -813,6 +850,7 @@ static void test_classify_reply(void **state)
 static void test_open_validation(void **state)
 {
     fixture *fx = *state;
+    fx->env.provider_hosts = "http://x";
     char err[256];
     json_t *s = json_loads("{\"device_id\":\"x\"}", 0, NULL);
     assert_null(wc_transport_gowa.open(&fx->env, "d", s, NULL, err, sizeof err));
@@ -833,6 +871,39 @@ static void test_open_validation(void **state)
     wc_transport_gowa.close(dev);
     json_decref(s);
     assert_ptr_equal(wc_transport_find("gowa"), &wc_transport_gowa);
+}
+
+/* settings.base_url is the dashboard's to write; the gateway's password goes
+ * only where WACAST_PROVIDER_HOSTS allows. No gateway is allowed by default. */
+static void test_base_url_allow_list(void **state)
+{
+    fixture *fx = *state;
+    char err[256];
+    json_t *s = json_pack("{s:s}", "base_url", fx->base_url);
+    json_t *c = json_pack("{s:s, s:s}", "username", USER, "password", PASS);
+    fx->env.provider_hosts = NULL;
+    assert_null(wc_transport_gowa.open(&fx->env, "d", s, c, err, sizeof err));
+    char want[128];
+    snprintf(want, sizeof want,
+             "gowa: base_url not allowed: http://127.0.0.1:%d (not in WACAST_PROVIDER_HOSTS)",
+             fx->port);
+    assert_string_equal(err, want);
+    fx->env.provider_hosts = "http://127.0.0.1:1,http://localhost:80";
+    assert_null(wc_transport_gowa.open(&fx->env, "d", s, c, err, sizeof err));
+    assert_non_null(strstr(err, "base_url not allowed"));
+    assert_null(strstr(err, PASS));
+    json_decref(s);
+    s = json_pack("{s:s}", "base_url", "http://u:p@127.0.0.1:1");
+    assert_null(wc_transport_gowa.open(&fx->env, "d", s, c, err, sizeof err));
+    assert_non_null(strstr(err, "not a valid"));
+    json_decref(s);
+    json_decref(c);
+    /* Listed: opens and sends to the fake. */
+    void *dev = open_device(fx, PASS, 5000);
+    wc_send_result r = send_one(fx, dev, TO_OK, "hi", NULL);
+    assert_int_equal(r.outcome, WC_SEND_OK);
+    wc_transport_gowa.close(dev);
+    assert_int_equal(fx->nrecs, 1);
 }
 
 typedef struct qr_outcome {
@@ -897,6 +968,33 @@ static void test_login_qr(void **state)
     assert_non_null(strstr(o.link, "/statics/images/qrcode/scan-qr-rel.png"));
     assert_string_equal(o.png_b64, want_b64);
 
+    /* A link off the gateway's origin is not fetched, and nothing but a
+     * PNG of at most 1 MiB is handed back. */
+    static const struct {
+        const char *device, *error;
+        int fetches; /* requests the fake sees: the login, and the image when fetched */
+    } refused[] = {
+        {"other-port", "not on the gateway's origin", 1},
+        {"other-host", "not on the gateway's origin", 1},
+        {"other-scheme", "not on the gateway's origin", 1},
+        {"scheme-relative", "not on the gateway's origin", 1},
+        {"user-info", "not on the gateway's origin", 1},
+        {"not-png", "did not answer with a PNG", 2},
+        {"png-type-html-body", "did not answer with a PNG", 2},
+        {"too-big", "larger than", 2},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        int before = fx->nrecs;
+        o = login(fx, c, refused[i].device, PASS);
+        if (!o.has_error || !strstr(o.error, refused[i].error))
+            fail_msg("%s: want an error with \"%s\", got \"%s\"", refused[i].device,
+                     refused[i].error, o.has_error ? o.error : "(none: the image was returned)");
+        assert_null(strstr(o.error, "internal page"));
+        if (fx->nrecs - before != refused[i].fetches)
+            fail_msg("%s: the fake saw %d requests, want %d", refused[i].device, fx->nrecs - before,
+                     refused[i].fetches);
+    }
+
     o = login(fx, c, "busy", PASS);
     assert_true(o.has_error);
     assert_non_null(strstr(o.error, "ALREADY_LOGGED_IN"));
@@ -929,6 +1027,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_close_with_request_out, setup, teardown),
         cmocka_unit_test(test_classify_reply),
         cmocka_unit_test_setup_teardown(test_open_validation, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_base_url_allow_list, setup, teardown),
         cmocka_unit_test_setup_teardown(test_login_qr, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,6 +1,7 @@
 /* wc_migrate against a real PostgreSQL: each file applied once (also when
  * four processes start at the same moment), a failing file rolled back with
  * its name and line in the error, and no password in a connection error.
+ * Also the data migration of sealed credentials (`wacast-ctl reseal`).
  * Asserts on what migrate reports and on schema_migrations, never on the
  * content of the real schema. Every test uses its own database. */
 #include <setjmp.h>
@@ -14,9 +15,11 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <sodium.h>
 
 #include "wc_log.h"
 #include "wc_migrate.h"
+#include "wc_seal.h"
 #include "wt_env.h"
 
 static wt_env env;
@@ -207,6 +210,127 @@ static void test_unreachable_reports_without_password(void **state)
     assert_null(strstr(err, "sekrit"));
 }
 
+static const char *RESEAL_KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+/* {"access_token":"legacy-token"} sealed with RESEAL_KEY by the version 1
+ * code (secretbox, bound to no device), as rows written before the upgrade
+ * hold it. */
+static const char *LEGACY_HEX =
+    "0135bfb168f7b4bdb1b2c76050ff6ee3582c524cece5ee44a92b94b2a23dbe00347a1cba1d1a0e752276f34fa2e1"
+    "70fd864c6f909429d150503f4fcd9a98035714269397f58f8578d5";
+
+/* Runs `wacast-ctl reseal` on url; returns its exit status, its stderr in err. */
+static int run_reseal(const char *url, char *err, size_t errlen)
+{
+    char path[512];
+    wt_program_path("wacast-ctl", path, sizeof path);
+    int out[2];
+    assert_int_equal(pipe(out), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(out[1], STDERR_FILENO);
+        close(out[0]);
+        setenv("DATABASE_URL", url, 1);
+        setenv(WC_SEAL_KEY_ENV, RESEAL_KEY, 1);
+        unsetenv(WC_SEAL_PREVIOUS_KEY_ENV);
+        /* reseal is the migration: it opens legacy values whatever this says. */
+        setenv(WC_SEAL_LEGACY_ENV, "refuse", 1);
+        execl(path, path, "reseal", (char *)NULL);
+        _exit(127);
+    }
+    close(out[1]);
+    size_t n = 0;
+    ssize_t got;
+    while (n + 1 < errlen && (got = read(out[0], err + n, errlen - n - 1)) > 0)
+        n += (size_t)got;
+    err[n] = '\0';
+    close(out[0]);
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st));
+    return WEXITSTATUS(st);
+}
+
+/* The row's credentials opened for its own id under refuse-legacy keys. */
+static void assert_opens_for(PGconn *c, wc_seal_keys *k, const char *id, const char *want)
+{
+    PGresult *res =
+        wt_sql(c, "SELECT encode(credentials, 'hex') FROM user_devices WHERE id = '%s'", id);
+    const char *hex = PQgetvalue(res, 0, 0);
+    uint8_t sealed[512];
+    size_t len = 0;
+    assert_int_equal(sodium_hex2bin(sealed, sizeof sealed, hex, strlen(hex), NULL, &len, NULL), 0);
+    PQclear(res);
+    assert_int_equal(sealed[0], WC_SEAL_VERSION);
+    assert_true(wc_seal_is_current(k, id, sealed, len));
+    char *plain = NULL, err[256];
+    size_t plen = 0;
+    if (wc_unseal(k, id, sealed, len, &plain, &plen, err, sizeof err) < 0)
+        fail_msg("device %s: %s", id, err);
+    assert_string_equal(plain, want);
+    wc_seal_plain_free(plain, plen);
+}
+
+/* Upgrading sealed credentials: reseal rewrites a legacy row bound to its
+ * own id, leaves a current row alone, and reports (without touching) a row
+ * holding a value sealed for another device. */
+static void test_reseal_binds_rows_to_their_device(void **state)
+{
+    (void)state;
+    char url[256], err[4096];
+    make_db("m_reseal", url, sizeof url);
+    if (wc_migrate(url, err, sizeof err) < 0)
+        fail_msg("migrate: %s", err);
+    wc_seal_keys *k = NULL;
+    assert_int_equal(wc_seal_init(&k, RESEAL_KEY, NULL, err, sizeof err), 0);
+    assert_int_equal(wc_seal_set_legacy(k, "refuse", err, sizeof err), 0);
+    const char *legacy = "7d1c2f00-0000-4000-8000-00000000000a";
+    const char *current = "7d1c2f00-0000-4000-8000-00000000000b";
+    const char *copied = "7d1c2f00-0000-4000-8000-00000000000c";
+    const char *creds = "{\"access_token\":\"current-token\"}";
+    uint8_t *sealed = NULL;
+    size_t slen = 0;
+    assert_int_equal(wc_seal(k, current, creds, strlen(creds), &sealed, &slen), 0);
+    char hex[512];
+    sodium_bin2hex(hex, sizeof hex, sealed, slen);
+    free(sealed);
+
+    PGconn *c = connect_db(url);
+    PQclear(wt_sql(c, "INSERT INTO users (id, name) VALUES"
+                      " ('7d1c2f00-0000-4000-8000-000000000001', 'u')"));
+    PQclear(wt_sql(c,
+                   "INSERT INTO user_devices (id, user_id, credentials) VALUES"
+                   " ('%s', '7d1c2f00-0000-4000-8000-000000000001', decode('%s', 'hex')),"
+                   " ('%s', '7d1c2f00-0000-4000-8000-000000000001', decode('%s', 'hex')),"
+                   " ('%s', '7d1c2f00-0000-4000-8000-000000000001', decode('%s', 'hex'))",
+                   legacy, LEGACY_HEX, current, hex, copied, hex));
+
+    int rc = run_reseal(url, err, sizeof err);
+    print_message("reseal: exit %d, stderr: %s\n", rc, err);
+    assert_int_equal(rc, 1); /* one row could not be opened */
+    char want[128];
+    snprintf(want, sizeof want, "device %s: wrong key or corrupt", copied);
+    assert_non_null(strstr(err, want));
+    assert_null(strstr(err, "token"));
+    assert_opens_for(c, k, legacy, "{\"access_token\":\"legacy-token\"}");
+    assert_opens_for(c, k, current, creds);
+    assert_int_equal(wt_sql_long(c,
+                                 "SELECT count(*) FROM user_devices WHERE id = '%s'"
+                                 " AND credentials = decode('%s', 'hex')",
+                                 current, hex),
+                     1);
+    assert_int_equal(wt_sql_long(c,
+                                 "SELECT count(*) FROM user_devices WHERE id = '%s'"
+                                 " AND credentials = decode('%s', 'hex')",
+                                 copied, hex),
+                     1);
+    /* Again: nothing left to do but the row it cannot open. */
+    rc = run_reseal(url, err, sizeof err);
+    assert_int_equal(rc, 1);
+    PQfinish(c);
+    wc_seal_keys_free(k);
+}
+
 int main(void)
 {
     const char *level = getenv("WACAST_LOG_LEVEL");
@@ -219,6 +343,7 @@ int main(void)
         cmocka_unit_test(test_failure_rolls_back_and_names_the_file),
         cmocka_unit_test(test_file_may_not_commit),
         cmocka_unit_test(test_unreachable_reports_without_password),
+        cmocka_unit_test(test_reseal_binds_rows_to_their_device),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -235,6 +235,10 @@ static void test_url_parsing(void **state)
     char err[256] = "";
     assert_null(wc_redis_new(base, "redis://u:hunter2@host:99999", "t", 100, err, sizeof err));
     assert_null(strstr(err, "hunter2"));
+    assert_null(
+        wc_redis_new(base, "redis://host:6379/0?password=hunter2", "t", 100, err, sizeof err));
+    assert_non_null(strstr(err, "not supported"));
+    assert_null(strstr(err, "hunter2"));
 
     static const char *const good[] = {
         "redis://127.0.0.1",
