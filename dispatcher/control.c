@@ -234,28 +234,14 @@ static void on_qr_device(wc_pg *pg, PGresult *res, const char *err, void *arg)
     json_t *creds = NULL;
     const char *hex = PQgetvalue(res, 0, 2);
     if (hex[0]) {
-        size_t hexlen = strlen(hex), len = 0;
-        uint8_t *sealed = malloc(hexlen / 2 + 1);
-        char *plain = NULL, why[160] = "";
-        size_t plainlen = 0;
-        if (!ds->seal || !sealed ||
-            sodium_hex2bin(sealed, hexlen / 2 + 1, hex, hexlen, NULL, &len, NULL) != 0 ||
-            wc_unseal(ds->seal, PQgetvalue(res, 0, 3), sealed, len, &plain, &plainlen, why,
-                      sizeof why) < 0) {
-            free(sealed);
+        char why[224];
+        creds = dispatcher_open_credentials(ds, PQgetvalue(res, 0, 3), hex, why, sizeof why);
+        if (!creds) {
             json_decref(settings);
-            char msg[224];
-            snprintf(msg, sizeof msg, "cannot open the device's credentials%s%s",
-                     why[0] ? ": " : "", why);
-            wc_http_reply_error(op->req, 500,
-                                ds->seal ? msg
-                                         : "device credentials are sealed: set WACAST_SECRET_KEY");
+            wc_http_reply_error(op->req, 500, why);
             free(op);
             return;
         }
-        free(sealed);
-        creds = json_loadb(plain, plainlen, 0, NULL);
-        wc_seal_plain_free(plain, plainlen);
     }
     const char *user = json_string_value(json_object_get(creds, "username"));
     const char *pass = json_string_value(json_object_get(creds, "password"));

@@ -7,6 +7,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "wacast.pb-c.h"
 #include "wc_daemon.h"
 #include "wc_map.h"
@@ -138,6 +140,9 @@ typedef struct webhook_op {
     int pending; /* writes not answered yet */
     bool issued; /* every write has been issued */
     bool failed; /* a write failed or could not be issued */
+    /* A device's own webhook: its events concern that device only (statuses
+     * are matched to its messages, replies opt out its user's leads). */
+    char device[40];
 } webhook_op;
 webhook_op *webhook_op_new(dispatcher *ds, void (*done)(webhook_op *op), void *ctx);
 /* Appends a status result for the sink (and, with a message id, records the
@@ -161,6 +166,10 @@ void sink_read(dispatcher *ds);
 void sink_finish_campaigns(dispatcher *ds, const char *uuid_array);
 void sink_init(dispatcher *ds);
 void sink_free(dispatcher *ds);
+/* A device's sealed credentials (hex of the bytea) opened for that device
+ * into a JSON object, or NULL with why (credentials.c). */
+json_t *dispatcher_open_credentials(dispatcher *ds, const char *device_id, const char *hex,
+                                    char *why, size_t whylen);
 /* Timers and HTTP routes of events.c and control.c. */
 void events_init(dispatcher *ds);
 void control_init(dispatcher *ds);

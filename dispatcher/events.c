@@ -189,7 +189,9 @@ static int body_writes(dispatcher *ds, int provider, const char *body, size_t le
             /* The sim names the device itself as the receiving number; the
              * Cloud API its phone_number_id, whose device the row then
              * names (a send whose reply was lost has no other report). */
-            if (e->receiver && strlen(e->receiver) == 36 && e->receiver[8] == '-')
+            if (op->device[0])
+                res.device_id = op->device;
+            else if (e->receiver && strlen(e->receiver) == 36 && e->receiver[8] == '-')
                 res.device_id = e->receiver;
             else if (e->receiver && wc_map_get(&ds->numbers, e->receiver))
                 res.device_id = wc_map_get(&ds->numbers, e->receiver);
@@ -211,7 +213,9 @@ static int body_writes(dispatcher *ds, int provider, const char *body, size_t le
                    wc_webhook_is_opt_out(e->text, ds->cfg.opt_out_words)) {
             char phone[40];
             snprintf(phone, sizeof phone, "+%.30s", e->peer);
-            const char *params[] = {phone, e->receiver ? e->receiver : ""};
+            const char *params[] = {phone, op->device[0] ? op->device
+                                           : e->receiver ? e->receiver
+                                                         : ""};
             if (wc_pg_query(ds->d.pg, OPT_OUT_SQL, 2, params, on_op_pg, op) == 0) {
                 op->pending++;
             } else {
@@ -349,6 +353,114 @@ static void webhook_request(struct evhttp_request *req, dispatcher *ds, int prov
     }
 }
 
+/* POST /webhooks/gowa/<device id>: a gowa device's own webhook, signed with
+ * the webhook_secret of its sealed credentials. Its events concern that
+ * device only, so one gateway's secret cannot speak for another tenant's
+ * devices (the shared WACAST_GOWA_WEBHOOK_SECRET of /webhooks/gowa can: it
+ * is for gateways whose devices all belong to one user). */
+typedef struct device_hook {
+    dispatcher *ds;
+    struct evhttp_request *req;
+    char device[40];
+} device_hook;
+
+static void verified_device_body(device_hook *h, const char *secret)
+{
+    dispatcher *ds = h->ds;
+    struct evhttp_request *req = h->req;
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    const unsigned char *body = evbuffer_pullup(in, -1);
+    const char *sig =
+        evhttp_find_header(evhttp_request_get_input_headers(req), "X-Hub-Signature-256");
+    if (!sig || !wc_webhook_verify(secret, body, len, sig)) {
+        ds->m.webhooks_rejected++;
+        wc_warn("webhook of device %s: %s signature (%zu bytes)", h->device, sig ? "bad" : "no",
+                len);
+        wc_http_reply_error(req, 401, sig ? "invalid signature" : "missing X-Hub-Signature-256");
+        return;
+    }
+    char err[256];
+    webhook_op *op = webhook_op_new(ds, reply_when_durable, req);
+    snprintf(op->device, sizeof op->device, "%s", h->device);
+    if (dispatcher_webhook_body(ds, WC_WEBHOOK_GOWA, (const char *)body, len, op, err, sizeof err) <
+        0) {
+        free(op);
+        ds->m.webhooks_rejected++;
+        wc_warn("webhook of device %s: malformed body: %s", h->device, err);
+        wc_http_reply_error(req, 400, err);
+    }
+}
+
+static void on_hook_device(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    device_hook *h = arg;
+    dispatcher *ds = h->ds;
+    if (!res) {
+        ds->m.pg_errors++;
+        wc_warn("webhook of device %s: %s", h->device, err);
+        wc_http_reply_error(h->req, 503, "cannot read the device now; send it again");
+    } else if (PQntuples(res) == 0) {
+        ds->m.webhooks_rejected++;
+        wc_http_reply_error(h->req, 404, "no such gowa device");
+    } else {
+        char why[224];
+        json_t *creds =
+            dispatcher_open_credentials(ds, h->device, PQgetvalue(res, 0, 0), why, sizeof why);
+        const char *secret = json_string_value(json_object_get(creds, "webhook_secret"));
+        if (secret && secret[0]) {
+            verified_device_body(h, secret);
+        } else {
+            ds->m.webhooks_rejected++;
+            wc_warn("webhook of device %s refused: %s", h->device,
+                    creds ? "its credentials have no webhook_secret" : why);
+            wc_http_reply_error(h->req, 403, "the device has no webhook secret");
+        }
+        json_decref(creds);
+    }
+    free(h);
+}
+
+static void device_webhook(struct evhttp_request *req, dispatcher *ds, const char *device)
+{
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+        wc_http_reply_error(req, 405, "method not allowed");
+        return;
+    }
+    if (evbuffer_get_length(evhttp_request_get_input_buffer(req)) > WEBHOOK_MAX_BODY) {
+        ds->m.webhooks_rejected++;
+        wc_http_reply_error(req, 413, "body too large");
+        return;
+    }
+    device_hook *h = calloc(1, sizeof *h);
+    if (!h)
+        abort();
+    h->ds = ds;
+    h->req = req;
+    snprintf(h->device, sizeof h->device, "%.36s", device);
+    const char *params[] = {h->device};
+    if (wc_pg_query(ds->d.pg,
+                    "SELECT coalesce(encode(credentials, 'hex'), '') FROM user_devices"
+                    " WHERE id = $1::uuid AND platform = 'gowa'",
+                    1, params, on_hook_device, h) < 0) {
+        ds->m.pg_errors++;
+        free(h);
+        wc_http_reply_error(req, 503, "cannot read the device now; send it again");
+    }
+}
+
+/* A device id (36 characters of a UUID) ends the path or starts its query. */
+static bool uuid_at(const char *s)
+{
+    for (int i = 0; i < 36; i++) {
+        bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+        if (dash ? s[i] != '-' : !isxdigit((unsigned char)s[i]))
+            return false;
+    }
+    return s[36] == '\0' || s[36] == '?';
+}
+
 static void on_webhook(struct evhttp_request *req, void *arg)
 {
     dispatcher *ds = arg;
@@ -357,6 +469,8 @@ static void on_webhook(struct evhttp_request *req, void *arg)
         webhook_request(req, ds, WC_WEBHOOK_CLOUDAPI, ds->cfg.meta_app_secret);
     else if (!strncmp(uri, "/webhooks/gowa", 14) && (uri[14] == '\0' || uri[14] == '?'))
         webhook_request(req, ds, WC_WEBHOOK_GOWA, ds->cfg.gowa_webhook_secret);
+    else if (!strncmp(uri, "/webhooks/gowa/", 15) && uuid_at(uri + 15))
+        device_webhook(req, ds, uri + 15);
     else
         wc_http_reply_error(req, 404, "not found");
 }

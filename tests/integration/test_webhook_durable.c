@@ -10,7 +10,12 @@
  *   3. while PostgreSQL refuses the opt-out write, a STOP is answered 503;
  *      sent again once it can be written, it gets 200 and the lead is out;
  *   4. Meta's verification echoes a numeric hub.challenge and refuses one
- *      that is markup, and a verify token that differs in its last byte; a status timestamp too
+ *      that is markup, and a verify token that differs in its last byte;
+ *   5. a gowa device's own webhook (/webhooks/gowa/<device>, signed with the
+ *      webhook_secret sealed in its credentials) speaks for that device
+ *      only: another tenant's secret is refused, a receipt naming another
+ *      tenant's message changes nothing, a STOP opts out its user's lead
+ *      only; a status timestamp too
  * large for microseconds is stored as the time it arrived. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -23,13 +28,17 @@
 
 #include <cmocka.h>
 
+#include <sodium.h>
+
 #include "e2e_common.h"
 #include "scenario.h"
+#include "wc_seal.h"
 #include "wc_webhook.h"
 
 #define APP_SECRET "durable-app-secret"
 #define VERIFY_TOKEN "verify-me"
 #define PHONE "60111222333"
+#define GOWA_PHONE "60144555666"
 
 static wt_env env;
 static PGconn *db;
@@ -37,6 +46,11 @@ static int dport;
 static pid_t dispatcher_pid;
 static char user_u[40], user_v[40], lead_u[40], lead_v[40];
 static long long msg_u, msg_v;
+static char secret_key[65];
+static struct {
+    char user[40], dev[40], lead[40], secret[33];
+    long long msg;
+} gw[2];
 
 static void one_value(char *out, PGresult *r)
 {
@@ -82,6 +96,45 @@ static bool ready(void *arg)
     return code == 200;
 }
 
+/* A user with a gowa device whose credentials hold its webhook secret
+ * (sealed for that device), and a sent message from it to GOWA_PHONE. */
+static void gowa_user(int k, wc_seal_keys *keys)
+{
+    one_value(gw[k].user, wt_sql(db, "INSERT INTO users (name) VALUES ('g%d') RETURNING id", k));
+    one_value(gw[k].dev, wt_sql(db,
+                                "INSERT INTO user_devices (user_id, platform, settings) VALUES"
+                                " ('%s', 'gowa', '{\"base_url\": \"http://127.0.0.1:9\"}')"
+                                " RETURNING id",
+                                gw[k].user));
+    random_hex(gw[k].secret, 16);
+    char creds[128], hex[512];
+    snprintf(creds, sizeof creds, "{\"webhook_secret\": \"%s\"}", gw[k].secret);
+    uint8_t *sealed = NULL;
+    size_t len = 0;
+    assert_int_equal(wc_seal(keys, gw[k].dev, creds, strlen(creds), &sealed, &len), 0);
+    sodium_bin2hex(hex, sizeof hex, sealed, len);
+    free(sealed);
+    PQclear(wt_sql(db, "UPDATE user_devices SET credentials = decode('%s', 'hex') WHERE id = '%s'",
+                   hex, gw[k].dev));
+    one_value(gw[k].lead, wt_sql(db,
+                                 "INSERT INTO leads (user_id, device_id, name, phone) VALUES"
+                                 " ('%s', '%s', 'G', '+%s') RETURNING id",
+                                 gw[k].user, gw[k].dev, GOWA_PHONE));
+    char camp[40];
+    one_value(camp, wt_sql(db,
+                           "INSERT INTO campaigns (user_id, title, message, status, total_count)"
+                           " VALUES ('%s', 'g', 'Hi', 'processing', 1) RETURNING id",
+                           gw[k].user));
+    PGresult *r = wt_sql(db,
+                         "INSERT INTO broadcast_messages (campaign_id, user_id, lead_id, device_id,"
+                         " recipient_phone, content, status, sent_at, provider_message_id) VALUES"
+                         " ('%s', '%s', '%s', '%s', '+%s', 'Hi', 'sent', now(), '3EB0GW%d')"
+                         " RETURNING id",
+                         camp, gw[k].user, gw[k].lead, gw[k].dev, GOWA_PHONE, k);
+    gw[k].msg = atoll(PQgetvalue(r, 0, 0));
+    PQclear(r);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -90,11 +143,25 @@ static int setup(void **state)
     db = wt_pg(&env);
     msg_u = messaged_user(user_u, lead_u, "u", "1001");
     msg_v = messaged_user(user_v, lead_v, "v", "2002");
+    wc_seal_keygen(secret_key);
+    wc_seal_keys *keys = NULL;
+    char err[128];
+    if (wc_seal_init(&keys, secret_key, NULL, err, sizeof err) < 0)
+        return -1;
+    for (int k = 0; k < 2; k++)
+        gowa_user(k, keys);
+    wc_seal_keys_free(keys);
+    char key_env[96];
+    snprintf(key_env, sizeof key_env, "WACAST_SECRET_KEY=%s", secret_key);
     dport = wt_free_port();
     char port[32];
     snprintf(port, sizeof port, "PORT=%d", dport);
-    const char *extra[] = {"WACAST_LOG_LEVEL=info", port, "WACAST_META_APP_SECRET=" APP_SECRET,
-                           "WACAST_META_VERIFY_TOKEN=" VERIFY_TOKEN, NULL};
+    const char *extra[] = {"WACAST_LOG_LEVEL=info",
+                           port,
+                           "WACAST_META_APP_SECRET=" APP_SECRET,
+                           "WACAST_META_VERIFY_TOKEN=" VERIFY_TOKEN,
+                           key_env,
+                           NULL};
     dispatcher_pid = wt_spawn(&env, "wacast-dispatcher", "dispatcher", extra);
     return dispatcher_pid > 0 && wt_wait_for(ready, NULL, 30000) ? 0 : -1;
 }
@@ -280,6 +347,75 @@ static void test_verification_and_time(void **state)
     assert_true(wt_alive(&env, dispatcher_pid));
 }
 
+static long post_gowa(const char *device, const char *secret, const char *body)
+{
+    char url[160], sig[WC_WEBHOOK_SIGNATURE_LEN + 8], header[WC_WEBHOOK_SIGNATURE_LEN + 40];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/webhooks/gowa/%s", dport, device);
+    assert_int_equal(
+        wc_webhook_sign(secret, (const unsigned char *)body, strlen(body), sig, sizeof sig), 0);
+    snprintf(header, sizeof header, "X-Hub-Signature-256: %s", sig);
+    const char *headers[] = {"Content-Type: application/json", header, NULL};
+    resp r;
+    long code = http("POST", url, body, strlen(body), headers, &r);
+    resp_free(&r);
+    return code;
+}
+
+static char *gowa_receipt(const char *id, const char *type)
+{
+    char *s = NULL;
+    if (asprintf(&s,
+                 "{\"event\":\"message.ack\",\"device_id\":\"60100000001@s.whatsapp.net\","
+                 "\"timestamp\":\"2026-12-07T10:00:00Z\",\"payload\":{\"ids\":[\"%s\"],"
+                 "\"chat_id\":\"%s@s.whatsapp.net\",\"from\":\"%s@s.whatsapp.net\","
+                 "\"receipt_type\":\"%s\"}}",
+                 id, GOWA_PHONE, GOWA_PHONE, type) < 0)
+        abort();
+    return s;
+}
+
+static char *gowa_inbound(const char *text)
+{
+    char *s = NULL;
+    if (asprintf(&s,
+                 "{\"event\":\"message\",\"device_id\":\"60100000001@s.whatsapp.net\","
+                 "\"payload\":{\"id\":\"3EB0IN%lld\",\"chat_id\":\"%s@s.whatsapp.net\","
+                 "\"from\":\"%s@s.whatsapp.net\",\"from_name\":\"G\","
+                 "\"timestamp\":\"2026-12-07T10:00:00Z\",\"is_from_me\":false,"
+                 "\"body\":\"%s\"}}",
+                 wt_now_ms(), GOWA_PHONE, GOWA_PHONE, text) < 0)
+        abort();
+    return s;
+}
+
+static void test_gowa_device_webhook_speaks_for_its_device(void **state)
+{
+    (void)state;
+    /* Device 0's route with device 1's secret, and an unknown device. */
+    char *read1 = gowa_receipt("3EB0GW1", "read");
+    assert_int_equal(post_gowa(gw[0].dev, gw[1].secret, read1), 401);
+    assert_int_equal(post_gowa("00000000-0000-4000-8000-000000000000", gw[0].secret, read1), 404);
+    /* Device 0 names device 1's message: accepted, but it matches nothing. */
+    assert_int_equal(post_gowa(gw[0].dev, gw[0].secret, read1), 200);
+    free(read1);
+    char *read0 = gowa_receipt("3EB0GW0", "read");
+    assert_int_equal(post_gowa(gw[0].dev, gw[0].secret, read0), 200);
+    free(read0);
+    /* Results are applied in order: once device 0's own is, the other was. */
+    msg_status want = {gw[0].msg, "read"};
+    if (!wt_wait_for(message_reached, &want, 30000)) {
+        wt_dump_logs(&env, 30);
+        fail_msg("device 0's own receipt never reached PostgreSQL");
+    }
+    assert_true(message_in(gw[1].msg, "sent"));
+    /* A STOP through device 0 opts out device 0's user's lead only. */
+    char *stop = gowa_inbound("STOP");
+    assert_int_equal(post_gowa(gw[0].dev, gw[0].secret, stop), 200);
+    free(stop);
+    assert_true(opted_out(gw[0].lead));
+    assert_false(opted_out(gw[1].lead));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -287,6 +423,7 @@ int main(void)
         cmocka_unit_test(test_status_waits_for_redis),
         cmocka_unit_test(test_stop_waits_for_postgres),
         cmocka_unit_test(test_verification_and_time),
+        cmocka_unit_test(test_gowa_device_webhook_speaks_for_its_device),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
