@@ -299,10 +299,45 @@ static void test_bad_results_of_one_tenant_stop_nobody(void **state)
     assert_true(metric("wacast_dispatcher_results_dead_lettered_total") == 1.0);
 }
 
+static bool row_sent(void *arg)
+{
+    return wt_sql_long(db,
+                       "SELECT count(*) FROM broadcast_messages WHERE id = %lld"
+                       " AND status = 'sent'",
+                       *(long long *)arg) == 1;
+}
+
+/* The cancel sweep marks a message cancelled while its send was in doubt;
+ * the provider then says it went out: the row and the counters say sent. */
+static void test_sent_after_cancel_is_the_truth(void **state)
+{
+    (void)state;
+    char camp[40];
+    one_value(camp, wt_sql(db,
+                           "INSERT INTO campaigns (user_id, title, message, status, total_count,"
+                           " cancelled_count) VALUES ('%s', 'gone', 'Hi', 'cancelled', 1, 1)"
+                           " RETURNING id",
+                           user_a));
+    PGresult *r = wt_sql(db,
+                         "INSERT INTO broadcast_messages (campaign_id, user_id, recipient_phone,"
+                         " content, status) VALUES ('%s', '%s', '+60129999999', 'Hi', 'cancelled')"
+                         " RETURNING id",
+                         camp, user_a);
+    long long msg = atoll(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    add_result(msg, WACAST__STATUS__STATUS_SENT, "", "", "", "wamid.LATE", wt_now_ms() * 1000);
+    if (!wt_wait_for(row_sent, &msg, 30000))
+        fail_msg("a message sent after its campaign was cancelled still says cancelled");
+    assert_int_equal(wt_sql_long(db, "SELECT sent_count FROM campaigns WHERE id = '%s'", camp), 1);
+    assert_int_equal(wt_sql_long(db, "SELECT cancelled_count FROM campaigns WHERE id = '%s'", camp),
+                     0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_results_of_one_tenant_stop_nobody),
+        cmocka_unit_test(test_sent_after_cancel_is_the_truth),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
