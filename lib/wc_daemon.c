@@ -182,9 +182,11 @@ void wc_daemon_free(wc_daemon *d)
         event_free(d->sig_term);
     if (d->sig_int)
         event_free(d->sig_int);
-    wc_http_free(d->http);
+    /* The pool fails its queries in flight, and their callbacks answer the
+     * HTTP requests waiting on them: the listener must still be there. */
     wc_pg_free(d->pg);
     wc_redis_free(d->redis);
+    wc_http_free(d->http);
     if (d->base)
         event_base_free(d->base);
     memset(d, 0, sizeof *d);

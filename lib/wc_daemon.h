@@ -77,7 +77,8 @@ void wc_daemon_on_stop(wc_daemon *d, wc_daemon_stop_fn *fn, void *arg);
 int wc_daemon_run(wc_daemon *d);
 /* Ends the loop (after the current callbacks). */
 void wc_daemon_exit(wc_daemon *d);
-/* Frees the clients and the loop. */
+/* Frees the clients and the loop: the PostgreSQL pool and Redis first (their
+ * callbacks may still answer HTTP requests), then the HTTP server. */
 void wc_daemon_free(wc_daemon *d);
 
 /* Default readiness: Redis and PostgreSQL connected. */
