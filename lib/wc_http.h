@@ -69,6 +69,10 @@ wc_http *wc_http_new(struct event_base *base, const char *bind, int port, wc_htt
                      wc_http_metrics_fn *metrics, void *arg, char *err, size_t errlen);
 /* Closes the listener and every connection. NULL is a no-op. */
 void wc_http_free(wc_http *h);
+/* The evhttp underneath, for settings wc_http does not offer. Add handlers
+ * with wc_http_route(), not evhttp_set_cb(): a handler evhttp calls directly
+ * is outside the read deadline's bookkeeping (its connection is cut at the
+ * deadline even while the handler works) and outside the route body caps. */
 struct evhttp *wc_http_evhttp(wc_http *h);
 int wc_http_port(const wc_http *h);
 
