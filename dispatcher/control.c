@@ -565,7 +565,7 @@ void control_init(dispatcher *ds)
         exit(1);
     }
     ds->httpc = wc_httpc_new(ds->d.base, 64);
-    if (ds->d.http && wc_http_route_prefix(ds->d.http, "/admin/", on_admin, ds) < 0) {
+    if (wc_http_route(ds->d.admin_http, "/admin/", 64 << 10, on_admin, ds) < 0) {
         wc_error("cannot route /admin/");
         abort();
     }

@@ -587,7 +587,7 @@ static void on_sim_timer(evutil_socket_t fd, short what, void *arg)
 
 void events_init(dispatcher *ds)
 {
-    if (ds->d.http && wc_http_route_prefix(ds->d.http, "/webhooks/", on_webhook, ds) < 0) {
+    if (wc_http_route(ds->d.http, "/webhooks/", WEBHOOK_MAX_BODY, on_webhook, ds) < 0) {
         wc_error("cannot route /webhooks/");
         abort();
     }

@@ -89,6 +89,22 @@ static void wait_for_redis(wc_daemon *d, const wc_common_cfg *cfg)
     }
 }
 
+static bool ready_of_daemon(void *arg, char *why, size_t whylen)
+{
+    wc_daemon *d = arg;
+    return !d->ready || d->ready(d->http_arg, why, whylen);
+}
+
+/* /metrics: the daemon's own metrics, then its listeners'. */
+static void metrics_with_http(struct evbuffer *out, void *arg)
+{
+    wc_daemon *d = arg;
+    if (d->metrics)
+        d->metrics(out, d->http_arg);
+    wc_http *listeners[] = {d->http, d->admin_http};
+    wc_http_write_metrics(listeners, 2, out);
+}
+
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     (void)what;
@@ -145,11 +161,26 @@ void wc_daemon_init(wc_daemon *d, const char *name, const char *about, const wc_
     d->pg = wc_pg_new(d->base, cfg->database_url, name, (int)cfg->pg_pool, (int)cfg->timeout_ms);
     if (!d->pg)
         die(name, "%s%s", "cannot create the PostgreSQL pool", "");
+    d->ready = ready;
+    d->metrics = metrics;
+    d->http_arg = arg;
+    wc_http_limits limits = WC_HTTP_DEFAULT_LIMITS;
+    limits.read_timeout_s = (int)cfg->http_read_timeout_s;
     if (cfg->port > 0) {
+        limits.max_conns = (int)cfg->http_max_conns;
         d->http =
-            wc_http_new(d->base, cfg->bind, (int)cfg->port, ready, metrics, arg, err, sizeof err);
+            wc_http_listen(d->base, "public", cfg->bind, (int)cfg->port, &limits, err, sizeof err);
         if (!d->http)
             die(name, "PORT: %s%s", err, "");
+        if (wc_http_serve_health(d->http, ready_of_daemon, metrics_with_http, d) < 0)
+            die(name, "%s%s", "cannot add the health routes", "");
+    }
+    if (cfg->admin_port > 0 && cfg->admin_bind && cfg->admin_bind[0]) {
+        limits.max_conns = (int)cfg->admin_max_conns;
+        d->admin_http = wc_http_listen(d->base, "admin", cfg->admin_bind, (int)cfg->admin_port,
+                                       &limits, err, sizeof err);
+        if (!d->admin_http)
+            die(name, "WACAST_ADMIN_PORT: %s%s", err, "");
     }
     d->sig_term = evsignal_new(d->base, SIGTERM, on_signal, d);
     d->sig_int = evsignal_new(d->base, SIGINT, on_signal, d);
@@ -157,7 +188,8 @@ void wc_daemon_init(wc_daemon *d, const char *name, const char *about, const wc_
         evsignal_add(d->sig_int, NULL) < 0)
         die(name, "%s%s", "cannot install signal handlers", "");
     d->started_us = wc_now_us();
-    wc_info("started as %s (http port %ld)", cfg->instance_id, cfg->port);
+    wc_info("started as %s (http port %ld, admin port %d)", cfg->instance_id, cfg->port,
+            d->admin_http ? wc_http_port(d->admin_http) : 0);
 }
 
 void wc_daemon_on_stop(wc_daemon *d, wc_daemon_stop_fn *fn, void *arg)
@@ -182,9 +214,12 @@ void wc_daemon_free(wc_daemon *d)
         event_free(d->sig_term);
     if (d->sig_int)
         event_free(d->sig_int);
-    wc_http_free(d->http);
+    /* The pool fails its queries in flight, and their callbacks answer the
+     * HTTP requests waiting on them: the listeners must still be there. */
     wc_pg_free(d->pg);
     wc_redis_free(d->redis);
+    wc_http_free(d->admin_http);
+    wc_http_free(d->http);
     if (d->base)
         event_base_free(d->base);
     memset(d, 0, sizeof *d);

@@ -28,6 +28,11 @@ typedef struct wc_common_cfg {
     long pg_pool;
     long timeout_ms;
     long start_timeout_s;
+    long http_max_conns;
+    long http_read_timeout_s;
+    long admin_port;
+    char *admin_bind;
+    long admin_max_conns;
 } wc_common_cfg;
 
 #define WC_CFG_DAEMON(T)                                                                           \
@@ -41,10 +46,54 @@ typedef struct wc_common_cfg {
          100,                                                                                      \
          600000,                                                                                   \
          false},                                                                                   \
+        {"WACAST_START_TIMEOUT",                                                                   \
+         WC_CFG_INT,                                                                               \
+         "30",                                                                                     \
+         "seconds to wait for Redis and PostgreSQL at start before giving up",                     \
+         offsetof(T, start_timeout_s),                                                             \
+         0,                                                                                        \
+         3600,                                                                                     \
+         false},                                                                                   \
+        WC_CFG_HTTP(T)
+
+/* The HTTP listeners' settings (see wc_http.h for what the limits do). */
+#define WC_CFG_HTTP(T)                                                                             \
+    {"WACAST_HTTP_MAX_CONNS",                                                                      \
+     WC_CFG_INT,                                                                                   \
+     "512",                                                                                        \
+     "connections the public HTTP listener (PORT) keeps open; one more is answered 503",           \
+     offsetof(T, http_max_conns),                                                                  \
+     1,                                                                                            \
+     100000,                                                                                       \
+     false},                                                                                       \
+        {"WACAST_HTTP_READ_TIMEOUT_S",                                                             \
+         WC_CFG_INT,                                                                               \
+         "10",                                                                                     \
+         "seconds a client has to send a whole request (headers and body), on both listeners",     \
+         offsetof(T, http_read_timeout_s),                                                         \
+         1,                                                                                        \
+         3600,                                                                                     \
+         false},                                                                                   \
+        {"WACAST_ADMIN_PORT",                                                                      \
+         WC_CFG_INT,                                                                               \
+         "0",                                                                                      \
+         "HTTP port of the admin listener (the dispatcher's /admin/ API; 0: none)",                \
+         offsetof(T, admin_port),                                                                  \
+         0,                                                                                        \
+         65535,                                                                                    \
+         false},                                                                                   \
+        {"WACAST_ADMIN_BIND",                                                                      \
+         WC_CFG_STR,                                                                               \
+         "127.0.0.1",                                                                              \
+         "address the admin listener listens on (empty: none)",                                    \
+         offsetof(T, admin_bind),                                                                  \
+         1,                                                                                        \
+         0,                                                                                        \
+         false},                                                                                   \
     {                                                                                              \
-        "WACAST_START_TIMEOUT", WC_CFG_INT, "30",                                                  \
-            "seconds to wait for Redis and PostgreSQL at start before giving up",                  \
-            offsetof(T, start_timeout_s), 0, 3600, false                                           \
+        "WACAST_ADMIN_MAX_CONNS", WC_CFG_INT, "64",                                                \
+            "connections the admin listener keeps open; one more is answered 503",                 \
+            offsetof(T, admin_max_conns), 1, 10000, false                                          \
     }
 
 typedef struct wc_daemon wc_daemon;
@@ -57,13 +106,17 @@ struct wc_daemon {
     struct event_base *base;
     wc_redis *redis;
     wc_pg *pg;
-    wc_http *http;
+    wc_http *http; /* public listener (PORT): health, metrics, webhooks */
     const wc_common_cfg *cfg;
     bool stopping;
     wc_daemon_stop_fn *on_stop;
     void *stop_arg;
     struct event *sig_term, *sig_int, *stop_deadline;
     int64_t started_us;
+    wc_http *admin_http;     /* admin listener (WACAST_ADMIN_PORT), NULL when off */
+    wc_http_ready_fn *ready; /* the daemon's own, as given to wc_daemon_init() */
+    wc_http_metrics_fn *metrics;
+    void *http_arg;
 };
 
 /* Loads cfg from table (handles --help: exits 0), sets up logging, waits for
@@ -77,7 +130,8 @@ void wc_daemon_on_stop(wc_daemon *d, wc_daemon_stop_fn *fn, void *arg);
 int wc_daemon_run(wc_daemon *d);
 /* Ends the loop (after the current callbacks). */
 void wc_daemon_exit(wc_daemon *d);
-/* Frees the clients and the loop. */
+/* Frees the clients and the loop: the PostgreSQL pool and Redis first (their
+ * callbacks may still answer HTTP requests), then the listeners. */
 void wc_daemon_free(wc_daemon *d);
 
 /* Default readiness: Redis and PostgreSQL connected. */

@@ -56,7 +56,8 @@ static wt_env env;
 static PGconn *db;
 static redisContext *rcx;
 static char user_a[40], user_b[40];
-static int admin_port;
+static int api_port;   /* the dispatcher's public listener: /readyz, /metrics */
+static int admin_port; /* its admin listener: /admin/ */
 static char token[65];
 
 /* One group of leads per case: niche and the first number of its phones. */
@@ -550,21 +551,23 @@ static int setup(void **state)
     insert_group(&g_cancel);
     insert_group(&g_retry);
 
+    api_port = wt_free_port();
     admin_port = wt_free_port();
-    static char port_env[32], token_env[128];
-    snprintf(port_env, sizeof port_env, "PORT=%d", admin_port);
+    static char port_env[32], admin_env[40], token_env[128];
+    snprintf(port_env, sizeof port_env, "PORT=%d", api_port);
+    snprintf(admin_env, sizeof admin_env, "WACAST_ADMIN_PORT=%d", admin_port);
     snprintf(token_env, sizeof token_env, "WACAST_ADMIN_TOKEN=%s", token);
     const char *envs[32];
     build_env(envs, NULL);
     if (wt_spawn(&env, "wacast-scheduler", "scheduler", envs) < 0 ||
         wt_spawn(&env, "wacast-sender", "sender", envs) < 0)
         return -1;
-    const char *extra[] = {port_env, token_env, NULL};
+    const char *extra[] = {port_env, admin_env, token_env, NULL};
     build_env(envs, extra);
     if (wt_spawn(&env, "wacast-dispatcher", "dispatcher", envs) < 0)
         return -1;
-    if (!api_ready(admin_port)) {
-        fprintf(stderr, "dispatcher did not answer /readyz on port %d\n", admin_port);
+    if (!api_ready(api_port)) {
+        fprintf(stderr, "dispatcher did not answer /readyz on port %d\n", api_port);
         wt_dump_logs(&env, 40);
         return -1;
     }
@@ -792,7 +795,7 @@ typedef struct gauge_arg {
 static bool online_gauge_is(void *arg)
 {
     gauge_arg *a = arg;
-    return metric(admin_port, "wacast_dispatcher_online_devices") == a->want;
+    return metric(api_port, "wacast_dispatcher_online_devices") == a->want;
 }
 
 static bool new_devices_online(void *arg)
@@ -849,7 +852,7 @@ static void test_retry_failed(void **state)
     gauge_arg ga = {DEVICES_A + 2 * DEVICES_B};
     if (!wt_wait_for(online_gauge_is, &ga, 20000)) {
         fprintf(stderr, "retry: dispatcher online devices %ld, want %ld\n",
-                metric(admin_port, "wacast_dispatcher_online_devices"), ga.want);
+                metric(api_port, "wacast_dispatcher_online_devices"), ga.want);
         wt_dump_logs(&env, 40);
         fail();
     }
@@ -858,7 +861,7 @@ static void test_retry_failed(void **state)
     ga.want = DEVICES_A + DEVICES_B;
     if (!wt_wait_for(online_gauge_is, &ga, 20000)) {
         fprintf(stderr, "retry: dispatcher online devices %ld, want %ld\n",
-                metric(admin_port, "wacast_dispatcher_online_devices"), ga.want);
+                metric(api_port, "wacast_dispatcher_online_devices"), ga.want);
         wt_dump_logs(&env, 40);
         fail();
     }
@@ -960,10 +963,11 @@ static void test_admin_api_errors(void **state)
     assert_string_equal(st, "pending");
 
     /* A dispatcher without a token refuses every admin request. */
-    int port = wt_free_port();
-    char port_env[32];
+    int port = wt_free_port(), second_admin_port = wt_free_port();
+    char port_env[32], admin_env[40];
     snprintf(port_env, sizeof port_env, "PORT=%d", port);
-    const char *extra[] = {port_env, "WACAST_ADMIN_TOKEN=", NULL};
+    snprintf(admin_env, sizeof admin_env, "WACAST_ADMIN_PORT=%d", second_admin_port);
+    const char *extra[] = {port_env, admin_env, "WACAST_ADMIN_TOKEN=", NULL};
     const char *envs[32];
     build_env(envs, extra);
     pid_t pid = wt_spawn(&env, "wacast-dispatcher", "dispatcher-noadmin", envs);
@@ -972,8 +976,8 @@ static void test_admin_api_errors(void **state)
         wt_dump_logs(&env, 40);
         fail_msg("the second dispatcher did not get ready");
     }
-    long with_token = http(port, "POST", path, auth, &r);
-    long without = http(port, "POST", path, NULL, &r);
+    long with_token = http(second_admin_port, "POST", path, auth, &r);
+    long without = http(second_admin_port, "POST", path, NULL, &r);
     fprintf(stderr, "admin API disabled: %ld with a token, %ld without\n", with_token, without);
     kill(pid, SIGTERM);
     int exit_status = wt_wait_exit(&env, pid, 15000);

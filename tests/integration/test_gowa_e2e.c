@@ -55,7 +55,8 @@
 static wt_env env;
 static PGconn *db;
 static fake gowa;
-static int dport;
+static int dport;      /* the dispatcher's public listener: webhooks, /metrics */
+static int admin_port; /* its admin listener: /admin/ */
 static char secret_key[65], app_secret[33], gowa_secret[33], password[33];
 
 /* `wacast-ctl set-credentials <device>` with json on stdin; returns its exit code. */
@@ -243,10 +244,12 @@ static void insert_campaign(const char *title, char *id_out)
 
 static void start_daemons(void)
 {
-    static char port_env[32], hosts_env[160], key_env[100], app_env[100], gowa_env[100];
+    static char port_env[32], admin_env[40], hosts_env[160], key_env[100], app_env[100],
+        gowa_env[100];
     /* The fake is the only provider the daemons may send credentials to. */
     snprintf(hosts_env, sizeof hosts_env, "WACAST_PROVIDER_HOSTS=%s", gowa.base);
     snprintf(port_env, sizeof port_env, "PORT=%d", dport);
+    snprintf(admin_env, sizeof admin_env, "WACAST_ADMIN_PORT=%d", admin_port);
     snprintf(key_env, sizeof key_env, "WACAST_SECRET_KEY=%s", secret_key);
     snprintf(app_env, sizeof app_env, "WACAST_META_APP_SECRET=%s", app_secret);
     snprintf(gowa_env, sizeof gowa_env, "WACAST_GOWA_WEBHOOK_SECRET=%s", gowa_secret);
@@ -269,6 +272,7 @@ static void start_daemons(void)
     for (; common[n]; n++)
         with_port[n] = common[n];
     with_port[n++] = port_env;
+    with_port[n++] = admin_env;
     with_port[n++] = "WACAST_ADMIN_TOKEN=gowa-e2e-admin";
     with_port[n] = NULL;
     if (wt_spawn(&env, "wacast-scheduler", "scheduler", common) < 0 ||
@@ -382,6 +386,7 @@ static int setup_world(void)
     random_hex(gowa_secret, 16);
     random_hex(password, 16);
     dport = wt_free_port();
+    admin_port = wt_free_port();
     if (fake_start(&env, &gowa, "gowa.js") < 0) {
         wt_dump_logs(&env, 40);
         return -1;
@@ -501,7 +506,7 @@ static void test_qr_pairing(void **state)
     snprintf(control, sizeof control, "/_control/devices/%s", devices[0].gowa_id);
     assert_true(fake_ok(&gowa, "POST", control, "{\"state\": \"logged_out\"}"));
     char url[256];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/admin/devices/%s/qr", dport, devices[0].id);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/admin/devices/%s/qr", admin_port, devices[0].id);
     const char *auth[] = {"Authorization: Bearer gowa-e2e-admin", NULL};
     resp r;
     long code = http("GET", url, NULL, 0, auth, &r);
