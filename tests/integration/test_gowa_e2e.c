@@ -539,9 +539,9 @@ static void test_credentials_stay_home(void **state)
     assert_true(fake_ok(&gowa, "POST", control, "{\"state\": \"logged_out\"}"));
     /* The gateway's QR link points at the dispatcher's own admin API. */
     assert_true(fake_ok(&gowa, "POST", "/_control/config",
-                        "{\"qr_link_base\": \"http://127.0.0.1:%d/admin\"}", dport));
+                        "{\"qr_link_base\": \"http://127.0.0.1:%d/admin\"}", admin_port));
     char url[256];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/admin/devices/%s/qr", dport, devices[0].id);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/admin/devices/%s/qr", admin_port, devices[0].id);
     const char *auth[] = {"Authorization: Bearer gowa-e2e-admin", NULL};
     resp r;
     long code = http("GET", url, NULL, 0, auth, &r);
@@ -573,7 +573,7 @@ static void test_credentials_stay_home(void **state)
         wt_dump_logs(&env, 40);
         fail_msg("the sender did not refuse the device's base_url");
     }
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/admin/devices/%s/qr", dport, other_device);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/admin/devices/%s/qr", admin_port, other_device);
     code = http("GET", url, NULL, 0, auth, &r);
     fprintf(stderr, "QR for a base_url not allowed: %ld %.300s\n", code, r.body ? r.body : "");
     assert_int_equal(code, 409);
@@ -598,7 +598,7 @@ static void test_credentials_stay_home(void **state)
         wt_dump_logs(&env, 40);
         fail_msg("credentials sealed for another device opened");
     }
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/admin/devices/%s/qr", dport, copied);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/admin/devices/%s/qr", admin_port, copied);
     code = http("GET", url, NULL, 0, auth, &r);
     fprintf(stderr, "QR with copied credentials: %ld %.300s\n", code, r.body ? r.body : "");
     assert_int_equal(code, 500);
