@@ -1,0 +1,60 @@
+-- Knowing that Redis lost acknowledged writes (see lib/wc_epoch.c).
+--
+-- Redis keeps a fence (wacast:fence: epoch, seq, ms); senders bump seq in
+-- Redis and, once Redis acknowledged it, raise this row's seq to it. A Redis
+-- that comes back with a seq below this row's (or with no fence at all) lost
+-- acknowledged writes: the check starts a new epoch and records when and from
+-- which point of Redis's clock, so every daemon can recover from PostgreSQL.
+CREATE TABLE redis_fence (
+    id boolean PRIMARY KEY DEFAULT true CHECK (id),
+    epoch bigint NOT NULL,
+    seq bigint NOT NULL,
+    loss_redis_ms bigint,   -- Redis clock (ms) of the last fence that survived the loss
+    loss_at timestamptz,    -- when the last loss was found
+    losses bigint NOT NULL DEFAULT 0
+);
+
+-- The check run on every Redis (re)connect, with what Redis holds (NULLs:
+-- no fence). Serialised on the row. Returns the epoch Redis must carry, the
+-- seq to start from when Redis must be reset (reset = true), whether this
+-- call found a loss, and the last loss on record (ms since the epoch; 0 none).
+CREATE FUNCTION wacast_redis_fence_check(r_epoch bigint, r_seq bigint, r_ms bigint,
+    OUT epoch bigint, OUT reset boolean, OUT lost boolean, OUT loss_redis_ms bigint,
+    OUT loss_at_ms bigint) LANGUAGE plpgsql AS $$
+DECLARE
+    f redis_fence%ROWTYPE;
+BEGIN
+    reset := false;
+    lost := false;
+    SELECT * INTO f FROM redis_fence FOR UPDATE;
+    IF NOT FOUND THEN
+        -- The first Redis this database has seen (or PostgreSQL forgot it):
+        -- what Redis holds is the truth.
+        INSERT INTO redis_fence (epoch, seq) VALUES (coalesce(r_epoch, 1), coalesce(r_seq, 0))
+            ON CONFLICT (id) DO NOTHING;
+        SELECT * INTO f FROM redis_fence FOR UPDATE;
+        reset := r_epoch IS NULL OR r_epoch <> f.epoch;
+    ELSIF r_epoch IS NULL OR (r_epoch = f.epoch AND r_seq < f.seq) THEN
+        -- Acknowledged writes are gone: a new epoch from the last point Redis kept.
+        UPDATE redis_fence SET epoch = f.epoch + 1, seq = 0,
+            loss_redis_ms = CASE WHEN r_epoch IS NULL THEN 0 ELSE r_ms END,
+            loss_at = now(), losses = f.losses + 1
+            RETURNING * INTO f;
+        reset := true;
+        lost := true;
+    ELSIF r_epoch < f.epoch THEN
+        -- A loss is on record and Redis does not carry its epoch yet: another
+        -- daemon found it a moment ago, or Redis lost that too. Either way
+        -- the recovery starts from the earlier point and from now.
+        UPDATE redis_fence SET loss_redis_ms = least(coalesce(f.loss_redis_ms, r_ms), r_ms),
+            loss_at = now() RETURNING * INTO f;
+        reset := true;
+        lost := true;
+    ELSIF r_epoch > f.epoch THEN
+        -- PostgreSQL is behind Redis (restored from a backup): follow Redis.
+        UPDATE redis_fence SET epoch = r_epoch, seq = r_seq RETURNING * INTO f;
+    END IF;
+    epoch := f.epoch;
+    loss_redis_ms := coalesce(f.loss_redis_ms, 0);
+    loss_at_ms := coalesce((extract(epoch FROM f.loss_at) * 1000)::bigint, 0);
+END $$;
