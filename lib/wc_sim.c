@@ -241,7 +241,7 @@ static int sim_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, 
                           "ts_us",    ts_us,
                           "ok",       fail ? "0" : "1"};
     int argc = (int)(sizeof argv / sizeof argv[0]);
-    wc_redis *r = d->env->redis;
+    wc_redis *r = d->env->sim_redis ? d->env->sim_redis : d->env->redis;
     const char *cbs = d->env->sim_callbacks ? d->env->sim_callbacks : "";
     if (fail || !*cbs) {
         /* No webhook to go with it: the record alone, one command. */
