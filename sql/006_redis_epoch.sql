@@ -34,6 +34,10 @@ BEGIN
             ON CONFLICT (id) DO NOTHING;
         SELECT * INTO f FROM redis_fence FOR UPDATE;
         reset := r_epoch IS NULL OR r_epoch <> f.epoch;
+    ELSIF r_epoch IS NULL AND f.seq = 0 AND f.losses = 0 THEN
+        -- No bump was ever acknowledged: nothing to lose yet (daemons
+        -- starting together on a new Redis all see it without a fence).
+        reset := true;
     ELSIF r_epoch IS NULL OR (r_epoch = f.epoch AND r_seq < f.seq) THEN
         -- Acknowledged writes are gone: a new epoch from the last point Redis kept.
         UPDATE redis_fence SET epoch = f.epoch + 1, seq = 0,
