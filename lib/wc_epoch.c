@@ -51,6 +51,7 @@ struct wc_epoch {
     bool recheck;        /* another connect came during the check */
     bool ticking;        /* a bump is in flight */
     bool checked;        /* at least one check answered */
+    bool settled;        /* the check after the latest connect answered */
     int64_t epoch;       /* 0 until checked */
     int64_t loss_at_ms;  /* the loss on record at the last check */
     uint64_t recoveries; /* losses this process recovered from */
@@ -102,6 +103,7 @@ static void check_done(wc_epoch *e)
 {
     e->checking = false;
     e->checked = true;
+    e->settled = !e->recheck;
     e->epoch = e->st.epoch;
     int64_t now_ms = wc_now_us() / 1000;
     bool known = e->loss_at_ms != 0 || e->recoveries > 0;
@@ -213,6 +215,7 @@ static void on_fence(wc_redis *r, redisReply *reply, void *arg)
 
 static void check(wc_epoch *e)
 {
+    e->settled = false;
     if (e->checking) {
         e->recheck = true;
         return;
@@ -337,6 +340,11 @@ void wc_epoch_free(wc_epoch *e)
     e->dead = true;
     if (e->inflight == 0)
         free(e);
+}
+
+bool wc_epoch_settled(const wc_epoch *e)
+{
+    return e->settled;
 }
 
 int64_t wc_epoch_current(const wc_epoch *e)

@@ -38,6 +38,11 @@ wc_epoch *wc_epoch_new(struct event_base *base, wc_redis *redis, wc_pg *pg, int 
                        wc_epoch_cb *cb, void *arg);
 void wc_epoch_free(wc_epoch *e);
 
+/* True once the check that followed the latest (re)connect has answered:
+ * until then nobody knows whether Redis lost data, and nothing that relies
+ * on its markers should go out. */
+bool wc_epoch_settled(const wc_epoch *e);
+
 /* The epoch of the last check (0 before the first one answered). */
 int64_t wc_epoch_current(const wc_epoch *e);
 

@@ -22,7 +22,15 @@
  * message waits in the device's "later" set), a circuit breaker after
  * consecutive transient failures, and a health score; a device at its cap or
  * with its breaker open rests (resting_until on its row: the router skips it)
- * and its queued messages go back to the router. */
+ * and its queued messages go back to the router.
+ *
+ * Redis losing data (lib/wc_epoch.c finds it on every reconnect): no device
+ * sends until the fence check has answered; after a loss, a job published
+ * before it is sent only once PostgreSQL says its row is not yet sent (rows
+ * read in batches across devices, DEV_CHECKING), and held devices keep their
+ * pacing, day counts and leases from this sender's memory. A send in doubt
+ * is looked up in PostgreSQL too, and waits in the later set, never holding
+ * up its device. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1351,6 +1359,9 @@ static void on_marker(device *dv, const char *v, size_t len)
     }
     if (len >= 2 && v[0] == 'd') {
         /* Outcome already known: report it again (the sink is idempotent) and ack. */
+        char msg[32];
+        snprintf(msg, sizeof msg, "%" PRId64, dv->job->message_id);
+        wc_map_del(&f->doubt_seen, msg);
         Wacast__Result *res = wacast__result__unpack(NULL, len - 2, (const uint8_t *)v + 2);
         f->m.replayed++;
         if (res) {
@@ -2166,9 +2177,11 @@ static void device_step(device *dv)
         open_transport(dv);
         return;
     }
-    if (!wc_redis_ready(f->d.redis)) {
+    if (!wc_redis_ready(f->d.redis) || !wc_epoch_settled(f->epoch)) {
+        /* Not until the fence check after the (re)connect has said whether
+         * Redis lost data (its markers could have gone back in time). */
         set_state(dv, DEV_IDLE);
-        arm_timer(dv, 500000);
+        arm_timer(dv, wc_redis_ready(f->d.redis) ? 50000 : 500000);
         return;
     }
     if (resting(dv))
