@@ -413,6 +413,176 @@ static void test_fsynced_kill_is_no_loss(void **state)
     assert_false(r.recovery_logged);
 }
 
+typedef struct doubt_arg {
+    wt_env *env;
+    PGconn *db;
+    long long a, b;
+    long others;        /* messages of the campaign other than a and b */
+    long others_sent;   /* of them, in the record */
+    int a_sent, b_sent; /* sends of a and b in the record */
+    long long first_us, last_us;
+    long long min_gap_us; /* shortest gap between two sends of the device */
+} doubt_arg;
+
+static void doubt_scan(doubt_arg *d)
+{
+    redisContext *rc = wt_sim_redis(d->env);
+    redisReply *r = redisCommand(rc, "XRANGE wacast:sim:sends - +");
+    assert_non_null(r);
+    d->others_sent = 0;
+    d->a_sent = d->b_sent = 0;
+    d->min_gap_us = -1;
+    long long prev = 0;
+    for (size_t i = 0; i < r->elements; i++) {
+        redisReply *f = r->element[i]->element[1];
+        long long msg = atoll(field(f, "msg")), ts = atoll(field(f, "ts_us"));
+        if (msg == d->a)
+            d->a_sent++;
+        else if (msg == d->b)
+            d->b_sent++;
+        else
+            d->others_sent++;
+        if (prev && (d->min_gap_us < 0 || ts - prev < d->min_gap_us))
+            d->min_gap_us = ts - prev;
+        prev = ts;
+    }
+    freeReplyObject(r);
+    redisFree(rc);
+}
+
+static bool others_sent(void *arg)
+{
+    doubt_arg *d = arg;
+    doubt_scan(d);
+    return d->others_sent >= d->others;
+}
+
+static bool a_sent(void *arg)
+{
+    doubt_arg *d = arg;
+    doubt_scan(d);
+    return d->a_sent > 0;
+}
+
+static bool all_queued(void *arg)
+{
+    doubt_arg *d = arg;
+    return wt_sql_long(d->db, "SELECT count(*) FROM broadcast_messages WHERE status = 'pending'") ==
+               0 &&
+           wt_sql_long(d->db, "SELECT count(*) FROM broadcast_messages WHERE status = 'queued'") >=
+               6;
+}
+
+static bool routed(void *arg)
+{
+    doubt_arg *d = arg;
+    redisContext *rc = wt_redis(d->env);
+    bool ok = true;
+    long long ids[] = {d->a, d->b};
+    for (int i = 0; i < 2 && ok; i++) {
+        redisReply *r = redisCommand(rc, "GET wacast:msg:%lld", ids[i]);
+        ok = r && r->type == REDIS_REPLY_STRING && r->str[0] == 'r';
+        if (r)
+            freeReplyObject(r);
+    }
+    redisFree(rc);
+    return ok;
+}
+
+/* 4. A send in doubt holds up neither its device nor, when PostgreSQL knows
+ * its outcome, itself: with two messages left in doubt by a "dead" sender
+ * (claims of a sender that never sent), the device's other messages go out
+ * at their pace at once; the one whose row is already sent is never sent;
+ * the other goes out once, after the in-doubt wait. */
+static void test_in_doubt_does_not_stall(void **state)
+{
+    (void)state;
+    wt_env env;
+    sc_world world;
+    assert_int_equal(wt_env_start(&env, WT_REDIS | WT_MIGRATE), 0);
+    assert_int_equal(wt_sim_redis_start(&env), 0);
+    PGconn *db = wt_pg(&env);
+    sc_populate(&world, db, seed + 4, 1, 1, 0, 14, 0.1, 0.2);
+    char sim_url[160], port[32];
+    int sender_port = wt_free_port();
+    snprintf(sim_url, sizeof sim_url, "WACAST_SIM_REDIS_URL=%s", env.sim_redis_url);
+    snprintf(port, sizeof port, "PORT=%d", sender_port);
+    const char *envs[] = {"WACAST_LOG_LEVEL=info",
+                          "WACAST_POLL_MS=200",
+                          "WACAST_LEASE_TTL_MS=3000",
+                          "WACAST_DEVICE_REFRESH_MS=500",
+                          "WACAST_IDLE_POLL_MS=1000",
+                          "WACAST_ONLINE_GRACE_MS=60000",
+                          "WACAST_IN_DOUBT_MS=8000",
+                          "WACAST_SIM_CALLBACKS=sent",
+                          "WACAST_TIMEOUT_MS=3000",
+                          sim_url,
+                          NULL,
+                          NULL};
+    assert_true(wt_spawn(&env, "wacast-scheduler", "scheduler-1", envs) > 0);
+    assert_true(wt_spawn(&env, "wacast-dispatcher", "dispatcher-1", envs) > 0);
+    /* The device must look healthy to the feeder before any sender runs. */
+    PQclear(wt_sql(db, "UPDATE user_devices SET status = 'online', last_seen = now()"));
+    add_campaign(db, &world, 0, "Doubt");
+    doubt_arg d = {.env = &env, .db = db};
+    assert_true(wt_wait_for(all_queued, &d, 30000));
+    PGresult *r = wt_sql(db, "SELECT id FROM broadcast_messages WHERE status = 'queued'"
+                             " ORDER BY id LIMIT 2");
+    d.a = atoll(PQgetvalue(r, 0, 0));
+    d.b = atoll(PQgetvalue(r, 1, 0));
+    PQclear(r);
+    d.others =
+        wt_sql_long(db, "SELECT count(*) FROM broadcast_messages WHERE status = 'queued'") - 2;
+    if (!wt_wait_for(routed, &d, 15000)) {
+        wt_dump_logs(&env, 30);
+        fail_msg("messages %lld and %lld were not routed", d.a, d.b);
+    }
+    /* A sender claimed both and died before its outcome: a's row says
+     * nothing more, b's row got its status from elsewhere. */
+    redisContext *rc = wt_redis(&env);
+    redisReply *t = redisCommand(rc, "TIME");
+    long long wall_ms = atoll(t->element[0]->str) * 1000 + atoll(t->element[1]->str) / 1000;
+    freeReplyObject(t);
+    long long ids[] = {d.a, d.b};
+    for (int i = 0; i < 2; i++) {
+        redisReply *x = redisCommand(rc, "SET wacast:msg:%lld c:%s:ghost:%lld EX 600", ids[i],
+                                     world.devices[0].id, wall_ms);
+        freeReplyObject(x);
+    }
+    redisFree(rc);
+    PQclear(wt_sql(db,
+                   "UPDATE broadcast_messages SET status = 'sent', sent_at = now()"
+                   " WHERE id = %lld",
+                   d.b));
+
+    long long start = wt_now_ms();
+    envs[sizeof envs / sizeof envs[0] - 2] = port;
+    assert_true(wt_spawn(&env, "wacast-sender", "sender-1", envs) > 0);
+    assert_true(wt_wait_for(others_sent, &d, 30000));
+    double others_s = (double)(wt_now_ms() - start) / 1000.0;
+    int a_before = d.a_sent;
+    assert_true(wt_wait_for(a_sent, &d, 30000));
+    double a_s = (double)(wt_now_ms() - start) / 1000.0;
+    doubt_scan(&d);
+    long resolved = metric(sender_port, "wacast_sender_pg_already_done_total");
+    fprintf(stderr,
+            "redis_loss: in doubt: %ld other message(s) sent %.1f s after the sender started"
+            " (the in-doubt one %s then), in-doubt one sent after %.1f s (%d time(s)), the one"
+            " PostgreSQL had sent: %d send(s), shortest gap %.3f s, settled from PostgreSQL %ld\n",
+            d.others, others_s, a_before ? "sent already" : "still waiting", a_s, d.a_sent,
+            d.b_sent, (double)d.min_gap_us / 1e6, resolved);
+    if (a_before || d.a_sent != 1 || d.b_sent != 0 || resolved < 1)
+        wt_dump_logs(&env, 40);
+    PQfinish(db);
+    wt_env_stop(&env);
+    sc_world_free(&world);
+    assert_int_equal(a_before, 0);
+    assert_int_equal(d.a_sent, 1);
+    assert_int_equal(d.b_sent, 0);
+    assert_true(resolved >= 1);
+    assert_true(d.min_gap_us >= 100000);
+}
+
 int main(int argc, char **argv)
 {
     if (sodium_init() < 0)
@@ -427,6 +597,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_fsynced_kill_is_no_loss),
         cmocka_unit_test(test_power_loss),
         cmocka_unit_test(test_publication_lost),
+        cmocka_unit_test(test_in_doubt_does_not_stall),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     free(sent_at_crash);
