@@ -1,7 +1,9 @@
 /* The simulated device: behaves like a provider with configurable latency and
  * failure rate, and keeps a record of every send in a Redis stream so tests
  * and benchmarks can prove exactly-once delivery, content and pacing from the
- * outside. Nothing in the engine special-cases it.
+ * outside. Nothing in the engine special-cases it. The record and the pending
+ * status webhooks go to env->sim_redis (WACAST_SIM_REDIS_URL) when set: a
+ * provider does not forget what it sent when the engine's Redis loses data.
  *
  * Per-device settings (user_devices.settings), read when the device connects
  * (a changed setting reconnects it at its next rest):
