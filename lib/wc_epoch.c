@@ -12,6 +12,10 @@
  * not acknowledge; a Redis whose seq is below PostgreSQL's, or that has no
  * fence while PostgreSQL has one, lost acknowledged writes.
  *
+ * A check reads PostgreSQL's copy first and Redis after it (the other order
+ * would race with the bumps: a bump acknowledged and copied between the two
+ * reads would look like a loss).
+ *
  * On such a finding, wacast_redis_fence_check() (sql/006) starts a new epoch
  * in one serialised statement and records when the loss was found and the
  * Redis time of the last fence that survived; the finder writes the new
@@ -47,14 +51,15 @@ struct wc_epoch {
     void *arg;
     int tick_ms;
     struct event *tick_ev, *retry_ev;
-    bool checking;       /* a check is in flight */
-    bool recheck;        /* another connect came during the check */
-    bool ticking;        /* a bump is in flight */
-    bool checked;        /* at least one check answered */
-    bool settled;        /* the check after the latest connect answered */
-    int64_t epoch;       /* 0 until checked */
-    int64_t loss_at_ms;  /* the loss on record at the last check */
-    uint64_t recoveries; /* losses this process recovered from */
+    bool checking;                 /* a check is in flight */
+    bool recheck;                  /* another connect came during the check */
+    bool ticking;                  /* a bump is in flight */
+    bool checked;                  /* at least one check answered */
+    bool settled;                  /* the check after the latest connect answered */
+    int64_t epoch;                 /* 0 until checked */
+    int64_t loss_at_ms;            /* the loss on record at the last check */
+    uint64_t recoveries;           /* losses this process recovered from */
+    char pg_epoch[24], pg_seq[24]; /* PostgreSQL's copy, read before Redis ("": no row) */
     char redis_epoch[24], redis_seq[24], redis_ms[24];
     wc_epoch_state st;
     int inflight; /* commands and queries whose callbacks are still to come */
@@ -200,14 +205,41 @@ static void on_fence(wc_redis *r, redisReply *reply, void *arg)
     copy_field(e->redis_epoch, sizeof e->redis_epoch, reply->element[0]);
     copy_field(e->redis_seq, sizeof e->redis_seq, reply->element[1]);
     copy_field(e->redis_ms, sizeof e->redis_ms, reply->element[2]);
-    bool none = !e->redis_epoch[0];
+    bool none = !e->redis_epoch[0], no_row = !e->pg_epoch[0];
     const char *params[] = {none ? NULL : e->redis_epoch,
                             none ? NULL : (e->redis_seq[0] ? e->redis_seq : "0"),
-                            none ? NULL : (e->redis_ms[0] ? e->redis_ms : "0")};
+                            none ? NULL : (e->redis_ms[0] ? e->redis_ms : "0"),
+                            no_row ? NULL : e->pg_epoch, no_row ? NULL : e->pg_seq};
     if (wc_pg_query(e->pg,
                     "SELECT epoch, reset, lost, loss_redis_ms, loss_at_ms"
-                    " FROM wacast_redis_fence_check($1::bigint, $2::bigint, $3::bigint)",
-                    3, params, on_checked, e) < 0)
+                    " FROM wacast_redis_fence_check($1::bigint, $2::bigint, $3::bigint,"
+                    " $4::bigint, $5::bigint)",
+                    5, params, on_checked, e) < 0)
+        retry_later(e);
+    else
+        e->inflight++;
+}
+
+/* PostgreSQL's copy first, then Redis: every seq PostgreSQL holds was
+ * acknowledged by Redis before, so a Redis read after it must hold as much;
+ * read the other way round, a bump landing in between would look like a loss. */
+static void on_pg_fence(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    wc_epoch *e = arg;
+    if (!alive(e))
+        return;
+    if (!res) {
+        wc_warn("redis fence check: %s", err);
+        retry_later(e);
+        return;
+    }
+    e->pg_epoch[0] = e->pg_seq[0] = '\0';
+    if (PQntuples(res) == 1) {
+        snprintf(e->pg_epoch, sizeof e->pg_epoch, "%s", PQgetvalue(res, 0, 0));
+        snprintf(e->pg_seq, sizeof e->pg_seq, "%s", PQgetvalue(res, 0, 1));
+    }
+    if (wc_redis_command(e->redis, on_fence, e, "HMGET %s epoch seq ms", WC_KEY_FENCE) < 0)
         retry_later(e);
     else
         e->inflight++;
@@ -223,7 +255,7 @@ static void check(wc_epoch *e)
     if (!wc_redis_ready(e->redis))
         return; /* the connect hook checks when it is back */
     e->checking = true;
-    if (wc_redis_command(e->redis, on_fence, e, "HMGET %s epoch seq ms", WC_KEY_FENCE) < 0)
+    if (wc_pg_query(e->pg, "SELECT epoch, seq FROM redis_fence", 0, NULL, on_pg_fence, e) < 0)
         retry_later(e);
     else
         e->inflight++;

@@ -14,15 +14,22 @@ CREATE TABLE redis_fence (
     losses bigint NOT NULL DEFAULT 0
 );
 
--- The check run on every Redis (re)connect, with what Redis holds (NULLs:
--- no fence). Serialised on the row. Returns the epoch Redis must carry, the
--- seq to start from when Redis must be reset (reset = true), whether this
--- call found a loss, and the last loss on record (ms since the epoch; 0 none).
+-- The check run on every Redis (re)connect, with what PostgreSQL held
+-- (p_epoch, p_seq: read BEFORE Redis was read; NULLs: no row) and what Redis
+-- then held (NULLs: no fence). Every seq PostgreSQL holds was acknowledged by
+-- Redis before it was written here, so a Redis read after PostgreSQL said
+-- p_seq must hold at least p_seq in the same epoch, unless it lost writes;
+-- comparing with the row as it is now would race with the senders' bumps.
+-- Serialised on the row. Returns the epoch Redis must carry, whether Redis
+-- must be reset to it (seq 0), whether this call found a loss, and the last
+-- loss on record (ms since the epoch; 0 none).
 CREATE FUNCTION wacast_redis_fence_check(r_epoch bigint, r_seq bigint, r_ms bigint,
+    p_epoch bigint, p_seq bigint,
     OUT epoch bigint, OUT reset boolean, OUT lost boolean, OUT loss_redis_ms bigint,
     OUT loss_at_ms bigint) LANGUAGE plpgsql AS $$
 DECLARE
     f redis_fence%ROWTYPE;
+    gone boolean := false;
 BEGIN
     reset := false;
     lost := false;
@@ -34,18 +41,19 @@ BEGIN
             ON CONFLICT (id) DO NOTHING;
         SELECT * INTO f FROM redis_fence FOR UPDATE;
         reset := r_epoch IS NULL OR r_epoch <> f.epoch;
-    ELSIF r_epoch IS NULL AND f.seq = 0 AND f.losses = 0 THEN
-        -- No bump was ever acknowledged: nothing to lose yet (daemons
-        -- starting together on a new Redis all see it without a fence).
-        reset := true;
-    ELSIF r_epoch IS NULL OR (r_epoch = f.epoch AND r_seq < f.seq) THEN
-        -- Acknowledged writes are gone: a new epoch from the last point Redis kept.
-        UPDATE redis_fence SET epoch = f.epoch + 1, seq = 0,
-            loss_redis_ms = CASE WHEN r_epoch IS NULL THEN 0 ELSE r_ms END,
-            loss_at = now(), losses = f.losses + 1
-            RETURNING * INTO f;
-        reset := true;
-        lost := true;
+    ELSIF r_epoch IS NULL THEN
+        IF p_epoch IS DISTINCT FROM f.epoch THEN
+            -- The epoch moved while we looked: its finder resets Redis.
+            reset := true;
+        ELSIF coalesce(p_seq, 0) = 0 AND f.losses = 0 THEN
+            -- No bump was ever acknowledged: nothing to lose yet (daemons
+            -- starting together on a new Redis all see it without a fence).
+            reset := true;
+        ELSE
+            gone := true;
+        END IF;
+    ELSIF r_epoch = f.epoch THEN
+        gone := p_epoch = f.epoch AND r_seq < p_seq;
     ELSIF r_epoch < f.epoch THEN
         -- A loss is on record and Redis does not carry its epoch yet: another
         -- daemon found it a moment ago, or Redis lost that too. Either way
@@ -54,9 +62,17 @@ BEGIN
             loss_at = now() RETURNING * INTO f;
         reset := true;
         lost := true;
-    ELSIF r_epoch > f.epoch THEN
+    ELSE
         -- PostgreSQL is behind Redis (restored from a backup): follow Redis.
         UPDATE redis_fence SET epoch = r_epoch, seq = r_seq RETURNING * INTO f;
+    END IF;
+    IF gone THEN
+        -- Acknowledged writes are gone: a new epoch from the last point Redis kept.
+        UPDATE redis_fence SET epoch = f.epoch + 1, seq = 0,
+            loss_redis_ms = coalesce(r_ms, 0), loss_at = now(), losses = f.losses + 1
+            RETURNING * INTO f;
+        reset := true;
+        lost := true;
     END IF;
     epoch := f.epoch;
     loss_redis_ms := coalesce(f.loss_redis_ms, 0);
