@@ -867,12 +867,16 @@ static void defer_entry_marked(device *dv, int64_t not_before_us, bool reset_mar
     wc_key_lane(lane, sizeof lane, dv->id, dv->entry_lane);
     int64_t due_ms = not_before_us / 1000 + 1;
     snprintf(score, sizeof score, "%" PRId64, due_ms);
-    /* Member: "<campaign>\n<job>", so the promotion knows the lane. */
-    size_t clen = strlen(dv->job->campaign_id), len = wacast__job__get_packed_size(dv->job);
+    /* Member: "<campaign>\n<job>", so the promotion knows the lane; "?" in
+     * front for a message in doubt, which a handback leaves with the device
+     * (its claim must settle here, like a claimed entry in a lane). */
+    size_t pre = reset_marker ? 0 : 1;
+    size_t clen = pre + strlen(dv->job->campaign_id), len = wacast__job__get_packed_size(dv->job);
     uint8_t *buf = malloc(clen + 1 + len);
     if (!buf)
         abort();
-    memcpy(buf, dv->job->campaign_id, clen);
+    buf[0] = '?';
+    memcpy(buf + pre, dv->job->campaign_id, clen - pre);
     buf[clen] = '\n';
     wacast__job__pack(dv->job, buf + clen + 1);
     const char *argv[] = {"EVAL", LATER_PUT,         "2",           later,       lane,
@@ -915,7 +919,7 @@ static const char *LATER_PROMOTE =
     "local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100) "
     "local n = 0 "
     "for _, m in ipairs(due) do "
-    " local c, p = string.match(m, '^([^\\n]*)\\n(.*)$') "
+    " local c, p = string.match(m, '^%\?\?([^\\n]*)\\n(.*)$') "
     " if c then "
     "  local lane = ARGV[3] .. c "
     "  if redis.call('EXISTS', lane) == 0 then "
@@ -1066,8 +1070,22 @@ static void on_handback_later(wc_redis *r, redisReply *reply, void *arg)
     wc_key_later(later, sizeof later, dv->id);
     snprintf(ttl, sizeof ttl, "%ld", f->cfg.idempotency_ttl_s);
     int rc = 0;
-    for (size_t i = 0; i < reply->elements && rc == 0; i++) {
+    /* The last member handed back moves the operation on (a message in doubt
+     * stays); none: done. */
+    size_t last = reply->elements;
+    for (size_t i = 0; i < reply->elements; i++) {
         redisReply *m = reply->element[i];
+        if (m->type == REDIS_REPLY_STRING && m->len > 0 && m->str[0] != '?')
+            last = i;
+    }
+    if (last == reply->elements) {
+        handback_done(op);
+        return;
+    }
+    for (size_t i = 0; i <= last && rc == 0; i++) {
+        redisReply *m = reply->element[i];
+        if (m->type == REDIS_REPLY_STRING && m->len > 0 && m->str[0] == '?')
+            continue;
         const char *nl = m->type == REDIS_REPLY_STRING ? memchr(m->str, '\n', m->len) : NULL;
         Wacast__Job *job = nl ? wacast__job__unpack(NULL, m->len - (size_t)(nl + 1 - m->str),
                                                     (const uint8_t *)nl + 1)
@@ -1083,8 +1101,8 @@ static void on_handback_later(wc_redis *r, redisReply *reply, void *arg)
         }
         const char *zrem[] = {"ZREM", later, m->str};
         size_t zlen[] = {4, strlen(later), m->len};
-        rc |= wc_redis_commandv(r, i + 1 == reply->elements ? on_handback_step : on_void,
-                                i + 1 == reply->elements ? (void *)op : (void *)f, 3, zrem, zlen);
+        rc |= wc_redis_commandv(r, i == last ? on_handback_step : on_void,
+                                i == last ? (void *)op : (void *)f, 3, zrem, zlen);
     }
     if (rc < 0)
         handback_done(op);
