@@ -1635,6 +1635,9 @@ static void on_claimed(wc_redis *r, redisReply *reply, void *arg)
     if (dv->state != DEV_CLAIMING)
         return;
     if (!reply_ok(f, reply)) {
+        /* The claim may have landed with its reply lost (Redis went away),
+         * but nothing was sent: our own claim is no doubt when read again. */
+        dv->safe_retry_id = dv->job->message_id;
         dv->pel_mode = true;
         free_job(dv);
         set_state(dv, DEV_IDLE);
