@@ -128,6 +128,7 @@ typedef struct dispatcher {
     bool sim_busy, paused_busy, cancel_busy;
     struct wc_httpc *httpc;    /* gateway calls of the admin API (QR pairing) */
     struct wc_seal_keys *seal; /* to open device credentials; NULL without WACAST_SECRET_KEY */
+    wc_redis *sim_rd;          /* the sim provider's Redis (WACAST_SIM_REDIS_URL), or NULL */
 } dispatcher;
 
 /* The writes one webhook body causes (events.c): done() runs once all of

@@ -478,6 +478,13 @@ static void on_webhook(struct evhttp_request *req, void *arg)
 /* ---- the simulated provider's webhooks --------------------------------------------------------
  */
 
+/* The sim's provider side may live in a Redis of its own (WACAST_SIM_REDIS_URL,
+ * as the senders' sim transport is told): its webhooks are read there. */
+static wc_redis *sim_redis(dispatcher *ds)
+{
+    return ds->sim_rd ? ds->sim_rd : ds->d.redis;
+}
+
 static void on_sim_removed(wc_redis *r, redisReply *reply, void *arg)
 {
     (void)r;
@@ -522,7 +529,7 @@ static void remove_when_durable(webhook_op *op)
             lens[i + 2] = sr->lens[i];
         }
         removing =
-            wc_redis_commandv(ds->d.redis, on_sim_removed, ds, (int)sr->n + 2, argv, lens) == 0;
+            wc_redis_commandv(sim_redis(ds), on_sim_removed, ds, (int)sr->n + 2, argv, lens) == 0;
         free(argv);
         free(lens);
     }
@@ -576,11 +583,11 @@ static void on_sim_timer(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     dispatcher *ds = arg;
-    if (ds->sim_busy || !wc_redis_ready(ds->d.redis))
+    if (ds->sim_busy || !wc_redis_ready(sim_redis(ds)))
         return;
     char now[32];
     snprintf(now, sizeof now, "%" PRId64, wc_now_us() / 1000);
-    if (wc_redis_command(ds->d.redis, on_sim_due, ds, "ZRANGEBYSCORE %s -inf %s LIMIT 0 1000",
+    if (wc_redis_command(sim_redis(ds), on_sim_due, ds, "ZRANGEBYSCORE %s -inf %s LIMIT 0 1000",
                          WC_KEY_SIM_CALLBACKS, now) == 0)
         ds->sim_busy = true;
 }
@@ -591,6 +598,11 @@ void events_init(dispatcher *ds)
         wc_error("cannot route /webhooks/");
         abort();
     }
+    const char *url = getenv("WACAST_SIM_REDIS_URL");
+    char err[256];
+    if (url && *url &&
+        !(ds->sim_rd = wc_redis_new(ds->d.base, url, "redis-sim", 3000, err, sizeof err)))
+        wc_error("WACAST_SIM_REDIS_URL: %s", err);
     ds->sim_timer = wc_daemon_every(&ds->d, 100, on_sim_timer, ds);
 }
 
@@ -599,4 +611,6 @@ void events_free(dispatcher *ds)
     if (ds->sim_timer)
         event_free(ds->sim_timer);
     ds->sim_timer = NULL;
+    wc_redis_free(ds->sim_rd);
+    ds->sim_rd = NULL;
 }

@@ -1,7 +1,9 @@
 /* The simulated device: behaves like a provider with configurable latency and
  * failure rate, and keeps a record of every send in a Redis stream so tests
  * and benchmarks can prove exactly-once delivery, content and pacing from the
- * outside. Nothing in the engine special-cases it.
+ * outside. Nothing in the engine special-cases it. The record and the pending
+ * status webhooks go to env->sim_redis (WACAST_SIM_REDIS_URL) when set: a
+ * provider does not forget what it sent when the engine's Redis loses data.
  *
  * Per-device settings (user_devices.settings), read when the device connects
  * (a changed setting reconnects it at its next rest):
@@ -241,7 +243,7 @@ static int sim_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, 
                           "ts_us",    ts_us,
                           "ok",       fail ? "0" : "1"};
     int argc = (int)(sizeof argv / sizeof argv[0]);
-    wc_redis *r = d->env->redis;
+    wc_redis *r = d->env->sim_redis ? d->env->sim_redis : d->env->redis;
     const char *cbs = d->env->sim_callbacks ? d->env->sim_callbacks : "";
     if (fail || !*cbs) {
         /* No webhook to go with it: the record alone, one command. */

@@ -89,6 +89,11 @@ typedef struct wc_transport_env {
      * sim_callback_delay_ms after the send and each next one as long again. */
     const char *sim_callbacks;
     int sim_callback_delay_ms;
+    /* Where the sim's provider side lives (its record and pending webhooks):
+     * a Redis other than the engine's (WACAST_SIM_REDIS_URL), so that the
+     * engine's Redis losing data does not make the provider forget what it
+     * sent. NULL: the engine's Redis. */
+    struct wc_redis *sim_redis;
 } wc_transport_env;
 
 typedef struct wc_transport_ops {
@@ -112,8 +117,9 @@ extern const wc_transport_ops wc_transport_sim, wc_transport_cloudapi, wc_transp
  * device, to, text, sender, ts_us, ok). */
 #define WC_SIM_RECORD_KEY "wacast:sim:sends"
 
-/* The sim's provider side lives in Redis, not in the sender, so it outlives a
- * sender that dies mid-send, as a real provider would: the record of a send
+/* The sim's provider side lives in Redis (env->sim_redis), not in the sender,
+ * so it outlives a sender that dies mid-send, as a real provider would, and
+ * in a Redis of its own it outlives the engine's Redis losing data: the record of a send
  * and its status webhooks (Meta-shaped JSON bodies, in the sorted set
  * WC_KEY_SIM_CALLBACKS scored by due time in ms) are written in one MULTI.
  * The dispatcher delivers due webhooks through its webhook code path. */

@@ -30,6 +30,7 @@
 
 #include "wacast.pb-c.h"
 #include "wc_daemon.h"
+#include "wc_epoch.h"
 #include "wc_keys.h"
 #include "wc_log.h"
 #include "wc_map.h"
@@ -174,6 +175,8 @@ typedef struct scheduler {
     exp_state state;
     campaign *c;
     bool reconciling; /* a reconciler query is in flight */
+    int reconcile_now; /* rounds left that take every queued row (Redis lost data) */
+    wc_epoch *epoch;
     bool feeding;     /* a feeder round is in flight */
     wc_map fed;       /* campaign id -> last message id fed (where the next scan starts) */
     int64_t fed_reset_us;
@@ -1111,7 +1114,8 @@ static void on_reconcile(evutil_socket_t fd, short what, void *arg)
     if (s->reconciling || s->d.stopping || !wc_redis_ready(s->d.redis))
         return;
     char after[32];
-    snprintf(after, sizeof after, "%ld", s->cfg.reconcile_after_s);
+    snprintf(after, sizeof after, "%ld", s->reconcile_now > 0 ? 0 : s->cfg.reconcile_after_s);
+    s->reconcile_now -= s->reconcile_now > 0;
     const char *params[] = {after};
     static const char *sql =
         "WITH stuck AS (SELECT m.id FROM broadcast_messages m JOIN campaigns c"
@@ -1125,6 +1129,17 @@ static void on_reconcile(evutil_socket_t fd, short what, void *arg)
         " ORDER BY m.id";
     if (wc_pg_query(s->d.pg, sql, 1, params, on_stuck, s) == 0)
         s->reconciling = true;
+}
+
+/* Redis lost acknowledged writes (wc_epoch.c): what the lost interval held
+ * (a publication, a marker) is looked for at once, not after the timeout. */
+static void on_fence_checked(void *arg, const wc_epoch_state *st)
+{
+    scheduler *s = arg;
+    if (!st->recovering)
+        return;
+    s->reconcile_now = 5;
+    on_reconcile(-1, 0, s);
 }
 
 /* ---- feeder --------------------------------------------------------------------------------
@@ -1432,12 +1447,14 @@ int main(int argc, char **argv)
     s.claim_now = evtimer_new(s.d.base, on_poll, &s);
     s.poll_timer = wc_daemon_every(&s.d, (int)s.cfg.poll_ms, on_poll, &s);
     s.reconcile_timer = wc_daemon_every(&s.d, (int)s.cfg.reconcile_ms, on_reconcile, &s);
+    s.epoch = wc_epoch_new(s.d.base, s.d.redis, s.d.pg, 0, on_fence_checked, &s);
     s.feed_timer = wc_daemon_every(&s.d, (int)s.cfg.feed_ms, on_feed_timer, &s);
     s.waiting_timer = wc_daemon_every(&s.d, 1000, on_waiting_timer, &s);
     s.prune_timer = wc_daemon_every(&s.d, 5000, on_prune_timer, &s);
     claim(&s);
     int rc = wc_daemon_run(&s.d);
     end_expansion(&s);
+    wc_epoch_free(s.epoch);
     event_free(s.poll_timer);
     event_free(s.reconcile_timer);
     event_free(s.feed_timer);

@@ -22,7 +22,15 @@
  * message waits in the device's "later" set), a circuit breaker after
  * consecutive transient failures, and a health score; a device at its cap or
  * with its breaker open rests (resting_until on its row: the router skips it)
- * and its queued messages go back to the router. */
+ * and its queued messages go back to the router.
+ *
+ * Redis losing data (lib/wc_epoch.c finds it on every reconnect): no device
+ * sends until the fence check has answered; after a loss, a job published
+ * before it is sent only once PostgreSQL says its row is not yet sent (rows
+ * read in batches across devices, DEV_CHECKING), and held devices keep their
+ * pacing, day counts and leases from this sender's memory. A send in doubt
+ * is looked up in PostgreSQL too, and waits in the later set, never holding
+ * up its device. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +43,7 @@
 
 #include "wacast.pb-c.h"
 #include "wc_daemon.h"
+#include "wc_epoch.h"
 #include "wc_keys.h"
 #include "wc_log.h"
 #include "wc_map.h"
@@ -64,6 +73,8 @@ typedef struct sender_cfg {
     long breaker_rest_ms;
     long breaker_rest_max_ms;
     char *provider_hosts;
+    char *sim_redis_url;
+    long fence_ms;
 } sender_cfg;
 
 static const wc_cfg_entry cfg_table[] = {
@@ -117,6 +128,13 @@ static const wc_cfg_entry cfg_table[] = {
     {"WACAST_BREAKER_REST_MAX_MS", WC_CFG_INT, "1800000", "longest breaker rest",
      offsetof(sender_cfg, breaker_rest_max_ms), 10, 86400000, false},
     WC_CFG_PROVIDER_HOSTS(sender_cfg, provider_hosts),
+    {"WACAST_SIM_REDIS_URL", WC_CFG_STR, "",
+     "simulated devices: the Redis of the simulated provider (its record and webhooks); "
+     "empty: the engine's Redis",
+     offsetof(sender_cfg, sim_redis_url), 1, 0, false},
+    {"WACAST_FENCE_MS", WC_CFG_INT, "200",
+     "how often the Redis fence is bumped (a Redis losing more than this is noticed)",
+     offsetof(sender_cfg, fence_ms), 10, 60000, false},
 };
 
 #define SENDER_METRICS(X)                                                                          \
@@ -140,6 +158,9 @@ static const wc_cfg_entry cfg_table[] = {
     X(breaker_opened, "device circuit breakers opened (or re-opened by a failed probe)")           \
     X(breaker_closed, "device circuit breakers closed by a successful probe")                      \
     X(daily_cap_rests, "devices that reached their daily cap and rest until their next day")       \
+    X(redis_loss_recoveries, "recoveries from Redis losing acknowledged writes")                   \
+    X(pg_checked, "messages checked against PostgreSQL before sending (after a Redis loss)")       \
+    X(pg_already_done, "messages not sent because PostgreSQL already had them sent or final")      \
     X(redis_errors, "Redis commands that failed")                                                  \
     X(pg_errors, "PostgreSQL queries that failed")
 
@@ -157,14 +178,14 @@ typedef enum {
     DEV_PACING,    /* ours, waiting for the next send time (timer) */
     DEV_READING,   /* XREADGROUP in flight */
     DEV_CLAIMING,  /* idempotency marker claim (or parking a paused job) in flight */
-    DEV_DOUBT,     /* waiting for the status of a send a dead sender left in doubt */
+    DEV_CHECKING,  /* its message's row is being read from PostgreSQL */
     DEV_SENDING,   /* transport send in flight */
     DEV_REPORTING, /* outcome pipeline in flight */
     DEV_RESTING,   /* ours and connected, resting: daily cap reached or circuit breaker open */
 } dev_state;
 
 static const char *dev_state_names[] = {"unowned", "acquiring", "offline",  "idle",
-                                        "pacing",  "reading",   "claiming", "doubt",
+                                        "pacing",  "reading",   "claiming", "checking",
                                         "sending", "reporting", "resting"};
 
 /* Why a device rests (sends nothing, gets no routing) for a while. */
@@ -202,7 +223,9 @@ typedef struct device {
     char entry_id[48];
     Wacast__Job *job;
     uint32_t attempts;
-    int64_t doubt_since_us; /* monotonic; 0 when not in doubt */
+    bool report_quiet;        /* the next report puts no result on the stream */
+    bool check_doubt;         /* the PostgreSQL check is for an in-doubt claim... */
+    int64_t doubt_claimed_ms; /* ...made then (wall clock ms) */
     int64_t safe_retry_id;  /* last message whose failed attempt surely did not go out */
     int64_t claimed_us;     /* when the current claim was sent (monotonic) */
     int64_t done_id;        /* last message whose outcome we reported... */
@@ -273,6 +296,17 @@ struct fleet {
     device *dirty;              /* devices whose row must be written */
     struct evbuffer *touch_ids; /* online devices whose last_seen is due, as a uuid[] */
     bool status_flushing;       /* a row write is in flight */
+    /* Redis losing data (wc_epoch.c): jobs published up to loss_at_us are
+     * checked against PostgreSQL before they are sent. */
+    wc_epoch *epoch;
+    wc_redis *sim;
+    int64_t loss_at_us;   /* when the last loss was found (wall clock; 0: never) */
+    int64_t loss_seen_us; /* when this sender learned it (wall clock; 0: never) */
+    device **checks;      /* devices waiting for their message's row */
+    size_t nchecks, checks_cap;
+    bool checking; /* a check query is in flight */
+    struct event *check_ev;
+    wc_map doubt_seen; /* message id -> when this sender first saw it in doubt (monotonic us) */
 };
 
 static void device_step(device *dv);
@@ -284,11 +318,19 @@ static void device_release(device *dv);
 static void handback_outbox(device *dv);
 static void handback_entry(device *dv);
 static void defer_entry(device *dv, int64_t not_before_us);
+static void defer_entry_marked(device *dv, int64_t not_before_us, bool reset_marker);
+static void pg_check(device *dv);
 static void on_void(wc_redis *r, redisReply *reply, void *arg);
 static void count_send(device *dv);
 
-static const char *LEASE_RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then "
-                                 "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+/* A missing lease is taken again: after Redis lost data the key may be gone
+ * while no other sender holds the device (one that took it would have set it). */
+static const char *LEASE_RENEW =
+    "local v = redis.call('GET', KEYS[1]) "
+    "if v == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
+    "elseif not v then "
+    " redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 "
+    "end return 0";
 static const char *LEASE_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then "
                                    "return redis.call('DEL', KEYS[1]) else return 0 end";
 
@@ -383,7 +425,7 @@ static void free_job(device *dv)
     dv->job = NULL;
     dv->entry_id[0] = '\0';
     dv->attempts = 0;
-    dv->doubt_since_us = 0;
+    dv->check_doubt = false;
 }
 
 /* ---- lease and transport ---------------------------------------------------------------- */
@@ -595,8 +637,19 @@ static void on_next_loaded(wc_redis *r, redisReply *reply, void *arg)
     (void)r;
     device *dv = arg;
     fleet *f = dv->f;
-    if (reply_ok(f, reply) && reply->type == REDIS_REPLY_STRING)
-        dv->next_at_us = strtoll(reply->str, NULL, 10);
+    /* Never earlier than what this sender remembers of the device: after
+     * Redis lost data the stored time may have gone back. */
+    if (reply_ok(f, reply) && reply->type == REDIS_REPLY_STRING) {
+        int64_t stored = strtoll(reply->str, NULL, 10);
+        if (stored > dv->next_at_us)
+            dv->next_at_us = stored;
+    }
+    /* Shortly after a loss the stored time cannot be trusted and the last
+     * holder's memory is elsewhere: wait a full max_delay. */
+    int64_t now = wc_now_us();
+    if (f->loss_seen_us && now - f->loss_seen_us < 60000000 &&
+        dv->next_at_us < now + (int64_t)dv->max_delay_ms * 1000)
+        dv->next_at_us = now + (int64_t)dv->max_delay_ms * 1000;
 }
 
 static void on_day_count(wc_redis *r, redisReply *reply, void *arg)
@@ -798,6 +851,13 @@ static const char *LATER_PUT = "redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2]) "
 
 static void defer_entry(device *dv, int64_t not_before_us)
 {
+    defer_entry_marked(dv, not_before_us, true);
+}
+
+/* As defer_entry; reset_marker false leaves the marker as it is (an in-doubt
+ * claim must survive the wait). */
+static void defer_entry_marked(device *dv, int64_t not_before_us, bool reset_marker)
+{
     fleet *f = dv->f;
     wc_redis *rc = f->d.redis;
     set_state(dv, DEV_REPORTING);
@@ -810,12 +870,16 @@ static void defer_entry(device *dv, int64_t not_before_us)
     wc_key_lane(lane, sizeof lane, dv->id, dv->entry_lane);
     int64_t due_ms = not_before_us / 1000 + 1;
     snprintf(score, sizeof score, "%" PRId64, due_ms);
-    /* Member: "<campaign>\n<job>", so the promotion knows the lane. */
-    size_t clen = strlen(dv->job->campaign_id), len = wacast__job__get_packed_size(dv->job);
+    /* Member: "<campaign>\n<job>", so the promotion knows the lane; "?" in
+     * front for a message in doubt, which a handback leaves with the device
+     * (its claim must settle here, like a claimed entry in a lane). */
+    size_t pre = reset_marker ? 0 : 1;
+    size_t clen = pre + strlen(dv->job->campaign_id), len = wacast__job__get_packed_size(dv->job);
     uint8_t *buf = malloc(clen + 1 + len);
     if (!buf)
         abort();
-    memcpy(buf, dv->job->campaign_id, clen);
+    buf[0] = '?';
+    memcpy(buf + pre, dv->job->campaign_id, clen - pre);
     buf[clen] = '\n';
     wacast__job__pack(dv->job, buf + clen + 1);
     const char *argv[] = {"EVAL", LATER_PUT,         "2",           later,       lane,
@@ -835,8 +899,8 @@ static void defer_entry(device *dv, int64_t not_before_us)
     snprintf(val, sizeof val, "r:%s", dv->id);
     snprintf(ttl, sizeof ttl, "%ld", f->cfg.idempotency_ttl_s);
     const char *mark[] = {"EVAL", WC_MARK_SCRIPT, "1", key, val, ttl, "d"};
-    int r2 = wc_redis_commandv(rc, on_report_reply, dv, 7, mark, NULL);
-    dv->pending_replies += r2 == 0;
+    int r2 = reset_marker ? wc_redis_commandv(rc, on_report_reply, dv, 7, mark, NULL) : 0;
+    dv->pending_replies += reset_marker && r2 == 0;
     free(buf);
     if (r1 | r2)
         dv->reply_failed = true;
@@ -858,7 +922,7 @@ static const char *LATER_PROMOTE =
     "local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100) "
     "local n = 0 "
     "for _, m in ipairs(due) do "
-    " local c, p = string.match(m, '^([^\\n]*)\\n(.*)$') "
+    " local c, p = string.match(m, '^%\?\?([^\\n]*)\\n(.*)$') "
     " if c then "
     "  local lane = ARGV[3] .. c "
     "  if redis.call('EXISTS', lane) == 0 then "
@@ -1009,8 +1073,22 @@ static void on_handback_later(wc_redis *r, redisReply *reply, void *arg)
     wc_key_later(later, sizeof later, dv->id);
     snprintf(ttl, sizeof ttl, "%ld", f->cfg.idempotency_ttl_s);
     int rc = 0;
-    for (size_t i = 0; i < reply->elements && rc == 0; i++) {
+    /* The last member handed back moves the operation on (a message in doubt
+     * stays); none: done. */
+    size_t last = reply->elements;
+    for (size_t i = 0; i < reply->elements; i++) {
         redisReply *m = reply->element[i];
+        if (m->type == REDIS_REPLY_STRING && m->len > 0 && m->str[0] != '?')
+            last = i;
+    }
+    if (last == reply->elements) {
+        handback_done(op);
+        return;
+    }
+    for (size_t i = 0; i <= last && rc == 0; i++) {
+        redisReply *m = reply->element[i];
+        if (m->type == REDIS_REPLY_STRING && m->len > 0 && m->str[0] == '?')
+            continue;
         const char *nl = m->type == REDIS_REPLY_STRING ? memchr(m->str, '\n', m->len) : NULL;
         Wacast__Job *job = nl ? wacast__job__unpack(NULL, m->len - (size_t)(nl + 1 - m->str),
                                                     (const uint8_t *)nl + 1)
@@ -1026,8 +1104,8 @@ static void on_handback_later(wc_redis *r, redisReply *reply, void *arg)
         }
         const char *zrem[] = {"ZREM", later, m->str};
         size_t zlen[] = {4, strlen(later), m->len};
-        rc |= wc_redis_commandv(r, i + 1 == reply->elements ? on_handback_step : on_void,
-                                i + 1 == reply->elements ? (void *)op : (void *)f, 3, zrem, zlen);
+        rc |= wc_redis_commandv(r, i == last ? on_handback_step : on_void,
+                                i == last ? (void *)op : (void *)f, 3, zrem, zlen);
     }
     if (rc < 0)
         handback_done(op);
@@ -1302,6 +1380,9 @@ static void on_marker(device *dv, const char *v, size_t len)
     }
     if (len >= 2 && v[0] == 'd') {
         /* Outcome already known: report it again (the sink is idempotent) and ack. */
+        char msg[32];
+        snprintf(msg, sizeof msg, "%" PRId64, dv->job->message_id);
+        wc_map_del(&f->doubt_seen, msg);
         Wacast__Result *res = wacast__result__unpack(NULL, len - 2, (const uint8_t *)v + 2);
         f->m.replayed++;
         if (res) {
@@ -1334,44 +1415,219 @@ static void on_marker(device *dv, const char *v, size_t len)
      * outcome) is in doubt. */
     if (len > strlen(same_device) && memcmp(v, same_device, strlen(same_device)) == 0) {
         /* A sender died after handing this message to the transport and
-         * before recording the outcome. The provider's status callback, when
-         * it comes, records it ("d:"); wait for it until WACAST_IN_DOUBT_MS
-         * after the claim (its time is in the marker, so the wait does not
-         * start over when the device moves again), then conclude the send
-         * never happened and send. */
+         * before recording the outcome. PostgreSQL may know it already (the
+         * status sink or a webhook got there): look there first. */
         const char *colon = memrchr(v, ':', len);
-        int64_t claimed_ms = colon ? strtoll(colon + 1, NULL, 10) : 0;
-        int64_t wait_ms = claimed_ms + f->cfg.in_doubt_ms - wc_now_us() / 1000;
-        bool first_look = dv->doubt_since_us == 0;
-        if (first_look) {
-            dv->doubt_since_us = wc_mono_us();
+        dv->doubt_claimed_ms = colon ? strtoll(colon + 1, NULL, 10) : 0;
+        char msg[32];
+        snprintf(msg, sizeof msg, "%" PRId64, dv->job->message_id);
+        if (!wc_map_get(&f->doubt_seen, msg)) {
             f->m.in_doubt++;
+            wc_warn("device %s: message %" PRId64 " in doubt (%.*s); waiting for its status",
+                    dv->id, dv->job->message_id, (int)len, v);
         }
-        /* And at least half the wait after this sender first saw it: after an
-         * outage (Redis restarting, no dispatcher) the status webhook gets a
-         * fair chance to land before the message is sent again. */
-        int64_t seen_wait_ms = f->cfg.in_doubt_ms / 2 - (wc_mono_us() - dv->doubt_since_us) / 1000;
-        if (seen_wait_ms > wait_ms)
-            wait_ms = seen_wait_ms;
-        if (first_look) {
-            wc_warn("device %s: message %" PRId64 " in doubt (%.*s); waiting up to %" PRId64
-                    " ms for its status",
-                    dv->id, dv->job->message_id, (int)len, v, wait_ms > 0 ? wait_ms : 0);
-        }
-        if (wait_ms <= 0) {
-            wc_warn("device %s: message %" PRId64 ": no status within %ld ms; sending it", dv->id,
-                    dv->job->message_id, f->cfg.in_doubt_ms);
-            f->m.in_doubt_resent++;
-            claim(dv, true);
-            return;
-        }
-        set_state(dv, DEV_DOUBT);
-        arm_timer(dv, 500000);
+        dv->check_doubt = true;
+        pg_check(dv);
         return;
     }
     /* Another device holds this message (a duplicate entry): drop our copy. */
     f->m.duplicates_dropped++;
     drop_entry(dv);
+}
+
+/* ---- PostgreSQL checks: after Redis lost data, and for sends in doubt ------------------- */
+
+/* Statuses that mean the message must not be sent again. */
+static Wacast__Status final_status(const char *st)
+{
+    static const struct {
+        const char *name;
+        Wacast__Status status;
+    } map[] = {{"sent", WACAST__STATUS__STATUS_SENT},
+               {"delivered", WACAST__STATUS__STATUS_DELIVERED},
+               {"read", WACAST__STATUS__STATUS_READ},
+               {"failed", WACAST__STATUS__STATUS_FAILED},
+               {"skipped", WACAST__STATUS__STATUS_SKIPPED},
+               {"cancelled", WACAST__STATUS__STATUS_CANCELLED}};
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+        if (!strcmp(st, map[i].name))
+            return map[i].status;
+    return WACAST__STATUS__STATUS_UNSPECIFIED;
+}
+
+/* PostgreSQL already has the message at `sent` or beyond: not sent again.
+ * Its marker becomes "done" (so every other copy is dropped) and the entry
+ * is acknowledged; the result goes to no stream (the row has it already). */
+static void resolve_from_pg(device *dv, Wacast__Status status)
+{
+    fleet *f = dv->f;
+    char msg[32];
+    snprintf(msg, sizeof msg, "%" PRId64, dv->job->message_id);
+    wc_map_del(&f->doubt_seen, msg);
+    f->m.pg_already_done++;
+    wc_info("device %s: message %" PRId64 " is already final in PostgreSQL; not sent again", dv->id,
+            dv->job->message_id);
+    Wacast__Result res = WACAST__RESULT__INIT;
+    res.message_id = dv->job->message_id;
+    res.campaign_id = dv->job->campaign_id;
+    res.device_id = dv->id;
+    res.at_us = wc_now_us();
+    res.attempt = dv->attempts;
+    res.status = status;
+    dv->report_quiet = true;
+    report(dv, &res);
+}
+
+/* An in-doubt message whose row is not final: the provider's status
+ * callback, when it comes, records it ("d:" and the row). Wait for it until
+ * WACAST_IN_DOUBT_MS after the claim (its time is in the marker, so the wait
+ * does not start over when the device moves), and at least half of it after
+ * this sender first saw the doubt (after an outage of Redis or of the
+ * dispatchers the webhook gets a fair chance to land); then conclude the
+ * send never happened, and send. Meanwhile the message waits in the later
+ * set with its claim untouched, and the device goes on with its others. */
+static void doubt_wait(device *dv)
+{
+    fleet *f = dv->f;
+    char msg[32];
+    snprintf(msg, sizeof msg, "%" PRId64, dv->job->message_id);
+    int64_t now_mono = wc_mono_us();
+    int64_t seen = (int64_t)(uintptr_t)wc_map_get(&f->doubt_seen, msg);
+    if (!seen) {
+        seen = now_mono;
+        if (wc_map_put(&f->doubt_seen, msg, (void *)(uintptr_t)seen) < 0)
+            abort();
+    }
+    int64_t wait_ms = dv->doubt_claimed_ms + f->cfg.in_doubt_ms - wc_now_us() / 1000;
+    int64_t seen_wait_ms = f->cfg.in_doubt_ms / 2 - (now_mono - seen) / 1000;
+    if (seen_wait_ms > wait_ms)
+        wait_ms = seen_wait_ms;
+    if (wait_ms <= 0) {
+        wc_warn("device %s: message %" PRId64 ": no status within %ld ms; sending it", dv->id,
+                dv->job->message_id, f->cfg.in_doubt_ms);
+        wc_map_del(&f->doubt_seen, msg);
+        f->m.in_doubt_resent++;
+        claim(dv, true);
+        return;
+    }
+    /* Looked at again within two seconds (PostgreSQL may have it by then). */
+    int64_t again_ms = wait_ms < 2000 ? wait_ms : 2000;
+    defer_entry_marked(dv, wc_now_us() + again_ms * 1000, false);
+}
+
+typedef struct check_batch {
+    fleet *f;
+    device **devs;
+    int64_t *ids;
+    size_t n;
+} check_batch;
+
+static void checks_flush(fleet *f);
+
+static void check_batch_free(check_batch *b)
+{
+    free(b->devs);
+    free(b->ids);
+    free(b);
+}
+
+static void on_rows_checked(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    check_batch *b = arg;
+    fleet *f = b->f;
+    f->checking = false;
+    if (!res) {
+        f->m.pg_errors++;
+        wc_warn("checking %zu message(s) in PostgreSQL: %s", b->n, err);
+    }
+    for (size_t i = 0; i < b->n; i++) {
+        device *dv = b->devs[i];
+        if (dv->state != DEV_CHECKING || !dv->job || dv->job->message_id != b->ids[i])
+            continue; /* released or lost meanwhile */
+        if (!res) {
+            /* Unknown: nothing is sent; the entry stays pending and is read again. */
+            dv->pel_mode = true;
+            free_job(dv);
+            set_state(dv, DEV_IDLE);
+            arm_timer(dv, 500000);
+            continue;
+        }
+        Wacast__Status st = WACAST__STATUS__STATUS_UNSPECIFIED;
+        for (int r = 0; r < PQntuples(res); r++)
+            if (strtoll(PQgetvalue(res, r, 0), NULL, 10) == b->ids[i])
+                st = final_status(PQgetvalue(res, r, 1));
+        if (st != WACAST__STATUS__STATUS_UNSPECIFIED)
+            resolve_from_pg(dv, st);
+        else if (dv->check_doubt)
+            doubt_wait(dv);
+        else
+            claim(dv, false);
+    }
+    check_batch_free(b);
+    if (f->nchecks)
+        checks_flush(f);
+}
+
+/* One query for every device waiting for its message's row. */
+static void checks_flush(fleet *f)
+{
+    if (f->checking || f->nchecks == 0)
+        return;
+    check_batch *b = calloc(1, sizeof *b);
+    struct evbuffer *ids = evbuffer_new();
+    if (!b || !ids)
+        abort();
+    b->f = f;
+    b->devs = f->checks;
+    b->n = f->nchecks;
+    b->ids = calloc(b->n, sizeof *b->ids);
+    if (!b->ids)
+        abort();
+    f->checks = NULL;
+    f->nchecks = f->checks_cap = 0;
+    for (size_t i = 0; i < b->n; i++) {
+        b->ids[i] = b->devs[i]->job ? b->devs[i]->job->message_id : 0;
+        evbuffer_add_printf(ids, "%s%" PRId64, i ? "," : "{", b->ids[i]);
+    }
+    evbuffer_add(ids, "}\0", 2);
+    const char *params[] = {(const char *)evbuffer_pullup(ids, -1)};
+    f->m.pg_checked += b->n;
+    if (wc_pg_query(f->d.pg,
+                    "SELECT m.id, m.status::text FROM broadcast_messages m"
+                    " WHERE m.id = ANY($1::bigint[])",
+                    1, params, on_rows_checked, b) == 0)
+        f->checking = true;
+    else
+        on_rows_checked(NULL, NULL, "cannot queue the query", b);
+    evbuffer_free(ids);
+}
+
+static void on_check_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    checks_flush(arg);
+}
+
+/* Reads the row of the device's message from PostgreSQL, in a batch with
+ * the other devices' (gathered for a few milliseconds), then sends, resolves
+ * or waits. */
+static void pg_check(device *dv)
+{
+    fleet *f = dv->f;
+    set_state(dv, DEV_CHECKING);
+    if (f->nchecks == f->checks_cap) {
+        f->checks_cap = f->checks_cap ? f->checks_cap * 2 : 64;
+        f->checks = realloc(f->checks, f->checks_cap * sizeof *f->checks);
+        if (!f->checks)
+            abort();
+    }
+    f->checks[f->nchecks++] = dv;
+    if (!f->checking && !evtimer_pending(f->check_ev, NULL)) {
+        struct timeval tv = {0, 5000};
+        evtimer_add(f->check_ev, &tv);
+    }
 }
 
 static void on_claimed(wc_redis *r, redisReply *reply, void *arg)
@@ -1382,6 +1638,9 @@ static void on_claimed(wc_redis *r, redisReply *reply, void *arg)
     if (dv->state != DEV_CLAIMING)
         return;
     if (!reply_ok(f, reply)) {
+        /* The claim may have landed with its reply lost (Redis went away),
+         * but nothing was sent: our own claim is no doubt when read again. */
+        dv->safe_retry_id = dv->job->message_id;
         dv->pel_mode = true;
         free_job(dv);
         set_state(dv, DEV_IDLE);
@@ -1389,7 +1648,6 @@ static void on_claimed(wc_redis *r, redisReply *reply, void *arg)
         return;
     }
     if (reply->type == REDIS_REPLY_STATUS) {
-        dv->doubt_since_us = 0;
         if (wc_mono_us() - dv->claimed_us > CLAIM_SEND_MAX_US) {
             /* Too late for the floor the claim set: not sent, so claim again. */
             f->m.late_claims++;
@@ -1543,6 +1801,13 @@ static void consider(device *dv, const uint8_t *payload, size_t len)
         f->m.held_cancelled++;
         report_status(dv, WACAST__STATUS__STATUS_CANCELLED, "cancelled",
                       "the campaign was cancelled");
+        return;
+    }
+    /* Published before Redis lost data (a margin for clocks apart): the
+     * markers may have gone back in time, PostgreSQL has not. */
+    if (f->loss_at_us && dv->job->queued_at_us <= f->loss_at_us + 2000000) {
+        dv->check_doubt = false;
+        pg_check(dv);
         return;
     }
     claim(dv, false);
@@ -1704,19 +1969,23 @@ static void on_report_reply(wc_redis *r, redisReply *reply, void *arg)
  * time, and the day's count. KEYS[1] marker, KEYS[2] results, KEYS[3] lane,
  * KEYS[4] next, KEYS[5] day count; ARGV[1] marker value ("" for none),
  * ARGV[2] marker ttl s, ARGV[3] group, ARGV[4] entry id ("" for none),
- * ARGV[5] next send time, ARGV[6] "1" to count the send. */
-static const char *REPORT_SCRIPT = "if ARGV[1] ~= '' then "
-                                   " redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) "
-                                   " redis.call('XADD', KEYS[2], '*', 'r', string.sub(ARGV[1], 3)) "
-                                   "end "
-                                   "if ARGV[4] ~= '' then "
-                                   " redis.call('XACK', KEYS[3], ARGV[3], ARGV[4]) "
-                                   " redis.call('XDEL', KEYS[3], ARGV[4]) "
-                                   "end "
-                                   "redis.call('SET', KEYS[4], ARGV[5], 'PX', 86400000) "
-                                   "if ARGV[6] == '1' and redis.call('INCR', KEYS[5]) == 1 then "
-                                   " redis.call('EXPIRE', KEYS[5], 172800) end "
-                                   "return 1";
+ * ARGV[5] next send time, ARGV[6] "1" to count the send, ARGV[7] "1" to set
+ * the marker without a result on the stream. */
+static const char *REPORT_SCRIPT =
+    "if ARGV[1] ~= '' then "
+    " redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) "
+    " if ARGV[7] ~= '1' then "
+    "  redis.call('XADD', KEYS[2], '*', 'r', string.sub(ARGV[1], 3)) "
+    " end "
+    "end "
+    "if ARGV[4] ~= '' then "
+    " redis.call('XACK', KEYS[3], ARGV[3], ARGV[4]) "
+    " redis.call('XDEL', KEYS[3], ARGV[4]) "
+    "end "
+    "redis.call('SET', KEYS[4], ARGV[5], 'PX', 86400000) "
+    "if ARGV[6] == '1' and redis.call('INCR', KEYS[5]) == 1 then "
+    " redis.call('EXPIRE', KEYS[5], 172800) end "
+    "return 1";
 
 /* Records an outcome. A result with status UNSPECIFIED only acknowledges
  * (duplicate or corrupt entry). */
@@ -1756,12 +2025,14 @@ static void report(device *dv, const Wacast__Result *res)
         len += 2;
     }
     const char *count = dv->count_in_report ? "1" : "0";
+    const char *quiet = dv->report_quiet ? "1" : "0";
     dv->count_in_report = false;
+    dv->report_quiet = false;
     const char *argv[] = {"EVAL",   REPORT_SCRIPT,  "5",
                           key,      WC_KEY_RESULTS, lane,
                           next_key, day_key,        buf ? (const char *)buf : "",
                           ttl,      WC_GROUP_SEND,  dv->entry_id,
-                          next_val, count};
+                          next_val, count,          quiet};
     size_t lens[] = {4,
                      strlen(REPORT_SCRIPT),
                      1,
@@ -1775,8 +2046,9 @@ static void report(device *dv, const Wacast__Result *res)
                      strlen(WC_GROUP_SEND),
                      strlen(dv->entry_id),
                      strlen(next_val),
+                     1,
                      1};
-    int rcode = wc_redis_commandv(rc, on_report_reply, dv, 14, argv, lens);
+    int rcode = wc_redis_commandv(rc, on_report_reply, dv, 15, argv, lens);
     dv->pending_replies += rcode == 0;
     free(buf);
     if (res->status == WACAST__STATUS__STATUS_SENT && dv->gap_ms && dv->job &&
@@ -1935,9 +2207,11 @@ static void device_step(device *dv)
         open_transport(dv);
         return;
     }
-    if (!wc_redis_ready(f->d.redis)) {
+    if (!wc_redis_ready(f->d.redis) || !wc_epoch_settled(f->epoch)) {
+        /* Not until the fence check after the (re)connect has said whether
+         * Redis lost data (its markers could have gone back in time). */
         set_state(dv, DEV_IDLE);
-        arm_timer(dv, 500000);
+        arm_timer(dv, wc_redis_ready(f->d.redis) ? 50000 : 500000);
         return;
     }
     if (resting(dv))
@@ -1999,17 +2273,6 @@ static void on_device_timer(evutil_socket_t fd, short what, void *arg)
         open_transport(dv);
         return;
     }
-    if (dv->state == DEV_DOUBT) {
-        if (!dv->want || !dv->job) {
-            free_job(dv);
-            dv->pel_mode = true;
-            set_state(dv, DEV_IDLE);
-            device_step(dv);
-            return;
-        }
-        claim(dv, false); /* look at the marker again */
-        return;
-    }
     if (dv->state == DEV_PACING || dv->state == DEV_RESTING)
         set_state(dv, DEV_IDLE);
     device_step(dv);
@@ -2054,9 +2317,8 @@ static void rebalance(fleet *f)
         dv->want = f->heartbeat_ok && wins(f, dv);
         if (dv->want && dv->state == DEV_UNOWNED)
             device_acquire(dv);
-        else if (!dv->want &&
-                 (dv->state == DEV_IDLE || dv->state == DEV_PACING || dv->state == DEV_OFFLINE ||
-                  dv->state == DEV_DOUBT || dv->state == DEV_RESTING))
+        else if (!dv->want && (dv->state == DEV_IDLE || dv->state == DEV_PACING ||
+                               dv->state == DEV_OFFLINE || dv->state == DEV_RESTING))
             device_release(dv);
     }
 }
@@ -2529,6 +2791,58 @@ static void on_idle_poll(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* ---- Redis lost data ------------------------------------------------------------------- */
+
+/* Puts back what a held device's keys said before Redis lost it, from this
+ * sender's memory: the next send time and the day's count never go back.
+ * KEYS[1] next, KEYS[2] day count; ARGV[1] next send time (us), ARGV[2]
+ * sends today. */
+static const char *RESTORE_DEVICE =
+    "if (tonumber(redis.call('GET', KEYS[1]) or '0') or 0) < tonumber(ARGV[1]) then "
+    " redis.call('SET', KEYS[1], ARGV[1], 'PX', 86400000) end "
+    "if ARGV[2] ~= '0' and (tonumber(redis.call('GET', KEYS[2]) or '0') or 0) < tonumber(ARGV[2]) "
+    "then redis.call('SET', KEYS[2], ARGV[2], 'EX', 172800) end "
+    "return 1";
+
+/* After every fence check (wc_epoch.c). On a loss this sender had not seen:
+ * jobs published up to the loss are checked against PostgreSQL before they
+ * are sent; held devices keep their pacing and counts from memory (written
+ * back to Redis) and their leases (a missing lease is taken again by the
+ * heartbeat, sent now); every device re-reads its pending entries. */
+static void on_fence_checked(void *arg, const wc_epoch_state *st)
+{
+    fleet *f = arg;
+    if (st->loss_at_ms > 0 && st->loss_at_ms * 1000 > f->loss_at_us)
+        f->loss_at_us = st->loss_at_ms * 1000;
+    if (!st->recovering)
+        return;
+    f->m.redis_loss_recoveries++;
+    f->loss_seen_us = wc_now_us();
+    size_t n = 0;
+    for (size_t i = 0; i < f->devices.cap; i++) {
+        if (!wc_map_live(&f->devices, i))
+            continue;
+        device *dv = f->devices.slots[i].value;
+        if (dv->state == DEV_UNOWNED || dv->state == DEV_ACQUIRING)
+            continue;
+        char next[128], day[128], next_val[32], sent[16];
+        wc_key_next(next, sizeof next, dv->id);
+        wc_key_day(day, sizeof day, dv->id, dv->day[0] ? dv->day : "-");
+        snprintf(next_val, sizeof next_val, "%" PRId64, dv->next_at_us);
+        snprintf(sent, sizeof sent, "%u", dv->day[0] ? dv->sent_today : 0);
+        const char *argv[] = {"EVAL", RESTORE_DEVICE, "2", next, day, next_val, sent};
+        if (wc_redis_commandv(f->d.redis, on_void, f, 7, argv, NULL) < 0)
+            f->m.redis_errors++;
+        dv->pel_mode = true;
+        dv->lanes_stale = true;
+        n++;
+    }
+    wc_warn("recovering from a Redis loss found at %" PRId64 " ms: %zu held device(s) keep their "
+            "pacing; jobs published before it are checked against PostgreSQL",
+            st->loss_at_ms, n);
+    on_heartbeat(-1, 0, f);
+}
+
 /* ---- shutdown --------------------------------------------------------------------------- */
 
 static void on_left(wc_redis *r, redisReply *reply, void *arg)
@@ -2646,7 +2960,23 @@ int main(int argc, char **argv)
         fprintf(stderr, "wacast-sender: %s\n", err);
         return 1;
     }
+    if (f.cfg.sim_redis_url && f.cfg.sim_redis_url[0]) {
+        f.sim = wc_redis_new(f.d.base, f.cfg.sim_redis_url, "redis-sim", (int)f.cfg.c.timeout_ms,
+                             err, sizeof err);
+        if (!f.sim) {
+            fprintf(stderr, "wacast-sender: WACAST_SIM_REDIS_URL: %s\n", err);
+            return 1;
+        }
+        f.tenv.sim_redis = f.sim;
+    }
     wc_map_init(&f.holds);
+    wc_map_init(&f.doubt_seen);
+    f.check_ev = evtimer_new(f.d.base, on_check_timer, &f);
+    f.epoch = wc_epoch_new(f.d.base, f.d.redis, f.d.pg, (int)f.cfg.fence_ms, on_fence_checked, &f);
+    if (!f.check_ev || !f.epoch) {
+        fprintf(stderr, "wacast-sender: out of memory\n");
+        return 1;
+    }
     if (getenv(WC_SEAL_KEY_ENV) && getenv(WC_SEAL_KEY_ENV)[0] &&
         wc_seal_init_env(&f.seal, err, sizeof err) < 0) {
         fprintf(stderr, "wacast-sender: %s\n", err);
@@ -2677,6 +3007,10 @@ int main(int argc, char **argv)
     event_free(f.idle_timer);
     event_free(f.status_timer);
     event_free(f.holds_timer);
+    event_free(f.check_ev);
+    wc_epoch_free(f.epoch);
+    free(f.checks);
+    wc_map_free(&f.doubt_seen);
     wc_map_free(&f.holds);
     if (f.touch_ids)
         evbuffer_free(f.touch_ids);
@@ -2701,6 +3035,7 @@ int main(int argc, char **argv)
         free(f.live[i]);
     free(f.live);
     wc_redis_free(f.sub);
+    wc_redis_free(f.sim);
     wc_seal_keys_free(f.seal);
     wc_daemon_free(&f.d);
     wc_config_free(cfg_table, sizeof cfg_table / sizeof cfg_table[0], &f.cfg);

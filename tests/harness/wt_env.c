@@ -195,6 +195,91 @@ int wt_redis_stop(wt_env *env, bool kill9)
     return 0;
 }
 
+int wt_redis_copy_aof(wt_env *env, const char *name)
+{
+    char from[320], to[320], log[512];
+    snprintf(from, sizeof from, "%s/redis/appendonlydir", env->dir);
+    snprintf(to, sizeof to, "%s/%s", env->dir, name);
+    snprintf(log, sizeof log, "%s/aof-copy.log", env->dir);
+    char *argv[] = {"/bin/cp", "-a", from, to, NULL};
+    return run_wait(argv, log, (uid_t)-1, (gid_t)-1);
+}
+
+int wt_redis_restore_aof(wt_env *env, const char *name)
+{
+    char from[320], to[320], log[512];
+    snprintf(from, sizeof from, "%s/%s", env->dir, name);
+    snprintf(to, sizeof to, "%s/redis/appendonlydir", env->dir);
+    snprintf(log, sizeof log, "%s/aof-copy.log", env->dir);
+    char *rm[] = {"/bin/rm", "-rf", to, NULL};
+    char *cp[] = {"/bin/cp", "-a", from, to, NULL};
+    return run_wait(rm, log, (uid_t)-1, (gid_t)-1) < 0 ? -1
+                                                       : run_wait(cp, log, (uid_t)-1, (gid_t)-1);
+}
+
+int wt_sim_redis_start(wt_env *env)
+{
+    char port[16], log[512], dir[300];
+    env->sim_redis_port = wt_free_port();
+    snprintf(env->sim_redis_url, sizeof env->sim_redis_url, "redis://127.0.0.1:%d/0",
+             env->sim_redis_port);
+    snprintf(port, sizeof port, "%d", env->sim_redis_port);
+    snprintf(log, sizeof log, "%s/sim-redis.log", env->dir);
+    snprintf(dir, sizeof dir, "%s/sim-redis", env->dir);
+    mkdir(dir, 0755);
+    char *argv[] = {"/usr/bin/redis-server",
+                    "--port",
+                    port,
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    dir,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--daemonize",
+                    "no",
+                    "--protected-mode",
+                    "no",
+                    NULL};
+    env->sim_redis_pid = spawn(argv, log, (uid_t)-1, (gid_t)-1, NULL, dir);
+    if (env->sim_redis_pid < 0)
+        return -1;
+    long long deadline = wt_now_ms() + 10000;
+    while (wt_now_ms() < deadline) {
+        struct timeval tv = {1, 0};
+        redisContext *c = redisConnectWithTimeout("127.0.0.1", env->sim_redis_port, tv);
+        bool ok = false;
+        if (c && !c->err) {
+            redisReply *r = redisCommand(c, "PING");
+            ok = r && r->type == REDIS_REPLY_STATUS;
+            if (r)
+                freeReplyObject(r);
+        }
+        if (c)
+            redisFree(c);
+        if (ok)
+            return 0;
+        sleep_ms(20);
+    }
+    fprintf(stderr, "wt_env: the second redis-server did not start on port %d\n",
+            env->sim_redis_port);
+    return -1;
+}
+
+redisContext *wt_sim_redis(wt_env *env)
+{
+    struct timeval tv = {5, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", env->sim_redis_port, tv);
+    if (!c || c->err) {
+        fprintf(stderr, "wt_sim_redis: %s\n", c ? c->errstr : "out of memory");
+        abort();
+    }
+    redisSetTimeout(c, tv);
+    return c;
+}
+
 int wt_redis_restart(wt_env *env, bool kill9)
 {
     wt_redis_stop(env, kill9);
@@ -382,6 +467,11 @@ void wt_env_stop(wt_env *env)
     env->nchildren = 0;
     pg_stop(env, false);
     wt_redis_stop(env, false);
+    if (env->sim_redis_pid > 0) {
+        kill(env->sim_redis_pid, SIGKILL);
+        waitpid(env->sim_redis_pid, NULL, 0);
+        env->sim_redis_pid = 0;
+    }
     const char *keep = getenv("WT_KEEP");
     if (env->dir[0] && !(keep && !strcmp(keep, "1")))
         nftw(env->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);

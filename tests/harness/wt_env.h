@@ -31,6 +31,10 @@ typedef struct wt_env {
     pid_t pg_pid;
     char redis_url[128];
     char database_url[256];
+    /* A second redis-server (wt_sim_redis_start): the simulated provider's. */
+    int sim_redis_port;
+    pid_t sim_redis_pid;
+    char sim_redis_url[128];
     wt_child children[WT_MAX_CHILDREN];
     int nchildren;
 } wt_env;
@@ -46,6 +50,16 @@ void wt_env_stop(wt_env *env);
 int wt_redis_restart(wt_env *env, bool kill9);
 int wt_redis_stop(wt_env *env, bool kill9);
 int wt_redis_start(wt_env *env);
+/* Copies redis-server's appendonlydir (while it runs) to <dir>/<name>, and
+ * puts such a copy back in its place (redis-server stopped): Redis then comes
+ * back without what it acknowledged after the copy. */
+int wt_redis_copy_aof(wt_env *env, const char *name);
+int wt_redis_restore_aof(wt_env *env, const char *name);
+/* Starts a second redis-server (no persistence) on a free port, for the
+ * simulated provider; stopped by wt_env_stop. Sets sim_redis_url. */
+int wt_sim_redis_start(wt_env *env);
+redisContext *wt_sim_redis(wt_env *env);
+
 /* Fast shutdown (or -9) and start again on the same port and folder. */
 int wt_pg_restart(wt_env *env, bool kill9);
 
