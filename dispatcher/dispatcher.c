@@ -97,23 +97,33 @@ struct route_batch {
     int pending;     /* EVAL replies outstanding */
 };
 
-/* Routes a job to a device in one script: a message already claimed or done
+/* Routes a job to a device in one script: a message whose outcome is known
  * (a duplicate job) is refused ("D"); a full lane refuses it (nil: the next
  * device is tried); else the marker says "routed to <device>" and the job is
- * appended to the device's lane of its campaign. A new lane gets its consumer
+ * appended to the device's lane of its campaign. A message claimed for a
+ * send ("c:<device>:...") goes only to the device that claimed it ("C:" and
+ * that device come back when another was chosen), with its claim left as it
+ * is: it may be the only copy of a send in doubt (set aside while its
+ * campaign was paused, say), and that device's sender waits for the send's
+ * outcome, from the claim's time, before it sends again (a copy of a send
+ * that completes is then dropped). A new lane gets its consumer
  * group and joins the device's set of lanes (the entry id comes back with a
  * "+"). KEYS[1] marker, KEYS[2] lane, KEYS[3] lanes; ARGV[1] "r:<device>",
  * ARGV[2] marker ttl s, ARGV[3] lane cap, ARGV[4] job, ARGV[5] campaign,
- * ARGV[6] group. */
+ * ARGV[6] group, ARGV[7] device. */
 static const char *ROUTE_SCRIPT =
     "local v = redis.call('GET', KEYS[1]) "
+    "local claimed = false "
     "if v then local p = string.sub(v, 1, 1) "
-    " if p == 'c' or p == 'd' then return 'D' end end "
+    " if p == 'd' then return 'D' end "
+    " if p == 'c' then local owner = string.match(v, '^c:([^:]+):') "
+    "  if owner and owner ~= ARGV[7] then return 'C:' .. owner end "
+    "  claimed = true end end "
     "local n = redis.call('XLEN', KEYS[2]) "
     "if n >= tonumber(ARGV[3]) then return false end "
     "if n == 0 and redis.call('EXISTS', KEYS[2]) == 0 then "
     " redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[6], '0', 'MKSTREAM') end "
-    "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) "
+    "if not claimed then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end "
     "local id = redis.call('XADD', KEYS[2], '*', 'j', ARGV[4]) "
     /* A lane with entries is in the set already (lanes join it when created
      * and leave it only when deleted empty, each in one script). */
@@ -339,7 +349,15 @@ static void on_routed(wc_redis *r, redisReply *reply, void *arg);
 static void try_route(route_batch *b, route_job *j)
 {
     dispatcher *ds = b->ds;
-    const char *dev = pick_device(ds, j);
+    /* A claimed message goes to its claiming device, online or not, once a
+     * round (its lane full: it waits parked, like any other). */
+    const char *dev;
+    if (j->claimed_by[0]) {
+        dev = j->claimed_tried ? NULL : j->claimed_by;
+        j->claimed_tried = true;
+    } else {
+        dev = pick_device(ds, j);
+    }
     if (!dev) {
         j->device[0] = '\0';
         return;
@@ -380,7 +398,8 @@ static void try_route(route_batch *b, route_job *j)
                           cap,
                           (const char *)j->payload,
                           j->job->campaign_id,
-                          WC_GROUP_SEND};
+                          WC_GROUP_SEND,
+                          j->device};
     size_t lens[] = {4,
                      strlen(ROUTE_SCRIPT),
                      1,
@@ -392,8 +411,9 @@ static void try_route(route_batch *b, route_job *j)
                      strlen(cap),
                      j->payload_len,
                      strlen(j->job->campaign_id),
-                     strlen(WC_GROUP_SEND)};
-    if (wc_redis_commandv(ds->d.redis, on_routed, j, 12, argv, lens) == 0) {
+                     strlen(WC_GROUP_SEND),
+                     strlen(j->device)};
+    if (wc_redis_commandv(ds->d.redis, on_routed, j, 13, argv, lens) == 0) {
         b->pending++;
         return;
     }
@@ -417,8 +437,16 @@ static void on_routed(wc_redis *r, redisReply *reply, void *arg)
         j->device[0] = '\0';
         try_route(b, j);
     } else if (!strcmp(reply->str, "D")) {
-        j->duplicate = true; /* claimed or done elsewhere */
+        j->duplicate = true; /* done already */
         j->device[0] = '\0';
+    } else if (!strncmp(reply->str, "C:", 2) && !j->claimed_by[0] &&
+               reply->len - 2 < sizeof j->claimed_by) {
+        /* Claimed by another device: to that one. */
+        snprintf(j->claimed_by, sizeof j->claimed_by, "%s", reply->str + 2);
+        j->device[0] = '\0';
+        try_route(b, j);
+    } else if (!strncmp(reply->str, "C:", 2)) {
+        j->device[0] = '\0'; /* its device's lane is full: parked, tried again */
     } else if (reply->str[0] == '+') {
         j->new_lane = true;
     }
@@ -461,6 +489,7 @@ static void park(dispatcher *ds, route_job *j)
         abort();
     ds->m.jobs_parked++;
     j->tried = 0;
+    j->claimed_tried = false;
     j->next = ds->parked;
     ds->parked = j;
     ds->nparked++;

@@ -48,7 +48,7 @@ typedef struct dispatcher_cfg {
     X(entries_claimed, "stream entries taken over from dead consumers")                            \
     X(redis_errors, "Redis commands that failed")                                                  \
     X(pg_errors, "PostgreSQL statements that failed")                                              \
-    X(jobs_duplicate, "jobs dropped because their message is already being sent or done")          \
+    X(jobs_duplicate, "jobs dropped because their message's outcome is known already")             \
     X(webhooks_accepted, "webhook bodies accepted")                                                \
     X(webhooks_rejected, "webhook requests refused (signature, size, format)")                     \
     X(status_events, "provider status events turned into results")                                 \
@@ -88,7 +88,9 @@ typedef struct route_job {
     size_t tried;   /* devices tried in this round */
     bool duplicate; /* its message is claimed or done: acknowledge, do not route */
     char device[40];
-    bool new_lane; /* the append opened a lane (a campaign new to the device) */
+    bool new_lane;       /* the append opened a lane (a campaign new to the device) */
+    char claimed_by[40]; /* the device whose claim (a send in doubt) the message carries */
+    bool claimed_tried;  /* that device was tried in this round */
 } route_job;
 
 typedef struct route_batch route_batch;
