@@ -145,6 +145,7 @@ static const wc_cfg_entry cfg_table[] = {
     X(replayed, "outcomes re-reported from the idempotency marker")                                \
     X(in_doubt, "messages whose previous send attempt has an unknown outcome")                     \
     X(in_doubt_resent, "in-doubt messages sent again after no status arrived")                     \
+    X(devices_gone, "deleted devices whose queued messages this sender handed back")               \
     X(late_claims, "claims answered too late to send on; claimed again")                           \
     X(held_paused, "messages set aside because their campaign is paused")                          \
     X(held_cancelled, "messages not sent because their campaign was cancelled")                    \
@@ -208,6 +209,7 @@ typedef struct device {
     bool want;     /* we should own it (rendezvous winner, not stopping) */
     bool pel_mode; /* read our pending entries ("0") before new ones (">") */
     bool online;   /* transport open */
+    bool closing;  /* close_transport() is closing it: a callback from close() is ignored */
     bool reopen;   /* platform or settings changed: reopen the transport at the next rest */
     const char *down_status; /* set by a send result: take the device down at the next rest */
     char down_reason[256];
@@ -226,14 +228,16 @@ typedef struct device {
     bool report_quiet;        /* the next report puts no result on the stream */
     bool check_doubt;         /* the PostgreSQL check is for an in-doubt claim... */
     int64_t doubt_claimed_ms; /* ...made then (wall clock ms) */
-    int64_t safe_retry_id;  /* last message whose failed attempt surely did not go out */
-    int64_t claimed_us;     /* when the current claim was sent (monotonic) */
-    int64_t done_id;        /* last message whose outcome we reported... */
-    uint8_t *done_result;   /* ...and that outcome (packed Result), to replay */
+    int64_t safe_retry_id;    /* last message whose failed attempt surely did not go out */
+    int64_t claimed_us;       /* when the current claim was sent (monotonic) */
+    int64_t done_id;          /* last message whose outcome we reported... */
+    uint8_t *done_result;     /* ...and that outcome (packed Result), to replay */
     size_t done_len;
     int pending_replies;
     bool reply_failed;
     bool handing_back; /* its lanes are being moved to the jobs stream */
+    int64_t gone_us;   /* mono: when its row was found deleted (0: it exists) */
+    bool gone_handled; /* its outbox was handed back after the row went */
     /* lanes: one outbox stream per campaign, read in turn (round-robin) */
     char (*lanes)[40]; /* campaign ids */
     uint16_t nlanes;
@@ -435,7 +439,14 @@ static void close_transport(device *dv)
     if (dv->transport) {
         void *t = dv->transport;
         dv->transport = NULL;
+        /* A send in flight is answered from inside close() ("closed", in
+         * doubt when the request had left): the device is being released or
+         * lost, so that answer must not move it (on_sent ignores it); its
+         * entry stays pending with its claim, for the in-doubt rules of the
+         * next owner. */
+        dv->closing = true;
         dv->ops->close(t);
+        dv->closing = false;
     }
     if (dv->online)
         dv->f->online--;
@@ -1172,8 +1183,8 @@ static void on_sent(void *arg, const wc_send_result *sr)
 {
     device *dv = arg;
     fleet *f = dv->f;
-    if (dv->state != DEV_SENDING || !dv->job)
-        return; /* closed under us: the release path already cleaned up */
+    if (dv->closing || dv->state != DEV_SENDING || !dv->job)
+        return; /* closed under us: the release path cleans up */
     if (sr->device_action == WC_DEVICE_PAUSE || sr->device_action == WC_DEVICE_OFFLINE ||
         sr->device_action == WC_DEVICE_LOGGED_OUT) {
         /* The provider says this device cannot send (restricted, or its
@@ -2285,13 +2296,9 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static bool wins(fleet *f, device *dv)
+/* The live sender with the highest hash of (sender, device) holds it. */
+static bool falls_to_us(fleet *f, const device *dv)
 {
-    if (f->d.stopping || !dv->seen || f->nlive == 0)
-        return false;
-    /* The hashes change only with the set of live senders. */
-    if (dv->won_gen == f->live_gen)
-        return dv->won;
     uint64_t best = 0;
     const char *winner = NULL;
     for (size_t i = 0; i < f->nlive; i++) {
@@ -2303,9 +2310,62 @@ static bool wins(fleet *f, device *dv)
             winner = f->live[i];
         }
     }
-    dv->won = winner && strcmp(winner, f->cfg.c.instance_id) == 0;
+    return winner && strcmp(winner, f->cfg.c.instance_id) == 0;
+}
+
+static bool wins(fleet *f, device *dv)
+{
+    if (f->d.stopping || !dv->seen || f->nlive == 0)
+        return false;
+    /* The hashes change only with the set of live senders. */
+    if (dv->won_gen == f->live_gen)
+        return dv->won;
+    dv->won = falls_to_us(f, dv);
     dv->won_gen = f->live_gen;
     return dv->won;
+}
+
+static void free_device(device *dv)
+{
+    close_transport(dv);
+    free_job(dv);
+    event_free(dv->timer);
+    free(dv->settings);
+    free(dv->credentials_hex);
+    free(dv->done_result);
+    free(dv->row_reason);
+    free(dv->lanes);
+    free(dv);
+}
+
+/* A device whose row was deleted: once no sender holds it, the sender it
+ * would fall to hands its outbox (lanes, later set) back to the router, so
+ * its campaigns' messages go out from the user's other devices instead of
+ * waiting for it forever; then every sender forgets it (a minute later, when
+ * no reply about it can still be in flight). */
+static bool forget_if_gone(fleet *f, device *dv)
+{
+    if (dv->seen) {
+        dv->gone_us = 0;
+        return false;
+    }
+    int64_t now = wc_mono_us();
+    if (!dv->gone_us)
+        dv->gone_us = now;
+    if (dv->state != DEV_UNOWNED || dv->handing_back || dv->row_dirty || dv->job)
+        return false;
+    if (!dv->gone_handled && f->nlive > 0 && falls_to_us(f, dv)) {
+        dv->gone_handled = true;
+        f->m.devices_gone++;
+        wc_info("device %s was deleted: its queued messages go back to the router", dv->id);
+        handback_outbox(dv);
+        return false;
+    }
+    if (now - dv->gone_us < 60000000)
+        return false;
+    wc_map_del(&f->devices, dv->id);
+    free_device(dv);
+    return true;
 }
 
 static void rebalance(fleet *f)
@@ -2314,6 +2374,8 @@ static void rebalance(fleet *f)
         if (!wc_map_live(&f->devices, i))
             continue;
         device *dv = f->devices.slots[i].value;
+        if (forget_if_gone(f, dv))
+            continue;
         dv->want = f->heartbeat_ok && wins(f, dv);
         if (dv->want && dv->state == DEV_UNOWNED)
             device_acquire(dv);
@@ -3019,16 +3081,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < f.devices.cap; i++) {
         if (!wc_map_live(&f.devices, i))
             continue;
-        device *dv = f.devices.slots[i].value;
-        close_transport(dv);
-        free_job(dv);
-        event_free(dv->timer);
-        free(dv->settings);
-        free(dv->credentials_hex);
-        free(dv->done_result);
-        free(dv->row_reason);
-        free(dv->lanes);
-        free(dv);
+        free_device(f.devices.slots[i].value);
     }
     wc_map_free(&f.devices);
     for (size_t i = 0; i < f.nlive; i++)

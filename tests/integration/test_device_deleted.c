@@ -1,0 +1,151 @@
+/* A device deleted from user_devices in the middle of a campaign strands
+ * nothing. On real redis-server and PostgreSQL: a user's slow device holds
+ * a campaign's messages in its outbox when the dashboard deletes its row;
+ * the sender it falls to hands its outbox back to the router, and the
+ * messages go out from the user's other device. Before, the deleted device
+ * stayed in every sender's memory and its outbox in Redis, and the campaign
+ * stayed 'processing' until the markers expired. Asserted: the campaign
+ * finishes, every lead gets exactly one message, the deleted device sent
+ * nothing after its row went, and the sender counted the handback. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include "e2e_common.h"
+#include "scenario.h"
+
+#define LEADS 30
+
+static wt_env env;
+static PGconn *db;
+static char user[40], slow[40], fast[40], camp[40];
+static int sport;
+
+static void one_value(char *out, PGresult *r)
+{
+    snprintf(out, 40, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    if (wt_env_start(&env, WT_REDIS | WT_PG | WT_MIGRATE) < 0)
+        return -1;
+    db = wt_pg(&env);
+    one_value(user, wt_sql(db, "INSERT INTO users (name) VALUES ('u') RETURNING id"));
+    one_value(slow, wt_sql(db,
+                           "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
+                           " max_delay_seconds) VALUES ('%s', 'sim', 1, 1.5) RETURNING id",
+                           user));
+    one_value(fast, wt_sql(db,
+                           "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
+                           " max_delay_seconds) VALUES ('%s', 'sim', 0.02, 0.05) RETURNING id",
+                           user));
+    /* Every lead is the slow device's: their messages queue in its outbox. */
+    PQclear(wt_sql(db,
+                   "INSERT INTO leads (user_id, device_id, name, phone) SELECT '%s', '%s',"
+                   " 'l' || n, '+6017' || lpad(n::text, 7, '0') FROM generate_series(1, %d) n",
+                   user, slow, LEADS));
+    sport = wt_free_port();
+    char port[32];
+    snprintf(port, sizeof port, "PORT=%d", sport);
+    const char *common[] = {"WACAST_DEVICE_REFRESH_MS=500", "WACAST_POLL_MS=200",
+                            "WACAST_LEASE_TTL_MS=3000", NULL, NULL};
+    if (wt_spawn(&env, "wacast-scheduler", "scheduler", common) < 0 ||
+        wt_spawn(&env, "wacast-dispatcher", "dispatcher", common) < 0)
+        return -1;
+    common[3] = port;
+    return wt_spawn(&env, "wacast-sender", "sender", common) > 0 ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    if (db)
+        PQfinish(db);
+    wt_env_stop(&env);
+    return 0;
+}
+
+static bool slow_sending(void *arg)
+{
+    (void)arg;
+    return wt_sql_long(db,
+                       "SELECT count(*) FROM broadcast_messages WHERE campaign_id = '%s'"
+                       " AND status = 'sent'",
+                       camp) > 0;
+}
+
+static bool finished(void *arg)
+{
+    (void)arg;
+    return wt_sql_long(db, "SELECT count(*) FROM campaigns WHERE id = '%s' AND status = 'finished'",
+                       camp) == 1;
+}
+
+static void test_deleted_device_strands_nothing(void **state)
+{
+    (void)state;
+    one_value(camp, wt_sql(db,
+                           "INSERT INTO campaigns (user_id, title, message, scheduled_at)"
+                           " VALUES ('%s', 'c', 'Hi {{name}}', now()) RETURNING id",
+                           user));
+    if (!wt_wait_for(slow_sending, NULL, 60000)) {
+        wt_dump_logs(&env, 30);
+        fail_msg("the campaign never started sending");
+    }
+    PQclear(wt_sql(db, "DELETE FROM user_devices WHERE id = '%s'", slow));
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    long long deleted_at_us = (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    if (!wt_wait_for(finished, NULL, 120000)) {
+        wt_dump_logs(&env, 30);
+        fail_msg("the campaign stayed unfinished after its device was deleted (%ld queued)",
+                 wt_sql_long(db,
+                             "SELECT count(*) FROM broadcast_messages WHERE campaign_id = '%s'"
+                             " AND status = 'queued'",
+                             camp));
+    }
+    size_t n = 0;
+    sc_send *sends = sc_read_sends(&env, &n);
+    int per_lead[LEADS + 1] = {0};
+    long late_slow = 0, from_fast = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!sends[i].ok)
+            continue;
+        int k = atoi(sends[i].to + 5); /* +6017NNNNNNN */
+        assert_true(k >= 1 && k <= LEADS);
+        per_lead[k]++;
+        from_fast += !strcmp(sends[i].device, fast);
+        /* A send already under way when the row went may finish after. */
+        if (!strcmp(sends[i].device, slow) && sends[i].ts_us > deleted_at_us - 2000000)
+            fprintf(stderr, "deleted device sent to %s %+.3f s after its row went\n", sends[i].to,
+                    (sends[i].ts_us - deleted_at_us) / 1e6);
+        late_slow += !strcmp(sends[i].device, slow) && sends[i].ts_us > deleted_at_us + 3000000;
+    }
+    sc_sends_free(sends, n);
+    fprintf(stderr, "%ld of %d sent by the other device; %ld by the deleted one >3 s after\n",
+            from_fast, LEADS, late_slow);
+    for (int k = 1; k <= LEADS; k++)
+        if (per_lead[k] != 1)
+            fail_msg("lead %d got %d messages", k, per_lead[k]);
+    assert_true(from_fast > 0);
+    assert_int_equal(late_slow, 0);
+    assert_true(e2e_metric(sport, "wacast_sender_devices_gone_total") == 1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_deleted_device_strands_nothing),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
