@@ -2,8 +2,8 @@
  * RFC 3339 timestamps and JID handling, and the signature check the
  * dispatcher runs over the same raw body. The input is the body as the
  * gateway would POST it. Properties: webhook_check.h, and for this envelope:
- * events are "gowa" ones, a peer is the user part of a JID (no '@', no
- * ":<device>"), and an inbound message is "text" exactly when it has a
+ * events are "gowa" ones, a peer is the non-empty user part of a JID (no
+ * '@', no ":<device>"), and an inbound message is "text" exactly when it has a
  * non-empty text.
  * fuzz-max-len: 16384 */
 #include <stddef.h>
@@ -23,8 +23,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (size_t i = 0; i < ev.count; i++) {
         const wc_webhook_event *e = &ev.items[i];
         if (e->peer)
-            FUZZ_ASSERT(!strchr(e->peer, '@') && !strchr(e->peer, ':'), "peer \"%s\" is a JID",
-                        e->peer);
+            FUZZ_ASSERT(e->peer[0] && !strchr(e->peer, '@') && !strchr(e->peer, ':'),
+                        "peer \"%s\" is not the user part of a JID", e->peer);
         if (e->kind == WC_WEBHOOK_INBOUND) {
             bool text = e->text != NULL;
             FUZZ_ASSERT(text == (strcmp(e->message_type, "text") == 0), "type %s with text %s",
