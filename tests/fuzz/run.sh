@@ -4,11 +4,12 @@
 # [target...] (targets by corpus name: phone, template, webhook_gowa, ...;
 # default: every tests/fuzz/fuzz_*.c). Builds with clang in build-fuzz/
 # (-DWACAST_FUZZ=ON). One fuzzer process at a time (-workers=1, no -jobs):
-# the machine is shared. New inputs land in a scratch folder first and are
-# merged into tests/fuzz/corpus/<name>/ with -merge=1, which keeps only those
-# that add coverage, so the corpus stays small. A crash stops that target;
-# its input is kept in build-fuzz/artifacts/<name>/ and the run goes on with
-# the next target. Prints one summary line per target at the end.
+# the machine is shared. New inputs land in a scratch folder first; then
+# tests/fuzz/corpus/<name>/ is rebuilt with -merge=1 as the fewest inputs that
+# cover what the old corpus and the new inputs cover, so it stays small. A
+# crash stops that target; its input is kept in build-fuzz/artifacts/<name>/
+# and the run goes on with the next target. Prints one summary line per
+# target at the end.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 seconds=${1:-600}
@@ -35,6 +36,31 @@ cmake -S "$root" -B "$build" -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWith
   -DWACAST_FUZZ=ON >/dev/null
 cmake --build "$build" -j2 --target "${targets[@]}"
 
+# Replaces corpus with the smallest set of inputs, from corpus and scratch,
+# that reaches every edge any of them reaches (-use_counters=0: hit counts,
+# which the fuzzing itself does use, would keep five times as many files).
+# Inputs with a name of their own (seed-*, a crash kept as a regression) stay
+# whatever they cover; libFuzzer names the others by their SHA-1.
+merge_corpus() {
+  local bin=$1 max_len=$2 corpus=$3 scratch=$4 min=$5 log=$6
+  rm -rf "$min"
+  mkdir -p "$min"
+  if ! "$bin" -merge=1 -use_counters=0 -rss_limit_mb=2048 -max_len="$max_len" \
+    "$min" "$corpus" "$scratch" >"$log" 2>&1; then
+    echo "   merge failed, corpus left as it was (see $log)"
+    return
+  fi
+  local f name
+  for f in "$corpus"/*; do
+    name=$(basename "$f")
+    [[ $name =~ ^[0-9a-f]{40}$ ]] && continue
+    rm -f "$min/$(sha1sum <"$f" | cut -d' ' -f1)"
+    cp "$f" "$min/$name"
+  done
+  rm -rf "$corpus"
+  cp -r "$min" "$corpus"
+}
+
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 summary=()
@@ -60,8 +86,7 @@ for n in "${names[@]}"; do
   status=$?
   set -e
   tail -n 3 "$log" | sed 's/^/   /'
-  "$bin" -merge=1 -rss_limit_mb=2048 -max_len="$max_len" "$corpus" "$scratch" \
-    >"$build/logs/$n.merge.log" 2>&1 || echo "   merge failed, see $build/logs/$n.merge.log"
+  merge_corpus "$bin" "$max_len" "$corpus" "$scratch" "$build/min/$n" "$build/logs/$n.merge.log"
   after=$(find "$corpus" -type f | wc -l)
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || true)
   last=$(grep -E '^#[0-9]+' "$log" | tail -n1)
