@@ -190,7 +190,7 @@ typedef struct client {
     size_t size, sent;
     char head[8]; /* the first bytes of the answer */
     size_t received;
-    bool closed, hung;
+    bool connected, closed, hung;
     struct event *write_ev, *read_ev, *timer;
 } client;
 
@@ -198,12 +198,21 @@ static void on_client_write(evutil_socket_t fd, short what, void *arg)
 {
     client *c = arg;
     (void)what;
+    if (!c->connected) {
+        int error = 0;
+        socklen_t len = sizeof error;
+        FUZZ_ASSERT(getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &len) == 0 && error == 0,
+                    "connect: %s", strerror(error));
+        c->connected = true;
+    }
     while (c->sent < c->size) {
         ssize_t n = send(fd, c->data + c->sent, c->size - c->sent, MSG_NOSIGNAL);
         if (n > 0) {
             c->sent += (size_t)n;
             continue;
         }
+        if (n < 0 && errno == EINTR)
+            continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return;
         break; /* the server closed first: nothing more to say */
@@ -225,6 +234,8 @@ static void on_client_read(evutil_socket_t fd, short what, void *arg)
             c->received += (size_t)n;
             continue;
         }
+        if (n < 0 && errno == EINTR)
+            continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return;
         c->closed = true; /* EOF, or reset by the server */
@@ -250,9 +261,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct sockaddr_in sin = {.sin_family = AF_INET,
                               .sin_port = htons((uint16_t)wc_http_port(server))};
     sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    FUZZ_ASSERT(connect(c.fd, (struct sockaddr *)&sin, sizeof sin) == 0, "connect: %s",
-                strerror(errno));
+    /* Non-blocking from the start: libFuzzer's SIGALRM would interrupt a
+     * blocking connect(). Whether it worked is known at the first write. */
     evutil_make_socket_nonblocking(c.fd);
+    int rc = connect(c.fd, (struct sockaddr *)&sin, sizeof sin);
+    FUZZ_ASSERT(rc == 0 || errno == EINPROGRESS || errno == EINTR, "connect: %s", strerror(errno));
 
     c.write_ev = event_new(base, c.fd, EV_WRITE | EV_PERSIST, on_client_write, &c);
     c.read_ev = event_new(base, c.fd, EV_READ | EV_PERSIST, on_client_read, &c);
