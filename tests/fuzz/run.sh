@@ -8,8 +8,8 @@
 # tests/fuzz/corpus/<name>/ is rebuilt with -merge=1 as the fewest inputs that
 # cover what the old corpus and the new inputs cover, so it stays small. A
 # crash stops that target; its input is kept in build-fuzz/artifacts/<name>/
-# and the run goes on with the next target. Prints one summary line per
-# target at the end.
+# and the run goes on with the next target. A tests/fuzz/fuzz_<name>.dict is
+# passed as the target's -dict. Prints one summary line per target at the end.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 seconds=${1:-600}
@@ -71,6 +71,9 @@ for n in "${names[@]}"; do
   # The target's header comment says how long an input may usefully be.
   max_len=$(grep -o 'fuzz-max-len: [0-9]*' "$fuzz_dir/fuzz_$n.c" | grep -o '[0-9]*$' || true)
   max_len=${max_len:-4096}
+  # Tokens the target's input is made of, when it has a dictionary.
+  dict=()
+  [ -f "$fuzz_dir/fuzz_$n.dict" ] && dict=(-dict="$fuzz_dir/fuzz_$n.dict")
   artifacts=$build/artifacts/$n
   scratch=$build/scratch/$n
   log=$build/logs/$n.log
@@ -79,12 +82,14 @@ for n in "${names[@]}"; do
   before=$(find "$corpus" -type f | wc -l)
   touch "$log.start"
   echo "== $n: ${seconds}s, -max_len=$max_len, corpus $before files (log: $log)"
+  started=$SECONDS
   set +e
   "$bin" "$scratch" "$corpus" -max_total_time="$seconds" -workers=1 -rss_limit_mb=2048 \
     -max_len="$max_len" -timeout=25 -print_final_stats=1 -artifact_prefix="$artifacts/" \
-    >"$log" 2>&1
+    "${dict[@]}" >"$log" 2>&1
   status=$?
   set -e
+  elapsed=$((SECONDS - started))
   tail -n 3 "$log" | sed 's/^/   /'
   merge_corpus "$bin" "$max_len" "$corpus" "$scratch" "$build/min/$n" "$build/logs/$n.merge.log"
   after=$(find "$corpus" -type f | wc -l)
@@ -94,7 +99,7 @@ for n in "${names[@]}"; do
   ft=$(grep -o 'ft: [0-9]*' <<<"$last" | grep -o '[0-9]*$' || true)
   found=$(find "$artifacts" -type f -newer "$log.start")
   crashes=$(grep -c . <<<"$found" || true)
-  line="$n: ${seconds}s runs=${runs:-?} cov=${cov:-?} ft=${ft:-?} corpus=$before->$after crashes=$crashes exit=$status"
+  line="$n: ${elapsed}s runs=${runs:-?} cov=${cov:-?} ft=${ft:-?} corpus=$before->$after crashes=$crashes exit=$status"
   [ "$crashes" -eq 0 ] || line="$line: $(tr '\n' ' ' <<<"$found")"
   summary+=("$line")
   echo "   $line"
