@@ -217,16 +217,24 @@ static int dup_into(parse_ctx *c, char **dst, const char *src)
     return 0;
 }
 
-/* The user part of a JID: up to '@', and without a ":<device>" suffix. */
+/* Length of the user part of a JID: up to '@', and without a ":<device>"
+ * suffix. 0 for "@s.whatsapp.net" or ":3@s.whatsapp.net". */
+static size_t user_part_len(const char *jid)
+{
+    size_t n = strcspn(jid, "@");
+    const char *colon = memchr(jid, ':', n);
+    return colon ? (size_t)(colon - jid) : n;
+}
+
+/* The user part of a JID; NULL when jid is NULL or has none. */
 static int dup_user_part(parse_ctx *c, char **dst, const char *jid)
 {
     *dst = NULL;
     if (!jid)
         return 0;
-    size_t n = strcspn(jid, "@");
-    const char *colon = memchr(jid, ':', n);
-    if (colon)
-        n = (size_t)(colon - jid);
+    size_t n = user_part_len(jid);
+    if (n == 0)
+        return 0;
     *dst = strndup(jid, n);
     if (!*dst)
         return fail(c, "out of memory");
@@ -639,6 +647,9 @@ static int gowa_inbound(parse_ctx *c, const char *device_id, const char *id, con
 {
     if (!*id || !*from)
         return fail(c, "\"id\" and \"from\" must not be empty");
+    /* A sender the opt-out could not be matched to. */
+    if (user_part_len(from) == 0)
+        return fail(c, "\"from\" has no user part: \"%.40s\"", from);
     if (from_me || (chat && strstr(chat, "@g.us")) || strstr(from, "@g.us")) {
         c->out->ignored++; /* our own echo, or a group chat */
         return 0;

@@ -71,7 +71,9 @@ typedef struct wc_webhook_event {
     /* The other party: the recipient of a STATUS, the sender of an INBOUND.
      * The user part of a JID ("60123456789@s.whatsapp.net" and
      * "60123456789:3@s.whatsapp.net" give "60123456789"); cloudapi's are
-     * digits already. */
+     * digits already. A gowa status whose JID has no user part
+     * ("@s.whatsapp.net") has NULL; an inbound message with such a sender
+     * fails the body. */
     char *peer;
     /* Our number that the event is about: cloudapi's phone_number_id, gowa's
      * device_id (the device's JID, as the gateway sends it). */
@@ -126,11 +128,12 @@ int wc_webhook_sign(const char *secret, const unsigned char *body, size_t len, c
  * -1 with out empty and a message in err (when errlen > 0) for: a body over
  * max_body, invalid JSON, an envelope of neither provider (or not the one
  * asked for), a missing required field (status or message id, status value,
- * sender, gowa's ids/receipt_type/payload), a field of the wrong type, a
- * timestamp that is not unix seconds (cloudapi) or RFC 3339 (gowa), or
- * running out of memory. A bad field anywhere fails the whole body: the
- * providers retry what is not acknowledged, so a malformed body should be
- * answered with 400 and logged, not half-applied. */
+ * sender, gowa's ids/receipt_type/payload), a gowa sender JID with no user
+ * part, a field of the wrong type, a timestamp that is not unix seconds
+ * (cloudapi) or RFC 3339 (gowa), or running out of memory. A bad field
+ * anywhere fails the whole body: the providers retry what is not
+ * acknowledged, so a malformed body should be answered with 400 and logged,
+ * not half-applied. */
 int wc_webhook_parse(wc_webhook_provider provider, const char *body, size_t len, size_t max_body,
                      size_t max_events, wc_webhook_events *out, char *err, size_t errlen)
     __attribute__((warn_unused_result));

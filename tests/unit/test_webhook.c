@@ -326,6 +326,15 @@ static void test_gowa_ack(void **state)
     assert_null(ev.items[0].peer);
     wc_webhook_events_free(&ev);
 
+    /* A JID with no user part is no peer (not ""). */
+    parse_ok(WC_WEBHOOK_GOWA,
+             "{\"event\":\"message.ack\",\"payload\":{\"ids\":[\"3EB0X\"],\"receipt_type\":"
+             "\"read\",\"from\":\":3@s.whatsapp.net\"}}",
+             &ev);
+    assert_int_equal(ev.count, 1);
+    assert_null(ev.items[0].peer);
+    wc_webhook_events_free(&ev);
+
     /* Receipts about our other devices are not statuses. */
     parse_ok(WC_WEBHOOK_GOWA,
              "{\"event\":\"message.ack\",\"payload\":{\"ids\":[\"3EB0X\"],\"receipt_type\":"
@@ -411,6 +420,15 @@ static void test_malformed(void **state)
                 "whatsapp_business_account");
     parse_fails(WC_WEBHOOK_CLOUDAPI, "{\"event\":\"message.ack\"}", "\"object\" is missing");
     parse_fails(WC_WEBHOOK_GOWA, META_DELIVERED, "no \"event\"");
+    /* Found by tests/fuzz/fuzz_webhook_gowa.c: a sender JID with no user part
+     * gave an inbound message from "". */
+    parse_fails(WC_WEBHOOK_GOWA,
+                "{\"event\":\"message\",\"payload\":{\"id\":\"3EB0U\",\"from\":"
+                "\"@60123456789:3@s.whatsapp.net\",\"body\":\"stop\"}}",
+                "\"from\" has no user part");
+    parse_fails(WC_WEBHOOK_GOWA,
+                "{\"from\":\":3@s.whatsapp.net\",\"message\":{\"text\":\"stop\",\"id\":\"3EB0\"}}",
+                "\"from\" has no user part");
     parse_fails(WC_WEBHOOK_CLOUDAPI, "{\"object\":\"whatsapp_business_account\",\"entry\":{}}",
                 "\"entry\" must be an array, not an object");
     parse_fails(WC_WEBHOOK_CLOUDAPI,
