@@ -978,6 +978,7 @@ typedef struct handback_op {
     char consumer[128];
     char (*lanes)[40];
     size_t nlanes, cur;
+    bool new_entries; /* this lane's own pending entries are done: reading new ones */
 } handback_op;
 
 static void handback_next(handback_op *op);
@@ -1025,11 +1026,17 @@ static void on_handback_read(wc_redis *r, redisReply *reply, void *arg)
     handback_op *op = arg;
     fleet *f = op->f;
     redisReply *entries = NULL;
-    if (reply_ok(f, reply) && reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
+    bool ok = reply_ok(f, reply);
+    if (ok && reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
         reply->element[0]->type == REDIS_REPLY_ARRAY && reply->element[0]->elements == 2)
         entries = reply->element[0]->element[1];
     if (!entries || entries->type != REDIS_REPLY_ARRAY || entries->elements == 0) {
-        op->cur++; /* this lane is done (or unreadable): the next one */
+        if (!op->new_entries && ok) {
+            op->new_entries = true; /* then the lane's entries nobody read yet */
+        } else {
+            op->cur++; /* this lane is done (or unreadable): the next one */
+            op->new_entries = false;
+        }
         handback_next(op);
         return;
     }
@@ -1130,9 +1137,14 @@ static void handback_next(handback_op *op)
     if (op->cur < op->nlanes) {
         char lane[160];
         wc_key_lane(lane, sizeof lane, dv->id, op->lanes[op->cur]);
+        /* First what an earlier handback read and could not finish (its
+         * Redis connection broke between the read and the acknowledgement:
+         * those entries stay pending under the handback consumer, which no
+         * device reads and no takeover claims while this sender holds the
+         * device), then the entries nobody read. */
         rc = wc_redis_command(f->d.redis, on_handback_read, op,
-                              "XREADGROUP GROUP %s %s COUNT 500 STREAMS %s >", WC_GROUP_SEND,
-                              op->consumer, lane);
+                              "XREADGROUP GROUP %s %s COUNT 500 STREAMS %s %s", WC_GROUP_SEND,
+                              op->consumer, lane, op->new_entries ? ">" : "0");
     } else {
         char later[128];
         wc_key_later(later, sizeof later, dv->id);
