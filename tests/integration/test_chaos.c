@@ -20,7 +20,10 @@
  * (each duplicate is printed with its explanation). Postgres statuses equal
  * the record, both campaigns finished, and no daemon exited on its own.
  *
- * Usage: test_chaos [SEED]   (no seed: a random one, printed for replay) */
+ * Usage: test_chaos [SEED]   (no seed: a random one, printed for replay;
+ *        CHAOS_EVENTS_AT=P puts every server event and the away tenant at P %
+ *        of the messages sent, CHAOS_NO_KILLS=1 leaves the daemons alone,
+ *        CHAOS_DEVICES_PER_USER=N changes the 50 devices of each tenant) */
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -40,7 +43,7 @@
 #define NUSERS 2
 #define AWAY_USER 1
 #define NLEADS 24000
-#define DEVICES_PER_USER 50
+#define DEVICES_PER_USER 50 /* CHAOS_DEVICES_PER_USER changes it (at most 128) */
 #define MIN_DELAY 0.05
 #define MAX_DELAY 0.15
 #define DEADLINE_MS 480000
@@ -291,7 +294,11 @@ static int setup(void **state)
     db = wt_pg(&env);
     fprintf(stderr, "test_chaos: seed %llu (replay: test_chaos %llu)\n", (unsigned long long)seed,
             (unsigned long long)seed);
-    sc_populate(&world, db, seed, NUSERS, DEVICES_PER_USER, 0, NLEADS, MIN_DELAY, MAX_DELAY);
+    const char *per_user = getenv("CHAOS_DEVICES_PER_USER");
+    int devices_per_user = per_user && *per_user ? atoi(per_user) : DEVICES_PER_USER;
+    if (devices_per_user < 1 || devices_per_user > SC_MAX_DEVICES / NUSERS)
+        devices_per_user = DEVICES_PER_USER;
+    sc_populate(&world, db, seed, NUSERS, devices_per_user, 0, NLEADS, MIN_DELAY, MAX_DELAY);
     for (int u = 0; u < NUSERS; u++) {
         PGresult *r =
             wt_sql(db,
@@ -332,6 +339,13 @@ static int setup(void **state)
     long long pg_kill_at = at_percent(&r, total, 40, 55);
     long long redis_term_at = at_percent(&r, total, 55, 70);
     long long pg_fast_at = at_percent(&r, total, 70, 80);
+    /* CHAOS_EVENTS_AT=P: every server event and the away tenant together at P %
+     * of the messages sent (e.g. 97: they all land while the campaigns end). */
+    const char *events_at = getenv("CHAOS_EVENTS_AT");
+    if (events_at && *events_at) {
+        long long at = total * atoi(events_at) / 100;
+        away_at = redis_kill_at = pg_kill_at = redis_term_at = pg_fast_at = at;
+    }
     bool redis_killed = false, redis_termed = false, pg_killed = false, pg_fast = false;
     enum { AWAY_NOT_YET, AWAY_GOING, AWAY_HELD, AWAY_BACK } away = AWAY_NOT_YET;
     long long away_set_ms = 0, away_seen_ms = 0;
