@@ -37,10 +37,11 @@
  * the entries pending under the handback consumer for good: the same sender
  * keeps the lease, so no XAUTOCLAIM takes them, the device reads only its own
  * entries, and their markers stay "r:<device>", so the reconciler skips them.
- * It takes a Redis kill within milliseconds of the handback: with
- * CHAOS_NO_KILLS=1 CHAOS_EVENTS_AT=97 CHAOS_DEVICES_PER_USER=100 test_chaos 6
- * stalled with 30 such messages (1 run in 6 with that setting); the run stops
- * after STALL_MS and prints each message with its lane's pending consumer. */
+ * It takes a Redis kill within milliseconds of the handback, so it is rare:
+ * with CHAOS_NO_KILLS=1 CHAOS_EVENTS_AT=97 CHAOS_DEVICES_PER_USER=100, seed 6
+ * once stalled with 30 such messages (1 of 16 such runs; its replays passed);
+ * the run stops after STALL_MS and prints each message with its lane's
+ * pending consumer. */
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
