@@ -7,6 +7,7 @@
 #                [--timeout SECONDS] [--budget SECONDS] [--raw-rows R]
 #                [--out DIR] [--build DIR] [--no-build]
 #                [--scheduler-env "K=V ..."] [--dispatcher-env "..."] [--sender-env "..."]
+#                [--appendfsync everysec|always]
 #
 # Starts its own Redis and PostgreSQL in a temporary folder on free loopback
 # ports, loads N leads and D simulated devices once (a template database),
@@ -44,8 +45,9 @@ build=$root/build-bench
 do_build=1
 interval_ms=500
 scheduler_env="" dispatcher_env="" sender_env=""
+appendfsync=${WACAST_REDIS_APPENDFSYNC:-everysec}   # Redis AOF fsync policy, as deploy/stack.sh
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --messages) messages=$2; shift 2 ;;
@@ -68,6 +70,7 @@ while [ $# -gt 0 ]; do
     --scheduler-env) scheduler_env=$2; shift 2 ;;
     --dispatcher-env) dispatcher_env=$2; shift 2 ;;
     --sender-env) sender_env=$2; shift 2 ;;
+    --appendfsync) appendfsync=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -75,6 +78,10 @@ done
 for v in messages devices senders dispatchers baseline_workers baseline_concurrency phase_timeout budget raw_rows; do
   [[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -ge 1 ] || { echo "run.sh: --${v//_/-} must be a positive integer" >&2; exit 2; }
 done
+case "$appendfsync" in
+  everysec|always) ;;
+  *) echo "run.sh: --appendfsync (WACAST_REDIS_APPENDFSYNC) must be everysec or always" >&2; exit 2 ;;
+esac
 [ "$messages" -le 9999999 ] || { echo "run.sh: --messages must be at most 9,999,999" >&2; exit 2; }
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
@@ -191,12 +198,13 @@ pg_base="postgresql://postgres@127.0.0.1:$pg_port"
 redis_url="redis://127.0.0.1:$redis_port/0"
 log "work folder $work; redis :$redis_port, postgres :$pg_port"
 
-# Same settings as deploy/stack.sh (production-like: AOF everysec, noeviction).
+# Same settings as deploy/stack.sh (production-like: AOF, everysec unless
+# --appendfsync always, noeviction).
 redis_start() { # phase: a fresh redis-server (new port if the old one was taken meanwhile)
   rm -rf "$work/redis" && mkdir -p "$work/redis"
   for _ in 1 2 3 4 5; do
     redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$work/redis" --save "" \
-      --appendonly yes --appendfsync everysec --maxmemory-policy noeviction \
+      --appendonly yes --appendfsync "$appendfsync" --maxmemory-policy noeviction \
       --auto-aof-rewrite-min-size 512mb \
       --daemonize yes --pidfile "$work/redis/redis.pid" --logfile "$work/log/redis-$1.log"
     for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
@@ -446,7 +454,7 @@ mkdir -p "$outdir"
 cat >"$work/report.json" <<EOF
 {"stamp":"$stamp","dir":"$work/out","outdir":"$outdir","messages":$messages,"devices":$devices,
  "senders":$senders,"dispatchers":$dispatchers,"baseline_workers":$baseline_workers,
- "baseline_concurrency":$baseline_concurrency,"seed_s":$seed_s,"interval_ms":$interval_ms,
+ "baseline_concurrency":$baseline_concurrency,"appendfsync":"$appendfsync","seed_s":$seed_s,"interval_ms":$interval_ms,
  "git":"$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$root" diff --quiet 2>/dev/null || echo -dirty)",
  "wacast_rc":"$wacast_rc","wacast_verify_rc":"$wacast_ok",
  "baseline_rc":"$baseline_rc","baseline_verify_rc":"$baseline_ok"}

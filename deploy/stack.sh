@@ -10,7 +10,9 @@
 #
 # Settings: WACAST_HOME (folder, default .local), WACAST_REDIS_PORT (6390),
 # WACAST_PG_PORT (5440), WACAST_BUILD (build dir, default build), WACAST_SENDERS (1),
-# WACAST_HTTP_BASE (first daemon port, 8081).
+# WACAST_HTTP_BASE (first daemon port, 8081), WACAST_REDIS_APPENDFSYNC (everysec:
+# a crash of Redis can lose up to ~1 s of acknowledged writes; always: none,
+# at the cost measured in README.md's delivery guarantee).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,6 +22,11 @@ pg_port=${WACAST_PG_PORT:-5440}
 build=${WACAST_BUILD:-$root/build}
 senders=${WACAST_SENDERS:-1}
 http_base=${WACAST_HTTP_BASE:-8081}
+appendfsync=${WACAST_REDIS_APPENDFSYNC:-everysec}
+case "$appendfsync" in
+  everysec|always) ;;
+  *) echo "stack: WACAST_REDIS_APPENDFSYNC must be everysec or always (got '$appendfsync')" >&2; exit 2 ;;
+esac
 pgbin=/usr/lib/postgresql/15/bin
 export DATABASE_URL="postgresql://postgres@127.0.0.1:$pg_port/wacast"
 export REDIS_URL="redis://127.0.0.1:$redis_port/0"
@@ -32,7 +39,7 @@ start_redis() {
   mkdir -p "$home/redis" "$home/log"
   if redis-cli -p "$redis_port" ping >/dev/null 2>&1; then return; fi
   redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$home/redis" --save "" \
-    --appendonly yes --appendfsync everysec --maxmemory-policy noeviction \
+    --appendonly yes --appendfsync "$appendfsync" --maxmemory-policy noeviction \
     --auto-aof-rewrite-min-size 512mb \
     --daemonize yes --pidfile "$home/redis/redis.pid" --logfile "$home/log/redis.log"
   for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && return; sleep 0.1; done

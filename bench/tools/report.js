@@ -199,7 +199,8 @@ md.push(
   `${fmt(run.messages)} messages (one campaign, zero pacing delays) over ${fmt(run.devices)} simulated devices; ` +
     `wacast: 1 scheduler, ${run.dispatchers} dispatcher(s), ${run.senders} sender(s); ` +
     `baseline: 1 producer + ${run.baseline_workers} BullMQ worker process(es) at concurrency ${run.baseline_concurrency}. ` +
-    `${env.cpus} × ${env.cpu_model}, ${env.mem_gib} GiB; Redis ${env.redis.split(' ')[0]}, ${env.postgres}, ` +
+    `${env.cpus} × ${env.cpu_model}, ${env.mem_gib} GiB; Redis ${env.redis.split(' ')[0]} ` +
+    `(AOF appendfsync ${run.appendfsync || 'everysec'}), ${env.postgres}, ` +
     `Node ${env.node}, BullMQ ${env.bullmq}; wacast ${env.git}. Seeding took ${run.seed_s} s.`,
   ''
 );

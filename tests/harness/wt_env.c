@@ -2,6 +2,8 @@
 #include "wt_env.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -116,6 +118,83 @@ static int run_wait(char *const argv[], const char *logpath, uid_t uid, gid_t gi
     return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
 }
 
+/* Children of parent, listed from /proc (the PPid field of stat). */
+static int children_of(pid_t parent, pid_t *out, int max)
+{
+    DIR *d = opendir("/proc");
+    if (!d)
+        return 0;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < max) {
+        if (!isdigit((unsigned char)e->d_name[0]))
+            continue;
+        char path[300], buf[512];
+        snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        size_t len = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[len] = '\0';
+        /* "pid (comm) state ppid ...": comm may hold spaces and parentheses. */
+        char *close_paren = strrchr(buf, ')');
+        char state;
+        int ppid;
+        if (close_paren && sscanf(close_paren + 1, " %c %d", &state, &ppid) == 2 && ppid == parent)
+            out[n++] = (pid_t)atoi(e->d_name);
+    }
+    closedir(d);
+    return n;
+}
+
+/* True when pid is gone or a zombie that is not ours to reap. */
+static bool gone_elsewhere(pid_t pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return true;
+    size_t len = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[len] = '\0';
+    char *close_paren = strrchr(buf, ')');
+    return close_paren && close_paren[1] == ' ' && close_paren[2] == 'Z';
+}
+
+/* kill -9 of a server and of every process it forked, at once, as a crash or
+ * an OOM kill of its cgroup would do it. The server is stopped first so that
+ * it forks nothing while its children are listed. Its children are reparented
+ * to this process (a subreaper) and reaped here; waits for each (10 s at most)
+ * so that a restart finds no process still attached to the old shared memory. */
+static void kill9_tree(pid_t leader)
+{
+    pid_t kids[1024];
+    kill(leader, SIGSTOP);
+    int n = children_of(leader, kids, (int)(sizeof kids / sizeof kids[0]));
+    kill(leader, SIGKILL);
+    for (int i = 0; i < n; i++)
+        kill(kids[i], SIGKILL);
+    int st;
+    while (waitpid(leader, &st, 0) < 0 && errno == EINTR) {
+    }
+    long long deadline = wt_now_ms() + 10000;
+    for (int i = 0; i < n; i++) {
+        for (;;) {
+            pid_t r = waitpid(kids[i], &st, WNOHANG);
+            if (r == kids[i] || (r < 0 && errno == ECHILD && gone_elsewhere(kids[i])))
+                break;
+            if (wt_now_ms() >= deadline) {
+                fprintf(stderr, "wt_env: process %d of a killed server is still there\n",
+                        (int)kids[i]);
+                break;
+            }
+            sleep_ms(5);
+        }
+    }
+}
+
 static int pg_user(uid_t *uid, gid_t *gid)
 {
     if (geteuid() != 0) {
@@ -188,9 +267,13 @@ int wt_redis_stop(wt_env *env, bool kill9)
 {
     if (env->redis_pid <= 0)
         return 0;
-    kill(env->redis_pid, kill9 ? SIGKILL : SIGTERM);
-    int st;
-    waitpid(env->redis_pid, &st, 0);
+    if (kill9) {
+        kill9_tree(env->redis_pid);
+    } else {
+        kill(env->redis_pid, SIGTERM);
+        int st;
+        waitpid(env->redis_pid, &st, 0);
+    }
     env->redis_pid = 0;
     return 0;
 }
@@ -309,7 +392,8 @@ static int pg_start(wt_env *env)
                     "-c",
                     "fsync=off",
                     "-c",
-                    "synchronous_commit=off",
+                    env->flags & WT_PG_SYNC_COMMIT ? "synchronous_commit=on"
+                                                   : "synchronous_commit=off",
                     "-c",
                     "full_page_writes=off",
                     "-c",
@@ -346,25 +430,15 @@ static void pg_stop(wt_env *env, bool kill9)
 {
     if (env->pg_pid <= 0)
         return;
-    /* SIGINT is PostgreSQL's "fast" shutdown; SIGQUIT "immediate". */
-    kill(env->pg_pid, kill9 ? SIGKILL : SIGINT);
-    int st;
-    waitpid(env->pg_pid, &st, 0);
-    env->pg_pid = 0;
     if (kill9) {
-        /* Orphaned backends hold the shared memory; give them a moment to see
-         * the postmaster is gone, then the next start recovers. */
-        char pidfile[300];
-        snprintf(pidfile, sizeof pidfile, "%s/pg/postmaster.pid", env->dir);
-        long long deadline = wt_now_ms() + 5000;
-        while (wt_now_ms() < deadline) {
-            char cmd[400];
-            snprintf(cmd, sizeof cmd, "pgrep -f -- '-D %s/pg' >/dev/null", env->dir);
-            if (system(cmd) != 0)
-                break;
-            sleep_ms(25);
-        }
+        kill9_tree(env->pg_pid);
+    } else {
+        /* SIGINT is PostgreSQL's "fast" shutdown. */
+        kill(env->pg_pid, SIGINT);
+        int st;
+        waitpid(env->pg_pid, &st, 0);
     }
+    env->pg_pid = 0;
 }
 
 int wt_pg_restart(wt_env *env, bool kill9)
@@ -415,6 +489,8 @@ int wt_env_start(wt_env *env, unsigned flags)
     memset(env, 0, sizeof *env);
     env->flags = flags;
     signal(SIGPIPE, SIG_IGN);
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0)
+        perror("wt_env: PR_SET_CHILD_SUBREAPER (orphans of killed servers go to PID 1)");
     const char *tmp = getenv("TMPDIR");
     snprintf(env->dir, sizeof env->dir, "%s/wacast-test-XXXXXX", tmp && *tmp ? tmp : "/tmp");
     if (!mkdtemp(env->dir)) {

@@ -2,7 +2,10 @@
  * a real PostgreSQL on free loopback ports, spawns wacast daemons against
  * them, and tears everything down. PostgreSQL refuses to run as root, so when
  * the test runs as root the server runs as the `postgres` system user.
- * Children get PR_SET_PDEATHSIG, so a crashed test leaves no server behind. */
+ * Children get PR_SET_PDEATHSIG, so a crashed test leaves no server behind.
+ * The test process is a child subreaper: what a server forked (PostgreSQL
+ * backends, a Redis rewrite child) is reparented to it when the server is
+ * killed -9, and the harness reaps it (PID 1 here reaps no orphans). */
 #ifndef WT_ENV_H
 #define WT_ENV_H
 
@@ -12,7 +15,12 @@
 #include <hiredis/hiredis.h>
 #include <libpq-fe.h>
 
-enum { WT_REDIS = 1, WT_PG = 2, WT_MIGRATE = 4 };
+/* WT_PG_SYNC_COMMIT: PostgreSQL with synchronous_commit=on (the default in
+ * production), so a kill -9 loses no acknowledged commit; without it commits
+ * are asynchronous (faster tests) and a kill -9 can lose the last ~0.6 s of
+ * them. fsync stays off either way: a killed process leaves what it wrote in
+ * the kernel's page cache. */
+enum { WT_REDIS = 1, WT_PG = 2, WT_MIGRATE = 4, WT_PG_SYNC_COMMIT = 8 };
 
 #define WT_MAX_CHILDREN 256
 
@@ -45,8 +53,9 @@ int wt_env_start(wt_env *env, unsigned flags);
 /* Stops daemons and servers, removes the folder (kept when WT_KEEP=1). */
 void wt_env_stop(wt_env *env);
 
-/* Stops redis-server (SIGTERM: it writes its AOF) or kills it (-9) and starts
- * it again on the same port and folder. */
+/* Stops redis-server (SIGTERM: it writes its AOF) or kills it (-9, with any
+ * child it forked) and starts it again on the same port and folder, from its
+ * AOF. */
 int wt_redis_restart(wt_env *env, bool kill9);
 int wt_redis_stop(wt_env *env, bool kill9);
 int wt_redis_start(wt_env *env);
@@ -60,7 +69,9 @@ int wt_redis_restore_aof(wt_env *env, const char *name);
 int wt_sim_redis_start(wt_env *env);
 redisContext *wt_sim_redis(wt_env *env);
 
-/* Fast shutdown (or -9) and start again on the same port and folder. */
+/* Fast shutdown, or kill -9 of the postmaster and every backend at once (a
+ * crash, or an OOM kill of the server's cgroup), and start again on the same
+ * port and folder (crash recovery). */
 int wt_pg_restart(wt_env *env, bool kill9);
 
 /* Spawns a program from the build tree (e.g. "wacast-sender") with
