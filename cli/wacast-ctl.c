@@ -368,23 +368,23 @@ static int cmd_reseal(void)
 
 static void usage(FILE *f)
 {
-    fprintf(
-        f, "usage: wacast-ctl COMMAND\n\n"
-           "  migrate                      apply sql/ migrations (each once)\n"
-           "  demo-seed [--leads N] [--devices D] [--min-delay S] [--max-delay S]\n"
-           "                               one demo user with simulated devices, leads and a\n"
-           "                               campaign due now; prints the campaign id\n"
-           "  watch CAMPAIGN [TIMEOUT_S]   live progress until the campaign ends\n"
-           "  campaigns                    the latest campaigns and their counts\n"
-           "  keygen                       print a new WACAST_SECRET_KEY\n"
-           "  set-credentials DEVICE       seal the JSON on stdin with WACAST_SECRET_KEY, bound\n"
-           "                               to the device, and store it as its credentials\n"
-           "  reseal                       re-seal every device's credentials with the current\n"
-           "                               key, bound to its row (after rotating:\n"
-           "                               WACAST_SECRET_KEY_PREVIOUS=old; after upgrading\n"
-           "                               from the unbound format, before\n"
-           "                               WACAST_SEAL_LEGACY=refuse)\n\n"
-           "Settings: DATABASE_URL (default postgresql://localhost/wacast).\n");
+    fprintf(f,
+            "usage: wacast-ctl COMMAND\n\n"
+            "  migrate                      apply sql/ migrations (each once)\n"
+            "  demo-seed [--leads N] [--devices D] [--min-delay S] [--max-delay S]\n"
+            "                               one demo user with simulated devices, leads and a\n"
+            "                               campaign due now; prints the campaign id\n"
+            "  watch CAMPAIGN [TIMEOUT_S]   live progress until the campaign ends\n"
+            "  campaigns                    the latest campaigns and their counts\n"
+            "  keygen                       print a new WACAST_SECRET_KEY\n"
+            "  set-credentials DEVICE       seal the JSON on stdin with WACAST_SECRET_KEY, bound\n"
+            "                               to the device, and store it as its credentials\n"
+            "  reseal                       re-seal every device's credentials with the current\n"
+            "                               key, bound to its row (after rotating:\n"
+            "                               WACAST_SECRET_KEY_PREVIOUS=old; after upgrading\n"
+            "                               from the unbound format, before\n"
+            "                               WACAST_SEAL_LEGACY=refuse)\n\n"
+            "Settings: DATABASE_URL (default postgresql://localhost/wacast).\n");
 }
 
 int main(int argc, char **argv)

@@ -174,11 +174,11 @@ typedef struct scheduler {
     scheduler_metrics m;
     exp_state state;
     campaign *c;
-    bool reconciling; /* a reconciler query is in flight */
+    bool reconciling;  /* a reconciler query is in flight */
     int reconcile_now; /* rounds left that take every queued row (Redis lost data) */
     wc_epoch *epoch;
-    bool feeding;     /* a feeder round is in flight */
-    wc_map fed;       /* campaign id -> last message id fed (where the next scan starts) */
+    bool feeding; /* a feeder round is in flight */
+    wc_map fed;   /* campaign id -> last message id fed (where the next scan starts) */
     int64_t fed_reset_us;
     bool waiting_busy;
     bool pruning; /* a query for fed campaigns no longer running is in flight */
