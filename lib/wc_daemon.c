@@ -145,9 +145,19 @@ void wc_daemon_init(wc_daemon *d, const char *name, const char *about, const wc_
 
     wait_for_postgres(d, cfg);
     wait_for_redis(d, cfg);
-    int applied = wc_migrate(cfg->database_url, err, sizeof err);
-    if (applied < 0)
-        die(name, "%s%s", err, "");
+    /* PostgreSQL can go away between the wait and the migrations (a restart,
+     * a failover): try again until the start time-out rather than exit at
+     * the first refusal (a migration that is wrong fails every time and is
+     * reported when the time-out ends). */
+    int64_t deadline = wc_mono_us() + (int64_t)cfg->start_timeout_s * 1000000;
+    int applied;
+    while ((applied = wc_migrate(cfg->database_url, err, sizeof err)) < 0) {
+        if (wc_mono_us() >= deadline)
+            die(name, "%s%s", err, "");
+        wc_warn("migrations: %s; trying again", err);
+        sleep(1);
+        wait_for_postgres(d, cfg);
+    }
     if (applied > 0)
         wc_info("applied %d migration(s)", applied);
 
