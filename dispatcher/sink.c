@@ -122,12 +122,8 @@ static void clean_provider_id(char *out, size_t size, const char *s)
 {
     size_t n = s ? strlen(s) : 0;
     out[0] = '\0';
-    if (n == 0 || n >= size)
-        return;
-    for (size_t i = 0; i < n; i++)
-        if (s[i] <= ' ' || s[i] > '~')
-            return;
-    memcpy(out, s, n + 1);
+    if (n < size && wc_text_is_token(s, n))
+        memcpy(out, s, n + 1);
 }
 
 /* Fills item from a decoded result; false when the result names no message. */

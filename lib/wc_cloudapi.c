@@ -309,48 +309,6 @@ static void set_device(wc_send_result *r, wc_device_action action, const char *r
     snprintf(r->device_reason, sizeof r->device_reason, "%s", reason);
 }
 
-/* A message id we can store and match webhooks by: printable ASCII without
- * spaces, fitting whole in provider_id. */
-static bool usable_id(const char *id, size_t len)
-{
-    if (len == 0 || len >= sizeof((wc_send_result *)0)->provider_id)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        if (id[i] < 0x21 || id[i] > 0x7E)
-            return false;
-    }
-    return true;
-}
-
-/* Every text in a result holds, at least in part, words from a reply nobody
- * vouches for, cut by snprintf wherever it ran out of room. PostgreSQL
- * refuses a whole status batch for one invalid byte, so each field is made
- * valid UTF-8 and NUL-free here, once, after every cut: at the end of
- * classification and again before any result leaves the transport. */
-static void clean_result(wc_send_result *r)
-{
-    r->error_code[sizeof r->error_code - 1] = '\0';
-    r->error_message[sizeof r->error_message - 1] = '\0';
-    r->device_reason[sizeof r->device_reason - 1] = '\0';
-    r->provider_id[sizeof r->provider_id - 1] = '\0';
-    wc_text_fix(r->error_code);
-    wc_text_fix(r->error_message);
-    wc_text_fix(r->device_reason);
-    if (!usable_id(r->provider_id, strlen(r->provider_id)))
-        memset(r->provider_id, 0, sizeof r->provider_id);
-}
-
-/* The start of a reply that is not the API's JSON (a proxy's error page),
- * on one line, to recognise it by in the error message. */
-static void body_snippet(char *dst, size_t size, const char *body, size_t len)
-{
-    wc_text_clean(dst, size, body, len, NULL);
-    for (char *p = dst; *p; p++) {
-        if (*p == '\n' || *p == '\t')
-            *p = ' ';
-    }
-}
-
 enum ca_kind {
     CA_FAIL,      /* permanent for this message */
     CA_TRANSIENT, /* retry with back-off */
@@ -422,7 +380,7 @@ static void classify_accepted(long http_status, json_t *root, const char *body, 
 {
     if (!json_is_object(root)) {
         char snippet[101];
-        body_snippet(snippet, sizeof snippet, body, len);
+        wc_text_clean_line(snippet, sizeof snippet, body, len);
         set_result(r, WC_SEND_RETRY, "bad_reply", "HTTP %ld from the Cloud API without JSON%s%s",
                    http_status, *snippet ? ": " : "", snippet);
         r->retry_after_ms = backoff_ms(attempt);
@@ -431,7 +389,7 @@ static void classify_accepted(long http_status, json_t *root, const char *body, 
     }
     json_t *id = json_object_get(json_array_get(json_object_get(root, "messages"), 0), "id");
     r->outcome = WC_SEND_OK;
-    if (json_is_string(id) && usable_id(json_string_value(id), json_string_length(id))) {
+    if (json_is_string(id) && wc_send_id_usable(json_string_value(id), json_string_length(id))) {
         memcpy(r->provider_id, json_string_value(id), json_string_length(id) + 1);
     } else {
         /* Accepted (2xx) but no usable wamid: do not send it twice; statuses
@@ -480,7 +438,7 @@ bool wc_cloudapi_classify_reply(long http_status, const char *body, size_t len, 
         snprintf(text, sizeof text, "%s", message ? message : details);
     } else {
         char snippet[101];
-        body_snippet(snippet, sizeof snippet, body, len);
+        wc_text_clean_line(snippet, sizeof snippet, body, len);
         snprintf(text, sizeof text, "HTTP %ld from the Cloud API%s%s", http_status,
                  *snippet ? ": " : "", snippet);
     }
@@ -535,7 +493,7 @@ bool wc_cloudapi_classify_reply(long http_status, const char *body, size_t len, 
     }
 end:
     json_decref(root);
-    clean_result(r);
+    wc_send_result_clean(r);
     return throttled;
 }
 
@@ -740,7 +698,7 @@ static void finish(ca_send *s)
     wc_send_cb *cb = s->cb;
     void *arg = s->arg;
     wc_send_result res = s->res;
-    clean_result(&res);
+    wc_send_result_clean(&res);
     send_free(s);
     cb(arg, &res);
 }

@@ -98,48 +98,6 @@ static void free_secret(char *s)
     }
 }
 
-/* A message id we can store and match receipts by: printable ASCII without
- * spaces, fitting whole in provider_id. */
-static bool usable_id(const char *id, size_t len)
-{
-    if (len == 0 || len >= sizeof((wc_send_result *)0)->provider_id)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        if (id[i] < 0x21 || id[i] > 0x7E)
-            return false;
-    }
-    return true;
-}
-
-/* Every text in a result holds, at least in part, words from a reply nobody
- * vouches for, cut by snprintf wherever it ran out of room. PostgreSQL
- * refuses a whole status batch for one invalid byte, so each field is made
- * valid UTF-8 and NUL-free here, once, after every cut: at the end of
- * classification and again before any result leaves the transport. */
-static void clean_result(wc_send_result *r)
-{
-    r->error_code[sizeof r->error_code - 1] = '\0';
-    r->error_message[sizeof r->error_message - 1] = '\0';
-    r->device_reason[sizeof r->device_reason - 1] = '\0';
-    r->provider_id[sizeof r->provider_id - 1] = '\0';
-    wc_text_fix(r->error_code);
-    wc_text_fix(r->error_message);
-    wc_text_fix(r->device_reason);
-    if (!usable_id(r->provider_id, strlen(r->provider_id)))
-        memset(r->provider_id, 0, sizeof r->provider_id);
-}
-
-/* The start of a reply that is not the gateway's JSON (a proxy's error
- * page), on one line, to recognise it by in the error message. */
-static void body_snippet(char *dst, size_t size, const char *body, size_t len)
-{
-    wc_text_clean(dst, size, body, len, NULL);
-    for (char *p = dst; *p; p++) {
-        if (*p == '\n' || *p == '\t')
-            *p = ' ';
-    }
-}
-
 /* The gateway's "code" (a string, or a number in some error bodies); false
  * and "http_<status>" when the body has none. */
 static bool gateway_code(json_t *root, long status, char *out, size_t outlen)
@@ -170,7 +128,7 @@ void wc_gowa_classify_reply(long http_status, const char *body, size_t len, uint
     const char *message = json_string_value(json_object_get(root, "message"));
     char snippet[101] = "";
     if (!answered)
-        body_snippet(snippet, sizeof snippet, body, len);
+        wc_text_clean_line(snippet, sizeof snippet, body, len);
     if (!message)
         message = snippet;
 
@@ -190,7 +148,7 @@ void wc_gowa_classify_reply(long http_status, const char *body, size_t len, uint
         json_t *id = json_object_get(json_object_get(root, "results"), "message_id");
         bool has_id = json_is_string(id) && json_string_length(id) > 0;
         if (strcmp(code, "SUCCESS") == 0 && has_id &&
-            usable_id(json_string_value(id), json_string_length(id))) {
+            wc_send_id_usable(json_string_value(id), json_string_length(id))) {
             r->outcome = WC_SEND_OK;
             memcpy(r->provider_id, json_string_value(id), json_string_length(id) + 1);
         } else if (strcmp(code, "SUCCESS") == 0) {
@@ -214,7 +172,7 @@ void wc_gowa_classify_reply(long http_status, const char *body, size_t len, uint
         set_result(r, WC_SEND_FAIL, code, "%s", *message ? message : "gateway refused");
     }
     json_decref(root);
-    clean_result(r);
+    wc_send_result_clean(r);
 }
 
 static void classify(gw_send *s, const wc_httpc_resp *resp)
@@ -257,7 +215,7 @@ static void finish(gw_send *s)
     wc_send_cb *cb = s->cb;
     void *arg = s->arg;
     wc_send_result res = s->res;
-    clean_result(&res);
+    wc_send_result_clean(&res);
     event_free(s->later);
     free(s);
     cb(arg, &res);

@@ -131,3 +131,22 @@ size_t wc_text_fix(char *s)
     }
     return n;
 }
+
+size_t wc_text_clean_line(char *dst, size_t size, const char *src, size_t srclen)
+{
+    size_t n = wc_text_clean(dst, size, src, srclen, NULL);
+    for (size_t i = 0; i < n; i++)
+        if (dst[i] == '\n' || dst[i] == '\t')
+            dst[i] = ' ';
+    return n;
+}
+
+bool wc_text_is_token(const char *s, size_t n)
+{
+    if (n == 0)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] < 0x21 || s[i] > 0x7E)
+            return false;
+    return true;
+}

@@ -30,6 +30,15 @@ size_t wc_text_fix(char *s);
  * (at most n) do not start one. */
 size_t wc_text_seq_len(const unsigned char *s, size_t n);
 
+/* As wc_text_clean, on one line: tabs and newlines become spaces (the start
+ * of a reply that is not the expected JSON, quoted in an error message). */
+size_t wc_text_clean_line(char *dst, size_t size, const char *src, size_t srclen);
+
+/* true when the n bytes at s (n > 0) are printable ASCII without spaces: an
+ * opaque token such as a provider's message id, storable and matchable as
+ * it is. */
+bool wc_text_is_token(const char *s, size_t n);
+
 /* true when the n bytes at s are valid UTF-8 with no NUL. */
 bool wc_text_valid(const char *s, size_t n);
 

@@ -108,6 +108,17 @@ typedef struct wc_transport_ops {
     void (*close)(void *inst);
 } wc_transport_ops;
 
+/* A provider's message id that fits whole in provider_id and is a token
+ * (wc_text_is_token): one we can store and match status callbacks by. */
+bool wc_send_id_usable(const char *id, size_t len);
+
+/* Makes every text of a result safe to store and log, once, after every cut
+ * (they hold words from replies nobody vouches for, cut by snprintf wherever
+ * it ran out of room, and PostgreSQL refuses a whole status batch for one
+ * invalid byte): NUL-terminated in their arrays, valid UTF-8, NUL-free; a
+ * provider id that is not usable is dropped. */
+void wc_send_result_clean(wc_send_result *r);
+
 /* The transport for a platform name, or NULL when unknown. */
 const wc_transport_ops *wc_transport_find(const char *platform);
 

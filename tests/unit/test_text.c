@@ -109,6 +109,20 @@ static void test_replacement_never_overflows(void **state)
     assert_int_equal(wc_text_clean(null_src, sizeof null_src, NULL, 0, NULL), 0);
 }
 
+static void test_one_line_and_tokens(void **state)
+{
+    (void)state;
+    char dst[32];
+    const char *page = "<h1>502</h1>\n\tBad";
+    assert_int_equal(wc_text_clean_line(dst, sizeof dst, page, strlen(page)), strlen(page));
+    assert_string_equal(dst, "<h1>502</h1>  Bad");
+    assert_true(wc_text_is_token("wamid.HBgL=", 11));
+    assert_false(wc_text_is_token("", 0));
+    assert_false(wc_text_is_token("a b", 3));
+    assert_false(wc_text_is_token("caf\xC3\xA9", 5));
+    assert_false(wc_text_is_token("a\0b", 3));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -117,6 +131,7 @@ int main(void)
         cmocka_unit_test(test_invalid_bytes_replaced),
         cmocka_unit_test(test_nul_and_controls),
         cmocka_unit_test(test_replacement_never_overflows),
+        cmocka_unit_test(test_one_line_and_tokens),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
