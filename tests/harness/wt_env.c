@@ -711,6 +711,16 @@ long wt_sql_long(PGconn *c, const char *fmt, ...)
     return v;
 }
 
+void wt_sql_text(PGconn *c, char *out, size_t outlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    PGresult *r = vsql(c, fmt, ap);
+    va_end(ap);
+    snprintf(out, outlen, "%s", PQntuples(r) > 0 ? PQgetvalue(r, 0, 0) : "");
+    PQclear(r);
+}
+
 bool wt_wait_for(bool (*cond)(void *arg), void *arg, int timeout_ms)
 {
     long long deadline = wt_now_ms() + timeout_ms;

@@ -94,6 +94,10 @@ redisContext *wt_redis(wt_env *env);
 
 /* Runs SQL (no parameters) and returns the result; aborts on error. */
 PGresult *wt_sql(PGconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* First column of the first row as text into out ("" without a row), e.g.
+ * the id an INSERT ... RETURNING id gives. */
+void wt_sql_text(PGconn *c, char *out, size_t outlen, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 /* First column of the first row as a long (SQL NULL -> 0). */
 long wt_sql_long(PGconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

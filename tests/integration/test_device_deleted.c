@@ -35,27 +35,21 @@ static PGconn *db;
 static char user[40], slow[40], fast[40], camp[40];
 static int sport;
 
-static void one_value(char *out, PGresult *r)
-{
-    snprintf(out, 40, "%s", PQgetvalue(r, 0, 0));
-    PQclear(r);
-}
-
 static int setup(void **state)
 {
     (void)state;
     if (wt_env_start(&env, WT_REDIS | WT_PG | WT_MIGRATE) < 0)
         return -1;
     db = wt_pg(&env);
-    one_value(user, wt_sql(db, "INSERT INTO users (name) VALUES ('u') RETURNING id"));
-    one_value(slow, wt_sql(db,
-                           "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
-                           " max_delay_seconds) VALUES ('%s', 'sim', 1, 1.5) RETURNING id",
-                           user));
-    one_value(fast, wt_sql(db,
-                           "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
-                           " max_delay_seconds) VALUES ('%s', 'sim', 0.02, 0.05) RETURNING id",
-                           user));
+    wt_sql_text(db, user, sizeof user, "INSERT INTO users (name) VALUES ('u') RETURNING id");
+    wt_sql_text(db, slow, sizeof slow,
+                "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
+                " max_delay_seconds) VALUES ('%s', 'sim', 1, 1.5) RETURNING id",
+                user);
+    wt_sql_text(db, fast, sizeof fast,
+                "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
+                " max_delay_seconds) VALUES ('%s', 'sim', 0.02, 0.05) RETURNING id",
+                user);
     /* Every lead is the slow device's: their messages queue in its outbox. */
     PQclear(wt_sql(db,
                    "INSERT INTO leads (user_id, device_id, name, phone) SELECT '%s', '%s',"
@@ -101,10 +95,10 @@ static bool finished(void *arg)
 static void test_deleted_device_strands_nothing(void **state)
 {
     (void)state;
-    one_value(camp, wt_sql(db,
-                           "INSERT INTO campaigns (user_id, title, message, scheduled_at)"
-                           " VALUES ('%s', 'c', 'Hi {{name}}', now()) RETURNING id",
-                           user));
+    wt_sql_text(db, camp, sizeof camp,
+                "INSERT INTO campaigns (user_id, title, message, scheduled_at)"
+                " VALUES ('%s', 'c', 'Hi {{name}}', now()) RETURNING id",
+                user);
     if (!wt_wait_for(slow_sending, NULL, 60000)) {
         wt_dump_logs(&env, 30);
         fail_msg("the campaign never started sending");
@@ -159,18 +153,18 @@ static void test_unfinished_handback_is_taken_up(void **state)
 {
     (void)state;
     char third[40], camp2[40];
-    one_value(third, wt_sql(db,
-                            "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
-                            " max_delay_seconds) VALUES ('%s', 'sim', 1, 1.5) RETURNING id",
-                            user));
+    wt_sql_text(db, third, sizeof third,
+                "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
+                " max_delay_seconds) VALUES ('%s', 'sim', 1, 1.5) RETURNING id",
+                user);
     PQclear(wt_sql(db,
                    "INSERT INTO leads (user_id, device_id, name, phone) SELECT '%s', '%s',"
                    " 'm' || n, '+6018' || lpad(n::text, 7, '0') FROM generate_series(1, %d) n",
                    user, third, LEADS));
-    one_value(camp2, wt_sql(db,
-                            "INSERT INTO campaigns (user_id, title, message, scheduled_at, niche)"
-                            " VALUES ('%s', 'c2', 'Hi {{name}}', now(), NULL) RETURNING id",
-                            user));
+    wt_sql_text(db, camp2, sizeof camp2,
+                "INSERT INTO campaigns (user_id, title, message, scheduled_at, niche)"
+                " VALUES ('%s', 'c2', 'Hi {{name}}', now(), NULL) RETURNING id",
+                user);
     /* Its lane fills (the device sends one message a second or so). */
     redisContext *rc = wt_redis(&env);
     long long deadline = wt_now_ms() + 60000;

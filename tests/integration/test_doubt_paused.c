@@ -40,12 +40,6 @@ static const char *sender_env[] = {"WACAST_LEASE_TTL_MS=3000",
                                    "WACAST_POLL_MS=200",
                                    NULL};
 
-static void one_value(char *out, PGresult *r)
-{
-    snprintf(out, 40, "%s", PQgetvalue(r, 0, 0));
-    PQclear(r);
-}
-
 static int setup(void **state)
 {
     (void)state;
@@ -53,11 +47,11 @@ static int setup(void **state)
         return -1;
     db = wt_pg(&env);
     rc = wt_redis(&env);
-    one_value(user, wt_sql(db, "INSERT INTO users (name) VALUES ('u') RETURNING id"));
-    one_value(dev, wt_sql(db,
-                          "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
-                          " max_delay_seconds) VALUES ('%s', 'sim', 0.1, 0.2) RETURNING id",
-                          user));
+    wt_sql_text(db, user, sizeof user, "INSERT INTO users (name) VALUES ('u') RETURNING id");
+    wt_sql_text(db, dev, sizeof dev,
+                "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
+                " max_delay_seconds) VALUES ('%s', 'sim', 0.1, 0.2) RETURNING id",
+                user);
     PQclear(wt_sql(db,
                    "INSERT INTO leads (user_id, device_id, name, phone) VALUES"
                    " ('%s', '%s', 'L', '+60161234567')",
@@ -115,10 +109,10 @@ static void test_doubt_survives_pause_and_resume(void **state)
     (void)state;
     pid_t first = wt_spawn(&env, "wacast-sender", "sender-1", sender_env);
     assert_true(first > 0);
-    one_value(camp, wt_sql(db,
-                           "INSERT INTO campaigns (user_id, title, message, scheduled_at)"
-                           " VALUES ('%s', 'c', 'Hi {{name}}', now()) RETURNING id",
-                           user));
+    wt_sql_text(db, camp, sizeof camp,
+                "INSERT INTO campaigns (user_id, title, message, scheduled_at)"
+                " VALUES ('%s', 'c', 'Hi {{name}}', now()) RETURNING id",
+                user);
     if (!wt_wait_for(claimed, NULL, 60000)) {
         wt_dump_logs(&env, 30);
         fail_msg("the message was never claimed");

@@ -31,23 +31,17 @@ static PGconn *db;
 static char user[40], dev[40], camp[40];
 static int sport;
 
-static void one_value(char *out, PGresult *r)
-{
-    snprintf(out, 40, "%s", PQgetvalue(r, 0, 0));
-    PQclear(r);
-}
-
 static int setup(void **state)
 {
     (void)state;
     if (wt_env_start(&env, WT_REDIS | WT_PG | WT_MIGRATE) < 0)
         return -1;
     db = wt_pg(&env);
-    one_value(user, wt_sql(db, "INSERT INTO users (name) VALUES ('slow') RETURNING id"));
-    one_value(dev, wt_sql(db,
-                          "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
-                          " max_delay_seconds) VALUES ('%s', 'sim', 1.5, 2) RETURNING id",
-                          user));
+    wt_sql_text(db, user, sizeof user, "INSERT INTO users (name) VALUES ('slow') RETURNING id");
+    wt_sql_text(db, dev, sizeof dev,
+                "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
+                " max_delay_seconds) VALUES ('%s', 'sim', 1.5, 2) RETURNING id",
+                user);
     PQclear(wt_sql(db,
                    "INSERT INTO leads (user_id, device_id, name, phone) SELECT '%s', '%s',"
                    " 'l' || n, '+6015' || lpad(n::text, 7, '0') FROM generate_series(1, %d) n",
@@ -101,10 +95,10 @@ static bool outbox_empty(void *arg)
 static void test_long_wait_in_outbox_sends_once(void **state)
 {
     (void)state;
-    one_value(camp, wt_sql(db,
-                           "INSERT INTO campaigns (user_id, title, message, scheduled_at)"
-                           " VALUES ('%s', 'slow', 'Hi {{name}}', now()) RETURNING id",
-                           user));
+    wt_sql_text(db, camp, sizeof camp,
+                "INSERT INTO campaigns (user_id, title, message, scheduled_at)"
+                " VALUES ('%s', 'slow', 'Hi {{name}}', now()) RETURNING id",
+                user);
     if (!wt_wait_for(finished, NULL, 90000)) {
         wt_dump_logs(&env, 30);
         fail_msg("the campaign did not finish");

@@ -46,12 +46,6 @@ static const char *daemon_env[16];
 static char port_env[32];
 static double max_waiting;
 
-static void one_value(char *out, PGresult *r)
-{
-    snprintf(out, 40, "%s", PQgetvalue(r, 0, 0));
-    PQclear(r);
-}
-
 static pid_t spawn_dispatcher(const char *name)
 {
     int n = 0;
@@ -72,14 +66,14 @@ static int setup(void **state)
         return -1;
     db = wt_pg(&env);
     rc = wt_redis(&env);
-    one_value(user_x, wt_sql(db, "INSERT INTO users (name) VALUES ('x') RETURNING id"));
-    one_value(user_y, wt_sql(db, "INSERT INTO users (name) VALUES ('y') RETURNING id"));
+    wt_sql_text(db, user_x, sizeof user_x, "INSERT INTO users (name) VALUES ('x') RETURNING id");
+    wt_sql_text(db, user_y, sizeof user_y, "INSERT INTO users (name) VALUES ('y') RETURNING id");
     for (int k = 0; k < 2; k++)
-        one_value(dev_y[k], wt_sql(db,
-                                   "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
-                                   " max_delay_seconds) VALUES ('%s', 'sim', 0.01, 0.02)"
-                                   " RETURNING id",
-                                   user_y));
+        wt_sql_text(db, dev_y[k], sizeof dev_y[k],
+                    "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
+                    " max_delay_seconds) VALUES ('%s', 'sim', 0.01, 0.02)"
+                    " RETURNING id",
+                    user_y);
     PQclear(wt_sql(db,
                    "INSERT INTO leads (user_id, device_id, name, phone)"
                    " SELECT '%s', CASE WHEN n %% 2 = 0 THEN '%s' ELSE '%s' END::uuid, 'y' || n,"
@@ -171,10 +165,10 @@ static bool rescanned(void *arg)
 static void run_y_campaign(const char *title)
 {
     char id[40];
-    one_value(id, wt_sql(db,
-                         "INSERT INTO campaigns (user_id, title, message, scheduled_at)"
-                         " VALUES ('%s', '%s', 'Hello {{name}}', now()) RETURNING id",
-                         user_y, title));
+    wt_sql_text(db, id, sizeof id,
+                "INSERT INTO campaigns (user_id, title, message, scheduled_at)"
+                " VALUES ('%s', '%s', 'Hello {{name}}', now()) RETURNING id",
+                user_y, title);
     if (!wt_wait_for(campaign_finished, id, 120000)) {
         wt_dump_logs(&env, 30);
         fail_msg("user Y's campaign '%s' did not finish (router waiting: %.0f)", title,

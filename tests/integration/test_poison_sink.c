@@ -44,12 +44,6 @@ static int dport;
 static char user_a[40], user_b[40], dev_b[2][40], camp_a[40], camp_b[40];
 static long long msg_a[A_MSGS];
 
-static void one_value(char *out, PGresult *r)
-{
-    snprintf(out, 40, "%s", PQgetvalue(r, 0, 0));
-    PQclear(r);
-}
-
 static int setup(void **state)
 {
     (void)state;
@@ -57,14 +51,14 @@ static int setup(void **state)
         return -1;
     db = wt_pg(&env);
     rc = wt_redis(&env);
-    one_value(user_a, wt_sql(db, "INSERT INTO users (name) VALUES ('a') RETURNING id"));
-    one_value(user_b, wt_sql(db, "INSERT INTO users (name) VALUES ('b') RETURNING id"));
+    wt_sql_text(db, user_a, sizeof user_a, "INSERT INTO users (name) VALUES ('a') RETURNING id");
+    wt_sql_text(db, user_b, sizeof user_b, "INSERT INTO users (name) VALUES ('b') RETURNING id");
     for (int k = 0; k < 2; k++)
-        one_value(dev_b[k], wt_sql(db,
-                                   "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
-                                   " max_delay_seconds) VALUES ('%s', 'sim', 0.03, 0.06)"
-                                   " RETURNING id",
-                                   user_b));
+        wt_sql_text(db, dev_b[k], sizeof dev_b[k],
+                    "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
+                    " max_delay_seconds) VALUES ('%s', 'sim', 0.03, 0.06)"
+                    " RETURNING id",
+                    user_b);
     PQclear(wt_sql(db,
                    "INSERT INTO leads (user_id, device_id, name, phone)"
                    " SELECT '%s', CASE WHEN n %% 2 = 0 THEN '%s' ELSE '%s' END::uuid, 'b' || n,"
@@ -73,11 +67,11 @@ static int setup(void **state)
     /* User A's campaign is already expanded: its messages are out with a
      * provider (queued), and A has no device here, so nothing of A's is
      * routed or sent by this test's sender; only the results below arrive. */
-    one_value(camp_a, wt_sql(db,
-                             "INSERT INTO campaigns (user_id, title, message, status, total_count,"
-                             " triggered_at) VALUES ('%s', 'a', 'Hi', 'processing', %d, now())"
-                             " RETURNING id",
-                             user_a, A_MSGS));
+    wt_sql_text(db, camp_a, sizeof camp_a,
+                "INSERT INTO campaigns (user_id, title, message, status, total_count,"
+                " triggered_at) VALUES ('%s', 'a', 'Hi', 'processing', %d, now())"
+                " RETURNING id",
+                user_a, A_MSGS);
     for (int i = 0; i < A_MSGS; i++) {
         PGresult *r = wt_sql(db,
                              "INSERT INTO broadcast_messages (campaign_id, user_id,"
@@ -199,10 +193,10 @@ static bool both_final(void *arg)
 static void test_bad_results_of_one_tenant_stop_nobody(void **state)
 {
     (void)state;
-    one_value(camp_b, wt_sql(db,
-                             "INSERT INTO campaigns (user_id, title, message, scheduled_at)"
-                             " VALUES ('%s', 'b', 'Hello {{name}}', now()) RETURNING id",
-                             user_b));
+    wt_sql_text(db, camp_b, sizeof camp_b,
+                "INSERT INTO campaigns (user_id, title, message, scheduled_at)"
+                " VALUES ('%s', 'b', 'Hello {{name}}', now()) RETURNING id",
+                user_b);
     if (!wt_wait_for(b_sending, NULL, 60000)) {
         wt_dump_logs(&env, 40);
         fail_msg("user B's campaign did not start sending");
@@ -321,11 +315,11 @@ static void test_sent_after_cancel_is_the_truth(void **state)
 {
     (void)state;
     char camp[40];
-    one_value(camp, wt_sql(db,
-                           "INSERT INTO campaigns (user_id, title, message, status, total_count,"
-                           " cancelled_count) VALUES ('%s', 'gone', 'Hi', 'cancelled', 1, 1)"
-                           " RETURNING id",
-                           user_a));
+    wt_sql_text(db, camp, sizeof camp,
+                "INSERT INTO campaigns (user_id, title, message, status, total_count,"
+                " cancelled_count) VALUES ('%s', 'gone', 'Hi', 'cancelled', 1, 1)"
+                " RETURNING id",
+                user_a);
     PGresult *r = wt_sql(db,
                          "INSERT INTO broadcast_messages (campaign_id, user_id, recipient_phone,"
                          " content, status) VALUES ('%s', '%s', '+60129999999', 'Hi', 'cancelled')"

@@ -52,29 +52,23 @@ static struct {
     long long msg;
 } gw[2];
 
-static void one_value(char *out, PGresult *r)
-{
-    snprintf(out, 40, "%s", PQgetvalue(r, 0, 0));
-    PQclear(r);
-}
-
 /* A user with a Cloud API number, a lead with PHONE and a message to it. */
 static long long messaged_user(char *user, char *lead, const char *name, const char *pnid)
 {
-    one_value(user, wt_sql(db, "INSERT INTO users (name) VALUES ('%s') RETURNING id", name));
+    wt_sql_text(db, user, 40, "INSERT INTO users (name) VALUES ('%s') RETURNING id", name);
     char dev[40], camp[40];
-    one_value(dev, wt_sql(db,
-                          "INSERT INTO user_devices (user_id, platform, settings) VALUES"
-                          " ('%s', 'cloudapi', '{\"phone_number_id\": \"%s\"}') RETURNING id",
-                          user, pnid));
-    one_value(lead, wt_sql(db,
-                           "INSERT INTO leads (user_id, device_id, name, phone) VALUES"
-                           " ('%s', '%s', 'Lead %s', '+%s') RETURNING id",
-                           user, dev, name, PHONE));
-    one_value(camp, wt_sql(db,
-                           "INSERT INTO campaigns (user_id, title, message, status, total_count)"
-                           " VALUES ('%s', '%s', 'Hi', 'processing', 1) RETURNING id",
-                           user, name));
+    wt_sql_text(db, dev, sizeof dev,
+                "INSERT INTO user_devices (user_id, platform, settings) VALUES"
+                " ('%s', 'cloudapi', '{\"phone_number_id\": \"%s\"}') RETURNING id",
+                user, pnid);
+    wt_sql_text(db, lead, 40,
+                "INSERT INTO leads (user_id, device_id, name, phone) VALUES"
+                " ('%s', '%s', 'Lead %s', '+%s') RETURNING id",
+                user, dev, name, PHONE);
+    wt_sql_text(db, camp, sizeof camp,
+                "INSERT INTO campaigns (user_id, title, message, status, total_count)"
+                " VALUES ('%s', '%s', 'Hi', 'processing', 1) RETURNING id",
+                user, name);
     PGresult *r = wt_sql(db,
                          "INSERT INTO broadcast_messages (campaign_id, user_id, lead_id, device_id,"
                          " recipient_phone, content, status, sent_at) VALUES ('%s', '%s', '%s',"
@@ -100,12 +94,13 @@ static bool ready(void *arg)
  * (sealed for that device), and a sent message from it to GOWA_PHONE. */
 static void gowa_user(int k, wc_seal_keys *keys)
 {
-    one_value(gw[k].user, wt_sql(db, "INSERT INTO users (name) VALUES ('g%d') RETURNING id", k));
-    one_value(gw[k].dev, wt_sql(db,
-                                "INSERT INTO user_devices (user_id, platform, settings) VALUES"
-                                " ('%s', 'gowa', '{\"base_url\": \"http://127.0.0.1:9\"}')"
-                                " RETURNING id",
-                                gw[k].user));
+    wt_sql_text(db, gw[k].user, sizeof gw[k].user,
+                "INSERT INTO users (name) VALUES ('g%d') RETURNING id", k);
+    wt_sql_text(db, gw[k].dev, sizeof gw[k].dev,
+                "INSERT INTO user_devices (user_id, platform, settings) VALUES"
+                " ('%s', 'gowa', '{\"base_url\": \"http://127.0.0.1:9\"}')"
+                " RETURNING id",
+                gw[k].user);
     random_hex(gw[k].secret, 16);
     char creds[128], hex[512];
     snprintf(creds, sizeof creds, "{\"webhook_secret\": \"%s\"}", gw[k].secret);
@@ -116,15 +111,15 @@ static void gowa_user(int k, wc_seal_keys *keys)
     free(sealed);
     PQclear(wt_sql(db, "UPDATE user_devices SET credentials = decode('%s', 'hex') WHERE id = '%s'",
                    hex, gw[k].dev));
-    one_value(gw[k].lead, wt_sql(db,
-                                 "INSERT INTO leads (user_id, device_id, name, phone) VALUES"
-                                 " ('%s', '%s', 'G', '+%s') RETURNING id",
-                                 gw[k].user, gw[k].dev, GOWA_PHONE));
+    wt_sql_text(db, gw[k].lead, sizeof gw[k].lead,
+                "INSERT INTO leads (user_id, device_id, name, phone) VALUES"
+                " ('%s', '%s', 'G', '+%s') RETURNING id",
+                gw[k].user, gw[k].dev, GOWA_PHONE);
     char camp[40];
-    one_value(camp, wt_sql(db,
-                           "INSERT INTO campaigns (user_id, title, message, status, total_count)"
-                           " VALUES ('%s', 'g', 'Hi', 'processing', 1) RETURNING id",
-                           gw[k].user));
+    wt_sql_text(db, camp, sizeof camp,
+                "INSERT INTO campaigns (user_id, title, message, status, total_count)"
+                " VALUES ('%s', 'g', 'Hi', 'processing', 1) RETURNING id",
+                gw[k].user);
     PGresult *r = wt_sql(db,
                          "INSERT INTO broadcast_messages (campaign_id, user_id, lead_id, device_id,"
                          " recipient_phone, content, status, sent_at, provider_message_id) VALUES"
