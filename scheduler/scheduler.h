@@ -1,0 +1,127 @@
+/* The scheduler's shared state: claim and expansion of campaigns
+ * (scheduler.c), the feeder that publishes their messages as room opens
+ * (feeder.c), the reconciler that finds what Redis lost (reconciler.c). */
+#ifndef SCHEDULER_H
+#define SCHEDULER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <event2/event.h>
+
+#include "wc_daemon.h"
+#include "wc_epoch.h"
+#include "wc_map.h"
+#include "wc_tpl.h"
+
+typedef struct scheduler_cfg {
+    wc_common_cfg c;
+    long poll_ms;
+    long batch;
+    long jobs_max;
+    long claim_stale_s;
+    long max_lateness_s;
+    char *default_country;
+    long reconcile_ms;
+    long reconcile_after_s;
+    long idempotency_ttl_s;
+    long max_message_bytes;
+    long inflight;
+    long feed_ms;
+    long feed_batch;
+    long online_grace_ms;
+} scheduler_cfg;
+
+#define SCHEDULER_METRICS(X)                                                                       \
+    X(campaigns_claimed, "campaigns claimed for expansion")                                        \
+    X(campaigns_failed, "campaigns failed at validation")                                          \
+    X(campaigns_empty, "campaigns finished with no eligible lead")                                 \
+    X(messages_created, "message rows inserted")                                                   \
+    X(messages_skipped, "messages skipped at expansion (invalid phone, render error)")             \
+    X(pages_split, "page INSERTs refused for their data, inserted again in halves")                \
+    X(leads_refused, "leads whose message PostgreSQL refused, written as skipped (invalid_lead)")  \
+    X(refusals_not_lead_data, "expansions stopped: a row holding no lead data was refused")        \
+    X(messages_published, "messages published to the jobs stream")                                 \
+    X(messages_republished, "messages published again by the reconciler")                          \
+    X(markers_renewed, "markers of messages still travelling renewed by the reconciler")           \
+    X(backpressure_waits, "times publishing waited for the jobs stream to drain")                  \
+    X(feed_rounds, "feeder rounds that published messages")                                        \
+    X(redis_errors, "Redis commands that failed")                                                  \
+    X(pg_errors, "PostgreSQL statements that failed")
+
+typedef struct scheduler_metrics {
+#define X(name, help) uint64_t name;
+    SCHEDULER_METRICS(X)
+#undef X
+} scheduler_metrics;
+
+typedef enum {
+    EXP_IDLE,     /* nothing claimed */
+    EXP_CLAIMING, /* claim statement in flight */
+    EXP_VARS,     /* reading the lead attribute names the template may use */
+    EXP_SELECT,   /* reading a page of leads */
+    EXP_INSERT,   /* inserting a page of messages */
+    EXP_FINISH,   /* moving the campaign to processing */
+} exp_state;
+
+/* One message row of a page, as it will be inserted (texts owned, clean). */
+typedef struct page_row {
+    char lead_id[40];
+    char *phone, *name, *content, *code, *message; /* code, message: NULL for none */
+    const char *status;
+    int refused; /* times PostgreSQL refused the row: 1 invalid_lead form, 2 without phone */
+} page_row;
+
+/* A page of leads' messages. Each range [lo, hi) on the todo stack is still
+ * to be inserted; the top one is in flight. */
+typedef struct page {
+    page_row *rows;
+    size_t n;
+    struct {
+        size_t lo, hi;
+    } todo[64];
+    int ntodo;
+} page;
+
+typedef struct campaign {
+    char id[40], user_id[40];
+    char *message, *media_url, *target_status, *niche, *time_zone;
+    bool niche_null;
+    uint32_t min_delay_ms, max_delay_ms;
+    long limit; /* -1: none */
+    int hour;
+    wc_tpl *tpl;
+    char cursor[40]; /* last lead id expanded */
+    long taken;      /* recipients counted towards limit */
+    bool leads_done;
+    wc_map phones; /* normalised phones already given a message in this run */
+    page page;     /* the page of messages being inserted */
+} campaign;
+
+typedef struct scheduler {
+    wc_daemon d;
+    scheduler_cfg cfg;
+    scheduler_metrics m;
+    exp_state state;
+    campaign *c;
+    bool reconciling;  /* a reconciler query is in flight */
+    int reconcile_now; /* rounds left that take every queued row (Redis lost data) */
+    wc_epoch *epoch;
+    bool feeding; /* a feeder round is in flight */
+    wc_map fed;   /* campaign id -> last message id fed (where the next scan starts) */
+    int64_t fed_reset_us;
+    bool waiting_busy;
+    bool pruning; /* a query for fed campaigns no longer running is in flight */
+    struct event *poll_timer, *reconcile_timer, *retry_timer, *claim_now, *feed_timer,
+        *waiting_timer, *prune_timer;
+    uint64_t rng;
+} scheduler;
+
+/* Timers and callbacks of feeder.c and reconciler.c, started by main(). */
+void on_feed_timer(evutil_socket_t fd, short what, void *arg);
+void on_prune_timer(evutil_socket_t fd, short what, void *arg);
+void on_waiting_timer(evutil_socket_t fd, short what, void *arg);
+void on_reconcile(evutil_socket_t fd, short what, void *arg);
+void on_fence_checked(void *arg, const wc_epoch_state *st);
+
+#endif
