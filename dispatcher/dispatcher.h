@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <event2/util.h>
 #include <jansson.h>
 
 #include "wacast.pb-c.h"
@@ -163,6 +164,19 @@ bool dispatcher_reply_ok(dispatcher *ds, redisReply *r);
 int dispatcher_ack_and_delete(dispatcher *ds, const char *stream, const char *group,
                               struct evbuffer *ids, wc_redis_cb *cb);
 void dispatcher_create_groups(dispatcher *ds);
+void dispatcher_on_void(wc_redis *r, redisReply *reply, void *arg);
+/* Sends head... followed by the space-separated ids in ids. */
+int dispatcher_command_with_ids(wc_redis *r, wc_redis_cb *cb, void *arg, const char *const *head,
+                                int nhead, struct evbuffer *ids);
+/* The router (router.c): reads new jobs (no-op while a read or a batch is
+ * in flight); reads its pending list again from the start; keeps its parked
+ * entries from looking abandoned; frees a job; its timers. */
+void read_jobs(dispatcher *ds);
+void rescan_pending(dispatcher *ds);
+void touch_parked(dispatcher *ds);
+void free_route_job(dispatcher *ds, route_job *j);
+void on_parked_timer(evutil_socket_t fd, short what, void *arg);
+void on_window_timer(evutil_socket_t fd, short what, void *arg);
 /* The sink: reads the results stream (no-op while a read or a write is in
  * flight); finishes campaigns (a PostgreSQL array of ids). */
 void sink_read(dispatcher *ds);
