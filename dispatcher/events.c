@@ -92,8 +92,8 @@ void dispatcher_status_result(dispatcher *ds, const Wacast__Result *res, webhook
         char key[64], ttl[32];
         wc_key_msg(key, sizeof key, (long long)res->message_id);
         snprintf(ttl, sizeof ttl, "%ld", ds->cfg.idempotency_ttl_s);
-        const char *argv[] = {"EVAL", WC_MARK_SCRIPT, "1", key, (const char *)buf, ttl, "d"};
-        size_t lens[] = {4, strlen(WC_MARK_SCRIPT), 1, strlen(key), len + 2, strlen(ttl), 1};
+        const char *argv[] = {"EVAL", WC_LUA_MARK, "1", key, (const char *)buf, ttl, "d"};
+        size_t lens[] = {4, strlen(WC_LUA_MARK), 1, strlen(key), len + 2, strlen(ttl), 1};
         if (wc_redis_commandv(ds->d.redis, on_op_redis, op, 7, argv, lens) == 0) {
             op->pending++;
         } else {

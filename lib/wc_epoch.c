@@ -38,6 +38,7 @@
 #include "wc_daemon.h"
 #include "wc_epoch.h"
 #include "wc_log.h"
+#include "wc_lua.h"
 
 /* A loss recorded this recently is recovered from by a process that starts
  * after it was found (its lanes may still hold what the loss touched). */
@@ -66,20 +67,7 @@ struct wc_epoch {
     bool dead;    /* freed by its owner: the last callback frees it */
 };
 
-static const char *FENCE_BUMP = "local e = redis.call('HGET', KEYS[1], 'epoch') "
-                                "if e ~= ARGV[1] then return -1 end "
-                                "local t = redis.call('TIME') "
-                                "redis.call('HSET', KEYS[1], 'ms', "
-                                " string.format('%d', t[1] * 1000 + math.floor(t[2] / 1000))) "
-                                "return redis.call('HINCRBY', KEYS[1], 'seq', 1)";
-
-static const char *FENCE_RESET =
-    "local e = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0') or 0 "
-    "if e >= tonumber(ARGV[1]) then return 0 end "
-    "local t = redis.call('TIME') "
-    "redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'seq', ARGV[2], 'ms', "
-    " string.format('%d', t[1] * 1000 + math.floor(t[2] / 1000))) "
-    "return 1";
+/* The fence's scripts: lib/lua/fence_bump.lua, lib/lua/fence_reset.lua. */
 
 static void check(wc_epoch *e);
 
@@ -177,7 +165,7 @@ static void on_checked(wc_pg *pg, PGresult *res, const char *err, void *arg)
     }
     char ep[24];
     snprintf(ep, sizeof ep, "%" PRId64, e->st.epoch);
-    const char *argv[] = {"EVAL", FENCE_RESET, "1", WC_KEY_FENCE, ep, "0"};
+    const char *argv[] = {"EVAL", WC_LUA_FENCE_RESET, "1", WC_KEY_FENCE, ep, "0"};
     if (wc_redis_commandv(e->redis, on_reset, e, 6, argv, NULL) < 0)
         retry_later(e);
     else
@@ -324,7 +312,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         return;
     char ep[24];
     snprintf(ep, sizeof ep, "%" PRId64, e->epoch);
-    const char *argv[] = {"EVAL", FENCE_BUMP, "1", WC_KEY_FENCE, ep};
+    const char *argv[] = {"EVAL", WC_LUA_FENCE_BUMP, "1", WC_KEY_FENCE, ep};
     if (wc_redis_commandv(e->redis, on_bumped, e, 5, argv, NULL) == 0) {
         e->ticking = true;
         e->inflight++;

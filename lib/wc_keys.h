@@ -61,7 +61,7 @@ static inline void wc_key_day(char *out, size_t n, const char *device_id, const 
  *   "c:<device>:<sender>"  a send is under way (sender, just before sending)
  *   "d:<Result protobuf>"  the outcome is known (sender, or a provider's
  *                          status callback)
- * WC_MARK_SCRIPT sets it unless its current state is one of the blocking
+ * WC_LUA_MARK sets it unless its current state is one of the blocking
  * prefixes: routing and claiming are blocked by "c" and "d", a callback's
  * outcome only by "d". It returns "OK" when set, else the current value. */
 static inline void wc_key_msg(char *out, size_t n, long long message_id)
@@ -69,11 +69,8 @@ static inline void wc_key_msg(char *out, size_t n, long long message_id)
     snprintf(out, n, "wacast:msg:%lld", message_id);
 }
 
-/* KEYS[1] marker; ARGV[1] new value, ARGV[2] ttl seconds, ARGV[3] blocking prefixes */
-#define WC_MARK_SCRIPT                                                                             \
-    "local v = redis.call('GET', KEYS[1]) "                                                        \
-    "if v and string.find(ARGV[3], string.sub(v, 1, 1), 1, true) then return v end "               \
-    "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) return redis.status_reply('OK')"
+/* The script that sets a marker: lib/lua/mark.lua (WC_LUA_MARK). */
+#include "wc_lua.h"
 
 /* Messages of a paused campaign wait here (a stream per campaign) until it
  * resumes; the dispatcher moves them back to the jobs stream. */

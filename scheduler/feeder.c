@@ -11,6 +11,7 @@
 #include <event2/event.h>
 
 #include "scheduler.h"
+#include "scheduler_lua.h"
 #include "wc_keys.h"
 #include "wc_log.h"
 #include "wc_publish.h"
@@ -131,16 +132,7 @@ static void on_feed_rows(wc_pg *pg, PGresult *res, const char *err, void *arg)
     }
 }
 
-/* Jobs no router has read yet: the stream's length less the entries routers
- * hold unacknowledged. Those held are jobs waiting for a device of their
- * user (bounded per user by the router): counting them would let one user
- * whose devices are away stop the publishing of every user's campaigns.
- * KEYS[1] jobs stream, ARGV[1] the routers' group. */
-static const char *UNREAD_SCRIPT =
-    "local n = redis.call('XLEN', KEYS[1]) "
-    "local ok, p = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1]) "
-    "if ok and type(p) == 'table' and tonumber(p[1]) then n = n - tonumber(p[1]) end "
-    "return n";
+/* How many jobs no router has read yet: scheduler/lua/unread.lua (LUA_UNREAD). */
 
 static void on_feed_len(wc_redis *r, redisReply *reply, void *arg)
 {
@@ -199,7 +191,7 @@ void on_feed_timer(evutil_socket_t fd, short what, void *arg)
     scheduler *s = arg;
     if (s->feeding || s->d.stopping || !wc_redis_ready(s->d.redis))
         return;
-    const char *argv[] = {"EVAL", UNREAD_SCRIPT, "1", WC_KEY_JOBS, WC_GROUP_DISPATCH};
+    const char *argv[] = {"EVAL", LUA_UNREAD, "1", WC_KEY_JOBS, WC_GROUP_DISPATCH};
     if (wc_redis_commandv(s->d.redis, on_feed_len, s, 5, argv, NULL) == 0)
         s->feeding = true;
 }

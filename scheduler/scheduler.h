@@ -1,6 +1,7 @@
 /* The scheduler's shared state: claim and expansion of campaigns
- * (scheduler.c), the feeder that publishes their messages as room opens
- * (feeder.c), the reconciler that finds what Redis lost (reconciler.c). */
+ * (trigger.c), the feeder that publishes their messages as room opens
+ * (feeder.c), the reconciler that finds what Redis lost (reconciler.c), the
+ * settings and timers (main.c). */
 #ifndef SCHEDULER_H
 #define SCHEDULER_H
 
@@ -116,6 +117,12 @@ typedef struct scheduler {
         *waiting_timer, *prune_timer;
     uint64_t rng;
 } scheduler;
+
+/* trigger.c: claims a due campaign (or resumes a stale claim), moves its
+ * expansion a step on, and leaves it (stop, failure). */
+void claim(scheduler *s);
+void exp_step(scheduler *s);
+void end_expansion(scheduler *s);
 
 /* Timers and callbacks of feeder.c and reconciler.c, started by main(). */
 void on_feed_timer(evutil_socket_t fd, short what, void *arg);

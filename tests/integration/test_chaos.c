@@ -32,7 +32,7 @@
  *        the away tenant is seen offline: its handback is under way).
  *
  * Known bug it finds (not fixed here; sender/): a Redis connection lost while
- * a sender hands an offline device's lane back (sender.c handback_outbox:
+ * a sender hands an offline device's lane back (sender/lanes.c handback_outbox:
  * XREADGROUP ">" as "<sender>:handback", then XADD jobs, XACK, XDEL) leaves
  * the entries pending under the handback consumer for good: the same sender
  * keeps the lease, so no XAUTOCLAIM takes them, the device reads only its own
