@@ -217,8 +217,8 @@ static bool falls_to_us(fleet *f, const device *dv)
 
 static bool wins(fleet *f, device *dv)
 {
-    if (f->d.stopping || !dv->seen || f->nlive == 0)
-        return false;
+    if (f->d.stopping || !dv->seen || !dv->credentials_hex || f->nlive == 0)
+        return false; /* credentials_hex NULL: not read yet (on_credentials) */
     /* The hashes change only with the set of live senders. */
     if (dv->won_gen == f->live_gen)
         return dv->won;
@@ -287,16 +287,63 @@ void rebalance(fleet *f)
     }
 }
 
-static void on_devices(wc_pg *pg, PGresult *res, const char *err, void *arg)
+/* A changed transport setting takes effect at the device's next rest; an
+ * offline device reconnects with it at once. */
+static void reopen_if_offline(device *dv)
+{
+    if (dv->reopen && dv->state == DEV_OFFLINE) {
+        dv->reopen = false;
+        evtimer_del(dv->timer);
+        dv->open_backoff_ms = 0;
+        open_transport(dv);
+    }
+}
+
+/* The sealed credentials of the devices whose digest changed (or that are
+ * new), then the rebalance that may take them: a device is never opened
+ * before its credentials are here. On an error the devices keep what they
+ * had and the next refresh asks again. */
+static void on_credentials(wc_pg *pg, PGresult *res, const char *err, void *arg)
 {
     (void)pg;
     fleet *f = arg;
     f->refreshing = false;
     if (!res) {
         f->m.pg_errors++;
+        wc_warn("reading device credentials: %s", err);
+        return;
+    }
+    for (int r = 0; r < PQntuples(res); r++) {
+        device *dv = wc_map_get(&f->devices, PQgetvalue(res, r, 0));
+        if (!dv)
+            continue;
+        f->m.credentials_loaded++;
+        /* Rotated or replaced credentials take effect at the next rest. */
+        if (dv->credentials_hex && strcmp(dv->credentials_hex, PQgetvalue(res, r, 1)) != 0)
+            dv->reopen = true;
+        free(dv->credentials_hex);
+        dv->credentials_hex = strdup(PQgetvalue(res, r, 1));
+        snprintf(dv->creds_md5, sizeof dv->creds_md5, "%s", PQgetvalue(res, r, 2));
+        reopen_if_offline(dv);
+    }
+    rebalance(f);
+}
+
+static void on_devices(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    fleet *f = arg;
+    if (!res) {
+        f->refreshing = false;
+        f->m.pg_errors++;
         wc_warn("reading devices: %s", err);
         return;
     }
+    f->m.device_lists_read++;
+    struct evbuffer *load = evbuffer_new(); /* devices whose credentials are read, as a uuid[] */
+    size_t nload = 0;
+    if (!load)
+        abort();
     for (size_t i = 0; i < f->devices.cap; i++)
         if (wc_map_live(&f->devices, i))
             ((device *)f->devices.slots[i].value)->seen = false;
@@ -334,13 +381,19 @@ static void on_devices(wc_pg *pg, PGresult *res, const char *err, void *arg)
             free(dv->settings);
             dv->settings = strdup(settings);
         }
-        const char *creds = PQgetvalue(res, r, 5);
-        if (!dv->credentials_hex || strcmp(dv->credentials_hex, creds) != 0) {
-            /* Rotated or replaced credentials take effect at the next rest. */
-            if (dv->credentials_hex)
-                dv->reopen = true;
-            free(dv->credentials_hex);
-            dv->credentials_hex = strdup(creds);
+        /* Only the credentials' digest comes with every refresh; the sealed
+         * bytes are read when they change (on_credentials). */
+        const char *digest = PQgetvalue(res, r, 5);
+        if (!dv->credentials_hex || strcmp(dv->creds_md5, digest) != 0) {
+            if (!digest[0]) {
+                if (dv->credentials_hex && dv->credentials_hex[0])
+                    dv->reopen = true;
+                free(dv->credentials_hex);
+                dv->credentials_hex = strdup("");
+                dv->creds_md5[0] = '\0';
+            } else {
+                evbuffer_add_printf(load, "%s%s", nload++ ? "," : "{", dv->id);
+            }
         }
         const char *day = PQgetvalue(res, r, 6);
         dv->day_end_ms = strtoll(PQgetvalue(res, r, 7), NULL, 10);
@@ -360,15 +413,24 @@ static void on_devices(wc_pg *pg, PGresult *res, const char *err, void *arg)
         }
         if (dv->rest == REST_CAP && (dv->cap < 0 || dv->sent_today < (uint32_t)dv->cap))
             leave_rest(dv, new_day ? "new day" : "daily limit raised");
-        /* A changed transport setting takes effect at the device's next rest. */
-        if (dv->reopen && dv->state == DEV_OFFLINE) {
-            dv->reopen = false;
-            evtimer_del(dv->timer);
-            dv->open_backoff_ms = 0;
-            open_transport(dv);
-        }
+        reopen_if_offline(dv);
     }
-    rebalance(f);
+    if (nload == 0) {
+        evbuffer_free(load);
+        f->refreshing = false;
+        rebalance(f);
+        return;
+    }
+    evbuffer_add(load, "}\0", 2);
+    const char *params[] = {(const char *)evbuffer_pullup(load, -1)};
+    if (wc_pg_query(f->d.pg,
+                    "SELECT id, encode(credentials, 'hex'), md5(credentials) FROM user_devices"
+                    " WHERE id = ANY($1::uuid[]) AND credentials IS NOT NULL",
+                    1, params, on_credentials, f) < 0) {
+        f->m.pg_errors++;
+        f->refreshing = false;
+    }
+    evbuffer_free(load);
 }
 
 void on_refresh(evutil_socket_t fd, short what, void *arg)
@@ -384,7 +446,7 @@ void on_refresh(evutil_socket_t fd, short what, void *arg)
     static const char *sql =
         "SELECT id, platform, (min_delay_seconds * 1000)::bigint,"
         " (max_delay_seconds * 1000)::bigint, settings::text,"
-        " coalesce(encode(credentials, 'hex'), ''), l.today::text,"
+        " coalesce(md5(credentials), ''), l.today::text,"
         " (extract(epoch FROM (l.today + 1)::timestamp AT TIME ZONE time_zone) * 1000)::bigint,"
         " coalesce(least(daily_limit, CASE WHEN l.n <= array_length(warmup_schedule, 1)"
         "   THEN warmup_schedule[l.n] END), -1),"

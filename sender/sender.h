@@ -71,7 +71,9 @@ typedef struct fleet fleet;
     X(pg_checked, "messages checked against PostgreSQL before sending (after a Redis loss)")       \
     X(pg_already_done, "messages not sent because PostgreSQL already had them sent or final")      \
     X(redis_errors, "Redis commands that failed")                                                  \
-    X(pg_errors, "PostgreSQL queries that failed")
+    X(pg_errors, "PostgreSQL queries that failed")                                                 \
+    X(device_lists_read, "device lists read from PostgreSQL")                                      \
+    X(credentials_loaded, "device credentials read from PostgreSQL (new or changed ones only)")
 
 typedef struct sender_metrics {
 #define X(name, help) uint64_t name;
@@ -106,7 +108,8 @@ typedef struct device {
     char id[40];
     char platform[24];
     char *settings;        /* user_devices.settings as JSON text */
-    char *credentials_hex; /* user_devices.credentials, sealed, as hex ("" when none) */
+    char *credentials_hex; /* sealed credentials as hex ("" none, NULL not read yet) */
+    char creds_md5[33];    /* their md5, as the device list gives it (changes: read them again) */
     uint32_t min_delay_ms, max_delay_ms;
     dev_state state;
     bool seen;     /* present in the last device list */
