@@ -42,26 +42,39 @@ static const char *FEED_SQL =
      * pending index keeps entries of rows fed long ago until a vacuum, and
      * walking over them every round would cost more with every round. */
     "WITH cur AS (SELECT * FROM unnest($4::uuid[], $5::bigint[]) AS t(id, after)),"
-    " camp AS ("
-    /* The queued count walks the index in order (a plain index scan marks
-     * the entries of rows that left 'queued' dead as it meets them, so the
-     * next round skips them; a bitmap scan, the planner's choice for a bare
-     * count, visited every one of them again each round until a vacuum). */
-    " SELECT c.id, $1::int - (SELECT count(*) FROM (SELECT 1 FROM broadcast_messages q"
+    /* Every running campaign's queued count, up to the campaign bound. The
+     * count walks the index in order (a plain index scan marks the entries
+     * of rows that left 'queued' dead as it meets them, so the next round
+     * skips them; a bitmap scan, the planner's choice for a bare count,
+     * visited every one of them again each round until a vacuum). */
+    " run AS (SELECT c.id, c.user_id, (SELECT count(*) FROM (SELECT 1 FROM broadcast_messages q"
     "  WHERE q.campaign_id = c.id AND q.status = 'queued'"
-    "  ORDER BY q.campaign_id, q.updated_at LIMIT $1::int) q) AS room"
-    " FROM campaigns c WHERE c.status IN ('triggered', 'processing')"
-    " AND wacast_in_window(c.send_window_start, c.send_window_end, c.time_zone)"
+    "  ORDER BY q.campaign_id, q.updated_at LIMIT $1::int) q) AS queued"
+    " FROM campaigns c WHERE c.status IN ('triggered', 'processing')),"
+    /* What each user has queued across its campaigns: one user's many
+     * campaigns together never hold more than $6 (the jobs stream and the
+     * routers' bounds are shared by every user). */
+    " used AS (SELECT user_id, sum(queued) AS n FROM run GROUP BY user_id),"
+    " camp AS ("
+    " SELECT c.id, c.user_id, $1::int - run.queued AS room"
+    " FROM run JOIN campaigns c ON c.id = run.id"
+    " WHERE wacast_in_window(c.send_window_start, c.send_window_end, c.time_zone)"
     " AND " HEALTHY_DEVICE("$3")
     " AND EXISTS (SELECT 1 FROM broadcast_messages p WHERE p.campaign_id = c.id"
     "  AND p.status = 'pending'"
     "  AND p.id > coalesce((SELECT after FROM cur WHERE cur.id = c.id), 0))),"
     " share AS (SELECT greatest(1, $2::int / greatest(1, count(*))) AS n FROM camp),"
+    /* The user's room, shared among its campaigns that have rows to feed. */
+    " uroom AS (SELECT camp.user_id, ceil(greatest(0, $6::bigint - min(used.n))::numeric"
+    "  / count(*))::bigint AS n FROM camp JOIN used ON used.user_id = camp.user_id"
+    "  GROUP BY camp.user_id),"
     " picked AS ("
-    " SELECT p.id FROM camp LEFT JOIN cur ON cur.id = camp.id, share,"
+    " SELECT p.id FROM camp JOIN uroom ON uroom.user_id = camp.user_id"
+    "  LEFT JOIN cur ON cur.id = camp.id, share,"
     "  LATERAL (SELECT m.id FROM broadcast_messages m"
     "  WHERE m.campaign_id = camp.id AND m.status = 'pending' AND m.id > coalesce(cur.after, 0)"
-    "  ORDER BY m.id LIMIT greatest(0, least(camp.room, share.n)) FOR UPDATE SKIP LOCKED) p),"
+    "  ORDER BY m.id LIMIT greatest(0, least(camp.room, share.n, uroom.n))"
+    "  FOR UPDATE SKIP LOCKED) p),"
     " upd AS ("
     " UPDATE broadcast_messages m SET status = 'queued', queued_at = now(), updated_at = now()"
     " FROM picked WHERE m.id = picked.id AND m.status = 'pending' RETURNING m.*)"
@@ -149,8 +162,9 @@ static void on_feed_len(wc_redis *r, redisReply *reply, void *arg)
         s->feeding = false;
         return;
     }
-    char inflight[32], batch[32], grace[32];
+    char inflight[32], batch[32], grace[32], user_inflight[32];
     snprintf(inflight, sizeof inflight, "%ld", s->cfg.inflight);
+    snprintf(user_inflight, sizeof user_inflight, "%ld", s->cfg.user_inflight);
     snprintf(batch, sizeof batch, "%ld", s->cfg.feed_batch);
     snprintf(grace, sizeof grace, "%ld", s->cfg.online_grace_ms);
     /* Start over from the first row once a minute: a row made pending again
@@ -174,9 +188,13 @@ static void on_feed_len(wc_redis *r, redisReply *reply, void *arg)
     }
     evbuffer_add(ids, "}\0", 2);
     evbuffer_add(after, "}\0", 2);
-    const char *params[] = {inflight, batch, grace, (const char *)evbuffer_pullup(ids, -1),
-                            (const char *)evbuffer_pullup(after, -1)};
-    if (wc_pg_query(s->d.pg, FEED_SQL, 5, params, on_feed_rows, s) < 0) {
+    const char *params[] = {inflight,
+                            batch,
+                            grace,
+                            (const char *)evbuffer_pullup(ids, -1),
+                            (const char *)evbuffer_pullup(after, -1),
+                            user_inflight};
+    if (wc_pg_query(s->d.pg, FEED_SQL, 6, params, on_feed_rows, s) < 0) {
         s->m.pg_errors++;
         s->feeding = false;
     }

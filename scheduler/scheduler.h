@@ -28,6 +28,7 @@ typedef struct scheduler_cfg {
     long idempotency_ttl_s;
     long max_message_bytes;
     long inflight;
+    long user_inflight;
     long feed_ms;
     long feed_batch;
     long online_grace_ms;

@@ -1,0 +1,125 @@
+/* One user's many campaigns together never hold more than
+ * WACAST_USER_INFLIGHT messages queued. The per-campaign bound
+ * (WACAST_CAMPAIGN_INFLIGHT) alone let a user with many campaigns and slow
+ * devices fill what every user shares: their queued jobs wait unread on the
+ * jobs stream, and past WACAST_JOBS_MAX the feeder stops publishing for
+ * everyone. On real redis-server and PostgreSQL: user A has one slow device
+ * (a send every 0.5 s) and four campaigns of 100 leads, with a campaign bound
+ * of 100 and a user bound of 120; user B has one fast device and a campaign
+ * of 40 leads. While B's campaign runs to its end, A's queued messages (read
+ * at every look) reach the user bound and never pass it (the bound shared
+ * among A's four campaigns may round up by at most one each); with the
+ * per-campaign bound only they would reach 400. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "e2e_common.h"
+#include "scenario.h"
+
+#define A_CAMPAIGNS 4
+#define A_LEADS 100
+#define B_LEADS 40
+#define USER_INFLIGHT 120
+
+static wt_env env;
+static PGconn *db;
+static char user_a[40], user_b[40], dev_a[40], dev_b[40], camp_b[40];
+static long max_a_queued;
+
+static int setup(void **state)
+{
+    (void)state;
+    if (wt_env_start(&env, WT_REDIS | WT_PG | WT_MIGRATE) < 0)
+        return -1;
+    db = wt_pg(&env);
+    wt_sql_text(db, user_a, sizeof user_a, "INSERT INTO users (name) VALUES ('a') RETURNING id");
+    wt_sql_text(db, user_b, sizeof user_b, "INSERT INTO users (name) VALUES ('b') RETURNING id");
+    wt_sql_text(db, dev_a, sizeof dev_a,
+                "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
+                " max_delay_seconds) VALUES ('%s', 'sim', 0.5, 0.5) RETURNING id",
+                user_a);
+    wt_sql_text(db, dev_b, sizeof dev_b,
+                "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
+                " max_delay_seconds) VALUES ('%s', 'sim', 0.01, 0.02) RETURNING id",
+                user_b);
+    PQclear(wt_sql(db,
+                   "INSERT INTO leads (user_id, device_id, name, phone) SELECT '%s', '%s',"
+                   " 'a' || n, '+6017' || lpad(n::text, 7, '0') FROM generate_series(1, %d) n",
+                   user_a, dev_a, A_LEADS));
+    PQclear(wt_sql(db,
+                   "INSERT INTO leads (user_id, device_id, name, phone) SELECT '%s', '%s',"
+                   " 'b' || n, '+6018' || lpad(n::text, 7, '0') FROM generate_series(1, %d) n",
+                   user_b, dev_b, B_LEADS));
+    const char *extra[] = {"WACAST_CAMPAIGN_INFLIGHT=100", "WACAST_USER_INFLIGHT=120", NULL};
+    sc_start_daemons(&env, 1, extra);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    if (db)
+        PQfinish(db);
+    wt_env_stop(&env);
+    return 0;
+}
+
+/* Looks at A's queued messages (keeping the most seen) until B's campaign
+ * is finished and A's have reached the user bound. */
+static bool b_done_a_full(void *arg)
+{
+    (void)arg;
+    long a = wt_sql_long(db,
+                         "SELECT count(*) FROM broadcast_messages m JOIN campaigns c"
+                         " ON c.id = m.campaign_id WHERE c.user_id = '%s' AND m.status = 'queued'",
+                         user_a);
+    if (a > max_a_queued)
+        max_a_queued = a;
+    return max_a_queued >= USER_INFLIGHT &&
+           wt_sql_long(db, "SELECT count(*) FROM campaigns WHERE id = '%s' AND status = 'finished'",
+                       camp_b) == 1;
+}
+
+static void test_one_user_stays_within_its_bound(void **state)
+{
+    (void)state;
+    for (int k = 0; k < A_CAMPAIGNS; k++)
+        PQclear(wt_sql(db,
+                       "INSERT INTO campaigns (user_id, title, message, scheduled_at)"
+                       " VALUES ('%s', 'a%d', 'Hi {{name}}', now())",
+                       user_a, k));
+    wt_sql_text(db, camp_b, sizeof camp_b,
+                "INSERT INTO campaigns (user_id, title, message, scheduled_at)"
+                " VALUES ('%s', 'b', 'Hi {{name}}', now() + interval '1 second') RETURNING id",
+                user_b);
+    bool ok = wt_wait_for(b_done_a_full, NULL, 120000);
+    fprintf(stderr, "user A: at most %ld messages queued across %d campaigns (bound %d)\n",
+            max_a_queued, A_CAMPAIGNS, USER_INFLIGHT);
+    if (!ok) {
+        wt_dump_logs(&env, 30);
+        fail_msg("B's campaign did not finish or A never reached its bound (A at most %ld queued)",
+                 max_a_queued);
+    }
+    assert_true(max_a_queued <= USER_INFLIGHT + A_CAMPAIGNS - 1);
+    /* Every one of B's leads was sent its message. */
+    assert_int_equal(wt_sql_long(db,
+                                 "SELECT count(*) FROM broadcast_messages WHERE campaign_id = '%s'"
+                                 " AND status IN ('sent', 'delivered', 'read')",
+                                 camp_b),
+                     B_LEADS);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_one_user_stays_within_its_bound),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
