@@ -296,6 +296,47 @@ bool e2e_wait_sql(PGconn *db, int timeout_ms, const char *fmt, ...)
     return ok;
 }
 
+int e2e_env_start(wt_env *e, PGconn **db, redisContext **rc)
+{
+    if (wt_env_start(e, WT_REDIS | WT_PG | WT_MIGRATE) < 0)
+        return -1;
+    *db = wt_pg(e);
+    if (rc)
+        *rc = wt_redis(e);
+    return 0;
+}
+
+bool e2e_wait_finished(PGconn *db, const char *campaign, int timeout_ms)
+{
+    return e2e_wait_sql(
+        db, timeout_ms,
+        "SELECT count(*) = 1 FROM campaigns WHERE id = '%s' AND status = 'finished'", campaign);
+}
+
+int e2e_stop_daemons_cleanly(wt_env *e)
+{
+    int bad = 0;
+    for (int i = 0; i < e->nchildren; i++) {
+        wt_child *ch = &e->children[i];
+        if (ch->pid <= 0)
+            continue;
+        pid_t pid = ch->pid;
+        if (kill(pid, SIGTERM) < 0) {
+            fprintf(stderr, "%s: already gone\n", ch->name);
+            bad++;
+            continue;
+        }
+        int st = wt_wait_exit(e, pid, 15000);
+        if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+            fprintf(stderr, "%s: did not exit cleanly on SIGTERM (status %d)\n", ch->name, st);
+            bad++;
+        }
+    }
+    if (bad)
+        wt_dump_logs(e, 30);
+    return bad;
+}
+
 void e2e_teardown(wt_env *e, PGconn *db, redisContext *rc)
 {
     if (rc)

@@ -48,6 +48,18 @@ double e2e_metric(int port, const char *name);
 bool e2e_wait_sql(PGconn *db, int timeout_ms, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Starts Redis and a migrated PostgreSQL in e, connects *db, and *rc when
+ * rc is not NULL. 0, or -1 when the environment would not start. */
+int e2e_env_start(wt_env *e, PGconn **db, redisContext **rc);
+
+/* Waits (up to timeout_ms) until the campaign is 'finished'. */
+bool e2e_wait_finished(PGconn *db, const char *campaign, int timeout_ms);
+
+/* SIGTERMs every daemon e started and wants each to exit with status 0
+ * within 15 s (under the sanitizers: no leak on the way out either).
+ * Returns how many did not (each printed, logs dumped). */
+int e2e_stop_daemons_cleanly(wt_env *e);
+
 /* Ends what a test started: the Redis and PostgreSQL connections (either may
  * be NULL) and the environment. */
 void e2e_teardown(wt_env *e, PGconn *db, redisContext *rc);
