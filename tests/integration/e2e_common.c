@@ -3,6 +3,7 @@
  * the daemons of a transport test, wacast-ctl, signed webhooks; and the
  * waiting, metrics and teardown every integration test may use. */
 #include "e2e_common.h"
+#include "scenario.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -306,6 +307,20 @@ int e2e_env_start(wt_env *e, PGconn **db, redisContext **rc)
     return 0;
 }
 
+void e2e_sim_tenant(PGconn *db, const char *name, double min_delay, double max_delay,
+                    const char *phone_prefix, int n, char *user, char *dev)
+{
+    wt_sql_text(db, user, 40, "INSERT INTO users (name) VALUES ('%s') RETURNING id", name);
+    wt_sql_text(db, dev, 40,
+                "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
+                " max_delay_seconds) VALUES ('%s', 'sim', %g, %g) RETURNING id",
+                user, min_delay, max_delay);
+    PQclear(wt_sql(db,
+                   "INSERT INTO leads (user_id, device_id, name, phone) SELECT '%s', '%s',"
+                   " 'l' || n, '%s' || lpad(n::text, 7, '0') FROM generate_series(1, %d) n",
+                   user, dev, phone_prefix, n));
+}
+
 bool e2e_wait_finished(PGconn *db, const char *campaign, int timeout_ms)
 {
     return e2e_wait_sql(
@@ -412,21 +427,10 @@ bool e2e_world_daemons(e2e_world *w, const char *const *dispatcher_extra, int n)
     snprintf(app_env, sizeof app_env, "WACAST_META_APP_SECRET=%s", w->app_secret);
     snprintf(verify_env, sizeof verify_env, "WACAST_META_VERIFY_TOKEN=%s", w->verify_token);
     snprintf(gowa_env, sizeof gowa_env, "WACAST_GOWA_WEBHOOK_SECRET=%s", w->gowa_secret);
-    const char *common[] = {"WACAST_LOG_LEVEL=info",
-                            "WACAST_POLL_MS=200",
-                            "WACAST_LEASE_TTL_MS=3000",
-                            "WACAST_DEVICE_REFRESH_MS=500",
-                            "WACAST_IDLE_POLL_MS=1000",
-                            "WACAST_RECONCILE_MS=2000",
-                            "WACAST_ONLINE_GRACE_MS=10000",
-                            "WACAST_CLAIM_IDLE_MS=5000",
-                            "WACAST_MAX_ATTEMPTS=3",
-                            hosts_env,
-                            key_env,
-                            app_env,
-                            verify_env,
-                            gowa_env,
-                            NULL};
+    const char *common[] = {SC_TEST_TIMINGS, "WACAST_MAX_ATTEMPTS=3",
+                            hosts_env,       key_env,
+                            app_env,         verify_env,
+                            gowa_env,        NULL};
     const char *with_port[32];
     int k = 0;
     for (; common[k]; k++)

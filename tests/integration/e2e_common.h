@@ -52,6 +52,12 @@ bool e2e_wait_sql(PGconn *db, int timeout_ms, const char *fmt, ...)
  * rc is not NULL. 0, or -1 when the environment would not start. */
 int e2e_env_start(wt_env *e, PGconn **db, redisContext **rc);
 
+/* A user named name with one sim device (delays in seconds) and n leads of
+ * that device, phones phone_prefix followed by 7 digits; the user's and the
+ * device's ids into user and dev (40 bytes each). */
+void e2e_sim_tenant(PGconn *db, const char *name, double min_delay, double max_delay,
+                    const char *phone_prefix, int n, char *user, char *dev);
+
 /* Waits (up to timeout_ms) until the campaign is 'finished'. */
 bool e2e_wait_finished(PGconn *db, const char *campaign, int timeout_ms);
 

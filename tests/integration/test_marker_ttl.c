@@ -36,15 +36,7 @@ static int setup(void **state)
     (void)state;
     if (e2e_env_start(&env, &db, NULL) < 0)
         return -1;
-    wt_sql_text(db, user, sizeof user, "INSERT INTO users (name) VALUES ('slow') RETURNING id");
-    wt_sql_text(db, dev, sizeof dev,
-                "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
-                " max_delay_seconds) VALUES ('%s', 'sim', 1.5, 2) RETURNING id",
-                user);
-    PQclear(wt_sql(db,
-                   "INSERT INTO leads (user_id, device_id, name, phone) SELECT '%s', '%s',"
-                   " 'l' || n, '+6015' || lpad(n::text, 7, '0') FROM generate_series(1, %d) n",
-                   user, dev, LEADS));
+    e2e_sim_tenant(db, "slow", 1.5, 2, "+6015", LEADS, user, dev);
     sport = wt_free_port();
     char port[32];
     snprintf(port, sizeof port, "PORT=%d", sport);

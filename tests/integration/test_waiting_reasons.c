@@ -49,15 +49,7 @@ static int setup(void **state)
     (void)state;
     if (e2e_env_start(&env, &db, NULL) < 0)
         return -1;
-    wt_sql_text(db, user, sizeof user, "INSERT INTO users (name) VALUES ('u') RETURNING id");
-    wt_sql_text(db, dev, sizeof dev,
-                "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
-                " max_delay_seconds) VALUES ('%s', 'sim', 0.02, 0.05) RETURNING id",
-                user);
-    PQclear(wt_sql(db,
-                   "INSERT INTO leads (user_id, device_id, name, phone) SELECT '%s', '%s',"
-                   " 'l' || n, '+6019' || lpad(n::text, 7, '0') FROM generate_series(1, %d) n",
-                   user, dev, LEADS));
+    e2e_sim_tenant(db, "u", 0.02, 0.05, "+6019", LEADS, user, dev);
     dport = wt_free_port();
     snprintf(port_env, sizeof port_env, "PORT=%d", dport);
     snprintf(prune_env, sizeof prune_env, "WACAST_REASON_PRUNE_MS=%d", PRUNE_MS);
