@@ -384,6 +384,36 @@ static void on_drain_done(wc_redis *r, redisReply *reply, void *arg)
     free(dr);
 }
 
+/* After the campaign left the index: a stream that is not empty now got an
+ * entry after our XRANGE, and the campaign goes back in (see on_drain_range). */
+static void on_rechecked(wc_redis *r, redisReply *reply, void *arg)
+{
+    drain *dr = arg;
+    if (!reply || reply->type != REDIS_REPLY_INTEGER) {
+        dr->ds->m.redis_errors++;
+    } else if (reply->integer > 0) {
+        wc_info("campaign %s: a message was set aside while its paused index entry was removed;"
+                " kept in the index",
+                dr->campaign);
+        if (wc_redis_command(r, on_drain_done, dr, "SADD %s %s", PAUSED_INDEX, dr->campaign) == 0)
+            return;
+        dr->ds->m.redis_errors++;
+    }
+    dr->ds->paused_busy = false;
+    free(dr);
+}
+
+static void on_forgotten(wc_redis *r, redisReply *reply, void *arg)
+{
+    drain *dr = arg;
+    if (!reply || reply->type == REDIS_REPLY_ERROR)
+        dr->ds->m.redis_errors++;
+    if (wc_redis_command(r, on_rechecked, dr, "XLEN %s", dr->key) < 0) {
+        dr->ds->paused_busy = false;
+        free(dr);
+    }
+}
+
 static void on_requeued(wc_redis *r, redisReply *reply, void *arg)
 {
     (void)r;
@@ -405,8 +435,13 @@ static void on_drain_range(wc_redis *r, redisReply *reply, void *arg)
         return;
     }
     if (reply->elements == 0) {
-        /* Empty: forget it (a sender parking more re-adds it to the index). */
-        if (wc_redis_command(r, on_drain_done, dr, "SREM %s %s", PAUSED_INDEX, dr->campaign) < 0) {
+        /* Empty: forget it. A sender that still holds the campaign as paused
+         * adds to the stream first and to the index after, so both may land
+         * between our XRANGE and this SREM, which would then strand its
+         * entry. The stream is looked at once more after the SREM: not empty,
+         * the campaign goes back in the index (a SADD of the sender's after
+         * the SREM re-adds it by itself). */
+        if (wc_redis_command(r, on_forgotten, dr, "SREM %s %s", PAUSED_INDEX, dr->campaign) < 0) {
             ds->paused_busy = false;
             free(dr);
         }

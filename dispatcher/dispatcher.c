@@ -77,6 +77,10 @@ static const wc_cfg_entry cfg_table[] = {
     {"WACAST_CANCEL_GRACE_S", WC_CFG_INT, "30",
      "after a cancel, messages still queued this long later are marked cancelled",
      offsetof(dispatcher_cfg, cancel_grace_s), 1, 86400, false},
+    {"WACAST_REASON_PRUNE_MS", WC_CFG_INT, "60000",
+     "how often the router forgets the campaigns of its \"waiting\" reasons: a campaign it no"
+     " longer routes (finished, its user gone) leaves its memory within this",
+     offsetof(dispatcher_cfg, reason_prune_ms), 100, 3600000, false},
     WC_CFG_PROVIDER_HOSTS(dispatcher_cfg, provider_hosts),
 };
 
@@ -408,6 +412,10 @@ static void metrics(struct evbuffer *out, void *arg)
               (double)ds->nparked);
     wc_metric(out, "wacast_dispatcher_online_devices", "gauge", "devices the router can use",
               (double)ds->online.len);
+    wc_metric(out, "wacast_dispatcher_reason_campaigns", "gauge",
+              "campaigns the router remembers for their \"waiting\" reasons (pruned every"
+              " WACAST_REASON_PRUNE_MS)",
+              (double)(ds->waiting.len + ds->clean.len));
 }
 
 int main(int argc, char **argv)

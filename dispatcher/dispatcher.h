@@ -36,6 +36,7 @@ typedef struct dispatcher_cfg {
     char *gowa_webhook_secret;
     char *opt_out_words;
     long cancel_grace_s;
+    long reason_prune_ms;
     char *provider_hosts;
 } dispatcher_cfg;
 
@@ -117,10 +118,10 @@ typedef struct dispatcher {
     size_t nparked;
     bool parked_due; /* the parked jobs' retry came while a batch was routing */
     route_batch *routing;
-    wc_map waiting;           /* campaign id -> last time (mono s) we wrote its "waiting" reason */
-    wc_map clean;             /* campaign ids whose "waiting" reason we cleared (or never set) */
-    unsigned claim_rounds;    /* some of them also remove consumers that are gone */
-    int64_t reasons_pruned_s; /* mono s: the last time waiting/clean were pruned */
+    wc_map waiting;        /* campaign id -> last time (mono ms) we wrote its "waiting" reason */
+    wc_map clean;          /* campaign ids whose "waiting" reason we cleared (or never set) */
+    unsigned claim_rounds; /* some of them also remove consumers that are gone */
+    int64_t reasons_pruned_ms; /* mono ms: the last time waiting/clean were pruned */
     bool waiting_busy, window_busy;
     struct event *window_timer;
     /* sink */

@@ -465,7 +465,7 @@ static void mark_waiting(dispatcher *ds)
 {
     if (ds->waiting_busy || !ds->parked)
         return;
-    int64_t now_s = wc_mono_us() / 1000000;
+    int64_t now_ms = wc_mono_us() / 1000;
     struct evbuffer *ids = evbuffer_new();
     size_t n = 0;
     for (route_job *j = ds->parked; j; j = j->next) {
@@ -473,9 +473,9 @@ static void mark_waiting(dispatcher *ds)
         if (wc_map_get(&ds->users, j->job->user_id))
             continue; /* it has a device; only full for now */
         uintptr_t at = (uintptr_t)wc_map_get(&ds->waiting, c);
-        if (at && now_s + 1 - (int64_t)at < 5)
+        if (at && now_ms + 1 - (int64_t)at < 5000)
             continue;
-        if (wc_map_put(&ds->waiting, c, (void *)(uintptr_t)(now_s + 1)) < 0)
+        if (wc_map_put(&ds->waiting, c, (void *)(uintptr_t)(now_ms + 1)) < 0)
             abort();
         wc_map_del(&ds->clean, c);
         evbuffer_add_printf(ids, "%s%s", n++ ? "," : "{", c);
@@ -569,22 +569,25 @@ static void take_back_spilled(dispatcher *ds)
     }
 }
 
-/* The campaign maps of the "waiting" reasons are caches: emptied once a
- * minute, so campaigns that ended do not stay in them (the cost is one
- * cheap UPDATE per running campaign a minute). */
+/* The campaign maps of the "waiting" reasons are caches: emptied every
+ * WACAST_REASON_PRUNE_MS (a minute), so campaigns that ended, or whose user
+ * went away, do not stay in them (the cost is one cheap UPDATE per running
+ * campaign a period). A waiting reason still being rewritten (every 5 s
+ * while its jobs wait) stays. */
 static void prune_reason_maps(dispatcher *ds)
 {
-    int64_t now_s = wc_mono_us() / 1000000;
-    if (now_s - ds->reasons_pruned_s < 60)
+    int64_t now_ms = wc_mono_us() / 1000;
+    if (now_ms - ds->reasons_pruned_ms < ds->cfg.reason_prune_ms)
         return;
-    ds->reasons_pruned_s = now_s;
+    ds->reasons_pruned_ms = now_ms;
     wc_map_free(&ds->clean);
     wc_map_init(&ds->clean);
+    int64_t keep_ms = ds->cfg.reason_prune_ms > 10000 ? ds->cfg.reason_prune_ms : 10000;
     for (size_t i = 0; i < ds->waiting.cap; i++) {
         if (!wc_map_live(&ds->waiting, i))
             continue;
         int64_t at = (int64_t)(uintptr_t)ds->waiting.slots[i].value;
-        if (now_s + 1 - at > 60)
+        if (now_ms + 1 - at > keep_ms)
             wc_map_del(&ds->waiting, ds->waiting.slots[i].key);
     }
 }

@@ -33,7 +33,6 @@
 #include <ctype.h>
 #include <inttypes.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +43,7 @@
 
 #include "wc_daemon.h"
 #include "wc_httpc.h"
+#include "wc_httpjson.h"
 #include "wc_log.h"
 #include "wc_origin.h"
 #include "wc_text.h"
@@ -59,38 +59,24 @@
 
 #define CA_PAIR_RETRY_MS 6000         /* ~1 message per 6 s per recipient */
 #define CA_ECOSYSTEM_RETRY_MS 3600000 /* 131049: Meta asks for a much later retry */
-#define CA_MAX_BACKOFF_MS 60000
 
 typedef struct ca_bucket ca_bucket;
 typedef struct ca_send ca_send;
 
 typedef struct ca_device {
-    struct event_base *base;
-    wc_httpc *http;
-    bool shared_http; /* from wc_httpc_shared_acquire() */
-    bool closing;
-    char device_id[64];
+    wc_httpjson_device hj; /* first: what every HTTP + JSON device holds */
     char phone_number_id[64];
     char *messages_url;
     char *auth_header; /* "Authorization: Bearer ..."; wiped on close */
-    long timeout_ms;
     ca_bucket *bucket;
-    ca_send *sends; /* not yet called back */
 } ca_device;
 
 struct ca_send {
+    wc_httpjson_send hj; /* first: the shared send life cycle; hj.body is the JSON body */
     ca_device *dev;
-    ca_send *prev, *next; /* the device's sends */
-    ca_send *qnext;       /* the bucket's queue */
+    ca_send *qnext; /* the bucket's queue */
     bool queued;
-    wc_send_cb *cb;
-    void *arg;
-    char *body;
     size_t body_len;
-    uint32_t attempt;
-    wc_httpc_call *call;
-    struct event *later; /* completion without a request (bad content) */
-    wc_send_result res;
 };
 
 /* One per (base_url, phone_number_id) on an event base. */
@@ -270,8 +256,8 @@ static int bucket_throttled(ca_bucket *b, int min_ms)
     int ms = 1000 << (b->throttle_streak - 1);
     if (ms < min_ms)
         ms = min_ms;
-    if (ms > CA_MAX_BACKOFF_MS)
-        ms = CA_MAX_BACKOFF_MS;
+    if (ms > WC_HTTPJSON_MAX_BACKOFF_MS)
+        ms = WC_HTTPJSON_MAX_BACKOFF_MS;
     int64_t until = now + (int64_t)ms * 1000;
     if (until > b->paused_until_us)
         b->paused_until_us = until;
@@ -281,27 +267,6 @@ static int bucket_throttled(ca_bucket *b, int min_ms)
 }
 
 /* ---- outcome ----------------------------------------------------------------------------- */
-
-static int backoff_ms(uint32_t attempt)
-{
-    uint32_t shift = attempt > 6 ? 6 : attempt;
-    int ms = 1000 << shift;
-    return ms > CA_MAX_BACKOFF_MS ? CA_MAX_BACKOFF_MS : ms;
-}
-
-static void set_result(wc_send_result *r, wc_send_outcome outcome, const char *code,
-                       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-
-static void set_result(wc_send_result *r, wc_send_outcome outcome, const char *code,
-                       const char *fmt, ...)
-{
-    r->outcome = outcome;
-    snprintf(r->error_code, sizeof r->error_code, "%s", code);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(r->error_message, sizeof r->error_message, fmt, ap);
-    va_end(ap);
-}
 
 static void set_device(wc_send_result *r, wc_device_action action, const char *reason)
 {
@@ -381,9 +346,10 @@ static void classify_accepted(long http_status, json_t *root, const char *body, 
     if (!json_is_object(root)) {
         char snippet[101];
         wc_text_clean_line(snippet, sizeof snippet, body, len);
-        set_result(r, WC_SEND_RETRY, "bad_reply", "HTTP %ld from the Cloud API without JSON%s%s",
-                   http_status, *snippet ? ": " : "", snippet);
-        r->retry_after_ms = backoff_ms(attempt);
+        wc_httpjson_set(r, WC_SEND_RETRY, "bad_reply",
+                        "HTTP %ld from the Cloud API without JSON%s%s", http_status,
+                        *snippet ? ": " : "", snippet);
+        r->retry_after_ms = wc_httpjson_backoff_ms(attempt);
         r->outcome_unknown = true;
         return;
     }
@@ -446,47 +412,47 @@ bool wc_cloudapi_classify_reply(long http_status, const char *body, size_t len, 
     if (http_status >= 500 && !json_is_object(err)) {
         /* Not the API's answer but a proxy's or load balancer's: whether the
          * request got through to Meta before it broke is unknown. */
-        set_result(r, WC_SEND_RETRY, code_str, "%s", text);
-        r->retry_after_ms = backoff_ms(attempt);
+        wc_httpjson_set(r, WC_SEND_RETRY, code_str, "%s", text);
+        r->retry_after_ms = wc_httpjson_backoff_ms(attempt);
         r->outcome_unknown = true;
         goto end;
     }
     switch (kind_of(code, http_status)) {
     case CA_FAIL:
-        set_result(r, WC_SEND_FAIL, code_str, "%s", text);
+        wc_httpjson_set(r, WC_SEND_FAIL, code_str, "%s", text);
         break;
     case CA_TRANSIENT:
-        set_result(r, WC_SEND_RETRY, code_str, "%s", text);
-        r->retry_after_ms = backoff_ms(attempt);
+        wc_httpjson_set(r, WC_SEND_RETRY, code_str, "%s", text);
+        r->retry_after_ms = wc_httpjson_backoff_ms(attempt);
         break;
     case CA_THROTTLE:
-        set_result(r, WC_SEND_RETRY, code_str, "%s", text);
-        r->retry_after_ms = backoff_ms(attempt);
+        wc_httpjson_set(r, WC_SEND_RETRY, code_str, "%s", text);
+        r->retry_after_ms = wc_httpjson_backoff_ms(attempt);
         throttled = true;
         break;
     case CA_PAIR:
-        set_result(r, WC_SEND_RETRY, code_str, "%s", text);
+        wc_httpjson_set(r, WC_SEND_RETRY, code_str, "%s", text);
         r->retry_after_ms = CA_PAIR_RETRY_MS;
         r->recipient_only = true;
         break;
     case CA_LATER:
-        set_result(r, WC_SEND_RETRY, code_str, "%s", text);
+        wc_httpjson_set(r, WC_SEND_RETRY, code_str, "%s", text);
         r->retry_after_ms = CA_ECOSYSTEM_RETRY_MS;
         break;
     case CA_SPAM:
-        set_result(r, WC_SEND_FAIL, code_str, "%s", text);
+        wc_httpjson_set(r, WC_SEND_FAIL, code_str, "%s", text);
         snprintf(why, sizeof why, "Cloud API restricted the number (%s)", code_str);
         set_device(r, WC_DEVICE_PAUSE, why);
         break;
     case CA_ACCOUNT:
-        set_result(r, WC_SEND_RETRY, code_str, "%s", text);
+        wc_httpjson_set(r, WC_SEND_RETRY, code_str, "%s", text);
         r->retry_after_ms = CA_ECOSYSTEM_RETRY_MS;
         snprintf(why, sizeof why, "Cloud API account blocked (%s)", code_str);
         set_device(r, WC_DEVICE_PAUSE, why);
         break;
     case CA_AUTH:
-        set_result(r, WC_SEND_RETRY, code_str, "%s", text);
-        r->retry_after_ms = backoff_ms(attempt);
+        wc_httpjson_set(r, WC_SEND_RETRY, code_str, "%s", text);
+        r->retry_after_ms = wc_httpjson_backoff_ms(attempt);
         snprintf(why, sizeof why, "token invalid (%s)", code_str);
         set_device(r, WC_DEVICE_OFFLINE, why);
         break;
@@ -497,35 +463,26 @@ end:
     return throttled;
 }
 
-/* Fills s->res from a completed HTTP exchange or a network error. */
+/* Fills s->hj.res from a completed HTTP exchange or a network error. */
 static void classify(ca_send *s, const wc_httpc_resp *resp)
 {
-    wc_send_result *r = &s->res;
+    wc_send_result *r = &s->hj.res;
     ca_device *dev = s->dev;
     if (resp->error) {
-        memset(r, 0, sizeof *r);
-        if (resp->maybe_sent)
-            set_result(r, WC_SEND_RETRY, resp->timed_out ? "timeout" : "no_reply",
-                       "no answer from the Cloud API after sending: %s", resp->error);
-        else
-            set_result(r, WC_SEND_RETRY, resp->timed_out ? "timeout" : "network",
-                       "Cloud API unreachable: %s", resp->error);
-        r->retry_after_ms = backoff_ms(s->attempt);
-        /* Once the request may have left, the provider may have taken the
-         * message whatever broke afterwards. */
-        r->outcome_unknown = resp->maybe_sent;
+        wc_httpjson_no_answer(r, resp, "Cloud API", s->hj.attempt);
         return;
     }
-    if (wc_cloudapi_classify_reply(resp->status, resp->body, resp->body_len, s->attempt, r))
+    if (wc_cloudapi_classify_reply(resp->status, resp->body, resp->body_len, s->hj.attempt, r))
         r->retry_after_ms = bucket_throttled(dev->bucket, r->retry_after_ms);
     if (r->outcome == WC_SEND_OK) {
         dev->bucket->throttle_streak = 0;
         if (!r->provider_id[0])
-            wc_warn("cloudapi device %s: HTTP %ld: %s", dev->device_id, resp->status,
+            wc_warn("cloudapi device %s: HTTP %ld: %s", dev->hj.device_id, resp->status,
                     r->error_message);
     }
     if (r->device_action != WC_DEVICE_OK)
-        wc_warn("cloudapi device %s: %s: %s", dev->device_id, r->device_reason, r->error_message);
+        wc_warn("cloudapi device %s: %s: %s", dev->hj.device_id, r->device_reason,
+                r->error_message);
 }
 
 /* ---- request body ------------------------------------------------------------------------ */
@@ -672,58 +629,12 @@ oom:
 
 /* ---- sends ------------------------------------------------------------------------------- */
 
-static void send_free(ca_send *s)
-{
-    event_free(s->later);
-    free(s->body);
-    free(s);
-}
-
-static void unlink_send(ca_send *s)
-{
-    ca_device *dev = s->dev;
-    if (s->prev)
-        s->prev->next = s->next;
-    else
-        dev->sends = s->next;
-    if (s->next)
-        s->next->prev = s->prev;
-    s->prev = s->next = NULL;
-}
-
-/* Calls back once with s->res and frees s. */
-static void finish(ca_send *s)
-{
-    unlink_send(s);
-    wc_send_cb *cb = s->cb;
-    void *arg = s->arg;
-    wc_send_result res = s->res;
-    wc_send_result_clean(&res);
-    send_free(s);
-    cb(arg, &res);
-}
-
-static void on_later(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    finish(arg);
-}
-
-/* Completes on the next loop turn (never from inside send()). The event was
- * made when the send started, so only a libevent failure can stop it. */
-static int finish_later(ca_send *s)
-{
-    struct timeval zero = {0, 0};
-    return evtimer_add(s->later, &zero);
-}
-
 static void on_response(void *arg, const wc_httpc_resp *resp)
 {
     ca_send *s = arg;
-    s->call = NULL;
+    s->hj.call = NULL;
     classify(s, resp);
-    finish(s);
+    wc_httpjson_finish(&s->hj);
 }
 
 static void post(ca_send *s)
@@ -734,16 +645,19 @@ static void post(ca_send *s)
         .method = "POST",
         .url = dev->messages_url,
         .headers = headers,
-        .body = s->body,
+        .body = s->hj.body,
         .body_len = s->body_len,
-        .timeout_ms = dev->timeout_ms,
+        .timeout_ms = dev->hj.timeout_ms,
     };
-    s->call = wc_httpc_start(dev->http, &req, on_response, s);
-    if (!s->call) {
-        set_result(&s->res, WC_SEND_RETRY, "http_client", "could not start the HTTP request");
-        s->res.retry_after_ms = backoff_ms(s->attempt);
-        if (finish_later(s) < 0) {
-            wc_error("cloudapi device %s: cannot schedule a completion", dev->device_id);
+    s->hj.call = wc_httpc_start(dev->hj.http, &req, on_response, s);
+    if (!s->hj.call) {
+        wc_httpjson_set(&s->hj.res, WC_SEND_RETRY, "http_client",
+                        "could not start the HTTP request");
+        s->hj.res.retry_after_ms = wc_httpjson_backoff_ms(s->hj.attempt);
+        /* The event was made when the send started, so only a libevent
+         * failure can stop the completion. */
+        if (wc_httpjson_finish_later(&s->hj) < 0) {
+            wc_error("cloudapi device %s: cannot schedule a completion", dev->hj.device_id);
             abort(); /* the loop itself is broken */
         }
     }
@@ -752,39 +666,28 @@ static void post(ca_send *s)
 static int ca_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, void *arg)
 {
     ca_device *dev = inst;
-    if (!dev || dev->closing || !req || !cb)
+    if (!dev || dev->hj.closing || !req || !cb)
         return -1;
-    ca_send *s = calloc(1, sizeof *s);
+    ca_send *s = wc_httpjson_send_new(sizeof *s, &dev->hj, req, cb, arg);
     if (!s)
         return -1;
-    s->later = evtimer_new(dev->base, on_later, s);
-    if (!s->later) {
-        free(s);
-        return -1;
-    }
     s->dev = dev;
-    s->cb = cb;
-    s->arg = arg;
-    s->attempt = req->attempt;
-    s->next = dev->sends;
-    if (dev->sends)
-        dev->sends->prev = s;
-    dev->sends = s;
 
     const char *code = NULL;
     char why[256];
-    s->body = build_body(req, &code, why, sizeof why);
-    if (!s->body) {
-        set_result(&s->res, strcmp(code, "out_of_memory") == 0 ? WC_SEND_RETRY : WC_SEND_FAIL, code,
-                   "%s", why);
-        if (finish_later(s) < 0) {
-            unlink_send(s);
-            send_free(s);
+    s->hj.body = build_body(req, &code, why, sizeof why);
+    if (!s->hj.body) {
+        /* Reported on the next loop turn, never from inside send(). */
+        wc_httpjson_set(&s->hj.res,
+                        strcmp(code, "out_of_memory") == 0 ? WC_SEND_RETRY : WC_SEND_FAIL, code,
+                        "%s", why);
+        if (wc_httpjson_finish_later(&s->hj) < 0) {
+            wc_httpjson_send_drop(&s->hj);
             return -1;
         }
         return 0;
     }
-    s->body_len = strlen(s->body);
+    s->body_len = strlen(s->hj.body);
     bucket_take(dev->bucket, s);
     return 0;
 }
@@ -825,10 +728,7 @@ static void *ca_open(const wc_transport_env *env, const char *device_id, json_t 
     json_t *jm = json_object_get(settings, "mps");
     if (jm)
         mps = json_is_number(jm) ? json_number_value(jm) : -1;
-    long timeout_ms = CA_DEFAULT_TIMEOUT_MS;
-    json_t *jt = json_object_get(settings, "timeout_ms");
-    if (jt)
-        timeout_ms = json_is_integer(jt) ? (long)json_integer_value(jt) : -1;
+    long timeout_ms = wc_httpjson_timeout_setting(settings, CA_DEFAULT_TIMEOUT_MS);
     const char *token = json_string_value(json_object_get(credentials, "access_token"));
 
     if (!url_safe(pnid)) {
@@ -861,18 +761,13 @@ static void *ca_open(const wc_transport_env *env, const char *device_id, json_t 
         return NULL;
     }
 
-    ca_device *dev = calloc(1, sizeof *dev);
+    ca_device *dev = wc_httpjson_device_new(sizeof *dev, env, device_id, timeout_ms);
     if (!dev) {
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    dev->base = env->base;
-    dev->timeout_ms = timeout_ms;
-    snprintf(dev->device_id, sizeof dev->device_id, "%s", device_id ? device_id : "");
     snprintf(dev->phone_number_id, sizeof dev->phone_number_id, "%s", pnid);
-    size_t blen = strlen(base_url);
-    while (blen > 0 && base_url[blen - 1] == '/')
-        blen--;
+    size_t blen = wc_httpjson_url_len(base_url);
     char key[1024];
     int n = snprintf(key, sizeof key, "%.*s|%s", (int)blen, base_url, pnid);
     if (asprintf(&dev->messages_url, "%.*s/%s/%s/messages", (int)blen, base_url, version, pnid) <
@@ -887,14 +782,8 @@ static void *ca_open(const wc_transport_env *env, const char *device_id, json_t 
         snprintf(err, errlen, "out of memory");
         goto error;
     }
-    if (env->httpc) {
-        dev->http = env->httpc;
-    } else {
-        dev->http = wc_httpc_shared_acquire(env->base);
-        dev->shared_http = dev->http != NULL;
-    }
     dev->bucket = bucket_acquire(env->base, key, mps);
-    if (!dev->http || !dev->bucket) {
+    if (!dev->bucket) {
         snprintf(err, errlen, "out of memory");
         goto error;
     }
@@ -910,29 +799,14 @@ static void ca_close(void *inst)
     ca_device *dev = inst;
     if (!dev)
         return;
-    dev->closing = true;
-    while (dev->sends) {
-        ca_send *s = dev->sends;
-        bool maybe_sent = s->call && wc_httpc_cancel(s->call);
-        s->call = NULL;
+    /* Sends waiting on the bucket leave its queue before they end. */
+    for (wc_httpjson_send *q = dev->hj.sends; q; q = q->next) {
+        ca_send *s = (ca_send *)q;
         if (s->queued)
             bucket_dequeue(dev->bucket, s);
-        evtimer_del(s->later);
-        /* Whatever was decided, the caller hears "closed": the message was not
-         * confirmed sent, so it goes back to the queue; in doubt when the
-         * request had started going out. */
-        memset(&s->res, 0, sizeof s->res);
-        if (maybe_sent)
-            set_result(&s->res, WC_SEND_RETRY, "closed",
-                       "the device was closed with the request out; it may have been sent");
-        else
-            set_result(&s->res, WC_SEND_RETRY, "closed", "the device was closed during the send");
-        s->res.outcome_unknown = maybe_sent;
-        finish(s);
     }
+    wc_httpjson_device_close(&dev->hj);
     bucket_release(dev->bucket);
-    if (dev->shared_http)
-        wc_httpc_shared_release(dev->http);
     free(dev->messages_url);
     if (dev->auth_header) {
         sodium_memzero(dev->auth_header, strlen(dev->auth_header));

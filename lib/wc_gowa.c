@@ -30,13 +30,13 @@
 #include <jansson.h>
 #include <sodium.h>
 
+#include "wc_httpjson.h"
 #include "wc_log.h"
 #include "wc_origin.h"
 #include "wc_text.h"
 #include "wc_transport.h"
 
 #define GW_DEFAULT_TIMEOUT_MS 15000
-#define GW_MAX_BACKOFF_MS 60000
 #define GW_JID_SUFFIX "@s.whatsapp.net"
 #define GW_MAX_IMAGE (16 * 1024 * 1024)
 /* A login QR is a few kilobytes; anything near this is not one. */
@@ -45,50 +45,17 @@
 typedef struct gw_send gw_send;
 
 typedef struct gw_device {
-    struct event_base *base;
-    wc_httpc *http;
-    bool shared_http;
-    bool closing;
-    char device_id[64];  /* wacast's device id, for logs */
-    char *base_url;      /* without a trailing '/' */
-    char *device_header; /* "X-Device-Id: ..." or NULL */
-    char *username;      /* NULL: no basic auth */
+    wc_httpjson_device hj; /* first: what every HTTP + JSON device holds */
+    char *base_url;        /* without a trailing '/' */
+    char *device_header;   /* "X-Device-Id: ..." or NULL */
+    char *username;        /* NULL: no basic auth */
     char *password;
-    long timeout_ms;
-    gw_send *sends;
 } gw_device;
 
 struct gw_send {
+    wc_httpjson_send hj; /* first: the shared send life cycle */
     gw_device *dev;
-    gw_send *prev, *next;
-    wc_send_cb *cb;
-    void *arg;
-    uint32_t attempt;
-    wc_httpc_call *call;
-    struct event *later;
-    wc_send_result res;
 };
-
-static int backoff_ms(uint32_t attempt)
-{
-    uint32_t shift = attempt > 6 ? 6 : attempt;
-    int ms = 1000 << shift;
-    return ms > GW_MAX_BACKOFF_MS ? GW_MAX_BACKOFF_MS : ms;
-}
-
-static void set_result(wc_send_result *r, wc_send_outcome outcome, const char *code,
-                       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-
-static void set_result(wc_send_result *r, wc_send_outcome outcome, const char *code,
-                       const char *fmt, ...)
-{
-    r->outcome = outcome;
-    snprintf(r->error_code, sizeof r->error_code, "%s", code);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(r->error_message, sizeof r->error_message, fmt, ap);
-    va_end(ap);
-}
 
 static void free_secret(char *s)
 {
@@ -133,16 +100,16 @@ void wc_gowa_classify_reply(long http_status, const char *body, size_t len, uint
         message = snippet;
 
     if (http_status == 401) {
-        set_result(r, WC_SEND_RETRY, code, "gateway rejected credentials%s%s", *message ? ": " : "",
-                   message);
-        r->retry_after_ms = backoff_ms(attempt);
+        wc_httpjson_set(r, WC_SEND_RETRY, code, "gateway rejected credentials%s%s",
+                        *message ? ": " : "", message);
+        r->retry_after_ms = wc_httpjson_backoff_ms(attempt);
         r->device_action = WC_DEVICE_OFFLINE;
         snprintf(r->device_reason, sizeof r->device_reason, "gateway rejected credentials");
     } else if (http_status >= 200 && http_status < 300 && !answered) {
         /* Not the gateway's answer: whether it sent the message is unknown. */
-        set_result(r, WC_SEND_RETRY, "bad_reply", "gateway HTTP %ld without its JSON%s%s",
-                   http_status, *message ? ": " : "", message);
-        r->retry_after_ms = backoff_ms(attempt);
+        wc_httpjson_set(r, WC_SEND_RETRY, "bad_reply", "gateway HTTP %ld without its JSON%s%s",
+                        http_status, *message ? ": " : "", message);
+        r->retry_after_ms = wc_httpjson_backoff_ms(attempt);
         r->outcome_unknown = true;
     } else if (http_status >= 200 && http_status < 300) {
         json_t *id = json_object_get(json_object_get(root, "results"), "message_id");
@@ -159,17 +126,17 @@ void wc_gowa_classify_reply(long http_status, const char *body, size_t len, uint
                               "long or not printable ASCII)"
                             : "accepted without a message id in the response");
         } else {
-            set_result(r, WC_SEND_FAIL, code, "%s", *message ? message : "gateway refused");
+            wc_httpjson_set(r, WC_SEND_FAIL, code, "%s", *message ? message : "gateway refused");
         }
     } else if (http_status >= 500 || http_status == 429 || http_status == 408) {
-        set_result(r, WC_SEND_RETRY, code, "gateway HTTP %ld%s%s", http_status,
-                   *message ? ": " : "", message);
-        r->retry_after_ms = backoff_ms(attempt);
+        wc_httpjson_set(r, WC_SEND_RETRY, code, "gateway HTTP %ld%s%s", http_status,
+                        *message ? ": " : "", message);
+        r->retry_after_ms = wc_httpjson_backoff_ms(attempt);
         /* A 5xx without the gateway's code is a proxy's, or a gateway that
          * broke mid-way: the message may have gone out. */
         r->outcome_unknown = http_status >= 500 && !answered;
     } else {
-        set_result(r, WC_SEND_FAIL, code, "%s", *message ? message : "gateway refused");
+        wc_httpjson_set(r, WC_SEND_FAIL, code, "%s", *message ? message : "gateway refused");
     }
     json_decref(root);
     wc_send_result_clean(r);
@@ -177,63 +144,21 @@ void wc_gowa_classify_reply(long http_status, const char *body, size_t len, uint
 
 static void classify(gw_send *s, const wc_httpc_resp *resp)
 {
-    wc_send_result *r = &s->res;
     if (resp->error) {
-        memset(r, 0, sizeof *r);
-        if (resp->maybe_sent)
-            set_result(r, WC_SEND_RETRY, resp->timed_out ? "timeout" : "no_reply",
-                       "no answer from the gateway after sending: %s", resp->error);
-        else
-            set_result(r, WC_SEND_RETRY, resp->timed_out ? "timeout" : "network",
-                       "gateway unreachable: %s", resp->error);
-        r->retry_after_ms = backoff_ms(s->attempt);
-        /* Once the request may have left, the gateway may have sent the
-         * message whatever broke afterwards. */
-        r->outcome_unknown = resp->maybe_sent;
+        wc_httpjson_no_answer(&s->hj.res, resp, "gateway", s->hj.attempt);
         return;
     }
-    wc_gowa_classify_reply(resp->status, resp->body, resp->body_len, s->attempt, r);
+    wc_gowa_classify_reply(resp->status, resp->body, resp->body_len, s->hj.attempt, &s->hj.res);
     if (resp->status == 401)
-        wc_warn("gowa device %s: gateway rejected credentials (HTTP 401)", s->dev->device_id);
-}
-
-static void unlink_send(gw_send *s)
-{
-    gw_device *dev = s->dev;
-    if (s->prev)
-        s->prev->next = s->next;
-    else
-        dev->sends = s->next;
-    if (s->next)
-        s->next->prev = s->prev;
-    s->prev = s->next = NULL;
-}
-
-static void finish(gw_send *s)
-{
-    unlink_send(s);
-    wc_send_cb *cb = s->cb;
-    void *arg = s->arg;
-    wc_send_result res = s->res;
-    wc_send_result_clean(&res);
-    event_free(s->later);
-    free(s);
-    cb(arg, &res);
-}
-
-static void on_later(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    finish(arg);
+        wc_warn("gowa device %s: gateway rejected credentials (HTTP 401)", s->dev->hj.device_id);
 }
 
 static void on_response(void *arg, const wc_httpc_resp *resp)
 {
     gw_send *s = arg;
-    s->call = NULL;
+    s->hj.call = NULL;
     classify(s, resp);
-    finish(s);
+    wc_httpjson_finish(&s->hj);
 }
 
 /* "data:image/png;base64,...." -> bytes and mime type; -1 when not one. */
@@ -280,7 +205,7 @@ static const char *extension_for(const char *mime)
     return "jpg";
 }
 
-/* Starts the HTTP call; fills s->res and returns -1 when the content is unusable. */
+/* Starts the HTTP call; fills s->hj.res and returns -1 when the content is unusable. */
 static int start_call(gw_send *s, const wc_send_request *req)
 {
     gw_device *dev = s->dev;
@@ -292,7 +217,8 @@ static int start_call(gw_send *s, const wc_send_request *req)
     for (size_t i = 0; digits && i < n; i++)
         digits = isdigit((unsigned char)to[i]) != 0;
     if (!digits) {
-        set_result(&s->res, WC_SEND_FAIL, "invalid_recipient", "recipient is not an E.164 number");
+        wc_httpjson_set(&s->hj.res, WC_SEND_FAIL, "invalid_recipient",
+                        "recipient is not an E.164 number");
         return -1;
     }
     char phone[48];
@@ -326,8 +252,8 @@ static int start_call(gw_send *s, const wc_send_request *req)
             size_t ilen = 0;
             char mime[64], filename[32];
             if (decode_data_url(media, &image, &ilen, mime, sizeof mime) < 0) {
-                set_result(&s->res, WC_SEND_FAIL, "unsupported_media",
-                           "media_url must be an http(s) link or a base64 data: URL");
+                wc_httpjson_set(&s->hj.res, WC_SEND_FAIL, "unsupported_media",
+                                "media_url must be an http(s) link or a base64 data: URL");
                 goto end;
             }
             snprintf(filename, sizeof filename, "image.%s", extension_for(mime));
@@ -336,8 +262,8 @@ static int start_call(gw_send *s, const wc_send_request *req)
         }
     } else {
         if (!*content) {
-            set_result(&s->res, WC_SEND_FAIL, "empty_message",
-                       "nothing to send: no content and no media");
+            wc_httpjson_set(&s->hj.res, WC_SEND_FAIL, "empty_message",
+                            "nothing to send: no content and no media");
             goto end;
         }
         if (asprintf(&url, "%s/send/message", dev->base_url) < 0) {
@@ -358,22 +284,24 @@ static int start_call(gw_send *s, const wc_send_request *req)
         .body = body,
         .body_len = body ? strlen(body) : 0,
         .form = form,
-        .timeout_ms = dev->timeout_ms,
+        .timeout_ms = dev->hj.timeout_ms,
         .username = dev->username,
         .password = dev->password,
     };
-    s->call = wc_httpc_start(dev->http, &hreq, on_response, s);
-    if (!s->call) {
-        set_result(&s->res, WC_SEND_RETRY, "http_client", "could not start the HTTP request");
-        s->res.retry_after_ms = backoff_ms(s->attempt);
+    s->hj.call = wc_httpc_start(dev->hj.http, &hreq, on_response, s);
+    if (!s->hj.call) {
+        wc_httpjson_set(&s->hj.res, WC_SEND_RETRY, "http_client",
+                        "could not start the HTTP request");
+        s->hj.res.retry_after_ms = wc_httpjson_backoff_ms(s->hj.attempt);
         goto end;
     }
     rc = 0;
     goto end;
 
 oom:
-    set_result(&s->res, WC_SEND_RETRY, "out_of_memory", "out of memory building the request");
-    s->res.retry_after_ms = backoff_ms(s->attempt);
+    wc_httpjson_set(&s->hj.res, WC_SEND_RETRY, "out_of_memory",
+                    "out of memory building the request");
+    s->hj.res.retry_after_ms = wc_httpjson_backoff_ms(s->hj.attempt);
 end:
     free(url);
     free(body);
@@ -385,33 +313,16 @@ end:
 static int gw_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, void *arg)
 {
     gw_device *dev = inst;
-    if (!dev || dev->closing || !req || !cb)
+    if (!dev || dev->hj.closing || !req || !cb)
         return -1;
-    gw_send *s = calloc(1, sizeof *s);
+    gw_send *s = wc_httpjson_send_new(sizeof *s, &dev->hj, req, cb, arg);
     if (!s)
         return -1;
-    s->later = evtimer_new(dev->base, on_later, s);
-    if (!s->later) {
-        free(s);
-        return -1;
-    }
     s->dev = dev;
-    s->cb = cb;
-    s->arg = arg;
-    s->attempt = req->attempt;
-    s->next = dev->sends;
-    if (dev->sends)
-        dev->sends->prev = s;
-    dev->sends = s;
-    if (start_call(s, req) < 0) {
-        /* Report on the next loop turn, never from inside send(). */
-        struct timeval zero = {0, 0};
-        if (evtimer_add(s->later, &zero) < 0) {
-            unlink_send(s);
-            event_free(s->later);
-            free(s);
-            return -1;
-        }
+    /* A send that cannot start reports on the next loop turn, never from inside send(). */
+    if (start_call(s, req) < 0 && wc_httpjson_finish_later(&s->hj) < 0) {
+        wc_httpjson_send_drop(&s->hj);
+        return -1;
     }
     return 0;
 }
@@ -421,24 +332,7 @@ static void gw_close(void *inst)
     gw_device *dev = inst;
     if (!dev)
         return;
-    dev->closing = true;
-    while (dev->sends) {
-        gw_send *s = dev->sends;
-        bool maybe_sent = s->call && wc_httpc_cancel(s->call);
-        s->call = NULL;
-        evtimer_del(s->later);
-        /* In doubt when the request had started going out. */
-        memset(&s->res, 0, sizeof s->res);
-        if (maybe_sent)
-            set_result(&s->res, WC_SEND_RETRY, "closed",
-                       "the device was closed with the request out; it may have been sent");
-        else
-            set_result(&s->res, WC_SEND_RETRY, "closed", "the device was closed during the send");
-        s->res.outcome_unknown = maybe_sent;
-        finish(s);
-    }
-    if (dev->shared_http)
-        wc_httpc_shared_release(dev->http);
+    wc_httpjson_device_close(&dev->hj);
     free(dev->base_url);
     free(dev->device_header);
     free_secret(dev->username);
@@ -451,10 +345,7 @@ static void *gw_open(const wc_transport_env *env, const char *device_id, json_t 
 {
     const char *base_url = json_string_value(json_object_get(settings, "base_url"));
     const char *gw_device_id = json_string_value(json_object_get(settings, "device_id"));
-    long timeout_ms = GW_DEFAULT_TIMEOUT_MS;
-    json_t *jt = json_object_get(settings, "timeout_ms");
-    if (jt)
-        timeout_ms = json_is_integer(jt) ? (long)json_integer_value(jt) : -1;
+    long timeout_ms = wc_httpjson_timeout_setting(settings, GW_DEFAULT_TIMEOUT_MS);
     const char *user = json_string_value(json_object_get(credentials, "username"));
     const char *pass = json_string_value(json_object_get(credentials, "password"));
 
@@ -481,18 +372,12 @@ static void *gw_open(const wc_transport_env *env, const char *device_id, json_t 
         return NULL;
     }
 
-    gw_device *dev = calloc(1, sizeof *dev);
+    gw_device *dev = wc_httpjson_device_new(sizeof *dev, env, device_id, timeout_ms);
     if (!dev) {
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    dev->base = env->base;
-    dev->timeout_ms = timeout_ms;
-    snprintf(dev->device_id, sizeof dev->device_id, "%s", device_id ? device_id : "");
-    size_t blen = strlen(base_url);
-    while (blen > 0 && base_url[blen - 1] == '/')
-        blen--;
-    dev->base_url = strndup(base_url, blen);
+    dev->base_url = strndup(base_url, wc_httpjson_url_len(base_url));
     if (gw_device_id && *gw_device_id &&
         asprintf(&dev->device_header, "X-Device-Id: %s", gw_device_id) < 0)
         dev->device_header = NULL;
@@ -500,14 +385,8 @@ static void *gw_open(const wc_transport_env *env, const char *device_id, json_t 
         dev->username = strdup(user);
         dev->password = strdup(pass ? pass : "");
     }
-    if (env->httpc) {
-        dev->http = env->httpc;
-    } else {
-        dev->http = wc_httpc_shared_acquire(env->base);
-        dev->shared_http = dev->http != NULL;
-    }
     if (!dev->base_url || (gw_device_id && *gw_device_id && !dev->device_header) ||
-        (user && *user && (!dev->username || !dev->password)) || !dev->http) {
+        (user && *user && (!dev->username || !dev->password))) {
         snprintf(err, errlen, "out of memory");
         gw_close(dev);
         return NULL;
@@ -680,10 +559,7 @@ int wc_gowa_login_qr(wc_httpc *c, const char *base_url, const char *device_id, c
     l->http = c;
     l->cb = cb;
     l->arg = arg;
-    size_t blen = strlen(base_url);
-    while (blen > 0 && base_url[blen - 1] == '/')
-        blen--;
-    l->base_url = strndup(base_url, blen);
+    l->base_url = strndup(base_url, wc_httpjson_url_len(base_url));
     if (device_id && *device_id && asprintf(&l->device_header, "X-Device-Id: %s", device_id) < 0)
         l->device_header = NULL;
     if (user) {

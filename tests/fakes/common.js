@@ -362,6 +362,80 @@ function createServer(router, { onError, onNotFound }) {
     };
 }
 
+// The HTTP server of a fake (createServer) with what both fakes do for
+// their /_control/ API: an unknown control endpoint is a JSON 404 (405 for a
+// known path), a control error is JSON { error }, and a 500 is logged as
+// "<name> fake: ...". Everything else goes to the provider-shaped handlers:
+// notFound(req, res, url, pathMatched) and error(req, res, status, err).
+function createFakeServer(router, name, { notFound, error }) {
+    return createServer(router, {
+        onNotFound(req, res, url, pathMatched) {
+            if (url.pathname.startsWith('/_control/'))
+                return sendJson(res, pathMatched ? 405 : 404, {
+                    error: `no control endpoint ${req.method} ${url.pathname}`,
+                });
+            notFound(req, res, url, pathMatched);
+        },
+        onError(req, res, err) {
+            const status = err instanceof HttpError ? err.status : 500;
+            if (status === 500) process.stderr.write(`${name} fake: ${err.stack || err}\n`);
+            if (new URL(req.url, 'http://x').pathname.startsWith('/_control/'))
+                return sendJson(res, status, { error: err.message });
+            error(req, res, status, err);
+        },
+    });
+}
+
+// A control request's JSON body ({} when empty); a 400 when it is not JSON.
+async function readJson(req, limit) {
+    const parsed = parseJson(await readBody(req, limit));
+    if (parsed.error) throw new HttpError(400, `invalid JSON: ${parsed.error}`);
+    return parsed.value ?? {};
+}
+
+// The counters a fake reports on /_control/stats and /_control/health.
+function fakeStats(counters, sent, rules, webhooks) {
+    return {
+        ...counters,
+        stored: sent.items.length,
+        dropped: sent.dropped,
+        rules: rules.length,
+        webhooks_pending: webhooks.pending,
+        webhooks_delivered: webhooks.delivered,
+        webhooks_failed: webhooks.failed,
+    };
+}
+
+// The /_control/ endpoints every fake has, added to router. fake gives
+// stats(), publicConfig(), setConfig, the rules (getRules(), setRules(list),
+// addRule), listSent, reset and its WebhookSender (webhooks).
+function addControlRoutes(router, fake) {
+    return router
+        .add('GET', '/_control/health', (req, res) => sendJson(res, 200, { ok: true, ...fake.stats() }))
+        .add('GET', '/_control/stats', (req, res) => sendJson(res, 200, fake.stats()))
+        .add('GET', '/_control/config', (req, res) => sendJson(res, 200, fake.publicConfig()))
+        .add('POST', '/_control/config', fake.setConfig)
+        .add('GET', '/_control/rules', (req, res) => sendJson(res, 200, { rules: fake.getRules() }))
+        .add('POST', '/_control/rules', fake.addRule)
+        .add('DELETE', '/_control/rules', (req, res) => {
+            fake.setRules([]);
+            sendJson(res, 200, { rules: fake.getRules() });
+        })
+        .add('DELETE', '/_control/rules/:id', (req, res, { params }) => {
+            fake.setRules(fake.getRules().filter((r) => String(r.id) !== params.id));
+            sendJson(res, 200, { rules: fake.getRules() });
+        })
+        .add('GET', '/_control/sent', fake.listSent)
+        .add('GET', '/_control/webhooks', (req, res) =>
+            sendJson(res, 200, { pending: fake.webhooks.pending, deliveries: fake.webhooks.log.items }),
+        )
+        .add('POST', '/_control/drain', async (req, res, { url }) => {
+            const left = await fake.webhooks.drain(Number(url.searchParams.get('timeout_ms') || 5000));
+            sendJson(res, left ? 504 : 200, { pending: left });
+        })
+        .add('POST', '/_control/reset', fake.reset);
+}
+
 // A plain GET, used by the Graph fake to exercise the receiver's hub.challenge
 // handshake. Resolves with { status, body }; never rejects.
 function httpGet(target, timeoutMs = 5000) {
@@ -468,8 +542,11 @@ module.exports = {
     Router,
     TimerSet,
     WebhookSender,
+    addControlRoutes,
+    createFakeServer,
     createServer,
     deepMerge,
+    fakeStats,
     digitsOf,
     hmacHex,
     httpGet,
@@ -480,6 +557,7 @@ module.exports = {
     parseJson,
     parseMultipart,
     readBody,
+    readJson,
     runMain,
     sendJson,
     signature,

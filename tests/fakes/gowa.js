@@ -16,14 +16,17 @@ const {
     Router,
     TimerSet,
     WebhookSender,
-    createServer,
+    addControlRoutes,
+    createFakeServer,
     deepMerge,
     digitsOf,
+    fakeStats,
     installSignalHandlers,
     makeRng,
     parseJson,
     parseMultipart,
     readBody,
+    readJson,
     runMain,
     sendJson,
     sniffImage,
@@ -436,11 +439,7 @@ function createGowaFake(userConfig = {}) {
 
     // --- control API ---
 
-    async function jsonBody(req) {
-        const parsed = parseJson(await readBody(req, config.max_body_bytes));
-        if (parsed.error) throw new HttpError(400, `invalid JSON: ${parsed.error}`);
-        return parsed.value ?? {};
-    }
+    const jsonBody = (req) => readJson(req, config.max_body_bytes);
 
     async function addRule(req, res) {
         const b = await jsonBody(req);
@@ -554,17 +553,7 @@ function createGowaFake(userConfig = {}) {
         sendJson(res, 200, { ok: true });
     }
 
-    function stats() {
-        return {
-            ...counters,
-            stored: sent.items.length,
-            dropped: sent.dropped,
-            rules: rules.length,
-            webhooks_pending: webhooks.pending,
-            webhooks_delivered: webhooks.delivered,
-            webhooks_failed: webhooks.failed,
-        };
-    }
+    const stats = () => fakeStats(counters, sent, rules, webhooks);
 
     const router = new Router()
         .add('POST', '/send/message', sendMessage)
@@ -582,10 +571,6 @@ function createGowaFake(userConfig = {}) {
             res.writeHead(200, { 'content-type': 'image/png', 'content-length': QR_PNG.length });
             res.end(QR_PNG);
         })
-        .add('GET', '/_control/health', (req, res) => sendJson(res, 200, { ok: true, ...stats() }))
-        .add('GET', '/_control/stats', (req, res) => sendJson(res, 200, stats()))
-        .add('GET', '/_control/config', (req, res) => sendJson(res, 200, publicConfig()))
-        .add('POST', '/_control/config', setConfig)
         .add('GET', '/_control/devices', (req, res) => sendJson(res, 200, { devices: config.devices }))
         .add('POST', '/_control/devices/:id', setDevice)
         .add('POST', '/_control/devices/:id/scan', (req, res, { params }) => {
@@ -598,34 +583,22 @@ function createGowaFake(userConfig = {}) {
             delete config.devices[params.id];
             sendJson(res, 200, { devices: config.devices });
         })
-        .add('GET', '/_control/rules', (req, res) => sendJson(res, 200, { rules }))
-        .add('POST', '/_control/rules', addRule)
-        .add('DELETE', '/_control/rules', (req, res) => {
-            rules = [];
-            sendJson(res, 200, { rules });
-        })
-        .add('DELETE', '/_control/rules/:id', (req, res, { params }) => {
-            rules = rules.filter((r) => String(r.id) !== params.id);
-            sendJson(res, 200, { rules });
-        })
-        .add('GET', '/_control/sent', listSent)
-        .add('GET', '/_control/webhooks', (req, res) =>
-            sendJson(res, 200, { pending: webhooks.pending, deliveries: webhooks.log.items }),
-        )
-        .add('POST', '/_control/drain', async (req, res, { url }) => {
-            const left = await webhooks.drain(Number(url.searchParams.get('timeout_ms') || 5000));
-            sendJson(res, left ? 504 : 200, { pending: left });
-        })
         .add('POST', '/_control/inbound', injectInbound)
-        .add('POST', '/_control/receipt', injectReceipt)
-        .add('POST', '/_control/reset', reset);
+        .add('POST', '/_control/receipt', injectReceipt);
+    addControlRoutes(router, {
+        stats,
+        publicConfig,
+        setConfig,
+        getRules: () => rules,
+        setRules: (list) => (rules = list),
+        addRule,
+        listSent,
+        reset,
+        webhooks,
+    });
 
-    const http = createServer(router, {
-        onNotFound(req, res, url, pathMatched) {
-            if (url.pathname.startsWith('/_control/'))
-                return sendJson(res, pathMatched ? 405 : 404, {
-                    error: `no control endpoint ${req.method} ${url.pathname}`,
-                });
+    const http = createFakeServer(router, 'gowa', {
+        notFound(req, res, url, pathMatched) {
             reply(
                 res,
                 pathMatched ? 405 : 404,
@@ -633,11 +606,7 @@ function createGowaFake(userConfig = {}) {
                 `Cannot ${req.method} ${url.pathname}`,
             );
         },
-        onError(req, res, err) {
-            const status = err instanceof HttpError ? err.status : 500;
-            if (status === 500) process.stderr.write(`gowa fake: ${err.stack || err}\n`);
-            if (new URL(req.url, 'http://x').pathname.startsWith('/_control/'))
-                return sendJson(res, status, { error: err.message });
+        error(req, res, status, err) {
             reply(res, status, status === 500 ? 'INTERNAL_SERVER_ERROR' : 'VALIDATION_ERROR', err.message);
         },
     });

@@ -17,15 +17,18 @@ const {
     Router,
     TimerSet,
     WebhookSender,
-    createServer,
+    addControlRoutes,
+    createFakeServer,
     deepMerge,
     digitsOf,
+    fakeStats,
     httpGet,
     installSignalHandlers,
     makeRng,
     parseJson,
     parseMultipart,
     readBody,
+    readJson,
     runMain,
     sendJson,
     sniffImage,
@@ -649,11 +652,7 @@ function createGraphFake(userConfig = {}) {
 
     // --- control API ---
 
-    async function jsonBody(req) {
-        const parsed = parseJson(await readBody(req, config.max_body_bytes));
-        if (parsed.error) throw new HttpError(400, `invalid JSON: ${parsed.error}`);
-        return parsed.value ?? {};
-    }
+    const jsonBody = (req) => readJson(req, config.max_body_bytes);
 
     async function addRule(req, res) {
         const b = await jsonBody(req);
@@ -795,56 +794,30 @@ function createGraphFake(userConfig = {}) {
         sendJson(res, 200, { ok: true });
     }
 
-    function stats() {
-        return {
-            ...counters,
-            stored: sent.items.length,
-            dropped: sent.dropped,
-            rules: rules.length,
-            webhooks_pending: webhooks.pending,
-            webhooks_delivered: webhooks.delivered,
-            webhooks_failed: webhooks.failed,
-        };
-    }
+    const stats = () => fakeStats(counters, sent, rules, webhooks);
 
     const router = new Router()
         .add('POST', '/:version/:pnid/messages', sendMessage)
         .add('POST', '/:version/:pnid/media', uploadMedia)
-        .add('GET', '/_control/health', (req, res) => sendJson(res, 200, { ok: true, ...stats() }))
-        .add('GET', '/_control/stats', (req, res) => sendJson(res, 200, stats()))
-        .add('GET', '/_control/config', (req, res) => sendJson(res, 200, publicConfig()))
-        .add('POST', '/_control/config', setConfig)
         .add('POST', '/_control/tokens', setTokens)
-        .add('GET', '/_control/rules', (req, res) => sendJson(res, 200, { rules }))
-        .add('POST', '/_control/rules', addRule)
-        .add('DELETE', '/_control/rules', (req, res) => {
-            rules = [];
-            sendJson(res, 200, { rules });
-        })
-        .add('DELETE', '/_control/rules/:id', (req, res, { params }) => {
-            rules = rules.filter((r) => String(r.id) !== params.id);
-            sendJson(res, 200, { rules });
-        })
-        .add('GET', '/_control/sent', listSent)
         .add('GET', '/_control/media', (req, res) => sendJson(res, 200, { media: media.items }))
-        .add('GET', '/_control/webhooks', (req, res) =>
-            sendJson(res, 200, { pending: webhooks.pending, deliveries: webhooks.log.items }),
-        )
-        .add('POST', '/_control/drain', async (req, res, { url }) => {
-            const left = await webhooks.drain(Number(url.searchParams.get('timeout_ms') || 5000));
-            sendJson(res, left ? 504 : 200, { pending: left });
-        })
         .add('POST', '/_control/inbound', injectInbound)
         .add('POST', '/_control/status', injectStatus)
-        .add('POST', '/_control/verify', verifyWebhook)
-        .add('POST', '/_control/reset', reset);
+        .add('POST', '/_control/verify', verifyWebhook);
+    addControlRoutes(router, {
+        stats,
+        publicConfig,
+        setConfig,
+        getRules: () => rules,
+        setRules: (list) => (rules = list),
+        addRule,
+        listSent,
+        reset,
+        webhooks,
+    });
 
-    const http = createServer(router, {
-        onNotFound(req, res, url, pathMatched) {
-            if (url.pathname.startsWith('/_control/'))
-                return sendJson(res, pathMatched ? 405 : 404, {
-                    error: `no control endpoint ${req.method} ${url.pathname}`,
-                });
+    const http = createFakeServer(router, 'graph', {
+        notFound(req, res, url, pathMatched) {
             // Graph answers unknown paths and methods with code 100 or 2500.
             const e = metaError(100, {
                 message: `Unsupported ${req.method.toLowerCase()} request. Object does not exist or does not support this operation.`,
@@ -852,11 +825,7 @@ function createGraphFake(userConfig = {}) {
             });
             sendJson(res, pathMatched ? 405 : 400, e.body);
         },
-        onError(req, res, err) {
-            const status = err instanceof HttpError ? err.status : 500;
-            if (status === 500) process.stderr.write(`graph fake: ${err.stack || err}\n`);
-            if (new URL(req.url, 'http://x').pathname.startsWith('/_control/'))
-                return sendJson(res, status, { error: err.message });
+        error(req, res, status, err) {
             const e =
                 status === 413
                     ? metaError(100, { details: err.message })

@@ -1,51 +1,17 @@
-/* libFuzzer target: the Cloud API reply classification on arbitrary bytes.
- * The first two bytes pick the HTTP status (big-endian, modulo 1000), the
- * third the attempt number; the rest is the reply body. Whatever the body,
- * every text in the result must be NUL-terminated within its array and valid
- * UTF-8 (PostgreSQL refuses a whole status batch for one bad byte), a kept
- * provider id must be plain printable ASCII, and the flags must agree with
- * the outcome. A broken rule aborts. */
+/* libFuzzer target: the Cloud API reply classification on arbitrary bytes,
+ * with the properties of reply_check.h. */
 #include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
 
+#include "reply_check.h"
 #include "wc_cloudapi.h"
-#include "wc_text.h"
 
-static void check_text(const char *field, size_t size)
+static void classify(long http_status, const char *body, size_t len, uint32_t attempt,
+                     wc_send_result *out)
 {
-    const char *nul = memchr(field, '\0', size);
-    if (!nul || !wc_text_valid(field, (size_t)(nul - field)))
-        abort();
+    (void)wc_cloudapi_classify_reply(http_status, body, len, attempt, out);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (size < 3)
-        return 0;
-    long status = ((long)data[0] << 8 | data[1]) % 1000;
-    uint32_t attempt = data[2];
-    wc_send_result r;
-    memset(&r, 0xA5, sizeof r); /* the classification must overwrite everything */
-    wc_cloudapi_classify_reply(status, (const char *)data + 3, size - 3, attempt, &r);
-
-    check_text(r.error_code, sizeof r.error_code);
-    check_text(r.error_message, sizeof r.error_message);
-    check_text(r.provider_id, sizeof r.provider_id);
-    check_text(r.device_reason, sizeof r.device_reason);
-    for (const char *p = r.provider_id; *p; p++) {
-        if (*p < 0x21 || *p > 0x7E)
-            abort();
-    }
-    if (r.outcome != WC_SEND_OK && r.outcome != WC_SEND_RETRY && r.outcome != WC_SEND_FAIL)
-        abort();
-    if (r.outcome_unknown && r.outcome != WC_SEND_RETRY)
-        abort();
-    if (r.provider_id[0] && r.outcome != WC_SEND_OK)
-        abort();
-    if (r.retry_after_ms < 0 || (r.outcome == WC_SEND_RETRY && r.retry_after_ms == 0))
-        abort();
-    if (r.device_action < WC_DEVICE_OK || r.device_action > WC_DEVICE_LOGGED_OUT)
-        abort();
-    return 0;
+    return fuzz_reply(data, size, classify);
 }

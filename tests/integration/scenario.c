@@ -222,16 +222,7 @@ void sc_sends_free(sc_send *s, size_t n)
 
 void sc_start_daemons(wt_env *env, int copies, const char *const *extra)
 {
-    static const char *base[] = {"WACAST_LOG_LEVEL=info",
-                                 "WACAST_POLL_MS=200",
-                                 "WACAST_LEASE_TTL_MS=3000",
-                                 "WACAST_DEVICE_REFRESH_MS=500",
-                                 "WACAST_IDLE_POLL_MS=1000",
-                                 "WACAST_RECONCILE_MS=2000",
-                                 "WACAST_ONLINE_GRACE_MS=10000",
-                                 "WACAST_CLAIM_IDLE_MS=5000",
-                                 "WACAST_BATCH=700",
-                                 NULL};
+    static const char *base[] = {SC_TEST_TIMINGS, "WACAST_BATCH=700", NULL};
     const char *envs[64];
     int n = 0;
     for (int i = 0; base[i]; i++)

@@ -66,6 +66,13 @@ void sc_world_free(sc_world *w);
 sc_send *sc_read_sends(wt_env *env, size_t *n);
 void sc_sends_free(sc_send *s, size_t n);
 
+/* The test-friendly timings the integration tests give their daemons (an
+ * initializer list of environment strings). */
+#define SC_TEST_TIMINGS                                                                            \
+    "WACAST_LOG_LEVEL=info", "WACAST_POLL_MS=200", "WACAST_LEASE_TTL_MS=3000",                     \
+        "WACAST_DEVICE_REFRESH_MS=500", "WACAST_IDLE_POLL_MS=1000", "WACAST_RECONCILE_MS=2000",    \
+        "WACAST_ONLINE_GRACE_MS=10000", "WACAST_CLAIM_IDLE_MS=5000"
+
 /* Starts copies of each daemon with test-friendly timings plus extra env. */
 void sc_start_daemons(wt_env *env, int copies, const char *const *extra);
 

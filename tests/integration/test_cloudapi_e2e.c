@@ -51,8 +51,6 @@
 #include <cmocka.h>
 #include <curl/curl.h>
 #include <jansson.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 
 #include "e2e_common.h"
 #include "scenario.h"
@@ -61,161 +59,18 @@
 #define MAX_LEADS 64
 #define OUTAGE_MS 8000
 
-/* ---- wacast-ctl
- * ---------------------------------------------------------------------------------- */
-
-static wt_env env;
-static PGconn *db;
-static fake graph;
-static int dport;
-static char secret_key[65], app_secret[33], verify_token[33], gowa_secret[33];
-
-/* `wacast-ctl set-credentials <device>` with json on stdin; returns its exit code. */
-static int ctl_set_credentials(const char *device, const char *json)
-{
-    char path[512], log[600], dburl[300], key[100];
-    wt_program_path("wacast-ctl", path, sizeof path);
-    snprintf(log, sizeof log, "%s/wacast-ctl.log", env.dir);
-    snprintf(dburl, sizeof dburl, "DATABASE_URL=%s", env.database_url);
-    snprintf(key, sizeof key, "WACAST_SECRET_KEY=%s", secret_key);
-    int p[2];
-    if (pipe(p) < 0)
-        return -1;
-    pid_t pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        dup2(p[0], 0);
-        close(p[0]);
-        close(p[1]);
-        putenv(dburl);
-        putenv(key);
-        execl(path, path, "set-credentials", device, (char *)NULL);
-        _exit(127);
-    }
-    close(p[0]);
-    size_t len = strlen(json);
-    if (write(p[1], json, len) != (ssize_t)len)
-        fprintf(stderr, "writing to wacast-ctl: %s\n", strerror(errno));
-    close(p[1]);
-    int st = 0;
-    long long deadline = wt_now_ms() + 20000;
-    while (waitpid(pid, &st, WNOHANG) == 0) {
-        if (wt_now_ms() > deadline) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &st, 0);
-            return -1;
-        }
-        usleep(10000);
-    }
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-/* ---- waiting
- * ------------------------------------------------------------------------------------- */
-
-/* The first value is true ('t') or a non-zero number. */
-static bool sql_true(void *arg)
-{
-    PGresult *r = wt_sql(db, "%s", (const char *)arg);
-    const char *v = PQntuples(r) > 0 ? PQgetvalue(r, 0, 0) : "";
-    bool yes = v[0] == 't' || atol(v) != 0;
-    PQclear(r);
-    return yes;
-}
-
-/* Waits until the query's first value is non-zero (true). */
-static bool wait_sql(int timeout_ms, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static bool wait_sql(int timeout_ms, const char *fmt, ...)
-{
-    char *sql = NULL;
-    va_list ap;
-    va_start(ap, fmt);
-    if (vasprintf(&sql, fmt, ap) < 0)
-        abort();
-    va_end(ap);
-    bool ok = wt_wait_for(sql_true, sql, timeout_ms);
-    if (!ok)
-        fprintf(stderr, "timed out after %d ms waiting for: %s\n", timeout_ms, sql);
-    free(sql);
-    return ok;
-}
-
-static bool results_empty(void *arg)
-{
-    (void)arg;
-    redisContext *rc = wt_redis(&env);
-    redisReply *r = redisCommand(rc, "XLEN wacast:results");
-    bool empty = r && r->type == REDIS_REPLY_INTEGER && r->integer == 0;
-    freeReplyObject(r);
-    redisFree(rc);
-    return empty;
-}
-
-/* Every webhook the fake planned is delivered and the sink has written every
- * result (its stream stays empty for 400 ms). */
-static bool settle(void)
-{
-    json_t *j = fake_call(&graph, "POST", "/_control/drain?timeout_ms=15000", NULL);
-    if (!j)
-        return false;
-    json_decref(j);
-    for (int i = 0; i < 100; i++) {
-        if (!wt_wait_for(results_empty, NULL, 10000))
-            return false;
-        usleep(400000);
-        if (results_empty(NULL))
-            return true;
-    }
-    return false;
-}
-
-/* ---- the dispatcher's HTTP side
- * ------------------------------------------------------------------ */
+static e2e_world w;
 
 static double metric(const char *name)
 {
-    return e2e_metric(dport, name);
+    return e2e_metric(w.dport, name);
 }
 
-static void sign(const char *secret, const char *body, size_t len, char *out, size_t outlen)
-{
-    unsigned char mac[EVP_MAX_MD_SIZE];
-    unsigned int maclen = 0;
-    HMAC(EVP_sha256(), secret, (int)strlen(secret), (const unsigned char *)body, len, mac, &maclen);
-    size_t k = (size_t)snprintf(out, outlen, "sha256=");
-    for (unsigned int i = 0; i < maclen && k + 2 < outlen; i++)
-        k += (size_t)snprintf(out + k, outlen - k, "%02x", mac[i]);
-}
-
-/* POSTs body to /webhooks/cloudapi; sig: NULL for none, "" to sign it with the
- * app secret, anything else sent as is. Returns the HTTP status. */
+/* POSTs body to /webhooks/cloudapi; sig: NULL for none, "" to sign it with the app secret,
+ * anything else sent as is. Returns the HTTP status. */
 static long post_webhook(const char *body, size_t len, const char *sig)
 {
-    char url[128], header[128], computed[100];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/webhooks/cloudapi", dport);
-    if (sig && !*sig) {
-        sign(app_secret, body, len, computed, sizeof computed);
-        sig = computed;
-    }
-    const char *headers[3] = {"Content-Type: application/json", NULL, NULL};
-    if (sig) {
-        snprintf(header, sizeof header, "X-Hub-Signature-256: %s", sig);
-        headers[1] = header;
-    }
-    resp r;
-    long code = http("POST", url, body, len, headers, &r);
-    if (code < 0)
-        fprintf(stderr, "POST /webhooks/cloudapi: no answer (%s)\n", r.body);
-    resp_free(&r);
-    return code;
+    return e2e_post_webhook(w.dport, "/webhooks/cloudapi", w.app_secret, body, len, sig);
 }
 
 /* ---- the world
@@ -270,9 +125,9 @@ static int add_device(int user, const char *name)
     char settings[256];
     snprintf(settings, sizeof settings,
              "{\"base_url\": \"%s\", \"phone_number_id\": \"%s\", \"api_version\": \"v23.0\"}",
-             graph.base, d->pnid);
+             w.fake.base, d->pnid);
     PGresult *r =
-        wt_sql(db,
+        wt_sql(w.db,
                "INSERT INTO user_devices (user_id, device_name, platform, min_delay_seconds,"
                " max_delay_seconds, settings) VALUES ('%s', '%s', 'cloudapi', 0.01, 0.05,"
                " '%s') RETURNING id",
@@ -295,7 +150,7 @@ static int add_lead(int user, int dev, lead_kind kind, const char *rule, int ret
     snprintf(l->name, sizeof l->name, "Lead %d", nleads);
     snprintf(l->digits, sizeof l->digits, "6012%07d", 4000000 + nleads * 7);
     snprintf(l->e164, sizeof l->e164, "+6012%07d", 4000000 + nleads * 7);
-    PGresult *r = wt_sql(db,
+    PGresult *r = wt_sql(w.db,
                          "INSERT INTO leads (user_id, device_id, name, phone) VALUES ('%s', '%s',"
                          " '%s', '%s') RETURNING id",
                          users[user], devices[dev].id, l->name, l->e164);
@@ -307,56 +162,13 @@ static int add_lead(int user, int dev, lead_kind kind, const char *rule, int ret
 static void insert_campaign(int user, const char *title, char *id_out)
 {
     PGresult *r =
-        wt_sql(db,
+        wt_sql(w.db,
                "INSERT INTO campaigns (user_id, title, message, scheduled_at,"
                " min_delay_seconds, max_delay_seconds) VALUES ('%s', '%s', 'Hi {{name}}!',"
                " now() - interval '1 second', 0.01, 0.05) RETURNING id",
                users[user], title);
     snprintf(id_out, 40, "%s", PQgetvalue(r, 0, 0));
     PQclear(r);
-}
-
-static void start_daemons(void)
-{
-    static char port_env[32], hosts_env[160], key_env[100], app_env[100], verify_env[100],
-        gowa_env[100];
-    /* The fake is the only provider the daemons may send credentials to. */
-    snprintf(hosts_env, sizeof hosts_env, "WACAST_PROVIDER_HOSTS=%s", graph.base);
-    snprintf(port_env, sizeof port_env, "PORT=%d", dport);
-    snprintf(key_env, sizeof key_env, "WACAST_SECRET_KEY=%s", secret_key);
-    snprintf(app_env, sizeof app_env, "WACAST_META_APP_SECRET=%s", app_secret);
-    snprintf(verify_env, sizeof verify_env, "WACAST_META_VERIFY_TOKEN=%s", verify_token);
-    snprintf(gowa_env, sizeof gowa_env, "WACAST_GOWA_WEBHOOK_SECRET=%s", gowa_secret);
-    const char *common[] = {"WACAST_LOG_LEVEL=info",
-                            "WACAST_POLL_MS=200",
-                            "WACAST_LEASE_TTL_MS=3000",
-                            "WACAST_DEVICE_REFRESH_MS=500",
-                            "WACAST_IDLE_POLL_MS=1000",
-                            "WACAST_RECONCILE_MS=2000",
-                            "WACAST_ONLINE_GRACE_MS=10000",
-                            "WACAST_CLAIM_IDLE_MS=5000",
-                            "WACAST_MAX_ATTEMPTS=3",
-                            hosts_env,
-                            key_env,
-                            app_env,
-                            verify_env,
-                            gowa_env,
-                            NULL};
-    const char *with_port[32];
-    int n = 0;
-    for (; common[n]; n++)
-        with_port[n] = common[n];
-    with_port[n++] = port_env;
-    with_port[n] = NULL;
-    if (wt_spawn(&env, "wacast-scheduler", "scheduler", common) < 0 ||
-        wt_spawn(&env, "wacast-dispatcher", "dispatcher", with_port) < 0 ||
-        wt_spawn(&env, "wacast-sender", "sender", common) < 0)
-        abort();
-}
-
-static bool dispatcher_sees_all(void *arg)
-{
-    return metric("wacast_dispatcher_online_devices") == (double)(intptr_t)arg;
 }
 
 /* ---- reading the fake's record
@@ -376,19 +188,6 @@ static int accepted_for(json_t *sent, const char *digits)
     return n;
 }
 
-static json_t *fake_sent(void)
-{
-    return fake_call(&graph, "GET", "/_control/sent", NULL);
-}
-
-static long fake_stat(const char *name)
-{
-    json_t *j = fake_call(&graph, "GET", "/_control/stats", NULL);
-    long v = j ? (long)json_integer_value(json_object_get(j, name)) : -1;
-    json_decref(j);
-    return v;
-}
-
 /* Checks every accepted send of one campaign against its row: one per message,
  * the row's text, its id as biz_opaque_callback_data, the phone number id of the
  * row's device, and the row's provider_message_id is the wamid. */
@@ -396,7 +195,7 @@ static int check_sends_match_rows(json_t *sent, const char *campaign)
 {
     int bad = 0;
     PGresult *r =
-        wt_sql(db,
+        wt_sql(w.db,
                "SELECT m.id, m.recipient_phone, m.content, coalesce(m.provider_message_id, ''),"
                " coalesce(m.device_id::text, 'NULL') FROM broadcast_messages m WHERE"
                " m.campaign_id = '%s' AND"
@@ -448,24 +247,12 @@ static int check_sends_match_rows(json_t *sent, const char *campaign)
 
 static int setup_world(void)
 {
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+    if (e2e_world_start(&w, "graph.js") < 0)
         return -1;
-    if (wt_env_start(&env, WT_REDIS | WT_MIGRATE) < 0)
-        return -1;
-    db = wt_pg(&env);
-    random_hex(secret_key, 32);
-    random_hex(app_secret, 16);
-    random_hex(verify_token, 16);
-    random_hex(gowa_secret, 16);
-    dport = wt_free_port();
-    if (fake_start(&env, &graph, "graph.js") < 0) {
-        wt_dump_logs(&env, 40);
-        return -1;
-    }
-    fprintf(stderr, "graph fake on port %d, dispatcher on %d\n", graph.port, dport);
 
     for (int u = 0; u < 2; u++) {
-        PGresult *r = wt_sql(db, "INSERT INTO users (name) VALUES ('cloudapi %d') RETURNING id", u);
+        PGresult *r =
+            wt_sql(w.db, "INSERT INTO users (name) VALUES ('cloudapi %d') RETURNING id", u);
         snprintf(users[u], sizeof users[u], "%s", PQgetvalue(r, 0, 0));
         PQclear(r);
     }
@@ -507,64 +294,38 @@ static int setup_world(void)
         json_object_set_new(tokens, devices[k].pnid, json_string(devices[k].token));
     char *tokens_text = json_dumps(tokens, JSON_COMPACT);
     json_decref(tokens);
-    bool ok = fake_ok(&graph, "POST", "/_control/config",
+    bool ok = fake_ok(&w.fake, "POST", "/_control/config",
                       "{\"app_secret\": \"%s\", \"webhook_url\":"
                       " \"http://127.0.0.1:%d/webhooks/cloudapi\", \"out_of_order_prob\": 1,"
                       " \"duplicate_prob\": 0.3, \"webhook_retry_base_ms\": 100, \"seed\": 7,"
                       " \"tokens\": %s}",
-                      app_secret, dport, tokens_text);
+                      w.app_secret, w.dport, tokens_text);
     free(tokens_text);
     if (!ok)
         return -1;
     for (int k = 0; k < ndevices; k++) {
         char creds[128];
         snprintf(creds, sizeof creds, "{\"access_token\": \"%s\"}", devices[k].token);
-        if (ctl_set_credentials(devices[k].id, creds) != 0) {
+        if (e2e_ctl_set_credentials(&w.env, w.secret_key, devices[k].id, creds) != 0) {
             fprintf(stderr, "wacast-ctl set-credentials %s failed\n", devices[k].id);
-            wt_dump_logs(&env, 20);
+            wt_dump_logs(&w.env, 20);
             return -1;
         }
     }
     /* Sealed, never plain. */
-    if (wt_sql_long(db, "SELECT count(*) FROM user_devices WHERE credentials IS NULL OR"
-                        " position(convert_to('access_token', 'UTF8') in credentials) > 0") != 0) {
+    if (wt_sql_long(w.db,
+                    "SELECT count(*) FROM user_devices WHERE credentials IS NULL OR"
+                    " position(convert_to('access_token', 'UTF8') in credentials) > 0") != 0) {
         fprintf(stderr, "credentials are not sealed\n");
         return -1;
     }
 
-    start_daemons();
-    if (!wait_sql(30000, "SELECT count(*) = %d FROM user_devices WHERE status = 'online'",
-                  ndevices) ||
-        !wt_wait_for(dispatcher_sees_all, (void *)(intptr_t)ndevices, 15000)) {
-        fprintf(stderr, "devices did not come online\n");
-        wt_dump_logs(&env, 40);
-        return -1;
-    }
-    return 0;
+    return e2e_world_daemons(&w, NULL, ndevices) ? 0 : -1;
 }
 
-static int teardown(void **state)
-{
-    (void)state;
-    if (!env.dir[0])
-        return 0;
-    int st = fake_stop(&graph);
-    if (st != 0)
-        fprintf(stderr, "graph fake exited with status %d\n", st);
-    if (db)
-        PQfinish(db);
-    wt_env_stop(&env);
-    curl_global_cleanup();
-    return 0;
-}
-
-/* cmocka skips the group teardown when the group setup fails: clean up here. */
 static int setup(void **state)
 {
-    if (setup_world() == 0)
-        return 0;
-    teardown(state);
-    return -1;
+    return e2e_world_setup(state, &w, setup_world);
 }
 
 /* ---- 1. a clean campaign
@@ -576,20 +337,20 @@ static void test_campaign_end_to_end(void **state)
     int failures = 0;
     insert_campaign(0, "cloudapi e2e", campaign1);
     const char *ids[] = {campaign1};
-    if (!sc_wait_campaigns_final(db, ids, 1, 60000)) {
-        wt_dump_logs(&env, 60);
+    if (!sc_wait_campaigns_final(w.db, ids, 1, 60000)) {
+        wt_dump_logs(&w.env, 60);
         fail_msg("campaign did not finish");
     }
     /* Statuses reach 'read' through the webhooks. */
-    if (!wait_sql(30000,
-                  "SELECT count(*) = 18 FROM broadcast_messages WHERE campaign_id = '%s' AND"
-                  " status = 'read' AND delivered_at IS NOT NULL AND read_at IS NOT NULL",
-                  campaign1))
+    if (!e2e_wait_sql(w.db, 30000,
+                      "SELECT count(*) = 18 FROM broadcast_messages WHERE campaign_id = '%s' AND"
+                      " status = 'read' AND delivered_at IS NOT NULL AND read_at IS NOT NULL",
+                      campaign1))
         failures++;
-    if (!settle())
+    if (!e2e_settle(&w.env, &w.fake))
         failures++;
 
-    json_t *sent = fake_sent();
+    json_t *sent = e2e_fake_sent(&w.fake);
     assert_non_null(sent);
     for (int i = 0; i < nleads; i++) {
         if (leads[i].user != 0)
@@ -608,7 +369,7 @@ static void test_campaign_end_to_end(void **state)
     /* From the lead's own device (all were online), in one attempt: the row
      * keeps what the sender reported even when a webhook overtook it. */
     PGresult *own =
-        wt_sql(db,
+        wt_sql(w.db,
                "SELECT m.id, m.status, coalesce(m.device_id::text, 'NULL'), l.device_id,"
                " m.attempts FROM broadcast_messages m JOIN leads l ON l.id = m.lead_id"
                " WHERE m.campaign_id = '%s' AND (m.device_id IS DISTINCT FROM l.device_id"
@@ -621,84 +382,24 @@ static void test_campaign_end_to_end(void **state)
         failures++;
     }
     PQclear(own);
-    long rejected = fake_stat("rejected");
-    if (rejected != 0) {
-        fprintf(stderr, "the fake rejected %ld requests\n", rejected);
-        failures++;
-    }
-    PGresult *r = wt_sql(db,
-                         "SELECT status, total_count, sent_count, delivered_count, read_count,"
-                         " failed_count FROM campaigns WHERE id = '%s'",
-                         campaign1);
-    if (strcmp(PQgetvalue(r, 0, 0), "finished") || atoi(PQgetvalue(r, 0, 1)) != 18 ||
-        atoi(PQgetvalue(r, 0, 2)) != 18 || atoi(PQgetvalue(r, 0, 3)) != 18 ||
-        atoi(PQgetvalue(r, 0, 4)) != 18 || atoi(PQgetvalue(r, 0, 5)) != 0) {
-        fprintf(stderr, "campaign: %s total %s sent %s delivered %s read %s failed %s\n",
-                PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 2), PQgetvalue(r, 0, 3),
-                PQgetvalue(r, 0, 4), PQgetvalue(r, 0, 5));
-        failures++;
-    }
-    PQclear(r);
+    failures += e2e_check_none_rejected(&w.fake, "the fake");
+    failures += e2e_check_campaign(w.db, campaign1, 18, 18, 18, 18);
 
     /* Every message's statuses arrived in reverse (read first, sent last:
      * out_of_order_prob 1), some twice, and the dispatcher took every
-     * delivery at the first attempt. (The fake's delivery log keeps the HTTP
-     * status in "status", so duplicates are counted from the send record.) */
-    json_t *wh = fake_call(&graph, "GET", "/_control/webhooks", NULL);
-    assert_non_null(wh);
-    json_t *del = json_object_get(wh, "deliveries");
-    int dups = 0, refused = 0;
-    size_t i;
-    json_t *a;
-    json_array_foreach(del, i, a)
-    {
-        if (!json_is_true(json_object_get(a, "ok")) ||
-            json_integer_value(json_object_get(a, "status")) != 200)
-            refused++;
-    }
-    json_array_foreach(json_object_get(sent, "messages"), i, a)
-    {
-        dups += (int)json_array_size(json_object_get(a, "statuses")) - 3;
-    }
-    fprintf(stderr, "webhooks: %zu deliveries, %d duplicates, %d not answered 200\n",
-            json_array_size(del), dups, refused);
-    json_decref(wh);
-    if (dups <= 0 || refused != 0)
-        failures++;
+     * delivery at the first attempt. */
+    failures += e2e_check_webhooks(&w.fake, sent, "statuses", 3);
 
     /* A late 'delivered' after 'read' leaves 'read' and the counters alone. */
     json_t *m0 = json_array_get(json_object_get(sent, "messages"), 0);
     const char *wamid = json_string_value(json_object_get(m0, "id"));
     assert_non_null(wamid);
-    PGresult *before =
-        wt_sql(db,
-               "SELECT m.status, m.delivered_at::text, m.read_at::text, c.delivered_count,"
-               " c.read_count FROM broadcast_messages m JOIN campaigns c ON c.id ="
-               " m.campaign_id WHERE m.provider_message_id = '%s'",
-               wamid);
-    assert_int_equal(PQntuples(before), 1);
-    assert_true(fake_ok(&graph, "POST", "/_control/status",
-                        "{\"id\": \"%s\", \"status\": \"delivered\"}", wamid));
-    assert_true(settle());
-    PGresult *after =
-        wt_sql(db,
-               "SELECT m.status, m.delivered_at::text, m.read_at::text, c.delivered_count,"
-               " c.read_count FROM broadcast_messages m JOIN campaigns c ON c.id ="
-               " m.campaign_id WHERE m.provider_message_id = '%s'",
-               wamid);
-    for (int c = 0; c < 5; c++) {
-        if (strcmp(PQgetvalue(before, 0, c), PQgetvalue(after, 0, c))) {
-            fprintf(stderr, "late delivered changed column %d: %s -> %s\n", c,
-                    PQgetvalue(before, 0, c), PQgetvalue(after, 0, c));
-            failures++;
-        }
-    }
-    assert_string_equal(PQgetvalue(after, 0, 0), "read");
-    PQclear(before);
-    PQclear(after);
+    char late[128];
+    snprintf(late, sizeof late, "{\"id\": \"%s\", \"status\": \"delivered\"}", wamid);
+    failures += e2e_check_late_delivered(&w.env, w.db, &w.fake, wamid, "/_control/status", late);
     json_decref(sent);
     if (failures)
-        wt_dump_logs(&env, 40);
+        wt_dump_logs(&w.env, 40);
     assert_int_equal(failures, 0);
 }
 
@@ -768,7 +469,7 @@ static void test_webhook_security(void **state)
      * right key over other bytes. */
     char *stop = inbound_body(victim->digits, "STOP", vd->pnid);
     char forged[100];
-    sign("not-the-app-secret", stop, strlen(stop), forged, sizeof forged);
+    e2e_sign("not-the-app-secret", stop, strlen(stop), forged, sizeof forged);
     failures +=
         refused("forged signature", post_webhook(stop, strlen(stop), forged), 401, &rejected);
     failures += refused("unsigned", post_webhook(stop, strlen(stop), NULL), 401, &rejected);
@@ -776,7 +477,7 @@ static void test_webhook_security(void **state)
         refused("garbage signature", post_webhook(stop, strlen(stop), "sha256=zz"), 401, &rejected);
     char *other = inbound_body(victim->digits, "STOP ALL", vd->pnid);
     char other_sig[100];
-    sign(app_secret, other, strlen(other), other_sig, sizeof other_sig);
+    e2e_sign(w.app_secret, other, strlen(other), other_sig, sizeof other_sig);
     failures += refused("signature of another body", post_webhook(stop, strlen(stop), other_sig),
                         401, &rejected);
     free(other);
@@ -814,7 +515,7 @@ static void test_webhook_security(void **state)
     snprintf(url, sizeof url,
              "http://127.0.0.1:%d/webhooks/cloudapi?hub.mode=subscribe&hub.verify_token=%s"
              "&hub.challenge=1158201444",
-             dport, verify_token);
+             w.dport, w.verify_token);
     long code = http("GET", url, NULL, 0, NULL, &r);
     fprintf(stderr, "GET with the right token -> %ld %s\n", code, r.body ? r.body : "");
     failures += code != 200 || !r.body || strcmp(r.body, "1158201444") != 0;
@@ -822,18 +523,18 @@ static void test_webhook_security(void **state)
     snprintf(url, sizeof url,
              "http://127.0.0.1:%d/webhooks/cloudapi?hub.mode=subscribe&hub.verify_token=wrong"
              "&hub.challenge=1158201444",
-             dport);
+             w.dport);
     code = http("GET", url, NULL, 0, NULL, &r);
     failures += r.body && strstr(r.body, "1158201444") != NULL;
     resp_free(&r);
     failures += refused("GET with a wrong token", code, 403, &rejected);
-    json_t *v =
-        fake_call(&graph, "POST", "/_control/verify", "{\"verify_token\": \"%s\"}", verify_token);
+    json_t *v = fake_call(&w.fake, "POST", "/_control/verify", "{\"verify_token\": \"%s\"}",
+                          w.verify_token);
     fprintf(stderr, "the fake's handshake with the right token: ok %d\n",
             v && json_is_true(json_object_get(v, "ok")));
     failures += !v || !json_is_true(json_object_get(v, "ok"));
     json_decref(v);
-    v = fake_call(&graph, "POST", "/_control/verify", "{\"verify_token\": \"nope\"}");
+    v = fake_call(&w.fake, "POST", "/_control/verify", "{\"verify_token\": \"nope\"}");
     failures +=
         refused("the fake's handshake with a wrong token",
                 v ? (long)json_integer_value(json_object_get(v, "status")) : -1, 403, &rejected);
@@ -841,7 +542,7 @@ static void test_webhook_security(void **state)
 
     /* A replayed status, identical and validly signed, twice: 200, idempotent. */
     PGresult *m =
-        wt_sql(db,
+        wt_sql(w.db,
                "SELECT m.id, m.provider_message_id, substr(m.recipient_phone, 2),"
                " m.status, m.delivered_at::text, m.read_at::text, c.sent_count,"
                " c.delivered_count, c.read_count FROM broadcast_messages m JOIN campaigns c"
@@ -865,11 +566,11 @@ static void test_webhook_security(void **state)
     }
     /* Let the forged STOP and the replays reach Postgres if they were (wrongly) taken. */
     usleep(500000);
-    if (!wt_wait_for(results_empty, NULL, 10000))
+    if (!wt_wait_for(e2e_results_empty, &w.env, 10000))
         failures++;
     usleep(500000);
     PGresult *m2 =
-        wt_sql(db,
+        wt_sql(w.db,
                "SELECT m.id, m.provider_message_id, substr(m.recipient_phone, 2),"
                " m.status, m.delivered_at::text, m.read_at::text, c.sent_count,"
                " c.delivered_count, c.read_count FROM broadcast_messages m JOIN campaigns"
@@ -884,8 +585,9 @@ static void test_webhook_security(void **state)
     }
     PQclear(m);
     PQclear(m2);
-    long opted = wt_sql_long(
-        db, "SELECT count(*) FROM leads WHERE id = '%s' AND opted_out_at IS NOT NULL", victim->id);
+    long opted =
+        wt_sql_long(w.db, "SELECT count(*) FROM leads WHERE id = '%s' AND opted_out_at IS NOT NULL",
+                    victim->id);
     if (opted) {
         fprintf(stderr, "a rejected STOP opted lead %s out\n", victim->digits);
         failures++;
@@ -895,7 +597,7 @@ static void test_webhook_security(void **state)
     if (accepted1 - accepted0 != 4)
         failures++;
     if (failures)
-        wt_dump_logs(&env, 30);
+        wt_dump_logs(&w.env, 30);
     assert_int_equal(failures, 0);
 }
 
@@ -911,7 +613,7 @@ typedef struct t1_arg {
 static bool token_message_failed(void *arg)
 {
     t1_arg *a = arg;
-    return wt_sql_long(db,
+    return wt_sql_long(w.db,
                        "SELECT count(*) FROM broadcast_messages WHERE campaign_id = '%s' AND"
                        " lead_id IN (SELECT id FROM leads WHERE device_id = '%s') AND status ="
                        " 'failed'",
@@ -934,26 +636,26 @@ static void test_error_codes(void **state)
 {
     (void)state;
     int failures = 0;
-    assert_true(fake_ok(&graph, "DELETE", "/_control/rules", NULL));
+    assert_true(fake_ok(&w.fake, "DELETE", "/_control/rules", NULL));
     for (int i = 0; i < nleads; i++) {
         if (leads[i].rule)
-            assert_true(fake_ok(&graph, "POST", "/_control/rules", "{\"to\": \"%s\", %s}",
+            assert_true(fake_ok(&w.fake, "POST", "/_control/rules", "{\"to\": \"%s\", %s}",
                                 leads[i].digits, leads[i].rule));
     }
-    long rejected0 = fake_stat("rejected");
+    long rejected0 = e2e_fake_stat(&w.fake, "rejected");
     /* The token of t1 expires: every send from it gets 190. */
-    assert_true(fake_ok(&graph, "POST", "/_control/tokens", "{\"expired\": [\"%s\"]}",
+    assert_true(fake_ok(&w.fake, "POST", "/_control/tokens", "{\"expired\": [\"%s\"]}",
                         devices[dev_t1].token));
     insert_campaign(1, "cloudapi errors", campaign2);
 
     /* 190: offline with a reason. */
-    if (!wait_sql(20000,
-                  "SELECT count(*) FROM user_devices WHERE id = '%s' AND status = 'offline' AND"
-                  " status_reason IS NOT NULL AND status_reason <> ''",
-                  devices[dev_t1].id))
+    if (!e2e_wait_sql(w.db, 20000,
+                      "SELECT count(*) FROM user_devices WHERE id = '%s' AND status = 'offline' AND"
+                      " status_reason IS NOT NULL AND status_reason <> ''",
+                      devices[dev_t1].id))
         failures++;
     long long offline_at = wt_now_ms();
-    PGresult *r = wt_sql(db, "SELECT status, status_reason FROM user_devices WHERE id = '%s'",
+    PGresult *r = wt_sql(w.db, "SELECT status, status_reason FROM user_devices WHERE id = '%s'",
                          devices[dev_t1].id);
     fprintf(stderr, "t1 (expired token): %s (%s)\n", PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1));
     PQclear(r);
@@ -961,22 +663,23 @@ static void test_error_codes(void **state)
     for (int k = 0; k < 2; k++) {
         int d = k == 0 ? dev_s1 : dev_s2;
         const char *code = k == 0 ? "131048" : "368";
-        if (!wait_sql(20000,
-                      "SELECT count(*) FROM user_devices WHERE id = '%s' AND status = 'blocked' AND"
-                      " status_reason LIKE '%%%s%%'",
-                      devices[d].id, code))
+        if (!e2e_wait_sql(
+                w.db, 20000,
+                "SELECT count(*) FROM user_devices WHERE id = '%s' AND status = 'blocked' AND"
+                " status_reason LIKE '%%%s%%'",
+                devices[d].id, code))
             failures++;
-        r = wt_sql(db, "SELECT status, status_reason FROM user_devices WHERE id = '%s'",
+        r = wt_sql(w.db, "SELECT status, status_reason FROM user_devices WHERE id = '%s'",
                    devices[d].id);
         fprintf(stderr, "%s (%s): %s (%s)\n", devices[d].pnid, code, PQgetvalue(r, 0, 0),
                 PQgetvalue(r, 0, 1));
         PQclear(r);
     }
     /* The rest of the campaign settles while t1 stays broken. */
-    if (!wait_sql(40000,
-                  "SELECT count(*) = 0 FROM broadcast_messages WHERE campaign_id = '%s' AND"
-                  " status IN ('pending', 'queued') AND device_id <> '%s'",
-                  campaign2, devices[dev_t1].id))
+    if (!e2e_wait_sql(w.db, 40000,
+                      "SELECT count(*) = 0 FROM broadcast_messages WHERE campaign_id = '%s' AND"
+                      " status IN ('pending', 'queued') AND device_id <> '%s'",
+                      campaign2, devices[dev_t1].id))
         failures++;
     /* The outage goes on for OUTAGE_MS: t1's messages must wait, not fail. */
     t1_arg ta = {campaign2};
@@ -986,7 +689,7 @@ static void test_error_codes(void **state)
                 "a message of the device with the expired token failed during the outage\n");
         failures++;
     }
-    r = wt_sql(db,
+    r = wt_sql(w.db,
                "SELECT id, recipient_phone, status, attempts, coalesce(error_code, ''),"
                " coalesce(error_message, '') FROM broadcast_messages WHERE campaign_id = '%s' AND"
                " lead_id IN (SELECT id FROM leads WHERE device_id = '%s') ORDER BY id",
@@ -999,24 +702,25 @@ static void test_error_codes(void **state)
 
     /* A new token, sealed again: the waiting messages go out, once. */
     random_hex(devices[dev_t1].token, 16);
-    assert_true(fake_ok(&graph, "POST", "/_control/tokens", "{\"%s\": \"%s\"}",
+    assert_true(fake_ok(&w.fake, "POST", "/_control/tokens", "{\"%s\": \"%s\"}",
                         devices[dev_t1].pnid, devices[dev_t1].token));
     char creds[128];
     snprintf(creds, sizeof creds, "{\"access_token\": \"%s\"}", devices[dev_t1].token);
-    assert_int_equal(ctl_set_credentials(devices[dev_t1].id, creds), 0);
+    assert_int_equal(e2e_ctl_set_credentials(&w.env, w.secret_key, devices[dev_t1].id, creds), 0);
     const char *ids[] = {campaign2};
-    if (!sc_wait_campaigns_final(db, ids, 1, 60000)) {
+    if (!sc_wait_campaigns_final(w.db, ids, 1, 60000)) {
         fprintf(stderr, "the error campaign did not finish\n");
         failures++;
     }
-    if (!wait_sql(20000, "SELECT count(*) FROM user_devices WHERE id = '%s' AND status = 'online'",
-                  devices[dev_t1].id))
+    if (!e2e_wait_sql(w.db, 20000,
+                      "SELECT count(*) FROM user_devices WHERE id = '%s' AND status = 'online'",
+                      devices[dev_t1].id))
         failures++;
-    if (!settle())
+    if (!e2e_settle(&w.env, &w.fake))
         failures++;
 
-    json_t *sent = fake_sent();
-    json_t *rules = fake_call(&graph, "GET", "/_control/rules", NULL);
+    json_t *sent = e2e_fake_sent(&w.fake);
+    json_t *rules = fake_call(&w.fake, "GET", "/_control/rules", NULL);
     assert_non_null(sent);
     assert_non_null(rules);
     for (int i = 0; i < nleads; i++) {
@@ -1025,7 +729,7 @@ static void test_error_codes(void **state)
             continue;
         int got = accepted_for(sent, l->digits);
         r = wt_sql(
-            db,
+            w.db,
             "SELECT m.status, coalesce(m.error_code, ''), m.attempts, coalesce("
             "m.provider_message_id, ''), (SELECT opted_out_at IS NOT NULL FROM leads WHERE id ="
             " m.lead_id) FROM broadcast_messages m WHERE m.campaign_id = '%s' AND m.lead_id ="
@@ -1102,13 +806,13 @@ static void test_error_codes(void **state)
     }
     json_decref(sent);
     json_decref(rules);
-    long token_rejections = fake_stat("rejected") - rejected0 - injected;
+    long token_rejections = e2e_fake_stat(&w.fake, "rejected") - rejected0 - injected;
     fprintf(stderr, "fake rejections: %ld injected, %ld for the expired token\n", injected,
             token_rejections);
     if (token_rejections < 1)
         failures++;
     if (failures)
-        wt_dump_logs(&env, 60);
+        wt_dump_logs(&w.env, 60);
     assert_int_equal(failures, 0);
 }
 
@@ -1120,17 +824,14 @@ static void test_opt_outs_hold(void **state)
     (void)state;
     int failures = 0;
     const lead *sl = &leads[stop_lead];
-    json_t *in = fake_call(&graph, "POST", "/_control/inbound",
-                           "{\"from\": \"%s\", \"text\": \"STOP\", \"phone_number_id\": \"%s\"}",
-                           sl->digits, devices[sl->dev].pnid);
-    assert_non_null(in);
-    json_decref(in);
-    if (!wait_sql(10000, "SELECT count(*) FROM leads WHERE id = '%s' AND opted_out_at IS NOT NULL",
-                  sl->id))
-        failures++;
+    char stop[160];
+    snprintf(stop, sizeof stop,
+             "{\"from\": \"%s\", \"text\": \"STOP\", \"phone_number_id\": \"%s\"}", sl->digits,
+             devices[sl->dev].pnid);
+    failures += e2e_check_stop(&w, stop, sl->id);
     /* Only that lead. */
     long others =
-        wt_sql_long(db,
+        wt_sql_long(w.db,
                     "SELECT count(*) FROM leads WHERE user_id = '%s' AND opted_out_at IS NOT"
                     " NULL AND id <> '%s'",
                     users[0], sl->id);
@@ -1138,18 +839,18 @@ static void test_opt_outs_hold(void **state)
         fprintf(stderr, "%ld other leads of user 1 are opted out\n", others);
         failures++;
     }
-    assert_true(fake_ok(&graph, "DELETE", "/_control/rules", NULL));
+    assert_true(fake_ok(&w.fake, "DELETE", "/_control/rules", NULL));
     char c3[40], c4[40];
     insert_campaign(0, "after STOP", c3);
     insert_campaign(1, "after 131050", c4);
     const char *ids[] = {c3, c4};
-    if (!sc_wait_campaigns_final(db, ids, 2, 60000)) {
-        wt_dump_logs(&env, 60);
+    if (!sc_wait_campaigns_final(w.db, ids, 2, 60000)) {
+        wt_dump_logs(&w.env, 60);
         fail_msg("follow-up campaigns did not finish");
     }
-    if (!settle())
+    if (!e2e_settle(&w.env, &w.fake))
         failures++;
-    json_t *sent = fake_sent();
+    json_t *sent = e2e_fake_sent(&w.fake);
     assert_non_null(sent);
     for (int i = 0; i < nleads; i++) {
         lead *l = &leads[i];
@@ -1157,7 +858,7 @@ static void test_opt_outs_hold(void **state)
         int want = l->accepted + (skip ? 0 : 1);
         int got = accepted_for(sent, l->digits);
         long rows =
-            wt_sql_long(db,
+            wt_sql_long(w.db,
                         "SELECT count(*) FROM broadcast_messages WHERE campaign_id IN ('%s',"
                         " '%s') AND lead_id = '%s'",
                         c3, c4, l->id);
@@ -1171,7 +872,7 @@ static void test_opt_outs_hold(void **state)
     failures += check_sends_match_rows(sent, c4);
     json_decref(sent);
     for (int k = 0; k < 2; k++) {
-        PGresult *r = wt_sql(db,
+        PGresult *r = wt_sql(w.db,
                              "SELECT status, total_count, sent_count, failed_count FROM campaigns"
                              " WHERE id = '%s'",
                              ids[k]);
@@ -1182,7 +883,7 @@ static void test_opt_outs_hold(void **state)
         PQclear(r);
     }
     if (failures)
-        wt_dump_logs(&env, 40);
+        wt_dump_logs(&w.env, 40);
     assert_int_equal(failures, 0);
 }
 
@@ -1194,5 +895,5 @@ int main(void)
         cmocka_unit_test(test_error_codes),
         cmocka_unit_test(test_opt_outs_hold),
     };
-    return cmocka_run_group_tests_name("cloudapi-e2e", tests, setup, teardown);
+    return cmocka_run_group_tests_name("cloudapi-e2e", tests, setup, e2e_world_teardown);
 }

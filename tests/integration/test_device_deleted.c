@@ -38,9 +38,8 @@ static int sport;
 static int setup(void **state)
 {
     (void)state;
-    if (wt_env_start(&env, WT_REDIS | WT_PG | WT_MIGRATE) < 0)
+    if (e2e_env_start(&env, &db, NULL) < 0)
         return -1;
-    db = wt_pg(&env);
     wt_sql_text(db, user, sizeof user, "INSERT INTO users (name) VALUES ('u') RETURNING id");
     wt_sql_text(db, slow, sizeof slow,
                 "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
@@ -70,9 +69,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    if (db)
-        PQfinish(db);
-    wt_env_stop(&env);
+    e2e_teardown(&env, db, NULL);
     return 0;
 }
 
@@ -83,13 +80,6 @@ static bool slow_sending(void *arg)
                        "SELECT count(*) FROM broadcast_messages WHERE campaign_id = '%s'"
                        " AND status = 'sent'",
                        camp) > 0;
-}
-
-static bool finished(void *arg)
-{
-    (void)arg;
-    return wt_sql_long(db, "SELECT count(*) FROM campaigns WHERE id = '%s' AND status = 'finished'",
-                       camp) == 1;
 }
 
 static void test_deleted_device_strands_nothing(void **state)
@@ -107,7 +97,7 @@ static void test_deleted_device_strands_nothing(void **state)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     long long deleted_at_us = (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-    if (!wt_wait_for(finished, NULL, 120000)) {
+    if (!e2e_wait_finished(db, camp, 120000)) {
         wt_dump_logs(&env, 30);
         fail_msg("the campaign stayed unfinished after its device was deleted (%ld queued)",
                  wt_sql_long(db,
@@ -141,12 +131,6 @@ static void test_deleted_device_strands_nothing(void **state)
     assert_true(from_fast > 0);
     assert_int_equal(late_slow, 0);
     assert_true(e2e_metric(sport, "wacast_sender_devices_gone_total") == 1);
-}
-
-static bool finished_camp(void *arg)
-{
-    return wt_sql_long(db, "SELECT count(*) FROM campaigns WHERE id = '%s' AND status = 'finished'",
-                       (const char *)arg) == 1;
 }
 
 static void test_unfinished_handback_is_taken_up(void **state)
@@ -188,7 +172,7 @@ static void test_unfinished_handback_is_taken_up(void **state)
     /* The device goes offline: its sender hands its outbox back. */
     PQclear(wt_sql(
         db, "UPDATE user_devices SET settings = '{\"sim_offline\": true}' WHERE id = '%s'", third));
-    if (!wt_wait_for(finished_camp, camp2, 120000)) {
+    if (!e2e_wait_finished(db, camp2, 120000)) {
         r = redisCommand(rc, "XPENDING wacast:{dev:%s}:q:%s senders", third, camp2);
         fprintf(stderr, "pending in the offline device's lane: %lld\n",
                 r && r->type == REDIS_REPLY_ARRAY ? r->element[0]->integer : -1LL);

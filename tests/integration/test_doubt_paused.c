@@ -23,6 +23,7 @@
 
 #include <cmocka.h>
 
+#include "e2e_common.h"
 #include "scenario.h"
 
 static wt_env env;
@@ -43,10 +44,8 @@ static const char *sender_env[] = {"WACAST_LEASE_TTL_MS=3000",
 static int setup(void **state)
 {
     (void)state;
-    if (wt_env_start(&env, WT_REDIS | WT_PG | WT_MIGRATE) < 0)
+    if (e2e_env_start(&env, &db, &rc) < 0)
         return -1;
-    db = wt_pg(&env);
-    rc = wt_redis(&env);
     wt_sql_text(db, user, sizeof user, "INSERT INTO users (name) VALUES ('u') RETURNING id");
     wt_sql_text(db, dev, sizeof dev,
                 "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
@@ -65,11 +64,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    if (rc)
-        redisFree(rc);
-    if (db)
-        PQfinish(db);
-    wt_env_stop(&env);
+    e2e_teardown(&env, db, rc);
     return 0;
 }
 

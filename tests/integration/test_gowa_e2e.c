@@ -39,8 +39,6 @@
 #include <cmocka.h>
 #include <curl/curl.h>
 #include <jansson.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 
 #include "e2e_common.h"
 #include "scenario.h"
@@ -49,162 +47,15 @@
 #define NLEADS 18
 #define OUTAGE_MS 8000
 
-/* ---- wacast-ctl
- * ---------------------------------------------------------------------------------- */
+static e2e_world w;
+static int admin_port; /* the dispatcher's admin listener: /admin/ */
+static char password[33];
 
-static wt_env env;
-static PGconn *db;
-static fake gowa;
-static int dport;      /* the dispatcher's public listener: webhooks, /metrics */
-static int admin_port; /* its admin listener: /admin/ */
-static char secret_key[65], app_secret[33], gowa_secret[33], password[33];
-
-/* `wacast-ctl set-credentials <device>` with json on stdin; returns its exit code. */
-static int ctl_set_credentials(const char *device, const char *json)
-{
-    char path[512], log[600], dburl[300], key[100];
-    wt_program_path("wacast-ctl", path, sizeof path);
-    snprintf(log, sizeof log, "%s/wacast-ctl.log", env.dir);
-    snprintf(dburl, sizeof dburl, "DATABASE_URL=%s", env.database_url);
-    snprintf(key, sizeof key, "WACAST_SECRET_KEY=%s", secret_key);
-    int p[2];
-    if (pipe(p) < 0)
-        return -1;
-    pid_t pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        dup2(p[0], 0);
-        close(p[0]);
-        close(p[1]);
-        putenv(dburl);
-        putenv(key);
-        execl(path, path, "set-credentials", device, (char *)NULL);
-        _exit(127);
-    }
-    close(p[0]);
-    size_t len = strlen(json);
-    if (write(p[1], json, len) != (ssize_t)len)
-        fprintf(stderr, "writing to wacast-ctl: %s\n", strerror(errno));
-    close(p[1]);
-    int st = 0;
-    long long deadline = wt_now_ms() + 20000;
-    while (waitpid(pid, &st, WNOHANG) == 0) {
-        if (wt_now_ms() > deadline) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &st, 0);
-            return -1;
-        }
-        usleep(10000);
-    }
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-/* ---- waiting
- * ------------------------------------------------------------------------------------- */
-
-/* The first value is true ('t') or a non-zero number. */
-static bool sql_true(void *arg)
-{
-    PGresult *r = wt_sql(db, "%s", (const char *)arg);
-    const char *v = PQntuples(r) > 0 ? PQgetvalue(r, 0, 0) : "";
-    bool yes = v[0] == 't' || atol(v) != 0;
-    PQclear(r);
-    return yes;
-}
-
-/* Waits until the query's first value is non-zero (true). */
-static bool wait_sql(int timeout_ms, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static bool wait_sql(int timeout_ms, const char *fmt, ...)
-{
-    char *sql = NULL;
-    va_list ap;
-    va_start(ap, fmt);
-    if (vasprintf(&sql, fmt, ap) < 0)
-        abort();
-    va_end(ap);
-    bool ok = wt_wait_for(sql_true, sql, timeout_ms);
-    if (!ok)
-        fprintf(stderr, "timed out after %d ms waiting for: %s\n", timeout_ms, sql);
-    free(sql);
-    return ok;
-}
-
-static bool results_empty(void *arg)
-{
-    (void)arg;
-    redisContext *rc = wt_redis(&env);
-    redisReply *r = redisCommand(rc, "XLEN wacast:results");
-    bool empty = r && r->type == REDIS_REPLY_INTEGER && r->integer == 0;
-    freeReplyObject(r);
-    redisFree(rc);
-    return empty;
-}
-
-/* Every webhook the fake planned is delivered and the sink has written every
- * result (its stream stays empty for 400 ms). */
-static bool settle(void)
-{
-    json_t *j = fake_call(&gowa, "POST", "/_control/drain?timeout_ms=15000", NULL);
-    if (!j)
-        return false;
-    json_decref(j);
-    for (int i = 0; i < 100; i++) {
-        if (!wt_wait_for(results_empty, NULL, 10000))
-            return false;
-        usleep(400000);
-        if (results_empty(NULL))
-            return true;
-    }
-    return false;
-}
-
-/* ---- the dispatcher's HTTP side
- * ------------------------------------------------------------------ */
-
-static double metric(const char *name)
-{
-    return e2e_metric(dport, name);
-}
-
-static void sign(const char *secret, const char *body, size_t len, char *out, size_t outlen)
-{
-    unsigned char mac[EVP_MAX_MD_SIZE];
-    unsigned int maclen = 0;
-    HMAC(EVP_sha256(), secret, (int)strlen(secret), (const unsigned char *)body, len, mac, &maclen);
-    size_t k = (size_t)snprintf(out, outlen, "sha256=");
-    for (unsigned int i = 0; i < maclen && k + 2 < outlen; i++)
-        k += (size_t)snprintf(out + k, outlen - k, "%02x", mac[i]);
-}
-
-/* POSTs body to /webhooks/gowa; sig: NULL for none, "" to sign it with the
- * gateway's webhook secret, anything else sent as is. Returns the HTTP status. */
+/* POSTs body to /webhooks/gowa; sig: NULL for none, "" to sign it with the gateway's webhook
+ * secret, anything else sent as is. Returns the HTTP status. */
 static long post_webhook(const char *body, size_t len, const char *sig)
 {
-    char url[128], header[128], computed[100];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/webhooks/gowa", dport);
-    if (sig && !*sig) {
-        sign(gowa_secret, body, len, computed, sizeof computed);
-        sig = computed;
-    }
-    const char *headers[3] = {"Content-Type: application/json", NULL, NULL};
-    if (sig) {
-        snprintf(header, sizeof header, "X-Hub-Signature-256: %s", sig);
-        headers[1] = header;
-    }
-    resp r;
-    long code = http("POST", url, body, len, headers, &r);
-    if (code < 0)
-        fprintf(stderr, "POST /webhooks/gowa: no answer (%s)\n", r.body);
-    resp_free(&r);
-    return code;
+    return e2e_post_webhook(w.dport, "/webhooks/gowa", w.gowa_secret, body, len, sig);
 }
 
 /* ---- the world
@@ -233,7 +84,7 @@ static const int stop_lead = 0, forged_lead = 1;
 static void insert_campaign(const char *title, char *id_out)
 {
     PGresult *r =
-        wt_sql(db,
+        wt_sql(w.db,
                "INSERT INTO campaigns (user_id, title, message, scheduled_at,"
                " min_delay_seconds, max_delay_seconds) VALUES ('%s', '%s', 'Hi {{name}}!',"
                " now() - interval '1 second', 0.01, 0.05) RETURNING id",
@@ -242,65 +93,8 @@ static void insert_campaign(const char *title, char *id_out)
     PQclear(r);
 }
 
-static void start_daemons(void)
-{
-    static char port_env[32], admin_env[40], hosts_env[160], key_env[100], app_env[100],
-        gowa_env[100];
-    /* The fake is the only provider the daemons may send credentials to. */
-    snprintf(hosts_env, sizeof hosts_env, "WACAST_PROVIDER_HOSTS=%s", gowa.base);
-    snprintf(port_env, sizeof port_env, "PORT=%d", dport);
-    snprintf(admin_env, sizeof admin_env, "WACAST_ADMIN_PORT=%d", admin_port);
-    snprintf(key_env, sizeof key_env, "WACAST_SECRET_KEY=%s", secret_key);
-    snprintf(app_env, sizeof app_env, "WACAST_META_APP_SECRET=%s", app_secret);
-    snprintf(gowa_env, sizeof gowa_env, "WACAST_GOWA_WEBHOOK_SECRET=%s", gowa_secret);
-    const char *common[] = {"WACAST_LOG_LEVEL=info",
-                            "WACAST_POLL_MS=200",
-                            "WACAST_LEASE_TTL_MS=3000",
-                            "WACAST_DEVICE_REFRESH_MS=500",
-                            "WACAST_IDLE_POLL_MS=1000",
-                            "WACAST_RECONCILE_MS=2000",
-                            "WACAST_ONLINE_GRACE_MS=10000",
-                            "WACAST_CLAIM_IDLE_MS=5000",
-                            "WACAST_MAX_ATTEMPTS=3",
-                            hosts_env,
-                            key_env,
-                            app_env,
-                            gowa_env,
-                            NULL};
-    const char *with_port[32];
-    int n = 0;
-    for (; common[n]; n++)
-        with_port[n] = common[n];
-    with_port[n++] = port_env;
-    with_port[n++] = admin_env;
-    with_port[n++] = "WACAST_ADMIN_TOKEN=gowa-e2e-admin";
-    with_port[n] = NULL;
-    if (wt_spawn(&env, "wacast-scheduler", "scheduler", common) < 0 ||
-        wt_spawn(&env, "wacast-dispatcher", "dispatcher", with_port) < 0 ||
-        wt_spawn(&env, "wacast-sender", "sender", common) < 0)
-        abort();
-}
-
-static bool dispatcher_sees(void *arg)
-{
-    return metric("wacast_dispatcher_online_devices") == (double)(intptr_t)arg;
-}
-
 /* ---- reading the fake's record
  * ------------------------------------------------------------------- */
-
-static json_t *fake_sent(void)
-{
-    return fake_call(&gowa, "GET", "/_control/sent", NULL);
-}
-
-static long fake_stat(const char *name)
-{
-    json_t *j = fake_call(&gowa, "GET", "/_control/stats", NULL);
-    long v = j ? (long)json_integer_value(json_object_get(j, name)) : -1;
-    json_decref(j);
-    return v;
-}
 
 /* "60123456789@s.whatsapp.net" is digits' JID. */
 static bool is_jid_of(const char *jid, const char *digits)
@@ -328,7 +122,7 @@ static int check_sends_match_rows(json_t *sent, const char *campaign)
 {
     int bad = 0;
     PGresult *r =
-        wt_sql(db,
+        wt_sql(w.db,
                "SELECT id, substr(recipient_phone, 2), content, coalesce(provider_message_id,"
                " ''), coalesce(device_id::text, 'NULL') FROM broadcast_messages WHERE"
                " campaign_id = '%s' AND status IN ('sent', 'delivered', 'read')",
@@ -376,24 +170,12 @@ static int check_sends_match_rows(json_t *sent, const char *campaign)
 
 static int setup_world(void)
 {
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+    if (e2e_world_start(&w, "gowa.js") < 0)
         return -1;
-    if (wt_env_start(&env, WT_REDIS | WT_MIGRATE) < 0)
-        return -1;
-    db = wt_pg(&env);
-    random_hex(secret_key, 32);
-    random_hex(app_secret, 16);
-    random_hex(gowa_secret, 16);
     random_hex(password, 16);
-    dport = wt_free_port();
     admin_port = wt_free_port();
-    if (fake_start(&env, &gowa, "gowa.js") < 0) {
-        wt_dump_logs(&env, 40);
-        return -1;
-    }
-    fprintf(stderr, "gowa fake on port %d, dispatcher on %d\n", gowa.port, dport);
 
-    PGresult *r = wt_sql(db, "INSERT INTO users (name) VALUES ('gowa') RETURNING id");
+    PGresult *r = wt_sql(w.db, "INSERT INTO users (name) VALUES ('gowa') RETURNING id");
     snprintf(user, sizeof user, "%s", PQgetvalue(r, 0, 0));
     PQclear(r);
     json_t *gw_devices = json_object();
@@ -404,12 +186,12 @@ static int setup_world(void)
         json_object_set_new(
             gw_devices, d->gowa_id,
             json_pack("{s:s, s:s, s:s}", "jid", d->jid, "name", d->gowa_id, "state", "logged_in"));
-        r = wt_sql(db,
+        r = wt_sql(w.db,
                    "INSERT INTO user_devices (user_id, device_name, phone, platform,"
                    " min_delay_seconds, max_delay_seconds, settings) VALUES ('%s', '%s',"
                    " '+6030000000%d', 'gowa', 0.01, 0.05,"
                    " '{\"base_url\": \"%s\", \"device_id\": \"%s\"}') RETURNING id",
-                   user, d->gowa_id, k + 1, gowa.base, d->gowa_id);
+                   user, d->gowa_id, k + 1, w.fake.base, d->gowa_id);
         snprintf(d->id, sizeof d->id, "%s", PQgetvalue(r, 0, 0));
         PQclear(r);
     }
@@ -418,7 +200,7 @@ static int setup_world(void)
         l->dev = i % NDEVICES;
         snprintf(l->name, sizeof l->name, "Lead %d", i);
         snprintf(l->digits, sizeof l->digits, "6013%07d", 5000000 + i * 11);
-        r = wt_sql(db,
+        r = wt_sql(w.db,
                    "INSERT INTO leads (user_id, device_id, name, phone) VALUES ('%s', '%s', '%s',"
                    " '+6013%07d') RETURNING id",
                    user, devices[l->dev].id, l->name, 5000000 + i * 11);
@@ -430,27 +212,27 @@ static int setup_world(void)
      * dispatcher, every receipt pair reversed and some twice. */
     char *devs = json_dumps(gw_devices, JSON_COMPACT);
     json_decref(gw_devices);
-    bool ok = fake_ok(&gowa, "POST", "/_control/config",
+    bool ok = fake_ok(&w.fake, "POST", "/_control/config",
                       "{\"basic_auth\": [\"wacast:%s\"], \"devices\": %s, \"webhook_url\":"
                       " \"http://127.0.0.1:%d/webhooks/gowa\", \"webhook_secret\": \"%s\","
                       " \"out_of_order_prob\": 1, \"duplicate_prob\": 0.3,"
                       " \"webhook_retry_base_ms\": 100, \"seed\": 7}",
-                      password, devs, dport, gowa_secret);
+                      password, devs, w.dport, w.gowa_secret);
     free(devs);
     if (!ok)
         return -1;
     for (int k = 0; k < NDEVICES; k++) {
         char creds[128];
         snprintf(creds, sizeof creds, "{\"username\": \"wacast\", \"password\": \"%s\"}", password);
-        if (ctl_set_credentials(devices[k].id, creds) != 0) {
+        if (e2e_ctl_set_credentials(&w.env, w.secret_key, devices[k].id, creds) != 0) {
             fprintf(stderr, "wacast-ctl set-credentials %s failed\n", devices[k].id);
-            wt_dump_logs(&env, 20);
+            wt_dump_logs(&w.env, 20);
             return -1;
         }
     }
     char like[80];
     snprintf(like, sizeof like, "%s", password);
-    if (wt_sql_long(db,
+    if (wt_sql_long(w.db,
                     "SELECT count(*) FROM user_devices WHERE credentials IS NULL OR"
                     " position(convert_to('%s', 'UTF8') in credentials) > 0",
                     like) != 0) {
@@ -458,39 +240,16 @@ static int setup_world(void)
         return -1;
     }
 
-    start_daemons();
-    if (!wait_sql(30000, "SELECT count(*) = %d FROM user_devices WHERE status = 'online'",
-                  NDEVICES) ||
-        !wt_wait_for(dispatcher_sees, (void *)(intptr_t)NDEVICES, 15000)) {
-        fprintf(stderr, "devices did not come online\n");
-        wt_dump_logs(&env, 40);
-        return -1;
-    }
-    return 0;
+    /* The admin listener too, for the QR pairing. */
+    static char admin_env[40];
+    snprintf(admin_env, sizeof admin_env, "WACAST_ADMIN_PORT=%d", admin_port);
+    const char *admin[] = {admin_env, "WACAST_ADMIN_TOKEN=gowa-e2e-admin", NULL};
+    return e2e_world_daemons(&w, admin, NDEVICES) ? 0 : -1;
 }
 
-static int teardown(void **state)
-{
-    (void)state;
-    if (!env.dir[0])
-        return 0;
-    int st = fake_stop(&gowa);
-    if (st != 0)
-        fprintf(stderr, "gowa fake exited with status %d\n", st);
-    if (db)
-        PQfinish(db);
-    wt_env_stop(&env);
-    curl_global_cleanup();
-    return 0;
-}
-
-/* cmocka skips the group teardown when the group setup fails: clean up here. */
 static int setup(void **state)
 {
-    if (setup_world() == 0)
-        return 0;
-    teardown(state);
-    return -1;
+    return e2e_world_setup(state, &w, setup_world);
 }
 
 /* ---- 1. a clean campaign
@@ -504,7 +263,7 @@ static void test_qr_pairing(void **state)
     /* A device whose WhatsApp session is logged out needs a new QR scan. */
     char control[64];
     snprintf(control, sizeof control, "/_control/devices/%s", devices[0].gowa_id);
-    assert_true(fake_ok(&gowa, "POST", control, "{\"state\": \"logged_out\"}"));
+    assert_true(fake_ok(&w.fake, "POST", control, "{\"state\": \"logged_out\"}"));
     char url[256];
     snprintf(url, sizeof url, "http://127.0.0.1:%d/admin/devices/%s/qr", admin_port, devices[0].id);
     const char *auth[] = {"Authorization: Bearer gowa-e2e-admin", NULL};
@@ -536,9 +295,9 @@ static void test_credentials_stay_home(void **state)
     (void)state;
     char control[64];
     snprintf(control, sizeof control, "/_control/devices/%s", devices[0].gowa_id);
-    assert_true(fake_ok(&gowa, "POST", control, "{\"state\": \"logged_out\"}"));
+    assert_true(fake_ok(&w.fake, "POST", control, "{\"state\": \"logged_out\"}"));
     /* The gateway's QR link points at the dispatcher's own admin API. */
-    assert_true(fake_ok(&gowa, "POST", "/_control/config",
+    assert_true(fake_ok(&w.fake, "POST", "/_control/config",
                         "{\"qr_link_base\": \"http://127.0.0.1:%d/admin\"}", admin_port));
     char url[256];
     snprintf(url, sizeof url, "http://127.0.0.1:%d/admin/devices/%s/qr", admin_port, devices[0].id);
@@ -550,14 +309,14 @@ static void test_credentials_stay_home(void **state)
     assert_non_null(strstr(r.body, "not on the gateway's origin"));
     assert_null(strstr(r.body, "qr_png_base64"));
     resp_free(&r);
-    assert_true(fake_ok(&gowa, "POST", "/_control/config", "{\"qr_link_base\": null}"));
+    assert_true(fake_ok(&w.fake, "POST", "/_control/config", "{\"qr_link_base\": null}"));
 
     /* A device of another user whose base_url the dashboard pointed elsewhere. */
-    PGresult *res = wt_sql(db, "INSERT INTO users (name) VALUES ('elsewhere') RETURNING id");
+    PGresult *res = wt_sql(w.db, "INSERT INTO users (name) VALUES ('elsewhere') RETURNING id");
     char other_user[40];
     snprintf(other_user, sizeof other_user, "%s", PQgetvalue(res, 0, 0));
     PQclear(res);
-    res = wt_sql(db,
+    res = wt_sql(w.db,
                  "INSERT INTO user_devices (user_id, device_name, platform, settings) VALUES"
                  " ('%s', 'elsewhere', 'gowa', '{\"base_url\": \"http://127.0.0.1:1\"}')"
                  " RETURNING id",
@@ -565,12 +324,12 @@ static void test_credentials_stay_home(void **state)
     char other_device[40];
     snprintf(other_device, sizeof other_device, "%s", PQgetvalue(res, 0, 0));
     PQclear(res);
-    if (!wait_sql(20000,
-                  "SELECT count(*) = 1 FROM user_devices WHERE id = '%s' AND status = 'offline'"
-                  " AND status_reason = 'gowa: base_url not allowed: http://127.0.0.1:1"
-                  " (not in WACAST_PROVIDER_HOSTS)'",
-                  other_device)) {
-        wt_dump_logs(&env, 40);
+    if (!e2e_wait_sql(w.db, 20000,
+                      "SELECT count(*) = 1 FROM user_devices WHERE id = '%s' AND status = 'offline'"
+                      " AND status_reason = 'gowa: base_url not allowed: http://127.0.0.1:1"
+                      " (not in WACAST_PROVIDER_HOSTS)'",
+                      other_device)) {
+        wt_dump_logs(&w.env, 40);
         fail_msg("the sender did not refuse the device's base_url");
     }
     snprintf(url, sizeof url, "http://127.0.0.1:%d/admin/devices/%s/qr", admin_port, other_device);
@@ -582,7 +341,7 @@ static void test_credentials_stay_home(void **state)
 
     /* Device 0's sealed credentials copied into a device with an allowed
      * base_url: they are bound to device 0 and do not open there. */
-    res = wt_sql(db,
+    res = wt_sql(w.db,
                  "INSERT INTO user_devices (user_id, device_name, platform, settings, credentials)"
                  " SELECT '%s', 'copied', 'gowa', settings, credentials FROM user_devices"
                  " WHERE id = '%s' RETURNING id",
@@ -590,12 +349,12 @@ static void test_credentials_stay_home(void **state)
     char copied[40];
     snprintf(copied, sizeof copied, "%s", PQgetvalue(res, 0, 0));
     PQclear(res);
-    if (!wait_sql(
-            20000,
+    if (!e2e_wait_sql(
+            w.db, 20000,
             "SELECT count(*) = 1 FROM user_devices WHERE id = '%s' AND status = 'offline'"
             " AND status_reason LIKE 'cannot open device credentials: wrong key or corrupt:%%'",
             copied)) {
-        wt_dump_logs(&env, 40);
+        wt_dump_logs(&w.env, 40);
         fail_msg("credentials sealed for another device opened");
     }
     snprintf(url, sizeof url, "http://127.0.0.1:%d/admin/devices/%s/qr", admin_port, copied);
@@ -613,19 +372,19 @@ static void test_campaign_end_to_end(void **state)
     int failures = 0;
     insert_campaign("gowa e2e", campaign1);
     const char *ids[] = {campaign1};
-    if (!sc_wait_campaigns_final(db, ids, 1, 60000)) {
-        wt_dump_logs(&env, 60);
+    if (!sc_wait_campaigns_final(w.db, ids, 1, 60000)) {
+        wt_dump_logs(&w.env, 60);
         fail_msg("campaign did not finish");
     }
-    if (!wait_sql(30000,
-                  "SELECT count(*) = %d FROM broadcast_messages WHERE campaign_id = '%s' AND"
-                  " status = 'read' AND delivered_at IS NOT NULL AND read_at IS NOT NULL",
-                  NLEADS, campaign1))
+    if (!e2e_wait_sql(w.db, 30000,
+                      "SELECT count(*) = %d FROM broadcast_messages WHERE campaign_id = '%s' AND"
+                      " status = 'read' AND delivered_at IS NOT NULL AND read_at IS NOT NULL",
+                      NLEADS, campaign1))
         failures++;
-    if (!settle())
+    if (!e2e_settle(&w.env, &w.fake))
         failures++;
     PGresult *r =
-        wt_sql(db,
+        wt_sql(w.db,
                "SELECT id, status, coalesce(provider_message_id, '') FROM broadcast_messages"
                " WHERE campaign_id = '%s' AND status <> 'read' ORDER BY id",
                campaign1);
@@ -634,7 +393,7 @@ static void test_campaign_end_to_end(void **state)
                 PQgetvalue(r, i, 1), PQgetvalue(r, i, 2));
     PQclear(r);
 
-    json_t *sent = fake_sent();
+    json_t *sent = e2e_fake_sent(&w.fake);
     assert_non_null(sent);
     for (int i = 0; i < NLEADS; i++) {
         int got = accepted_for(sent, leads[i].digits);
@@ -650,7 +409,7 @@ static void test_campaign_end_to_end(void **state)
     failures += check_sends_match_rows(sent, campaign1);
     /* From the lead's own device, in one attempt. */
     r = wt_sql(
-        db,
+        w.db,
         "SELECT m.id, m.status, coalesce(m.device_id::text, 'NULL'), l.device_id, m.attempts"
         " FROM broadcast_messages m JOIN leads l ON l.id = m.lead_id WHERE m.campaign_id ="
         " '%s' AND (m.device_id IS DISTINCT FROM l.device_id OR m.attempts <> 1) ORDER BY m.id",
@@ -662,78 +421,27 @@ static void test_campaign_end_to_end(void **state)
         failures++;
     }
     PQclear(r);
-    long rejected = fake_stat("rejected");
-    if (rejected != 0) {
-        fprintf(stderr, "the gateway rejected %ld requests\n", rejected);
-        failures++;
-    }
-    r = wt_sql(db,
-               "SELECT status, total_count, sent_count, delivered_count, read_count, failed_count"
-               " FROM campaigns WHERE id = '%s'",
-               campaign1);
-    fprintf(stderr, "campaign: %s total %s sent %s delivered %s read %s failed %s\n",
-            PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 2), PQgetvalue(r, 0, 3),
-            PQgetvalue(r, 0, 4), PQgetvalue(r, 0, 5));
-    if (strcmp(PQgetvalue(r, 0, 0), "finished") || atoi(PQgetvalue(r, 0, 1)) != NLEADS ||
-        atoi(PQgetvalue(r, 0, 2)) != NLEADS || atoi(PQgetvalue(r, 0, 3)) != NLEADS ||
-        atoi(PQgetvalue(r, 0, 4)) != NLEADS || atoi(PQgetvalue(r, 0, 5)) != 0)
-        failures++;
-    PQclear(r);
+    failures += e2e_check_none_rejected(&w.fake, "the gateway");
+    failures += e2e_check_campaign(w.db, campaign1, NLEADS, NLEADS, NLEADS, NLEADS);
 
     /* The receipts came reversed (out_of_order_prob 1), some twice, and the
-     * dispatcher answered every delivery 200 at the first attempt. (The fake's
-     * delivery log keeps the HTTP status in "status".) */
-    json_t *wh = fake_call(&gowa, "GET", "/_control/webhooks", NULL);
-    assert_non_null(wh);
-    json_t *del = json_object_get(wh, "deliveries");
-    int dups = 0, refused = 0;
-    size_t i;
-    json_t *a;
-    json_array_foreach(del, i, a)
-    {
-        if (!json_is_true(json_object_get(a, "ok")) ||
-            json_integer_value(json_object_get(a, "status")) != 200)
-            refused++;
-    }
-    json_array_foreach(json_object_get(sent, "messages"), i, a)
-    {
-        dups += (int)json_array_size(json_object_get(a, "receipts")) - 2;
-    }
-    fprintf(stderr, "webhooks: %zu deliveries, %d duplicates, %d not answered 200\n",
-            json_array_size(del), dups, refused);
-    json_decref(wh);
-    if (dups <= 0 || refused != 0)
-        failures++;
+     * dispatcher answered every delivery 200 at the first attempt. */
+    failures += e2e_check_webhooks(&w.fake, sent, "receipts", 2);
 
     /* A late 'delivered' after 'read' leaves 'read' and the counters alone. */
-    r = wt_sql(db,
+    r = wt_sql(w.db,
                "SELECT m.provider_message_id FROM broadcast_messages m WHERE m.campaign_id = '%s'"
                " AND m.status = 'read' AND m.provider_message_id IS NOT NULL ORDER BY m.id LIMIT 1",
                campaign1);
     assert_int_equal(PQntuples(r), 1);
-    char mid[64];
+    char mid[64], late[128];
     snprintf(mid, sizeof mid, "%s", PQgetvalue(r, 0, 0));
     PQclear(r);
-    const char *q = "SELECT m.status, m.delivered_at::text, m.read_at::text, c.delivered_count,"
-                    " c.read_count FROM broadcast_messages m JOIN campaigns c ON c.id ="
-                    " m.campaign_id WHERE m.provider_message_id = '%s'";
-    PGresult *before = wt_sql(db, q, mid);
-    assert_true(fake_ok(&gowa, "POST", "/_control/receipt",
-                        "{\"id\": \"%s\", \"receipt_type\": \"delivered\"}", mid));
-    assert_true(settle());
-    PGresult *after = wt_sql(db, q, mid);
-    for (int c = 0; c < 5; c++) {
-        if (strcmp(PQgetvalue(before, 0, c), PQgetvalue(after, 0, c))) {
-            fprintf(stderr, "a late delivered changed column %d: %s -> %s\n", c,
-                    PQgetvalue(before, 0, c), PQgetvalue(after, 0, c));
-            failures++;
-        }
-    }
-    PQclear(before);
-    PQclear(after);
+    snprintf(late, sizeof late, "{\"id\": \"%s\", \"receipt_type\": \"delivered\"}", mid);
+    failures += e2e_check_late_delivered(&w.env, w.db, &w.fake, mid, "/_control/receipt", late);
     json_decref(sent);
     if (failures)
-        wt_dump_logs(&env, 40);
+        wt_dump_logs(&w.env, 40);
     assert_int_equal(failures, 0);
 }
 
@@ -766,7 +474,7 @@ static void test_stop_opts_out(void **state)
     const lead *fl = &leads[forged_lead];
     char *forged = message_body(devices[fl->dev].jid, fl->digits, "STOP");
     char sig[100];
-    sign("not-the-secret", forged, strlen(forged), sig, sizeof sig);
+    e2e_sign("not-the-secret", forged, strlen(forged), sig, sizeof sig);
     long code = post_webhook(forged, strlen(forged), sig);
     fprintf(stderr, "forged STOP -> %ld\n", code);
     failures += code != 401;
@@ -776,24 +484,20 @@ static void test_stop_opts_out(void **state)
     free(forged);
 
     const lead *sl = &leads[stop_lead];
-    json_t *in = fake_call(&gowa, "POST", "/_control/inbound",
-                           "{\"device_id\": \"%s\", \"from\": \"%s\", \"text\": \"STOP\"}",
-                           devices[sl->dev].gowa_id, sl->digits);
-    assert_non_null(in);
-    json_decref(in);
-    if (!wait_sql(10000, "SELECT count(*) FROM leads WHERE id = '%s' AND opted_out_at IS NOT NULL",
-                  sl->id))
-        failures++;
-    if (!settle())
+    char stop[160];
+    snprintf(stop, sizeof stop, "{\"device_id\": \"%s\", \"from\": \"%s\", \"text\": \"STOP\"}",
+             devices[sl->dev].gowa_id, sl->digits);
+    failures += e2e_check_stop(&w, stop, sl->id);
+    if (!e2e_settle(&w.env, &w.fake))
         failures++;
     long others = wt_sql_long(
-        db, "SELECT count(*) FROM leads WHERE opted_out_at IS NOT NULL AND id <> '%s'", sl->id);
+        w.db, "SELECT count(*) FROM leads WHERE opted_out_at IS NOT NULL AND id <> '%s'", sl->id);
     if (others) {
         fprintf(stderr, "%ld other leads are opted out\n", others);
         failures++;
     }
     if (failures)
-        wt_dump_logs(&env, 30);
+        wt_dump_logs(&w.env, 30);
     assert_int_equal(failures, 0);
 }
 
@@ -808,7 +512,7 @@ typedef struct failed_arg {
 static bool device_message_failed(void *arg)
 {
     failed_arg *a = arg;
-    return wt_sql_long(db,
+    return wt_sql_long(w.db,
                        "SELECT count(*) FROM broadcast_messages m JOIN leads l ON l.id = m.lead_id"
                        " WHERE m.campaign_id = '%s' AND l.device_id = '%s' AND m.status = 'failed'",
                        a->campaign, a->device) != 0;
@@ -819,22 +523,22 @@ static void test_logged_out_device(void **state)
     (void)state;
     int failures = 0;
     const device *g3 = &devices[2];
-    assert_true(fake_ok(&gowa, "POST", "/_control/devices/g3", "{\"state\": \"logged_out\"}"));
+    assert_true(fake_ok(&w.fake, "POST", "/_control/devices/g3", "{\"state\": \"logged_out\"}"));
     char c2[40];
     insert_campaign("gowa after logout", c2);
-    if (!wait_sql(20000,
-                  "SELECT count(*) FROM user_devices WHERE id = '%s' AND status IN ('offline',"
-                  " 'logged_out') AND coalesce(status_reason, '') <> ''",
-                  g3->id))
+    if (!e2e_wait_sql(w.db, 20000,
+                      "SELECT count(*) FROM user_devices WHERE id = '%s' AND status IN ('offline',"
+                      " 'logged_out') AND coalesce(status_reason, '') <> ''",
+                      g3->id))
         failures++;
     long long offline_at = wt_now_ms();
     PGresult *r =
-        wt_sql(db, "SELECT status, status_reason FROM user_devices WHERE id = '%s'", g3->id);
+        wt_sql(w.db, "SELECT status, status_reason FROM user_devices WHERE id = '%s'", g3->id);
     fprintf(stderr, "g3 (logged out): %s (%s)\n", PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1));
     PQclear(r);
     /* The others' messages settle while g3 stays logged out. */
-    if (!wait_sql(
-            30000,
+    if (!e2e_wait_sql(
+            w.db, 30000,
             "SELECT count(*) = 0 FROM broadcast_messages m JOIN leads l ON l.id = m.lead_id"
             " WHERE m.campaign_id = '%s' AND m.status IN ('pending', 'queued') AND l.device_id"
             " <> '%s'",
@@ -846,7 +550,7 @@ static void test_logged_out_device(void **state)
         fprintf(stderr, "a message of the logged-out device failed during the outage\n");
         failures++;
     }
-    r = wt_sql(db,
+    r = wt_sql(w.db,
                "SELECT m.id, m.recipient_phone, m.status, m.attempts, coalesce(m.error_code, ''),"
                " coalesce(m.error_message, '') FROM broadcast_messages m JOIN leads l ON l.id ="
                " m.lead_id WHERE m.campaign_id = '%s' AND l.device_id = '%s' ORDER BY m.id",
@@ -858,25 +562,26 @@ static void test_logged_out_device(void **state)
     PQclear(r);
 
     /* Paired again: the waiting messages go out, once. */
-    assert_true(fake_ok(&gowa, "POST", "/_control/devices/g3/scan", NULL));
+    assert_true(fake_ok(&w.fake, "POST", "/_control/devices/g3/scan", NULL));
     const char *ids[] = {c2};
-    if (!sc_wait_campaigns_final(db, ids, 1, 60000)) {
+    if (!sc_wait_campaigns_final(w.db, ids, 1, 60000)) {
         fprintf(stderr, "the campaign did not finish\n");
         failures++;
     }
-    if (!wait_sql(20000, "SELECT count(*) FROM user_devices WHERE id = '%s' AND status = 'online'",
-                  g3->id))
+    if (!e2e_wait_sql(w.db, 20000,
+                      "SELECT count(*) FROM user_devices WHERE id = '%s' AND status = 'online'",
+                      g3->id))
         failures++;
-    if (!settle())
+    if (!e2e_settle(&w.env, &w.fake))
         failures++;
-    json_t *sent = fake_sent();
+    json_t *sent = e2e_fake_sent(&w.fake);
     assert_non_null(sent);
     for (int i = 0; i < NLEADS; i++) {
         lead *l = &leads[i];
         bool skip = i == stop_lead;
         int want = l->accepted + (skip ? 0 : 1);
         int got = accepted_for(sent, l->digits);
-        r = wt_sql(db,
+        r = wt_sql(w.db,
                    "SELECT status, coalesce(error_code, ''), attempts FROM broadcast_messages WHERE"
                    " campaign_id = '%s' AND lead_id = '%s'",
                    c2, l->id);
@@ -896,7 +601,7 @@ static void test_logged_out_device(void **state)
     failures += check_sends_match_rows(sent, c2);
     json_decref(sent);
     r = wt_sql(
-        db, "SELECT status, total_count, sent_count, failed_count FROM campaigns WHERE id = '%s'",
+        w.db, "SELECT status, total_count, sent_count, failed_count FROM campaigns WHERE id = '%s'",
         c2);
     fprintf(stderr, "campaign: %s total %s sent %s failed %s\n", PQgetvalue(r, 0, 0),
             PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 2), PQgetvalue(r, 0, 3));
@@ -905,7 +610,7 @@ static void test_logged_out_device(void **state)
         failures++;
     PQclear(r);
     if (failures)
-        wt_dump_logs(&env, 60);
+        wt_dump_logs(&w.env, 60);
     assert_int_equal(failures, 0);
 }
 
@@ -916,5 +621,5 @@ int main(void)
         cmocka_unit_test(test_logged_out_device),     cmocka_unit_test(test_qr_pairing),
         cmocka_unit_test(test_credentials_stay_home),
     };
-    return cmocka_run_group_tests_name("gowa-e2e", tests, setup, teardown);
+    return cmocka_run_group_tests_name("gowa-e2e", tests, setup, e2e_world_teardown);
 }

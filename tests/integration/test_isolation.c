@@ -19,6 +19,7 @@
 
 #include <cmocka.h>
 
+#include "e2e_common.h"
 #include "scenario.h"
 
 #define X_LEADS 30000
@@ -61,10 +62,8 @@ static void insert_campaign(char *id, const char *user, const char *title, int d
 static int setup(void **state)
 {
     (void)state;
-    if (wt_env_start(&env, WT_REDIS | WT_PG | WT_MIGRATE) < 0)
+    if (e2e_env_start(&env, &db, &rc) < 0)
         return -1;
-    db = wt_pg(&env);
-    rc = wt_redis(&env);
     insert_user(user_x, "x");
     insert_user(user_y, "y");
     insert_device(dev_x, user_x, 1.0, 2.0);
@@ -91,11 +90,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    if (rc)
-        redisFree(rc);
-    if (db)
-        PQfinish(db);
-    wt_env_stop(&env);
+    e2e_teardown(&env, db, rc);
     return 0;
 }
 

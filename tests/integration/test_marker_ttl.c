@@ -34,18 +34,9 @@ static int sport;
 static int setup(void **state)
 {
     (void)state;
-    if (wt_env_start(&env, WT_REDIS | WT_PG | WT_MIGRATE) < 0)
+    if (e2e_env_start(&env, &db, NULL) < 0)
         return -1;
-    db = wt_pg(&env);
-    wt_sql_text(db, user, sizeof user, "INSERT INTO users (name) VALUES ('slow') RETURNING id");
-    wt_sql_text(db, dev, sizeof dev,
-                "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
-                " max_delay_seconds) VALUES ('%s', 'sim', 1.5, 2) RETURNING id",
-                user);
-    PQclear(wt_sql(db,
-                   "INSERT INTO leads (user_id, device_id, name, phone) SELECT '%s', '%s',"
-                   " 'l' || n, '+6015' || lpad(n::text, 7, '0') FROM generate_series(1, %d) n",
-                   user, dev, LEADS));
+    e2e_sim_tenant(db, "slow", 1.5, 2, "+6015", LEADS, user, dev);
     sport = wt_free_port();
     char port[32];
     snprintf(port, sizeof port, "PORT=%d", sport);
@@ -68,17 +59,8 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    if (db)
-        PQfinish(db);
-    wt_env_stop(&env);
+    e2e_teardown(&env, db, NULL);
     return 0;
-}
-
-static bool finished(void *arg)
-{
-    (void)arg;
-    return wt_sql_long(db, "SELECT count(*) FROM campaigns WHERE id = '%s' AND status = 'finished'",
-                       camp) == 1;
 }
 
 static bool outbox_empty(void *arg)
@@ -99,7 +81,7 @@ static void test_long_wait_in_outbox_sends_once(void **state)
                 "INSERT INTO campaigns (user_id, title, message, scheduled_at)"
                 " VALUES ('%s', 'slow', 'Hi {{name}}', now()) RETURNING id",
                 user);
-    if (!wt_wait_for(finished, NULL, 90000)) {
+    if (!e2e_wait_finished(db, camp, 90000)) {
         wt_dump_logs(&env, 30);
         fail_msg("the campaign did not finish");
     }

@@ -62,10 +62,8 @@ static pid_t spawn_dispatcher(const char *name)
 static int setup(void **state)
 {
     (void)state;
-    if (wt_env_start(&env, WT_REDIS | WT_PG | WT_MIGRATE) < 0)
+    if (e2e_env_start(&env, &db, &rc) < 0)
         return -1;
-    db = wt_pg(&env);
-    rc = wt_redis(&env);
     wt_sql_text(db, user_x, sizeof user_x, "INSERT INTO users (name) VALUES ('x') RETURNING id");
     wt_sql_text(db, user_y, sizeof user_y, "INSERT INTO users (name) VALUES ('y') RETURNING id");
     for (int k = 0; k < 2; k++)
@@ -121,11 +119,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    if (rc)
-        redisFree(rc);
-    if (db)
-        PQfinish(db);
-    wt_env_stop(&env);
+    e2e_teardown(&env, db, rc);
     return 0;
 }
 

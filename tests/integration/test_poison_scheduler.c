@@ -31,8 +31,8 @@
 #include <sys/wait.h>
 
 #include <cmocka.h>
-#include <curl/curl.h>
 
+#include "e2e_common.h"
 #include "scenario.h"
 
 static wt_env env;
@@ -49,26 +49,7 @@ static void insert_id(char *out, size_t outlen, PGresult *r)
 static void test_daemons_stop_cleanly(void **state)
 {
     (void)state;
-    int bad = 0;
-    for (int i = 0; i < env.nchildren; i++) {
-        wt_child *ch = &env.children[i];
-        if (ch->pid <= 0)
-            continue;
-        pid_t pid = ch->pid;
-        if (kill(pid, SIGTERM) < 0) {
-            fprintf(stderr, "%s: already gone\n", ch->name);
-            bad++;
-            continue;
-        }
-        int st = wt_wait_exit(&env, pid, 15000);
-        if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-            fprintf(stderr, "%s: did not exit cleanly on SIGTERM (status %d)\n", ch->name, st);
-            bad++;
-        }
-    }
-    if (bad)
-        wt_dump_logs(&env, 30);
-    assert_int_equal(bad, 0);
+    assert_int_equal(e2e_stop_daemons_cleanly(&env), 0);
 }
 
 /* ---- reconciler ----------------------------------------------------------------------------- */
@@ -608,41 +589,10 @@ static void test_bad_leads_skipped_with_reason(void **state)
 static tenant brief;
 static int scheduler_port;
 
-typedef struct body {
-    char text[65536];
-    size_t len;
-} body;
-
-static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
-{
-    body *b = arg;
-    size_t n = size * nmemb, take = n;
-    if (take > sizeof b->text - 1 - b->len)
-        take = sizeof b->text - 1 - b->len;
-    memcpy(b->text + b->len, data, take);
-    b->len += take;
-    b->text[b->len] = '\0';
-    return n;
-}
-
 /* The scheduler's wacast_scheduler_feed_cursors gauge, or -1. */
 static long feed_cursors(void)
 {
-    body b = {0};
-    CURL *c = curl_easy_init();
-    char url[128];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/metrics", scheduler_port);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_PROXY, "");
-    curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 5000L);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-    CURLcode rc = curl_easy_perform(c);
-    curl_easy_cleanup(c);
-    const char *at = rc == CURLE_OK ? strstr(b.text, "\nwacast_scheduler_feed_cursors ") : NULL;
-    return at ? atol(at + strlen("\nwacast_scheduler_feed_cursors ")) : -1;
+    return (long)e2e_metric(scheduler_port, "wacast_scheduler_feed_cursors");
 }
 
 static int setup_cursors(void **state)

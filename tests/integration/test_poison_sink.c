@@ -47,10 +47,8 @@ static long long msg_a[A_MSGS];
 static int setup(void **state)
 {
     (void)state;
-    if (wt_env_start(&env, WT_REDIS | WT_PG | WT_MIGRATE) < 0)
+    if (e2e_env_start(&env, &db, &rc) < 0)
         return -1;
-    db = wt_pg(&env);
-    rc = wt_redis(&env);
     wt_sql_text(db, user_a, sizeof user_a, "INSERT INTO users (name) VALUES ('a') RETURNING id");
     wt_sql_text(db, user_b, sizeof user_b, "INSERT INTO users (name) VALUES ('b') RETURNING id");
     for (int k = 0; k < 2; k++)
@@ -103,11 +101,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    if (rc)
-        redisFree(rc);
-    if (db)
-        PQfinish(db);
-    wt_env_stop(&env);
+    e2e_teardown(&env, db, rc);
     return 0;
 }
 

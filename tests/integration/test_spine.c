@@ -19,6 +19,7 @@
 
 #include <cmocka.h>
 
+#include "e2e_common.h"
 #include "scenario.h"
 
 #define MIN_DELAY 0.02
@@ -401,26 +402,7 @@ static void test_pacing(void **state)
 static void test_daemons_stop_cleanly(void **state)
 {
     (void)state;
-    int bad = 0;
-    for (int i = 0; i < env.nchildren; i++) {
-        wt_child *ch = &env.children[i];
-        if (ch->pid <= 0)
-            continue;
-        pid_t pid = ch->pid;
-        if (kill(pid, SIGTERM) < 0) {
-            fprintf(stderr, "%s: already gone\n", ch->name);
-            bad++;
-            continue;
-        }
-        int st = wt_wait_exit(&env, pid, 15000);
-        if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-            fprintf(stderr, "%s: did not exit cleanly on SIGTERM (status %d)\n", ch->name, st);
-            bad++;
-        }
-    }
-    if (bad)
-        wt_dump_logs(&env, 30);
-    assert_int_equal(bad, 0);
+    assert_int_equal(e2e_stop_daemons_cleanly(&env), 0);
 }
 
 int main(int argc, char **argv)

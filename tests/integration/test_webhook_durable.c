@@ -133,9 +133,8 @@ static void gowa_user(int k, wc_seal_keys *keys)
 static int setup(void **state)
 {
     (void)state;
-    if (wt_env_start(&env, WT_REDIS | WT_PG | WT_MIGRATE) < 0)
+    if (e2e_env_start(&env, &db, NULL) < 0)
         return -1;
-    db = wt_pg(&env);
     msg_u = messaged_user(user_u, lead_u, "u", "1001");
     msg_v = messaged_user(user_v, lead_v, "v", "2002");
     wc_seal_keygen(secret_key);
@@ -164,9 +163,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    if (db)
-        PQfinish(db);
-    wt_env_stop(&env);
+    e2e_teardown(&env, db, NULL);
     return 0;
 }
 

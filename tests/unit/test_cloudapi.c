@@ -27,6 +27,7 @@
 #include <event2/listener.h>
 #include <jansson.h>
 
+#include "send_check.h"
 #include "wc_cloudapi.h"
 #include "wc_daemon.h"
 #include "wc_httpc.h"
@@ -53,36 +54,12 @@ typedef struct rec {
     json_t *body; /* owned */
 } rec;
 
-typedef struct raw_server raw_server;
-
 typedef struct fixture {
-    raw_server *raw;
-    struct event_base *base;
-    struct evhttp *http;
-    int port;
-    char base_url[64];
-    char provider_hosts[64]; /* the allow-list: the fake's base URL */
+    fake_http srv;
     rec recs[MAX_RECS];
     int nrecs;
-    char violations[8192];
-    int nviolations;
-    bool deadline_hit;
     wc_transport_env env;
 } fixture;
-
-static void violation(fixture *fx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void violation(fixture *fx, const char *fmt, ...)
-{
-    size_t used = strlen(fx->violations);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(fx->violations + used, sizeof fx->violations - used, fmt, ap);
-    va_end(ap);
-    used = strlen(fx->violations);
-    snprintf(fx->violations + used, sizeof fx->violations - used, "\n");
-    fx->nviolations++;
-}
 
 static bool only_keys(json_t *obj, const char *const *allowed)
 {
@@ -124,36 +101,36 @@ static void check_message(fixture *fx, json_t *m)
         "messaging_product", "recipient_type",           "to", "type", "text", "image",
         "template",          "biz_opaque_callback_data", NULL};
     if (!json_is_object(m)) {
-        violation(fx, "body is not a JSON object");
+        fake_http_violation(&fx->srv, "body is not a JSON object");
         return;
     }
     if (!only_keys(m, top))
-        violation(fx, "unexpected top-level key");
+        fake_http_violation(&fx->srv, "unexpected top-level key");
     if (strcmp(str_of(json_object_get(m, "messaging_product")), "whatsapp") != 0)
-        violation(fx, "messaging_product is not whatsapp");
+        fake_http_violation(&fx->srv, "messaging_product is not whatsapp");
     if (strcmp(str_of(json_object_get(m, "recipient_type")), "individual") != 0)
-        violation(fx, "recipient_type is not individual");
+        fake_http_violation(&fx->srv, "recipient_type is not individual");
     if (!all_digits(json_string_value(json_object_get(m, "to"))))
-        violation(fx, "to is not digits only");
+        fake_http_violation(&fx->srv, "to is not digits only");
     const char *opaque = json_string_value(json_object_get(m, "biz_opaque_callback_data"));
     if (!all_digits(opaque) || strlen(opaque) > 512)
-        violation(fx, "biz_opaque_callback_data is not a decimal message id");
+        fake_http_violation(&fx->srv, "biz_opaque_callback_data is not a decimal message id");
     const char *type = json_string_value(json_object_get(m, "type"));
     if (!type) {
-        violation(fx, "no type");
+        fake_http_violation(&fx->srv, "no type");
         return;
     }
     int kinds = !!json_object_get(m, "text") + !!json_object_get(m, "image") +
                 !!json_object_get(m, "template");
     if (kinds != 1 || !json_object_get(m, type))
-        violation(fx, "type %s does not match the one content object", type);
+        fake_http_violation(&fx->srv, "type %s does not match the one content object", type);
     if (strcmp(type, "text") == 0) {
         json_t *t = json_object_get(m, "text");
         static const char *const keys[] = {"body", "preview_url", NULL};
         if (!json_is_object(t) || !only_keys(t, keys) ||
             !json_is_string(json_object_get(t, "body")) ||
             !json_is_false(json_object_get(t, "preview_url")))
-            violation(fx, "text object does not match TextMessage");
+            fake_http_violation(&fx->srv, "text object does not match TextMessage");
     } else if (strcmp(type, "image") == 0) {
         json_t *im = json_object_get(m, "image");
         static const char *const keys[] = {"link", "id", "caption", NULL};
@@ -162,7 +139,7 @@ static void check_message(fixture *fx, json_t *m)
         json_t *cap = json_object_get(im, "caption");
         if (!json_is_object(im) || !only_keys(im, keys) || link == id ||
             (cap && (!json_is_string(cap) || json_string_length(cap) > 1024)))
-            violation(fx, "image object does not match MediaObject");
+            fake_http_violation(&fx->srv, "image object does not match MediaObject");
     } else if (strcmp(type, "template") == 0) {
         json_t *t = json_object_get(m, "template");
         static const char *const keys[] = {"name", "language", "components", NULL};
@@ -172,12 +149,13 @@ static void check_message(fixture *fx, json_t *m)
             !json_is_string(json_object_get(t, "name")) || !json_is_object(lang) ||
             !only_keys(lang, lkeys) || !json_is_string(json_object_get(lang, "code")) ||
             strcmp(str_of(json_object_get(lang, "policy")), "deterministic") != 0)
-            violation(fx, "template object does not match TemplateObject/LanguageObject");
+            fake_http_violation(&fx->srv,
+                                "template object does not match TemplateObject/LanguageObject");
         json_t *comps = json_object_get(t, "components");
         if (comps && !json_is_array(comps))
-            violation(fx, "template components is not an array");
+            fake_http_violation(&fx->srv, "template components is not an array");
     } else {
-        violation(fx, "unexpected type %s", type);
+        fake_http_violation(&fx->srv, "unexpected type %s", type);
     }
 }
 
@@ -214,13 +192,13 @@ static void on_request(struct evhttp_request *req, void *arg)
     snprintf(r->path, sizeof r->path, "%s", evhttp_request_get_uri(req));
     struct evkeyvalq *h = evhttp_request_get_input_headers(req);
     if (evhttp_request_get_command(req) != EVHTTP_REQ_POST)
-        violation(fx, "method is not POST");
+        fake_http_violation(&fx->srv, "method is not POST");
     const char *auth = evhttp_find_header(h, "Authorization");
     if (!auth || strcmp(auth, "Bearer " TOKEN) != 0)
-        violation(fx, "Authorization is %s", auth ? auth : "missing");
+        fake_http_violation(&fx->srv, "Authorization is %s", auth ? auth : "missing");
     const char *ct = evhttp_find_header(h, "Content-Type");
     if (!ct || strcmp(ct, "application/json") != 0)
-        violation(fx, "Content-Type is %s", ct ? ct : "missing");
+        fake_http_violation(&fx->srv, "Content-Type is %s", ct ? ct : "missing");
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     size_t n = evbuffer_get_length(in);
     char *raw = malloc(n + 1);
@@ -272,32 +250,17 @@ static void on_request(struct evhttp_request *req, void *arg)
 static int setup(void **state)
 {
     fixture *fx = calloc(1, sizeof *fx);
-    fx->base = event_base_new();
-    fx->http = evhttp_new(fx->base);
-    evhttp_set_gencb(fx->http, on_request, fx);
-    struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(fx->http, "127.0.0.1", 0);
-    assert_non_null(bs);
-    struct sockaddr_in sin;
-    socklen_t len = sizeof sin;
-    getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&sin, &len);
-    fx->port = ntohs(sin.sin_port);
-    snprintf(fx->base_url, sizeof fx->base_url, "http://127.0.0.1:%d/", fx->port);
-    fx->env.base = fx->base;
-    fx->env.instance_id = "test";
+    send_check_start(&fx->srv, &fx->env, on_request, fx);
     *state = fx;
     return 0;
 }
 
-static void raw_free(raw_server *srv);
-
 static int teardown(void **state)
 {
     fixture *fx = *state;
-    raw_free(fx->raw);
     for (int i = 0; i < fx->nrecs; i++)
         json_decref(fx->recs[i].body);
-    evhttp_free(fx->http);
-    event_base_free(fx->base);
+    fake_http_stop(&fx->srv);
     free(fx);
     return 0;
 }
@@ -305,18 +268,10 @@ static int teardown(void **state)
 static void *open_device(fixture *fx, const char *pnid, double mps, long timeout_ms)
 {
     json_t *settings =
-        json_pack("{s:s, s:s, s:s, s:f, s:i}", "base_url", fx->base_url, "api_version", "v23.0",
+        json_pack("{s:s, s:s, s:s, s:f, s:i}", "base_url", fx->srv.base_url, "api_version", "v23.0",
                   "phone_number_id", pnid, "mps", mps, "timeout_ms", (int)timeout_ms);
     json_t *creds = json_pack("{s:s}", "access_token", TOKEN);
-    char err[256] = "";
-    snprintf(fx->provider_hosts, sizeof fx->provider_hosts, "%s", fx->base_url);
-    fx->env.provider_hosts = fx->provider_hosts;
-    void *dev = wc_transport_cloudapi.open(&fx->env, "dev-1", settings, creds, err, sizeof err);
-    if (!dev)
-        fail_msg("open: %s", err);
-    json_decref(settings);
-    json_decref(creds);
-    return dev;
+    return send_check_open(&fx->srv, &fx->env, &wc_transport_cloudapi, "dev-1", settings, creds);
 }
 
 typedef struct outcome {
@@ -334,54 +289,23 @@ static void on_sent(void *arg, const wc_send_result *res)
     o->res = *res;
     if (o->counter) {
         if (++*o->counter == o->want)
-            event_base_loopbreak(o->fx->base);
+            event_base_loopbreak(o->fx->srv.base);
     } else {
-        event_base_loopbreak(o->fx->base);
+        event_base_loopbreak(o->fx->srv.base);
     }
-}
-
-static void on_deadline(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    fixture *fx = arg;
-    fx->deadline_hit = true;
-    event_base_loopbreak(fx->base);
-}
-
-static void run_loop(fixture *fx, int ms)
-{
-    struct event *deadline = evtimer_new(fx->base, on_deadline, fx);
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    evtimer_add(deadline, &tv);
-    fx->deadline_hit = false;
-    event_base_loop(fx->base, 0);
-    event_free(deadline);
 }
 
 /* Sends one message and waits for its outcome. */
 static wc_send_result send_one(fixture *fx, void *dev, int64_t id, const char *to,
                                const char *content, const char *media)
 {
-    outcome o = {.fx = fx};
     wc_send_request req = {.message_id = id,
                            .campaign_id = "c1",
                            .device_id = "dev-1",
                            .recipient = to,
                            .content = content,
                            .media_url = media};
-    assert_int_equal(wc_transport_cloudapi.send(dev, &req, on_sent, &o), 0);
-    assert_int_equal(o.calls, 0); /* never from inside send() */
-    run_loop(fx, 10000);
-    assert_false(fx->deadline_hit);
-    assert_int_equal(o.calls, 1);
-    return o.res;
-}
-
-static void assert_no_violations(fixture *fx)
-{
-    if (fx->nviolations)
-        fail_msg("the fake Cloud API saw %d violation(s):\n%s", fx->nviolations, fx->violations);
+    return send_check_one(&fx->srv, &wc_transport_cloudapi, dev, &req);
 }
 
 static void test_text_ok(void **state)
@@ -401,7 +325,7 @@ static void test_text_ok(void **state)
     assert_string_equal(json_string_value(json_object_get(b, "biz_opaque_callback_data")), "4242");
     assert_string_equal(json_string_value(json_object_get(json_object_get(b, "text"), "body")),
                         "Hello Ann");
-    assert_no_violations(fx);
+    fake_http_assert_no_violations(&fx->srv, "the fake Cloud API");
     wc_transport_cloudapi.close(dev);
 }
 
@@ -426,7 +350,7 @@ static void test_image(void **state)
     assert_int_equal(r.outcome, WC_SEND_FAIL);
     assert_string_equal(r.error_code, "unsupported_media");
     assert_int_equal(fx->nrecs, 2);
-    assert_no_violations(fx);
+    fake_http_assert_no_violations(&fx->srv, "the fake Cloud API");
     wc_transport_cloudapi.close(dev);
 }
 
@@ -471,7 +395,7 @@ static void test_template(void **state)
         assert_string_equal(r.error_code, "bad_template");
     }
     assert_int_equal(fx->nrecs, 2);
-    assert_no_violations(fx);
+    fake_http_assert_no_violations(&fx->srv, "the fake Cloud API");
     wc_transport_cloudapi.close(dev);
 }
 
@@ -542,7 +466,7 @@ static void test_error_codes(void **state)
         assert_int_equal(r.provider_id[0], '\0');
         wc_transport_cloudapi.close(dev);
     }
-    assert_no_violations(fx);
+    fake_http_assert_no_violations(&fx->srv, "the fake Cloud API");
 }
 
 static void test_ok_without_id(void **state)
@@ -568,13 +492,8 @@ static void test_timeout_and_network(void **state)
     wc_transport_cloudapi.close(dev);
 
     /* Nothing listens there. */
-    evutil_socket_t s = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    bind(s, (struct sockaddr *)&sin, sizeof sin);
-    socklen_t len = sizeof sin;
-    getsockname(s, (struct sockaddr *)&sin, &len);
-    evutil_closesocket(s);
-    snprintf(fx->base_url, sizeof fx->base_url, "http://127.0.0.1:%d", ntohs(sin.sin_port));
+    snprintf(fx->srv.base_url, sizeof fx->srv.base_url, "http://127.0.0.1:%d",
+             fake_http_dead_port());
     dev = open_device(fx, "1234567890", 80, 2000);
     r = send_one(fx, dev, 7, TO_OK, "hi", NULL);
     assert_int_equal(r.outcome, WC_SEND_RETRY);
@@ -584,144 +503,9 @@ static void test_timeout_and_network(void **state)
     wc_transport_cloudapi.close(dev);
 }
 
-/* A bare TCP server for what evhttp will not do: read a whole request, then
- * misbehave the way a network or a proxy in front of the API does. */
-typedef enum {
-    RAW_RESET,    /* RST (SO_LINGER 0 and close) */
-    RAW_CLOSE,    /* close without a byte of answer */
-    RAW_HTML_502, /* a proxy's 502 page */
-    RAW_CUT_BODY, /* 200 whose body stops short of its Content-Length */
-} raw_mode;
-
-struct raw_server {
-    struct evconnlistener *listener;
-    raw_mode mode;
-    int port;
-    int requests; /* whole requests read */
-};
-
-typedef struct raw_conn {
-    raw_server *srv;
-    struct bufferevent *bev;
-} raw_conn;
-
-static void raw_close(raw_conn *rc, bool reset)
+static void *open_default(void *fx)
 {
-    if (reset) {
-        struct linger lg = {.l_onoff = 1, .l_linger = 0};
-        setsockopt(bufferevent_getfd(rc->bev), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    }
-    bufferevent_free(rc->bev);
-    free(rc);
-}
-
-static void raw_on_written(struct bufferevent *bev, void *arg)
-{
-    (void)bev;
-    raw_close(arg, false);
-}
-
-static void raw_on_event(struct bufferevent *bev, short what, void *arg)
-{
-    (void)bev;
-    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
-        raw_close(arg, false);
-}
-
-/* Headers and the Content-Length bytes of body have all arrived. */
-static bool whole_request(struct evbuffer *in)
-{
-    struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
-    if (end.pos < 0)
-        return false;
-    size_t hlen = (size_t)end.pos + 4;
-    char *head = malloc(hlen + 1);
-    evbuffer_copyout(in, head, hlen);
-    head[hlen] = '\0';
-    const char *cl = strcasestr(head, "\r\ncontent-length:");
-    size_t clen = cl ? strtoul(cl + 17, NULL, 10) : 0;
-    free(head);
-    return evbuffer_get_length(in) >= hlen + clen;
-}
-
-static void raw_on_read(struct bufferevent *bev, void *arg)
-{
-    raw_conn *rc = arg;
-    if (!whole_request(bufferevent_get_input(bev)))
-        return;
-    rc->srv->requests++;
-    static const char page[] =
-        "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>nginx</body></html>";
-    switch (rc->srv->mode) {
-    case RAW_RESET:
-        raw_close(rc, true);
-        return;
-    case RAW_CLOSE:
-        raw_close(rc, false);
-        return;
-    case RAW_HTML_502:
-        evbuffer_add_printf(bufferevent_get_output(bev),
-                            "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\n"
-                            "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
-                            strlen(page), page);
-        break;
-    case RAW_CUT_BODY:
-        evbuffer_add_printf(bufferevent_get_output(bev),
-                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                            "Content-Length: 200\r\n\r\n{\"messaging_product\":\"whatsapp\",\"mes");
-        break;
-    }
-    bufferevent_setcb(bev, NULL, raw_on_written, raw_on_event, rc);
-}
-
-static void raw_on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
-                          int socklen, void *arg)
-{
-    (void)sa;
-    (void)socklen;
-    raw_conn *rc = calloc(1, sizeof *rc);
-    rc->srv = arg;
-    rc->bev = bufferevent_socket_new(evconnlistener_get_base(l), fd, BEV_OPT_CLOSE_ON_FREE);
-    bufferevent_setcb(rc->bev, raw_on_read, NULL, raw_on_event, rc);
-    bufferevent_enable(rc->bev, EV_READ);
-}
-
-static void raw_free(raw_server *srv)
-{
-    if (srv) {
-        evconnlistener_free(srv->listener);
-        free(srv);
-    }
-}
-
-/* Points the fixture's base_url at a raw server that misbehaves as mode says. */
-static raw_server *use_raw(fixture *fx, raw_mode mode)
-{
-    if (!fx->raw) {
-        fx->raw = calloc(1, sizeof *fx->raw);
-        struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-        fx->raw->listener = evconnlistener_new_bind(fx->base, raw_on_accept, fx->raw,
-                                                    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 16,
-                                                    (struct sockaddr *)&sin, sizeof sin);
-        assert_non_null(fx->raw->listener);
-        socklen_t len = sizeof sin;
-        getsockname(evconnlistener_get_fd(fx->raw->listener), (struct sockaddr *)&sin, &len);
-        fx->raw->port = ntohs(sin.sin_port);
-    }
-    fx->raw->mode = mode;
-    snprintf(fx->base_url, sizeof fx->base_url, "http://127.0.0.1:%d/", fx->raw->port);
-    return fx->raw;
-}
-
-static void assert_clean_result(const wc_send_result *r)
-{
-    if (!wc_text_valid(r->error_code, strlen(r->error_code)) ||
-        !wc_text_valid(r->error_message, strlen(r->error_message)) ||
-        !wc_text_valid(r->provider_id, strlen(r->provider_id)) ||
-        !wc_text_valid(r->device_reason, strlen(r->device_reason)))
-        fail_msg("a result field is not valid UTF-8: code \"%s\" message \"%s\" id \"%s\" "
-                 "reason \"%s\"",
-                 r->error_code, r->error_message, r->provider_id, r->device_reason);
+    return open_device(fx, "1234567890", 80, 5000);
 }
 
 /* Whenever the request may have reached the API and no answer of the API's
@@ -729,33 +513,13 @@ static void assert_clean_result(const wc_send_result *r)
 static void test_in_doubt_when_the_reply_is_lost(void **state)
 {
     fixture *fx = *state;
-    static const struct {
-        raw_mode mode;
-        const char *code;
-        const char *in_message;
-    } cases[] = {
-        {RAW_RESET, "no_reply", "Cloud API"},
-        {RAW_CLOSE, "no_reply", "Cloud API"},
-        {RAW_HTML_502, "http_502", "502 Bad Gateway"},
-        {RAW_CUT_BODY, "no_reply", "Cloud API"},
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        raw_server *srv = use_raw(fx, cases[i].mode);
-        int before = srv->requests;
-        void *dev = open_device(fx, "1234567890", 80, 5000);
-        wc_send_result r = send_one(fx, dev, 20 + (int64_t)i, TO_OK, "hi", NULL);
-        assert_int_equal(srv->requests, before + 1); /* the whole request got there */
-        if (r.outcome != WC_SEND_RETRY || !r.outcome_unknown ||
-            strcmp(r.error_code, cases[i].code) != 0 ||
-            !strstr(r.error_message, cases[i].in_message))
-            fail_msg(
-                "case %zu: want RETRY in doubt, code %s; got outcome %d unknown %d code %s (%s)", i,
-                cases[i].code, r.outcome, r.outcome_unknown, r.error_code, r.error_message);
-        assert_true(r.retry_after_ms > 0);
-        assert_string_equal(r.provider_id, "");
-        assert_clean_result(&r);
-        wc_transport_cloudapi.close(dev);
-    }
+    wc_send_request req = {.message_id = 20,
+                           .campaign_id = "c1",
+                           .device_id = "dev-1",
+                           .recipient = TO_OK,
+                           .content = "hi"};
+    send_check_in_doubt(&fx->srv, &wc_transport_cloudapi, open_default, fx, &req, "Cloud API",
+                        "{\"messaging_product\":\"whatsapp\",\"mes");
 }
 
 /* Answers of the API's own, even 5xx ones, are definite; so is a refused
@@ -787,7 +551,7 @@ static void test_provider_texts_are_made_safe(void **state)
     wc_send_result r = send_one(fx, dev, 40, TO_LONG_UTF8, "hi", NULL);
     assert_int_equal(r.outcome, WC_SEND_FAIL);
     assert_string_equal(r.error_code, "131026");
-    assert_clean_result(&r);
+    send_check_clean(&r);
     assert_true(strlen(r.error_message) > 200);
     assert_memory_equal(r.error_message, "\xC3\xA9\xC3\xA9", 4);
 
@@ -795,32 +559,29 @@ static void test_provider_texts_are_made_safe(void **state)
     assert_int_equal(r.outcome, WC_SEND_OK); /* accepted: never send it twice */
     assert_string_equal(r.provider_id, "");  /* not stored cut */
     assert_non_null(strstr(r.error_message, "unusable"));
-    assert_clean_result(&r);
+    send_check_clean(&r);
 
     r = send_one(fx, dev, 42, TO_BAD_ID, "hi", NULL);
     assert_int_equal(r.outcome, WC_SEND_OK);
     assert_string_equal(r.provider_id, "");
-    assert_clean_result(&r);
-    assert_no_violations(fx);
+    send_check_clean(&r);
+    fake_http_assert_no_violations(&fx->srv, "the fake Cloud API");
     wc_transport_cloudapi.close(dev);
 }
 
-typedef struct reply_case {
-    long status;
-    const char *body;
-    size_t len; /* 0: strlen(body) */
-    wc_send_outcome outcome;
-    bool unknown;
-    const char *code;
-} reply_case;
-
 #define POISON_PAGE "<h1>\xFF\xC3(\0bad\x01\xE2\x82</h1>"
+
+static void classify(long status, const char *body, size_t len, uint32_t attempt,
+                     wc_send_result *out)
+{
+    (void)wc_cloudapi_classify_reply(status, body, len, attempt, out);
+}
 
 /* The classification alone, on replies no fake server sends. */
 static void test_classify_reply(void **state)
 {
     (void)state;
-    static const reply_case cases[] = {
+    static const send_check_reply cases[] = {
         {200, "{\"messages\":[{\"id\":\"wamid.ABC\"}]}", 0, WC_SEND_OK, false, ""},
         {200, "", 0, WC_SEND_RETRY, true, "bad_reply"},
         {200, "<html>captive portal</html>", 0, WC_SEND_RETRY, true, "bad_reply"},
@@ -839,19 +600,7 @@ static void test_classify_reply(void **state)
         {502, POISON_PAGE, sizeof POISON_PAGE - 1, WC_SEND_RETRY, true, "http_502"},
         {400, "\xC3", 1, WC_SEND_FAIL, false, "http_400"},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        const reply_case *c = &cases[i];
-        wc_send_result r;
-        memset(&r, 0xAB, sizeof r); /* everything must be overwritten */
-        size_t len = c->len ? c->len : strlen(c->body);
-        wc_cloudapi_classify_reply(c->status, c->body, len, 1, &r);
-        if (r.outcome != c->outcome || r.outcome_unknown != c->unknown ||
-            strcmp(r.error_code, c->code) != 0)
-            fail_msg("case %zu: want outcome %d unknown %d code %s; got %d %d %s (%s)", i,
-                     c->outcome, c->unknown, c->code, r.outcome, r.outcome_unknown, r.error_code,
-                     r.error_message);
-        assert_clean_result(&r);
-    }
+    send_check_replies(cases, sizeof cases / sizeof cases[0], classify);
     /* The throttle family says so; others do not. */
     wc_send_result r;
     const char *throttle = "{\"error\":{\"code\":130429,\"message\":\"rate\"}}";
@@ -882,8 +631,8 @@ static void send_many(fixture *fx, void **devs, int ndevs, int n, const char *to
             .message_id = i + 1, .recipient = to, .content = "hello", .campaign_id = "c"};
         assert_int_equal(wc_transport_cloudapi.send(devs[i % ndevs], &req, on_sent, &os[i]), 0);
     }
-    run_loop(fx, 30000);
-    assert_false(fx->deadline_hit);
+    fake_http_run(&fx->srv, 30000);
+    assert_false(fx->srv.deadline_hit);
     assert_int_equal(done, n);
 }
 
@@ -923,7 +672,7 @@ static void test_token_bucket(void **state)
     assert_true(span >= 1000000); /* 200 at 100/s: well over a second */
     assert_true(span < 5000000);  /* and not absurdly slow */
     assert_paced(fx, 0, N, 100, 10);
-    assert_no_violations(fx);
+    fake_http_assert_no_violations(&fx->srv, "the fake Cloud API");
     free(os);
     wc_transport_cloudapi.close(dev);
 }
@@ -983,7 +732,7 @@ static void test_close_with_sends_in_flight(void **state)
         wc_send_request req = {.message_id = i + 1, .recipient = TO_HANG, .content = "x"};
         assert_int_equal(wc_transport_cloudapi.send(dev, &req, on_sent, &os[i]), 0);
     }
-    run_loop(fx, 200); /* the first reaches the fake and hangs */
+    fake_http_run(&fx->srv, 200); /* the first reaches the fake and hangs */
     assert_int_equal(fx->nrecs, 1);
     for (int i = 0; i < 3; i++)
         assert_int_equal(os[i].calls, 0);
@@ -997,8 +746,8 @@ static void test_close_with_sends_in_flight(void **state)
     assert_true(os[0].res.outcome_unknown);
     assert_false(os[1].res.outcome_unknown);
     assert_false(os[2].res.outcome_unknown);
-    run_loop(fx, 1500); /* nothing fires later: no callback, no request */
-    assert_true(fx->deadline_hit);
+    fake_http_run(&fx->srv, 1500); /* nothing fires later: no callback, no request */
+    assert_true(fx->srv.deadline_hit);
     assert_int_equal(fx->nrecs, 1);
     for (int i = 0; i < 3; i++)
         assert_int_equal(os[i].calls, 1);
@@ -1054,7 +803,7 @@ static void test_base_url_allow_list(void **state)
     const char *tok = "{\"access_token\":\"secret-token\"}";
     char settings[256];
     snprintf(settings, sizeof settings, "{\"phone_number_id\":\"1\",\"base_url\":\"%s\"}",
-             fx->base_url);
+             fx->srv.base_url);
     /* The default list (Meta only) refuses the fake on loopback. */
     fx->env.provider_hosts = NULL;
     expect_open_error(fx, settings, tok, "cloudapi: base_url not allowed: http://127.0.0.1:");
@@ -1080,7 +829,7 @@ static void test_base_url_allow_list(void **state)
 static void test_own_http_client(void **state)
 {
     fixture *fx = *state;
-    fx->env.httpc = wc_httpc_new(fx->base, 4);
+    fx->env.httpc = wc_httpc_new(fx->srv.base, 4);
     void *dev = open_device(fx, "1234567890", 80, 5000);
     wc_send_result r = send_one(fx, dev, 9, TO_OK, "hi", NULL);
     assert_int_equal(r.outcome, WC_SEND_OK);

@@ -26,6 +26,7 @@
 #include <jansson.h>
 #include <sodium.h>
 
+#include "send_check.h"
 #include "wc_gowa.h"
 #include "wc_httpc.h"
 #include "wc_text.h"
@@ -57,36 +58,12 @@ typedef struct rec {
     char device[64];
 } rec;
 
-typedef struct raw_server raw_server;
-
 typedef struct fixture {
-    raw_server *raw;
-    struct event_base *base;
-    struct evhttp *http;
-    int port;
-    char base_url[64];
-    char provider_hosts[64]; /* the allow-list: the fake's base URL */
+    fake_http srv;
     rec recs[64];
     int nrecs;
-    char violations[4096];
-    int nviolations;
-    bool deadline_hit;
     wc_transport_env env;
 } fixture;
-
-static void violation(fixture *fx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void violation(fixture *fx, const char *fmt, ...)
-{
-    size_t used = strlen(fx->violations);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(fx->violations + used, sizeof fx->violations - used, fmt, ap);
-    va_end(ap);
-    used = strlen(fx->violations);
-    snprintf(fx->violations + used, sizeof fx->violations - used, "\n");
-    fx->nviolations++;
-}
 
 static void reply(struct evhttp_request *req, int status, const char *ctype, const void *body,
                   size_t len)
@@ -222,28 +199,29 @@ static void on_request(struct evhttp_request *req, void *arg)
     }
     if (strcmp(r->path, "/send/message") == 0) {
         if (evhttp_request_get_command(req) != EVHTTP_REQ_POST)
-            violation(fx, "/send/message is not a POST");
+            fake_http_violation(&fx->srv, "/send/message is not a POST");
         if (strcmp(r->content_type, "application/json") != 0)
-            violation(fx, "/send/message Content-Type is %s", r->content_type);
+            fake_http_violation(&fx->srv, "/send/message Content-Type is %s", r->content_type);
         json_t *m = json_loads(r->body, 0, NULL);
         const char *phone = json_string_value(json_object_get(m, "phone"));
         if (!valid_jid(phone))
-            violation(fx, "phone is not <digits>@s.whatsapp.net: %s", phone ? phone : "missing");
+            fake_http_violation(&fx->srv, "phone is not <digits>@s.whatsapp.net: %s",
+                                phone ? phone : "missing");
         if (!json_is_string(json_object_get(m, "message")))
-            violation(fx, "message missing");
+            fake_http_violation(&fx->srv, "message missing");
         answer_send(fx, req, phone ? phone : "");
         json_decref(m);
     } else if (strcmp(r->path, "/send/image") == 0) {
         if (strncmp(r->content_type, "multipart/form-data; boundary=", 30) != 0)
-            violation(fx, "/send/image Content-Type is %s", r->content_type);
+            fake_http_violation(&fx->srv, "/send/image Content-Type is %s", r->content_type);
         char phone[64];
         form_field(r->body, "phone", phone, sizeof phone);
         if (!valid_jid(phone))
-            violation(fx, "image phone is not <digits>@s.whatsapp.net: %s", phone);
+            fake_http_violation(&fx->srv, "image phone is not <digits>@s.whatsapp.net: %s", phone);
         bool has_url = strstr(r->body, "name=\"image_url\"") != NULL;
         bool has_file = strstr(r->body, "name=\"image\"") != NULL;
         if (has_url == has_file)
-            violation(fx, "want exactly one of image_url and image");
+            fake_http_violation(&fx->srv, "want exactly one of image_url and image");
         answer_send(fx, req, phone);
     } else if (strcmp(r->path, "/app/login") == 0) {
         char body[512];
@@ -273,7 +251,7 @@ static void on_request(struct evhttp_request *req, void *arg)
                 link = links[i].link;
         char resolved[256];
         if (link)
-            snprintf(resolved, sizeof resolved, link, fx->port);
+            snprintf(resolved, sizeof resolved, link, fx->srv.port);
         if (link)
             snprintf(body, sizeof body,
                      "{\"code\":\"SUCCESS\",\"message\":\"Success\",\"results\":{\"qr_duration\":"
@@ -284,7 +262,7 @@ static void on_request(struct evhttp_request *req, void *arg)
                      "{\"code\":\"SUCCESS\",\"message\":\"Success\",\"results\":{\"qr_duration\":"
                      "30,\"qr_link\":\"http://127.0.0.1:%d/statics/images/qrcode/"
                      "scan-qr-b0b7bb43.png\"}}",
-                     fx->port);
+                     fx->srv.port);
         reply_json(req, 200, body);
     } else if (strncmp(r->path, "/statics/images/qrcode/", 23) == 0) {
         reply(req, 200, "image/png", PNG, sizeof PNG);
@@ -301,7 +279,7 @@ static void on_request(struct evhttp_request *req, void *arg)
         reply(req, 200, "image/png", big, n);
         free(big);
     } else {
-        violation(fx, "unexpected path %s", r->path);
+        fake_http_violation(&fx->srv, "unexpected path %s", r->path);
         reply_json(req, 404, "{\"code\":\"404\",\"message\":\"not found\"}");
     }
 }
@@ -309,50 +287,27 @@ static void on_request(struct evhttp_request *req, void *arg)
 static int setup(void **state)
 {
     fixture *fx = calloc(1, sizeof *fx);
-    fx->base = event_base_new();
-    fx->http = evhttp_new(fx->base);
-    evhttp_set_gencb(fx->http, on_request, fx);
-    struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(fx->http, "127.0.0.1", 0);
-    assert_non_null(bs);
-    struct sockaddr_in sin;
-    socklen_t len = sizeof sin;
-    getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&sin, &len);
-    fx->port = ntohs(sin.sin_port);
-    snprintf(fx->base_url, sizeof fx->base_url, "http://127.0.0.1:%d/", fx->port);
-    fx->env.base = fx->base;
-    fx->env.instance_id = "test";
+    send_check_start(&fx->srv, &fx->env, on_request, fx);
     *state = fx;
     return 0;
 }
 
-static void raw_free(raw_server *srv);
-
 static int teardown(void **state)
 {
     fixture *fx = *state;
-    raw_free(fx->raw);
     for (int i = 0; i < fx->nrecs; i++)
         free(fx->recs[i].body);
-    evhttp_free(fx->http);
-    event_base_free(fx->base);
+    fake_http_stop(&fx->srv);
     free(fx);
     return 0;
 }
 
 static void *open_device(fixture *fx, const char *password, long timeout_ms)
 {
-    json_t *settings = json_pack("{s:s, s:s, s:i}", "base_url", fx->base_url, "device_id",
+    json_t *settings = json_pack("{s:s, s:s, s:i}", "base_url", fx->srv.base_url, "device_id",
                                  GW_DEVICE, "timeout_ms", (int)timeout_ms);
     json_t *creds = json_pack("{s:s, s:s}", "username", USER, "password", password);
-    char err[256] = "";
-    snprintf(fx->provider_hosts, sizeof fx->provider_hosts, "%s", fx->base_url);
-    fx->env.provider_hosts = fx->provider_hosts;
-    void *dev = wc_transport_gowa.open(&fx->env, "wc-dev-1", settings, creds, err, sizeof err);
-    if (!dev)
-        fail_msg("open: %s", err);
-    json_decref(settings);
-    json_decref(creds);
-    return dev;
+    return send_check_open(&fx->srv, &fx->env, &wc_transport_gowa, "wc-dev-1", settings, creds);
 }
 
 typedef struct outcome {
@@ -366,50 +321,19 @@ static void on_sent(void *arg, const wc_send_result *res)
     outcome *o = arg;
     o->calls++;
     o->res = *res;
-    event_base_loopbreak(o->fx->base);
-}
-
-static void on_deadline(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    fixture *fx = arg;
-    fx->deadline_hit = true;
-    event_base_loopbreak(fx->base);
-}
-
-static void run_loop(fixture *fx, int ms)
-{
-    struct event *deadline = evtimer_new(fx->base, on_deadline, fx);
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    evtimer_add(deadline, &tv);
-    fx->deadline_hit = false;
-    event_base_loop(fx->base, 0);
-    event_free(deadline);
+    event_base_loopbreak(o->fx->srv.base);
 }
 
 static wc_send_result send_one(fixture *fx, void *dev, const char *to, const char *content,
                                const char *media)
 {
-    outcome o = {.fx = fx};
     wc_send_request req = {.message_id = 11,
                            .campaign_id = "c1",
                            .device_id = "wc-dev-1",
                            .recipient = to,
                            .content = content,
                            .media_url = media};
-    assert_int_equal(wc_transport_gowa.send(dev, &req, on_sent, &o), 0);
-    assert_int_equal(o.calls, 0); /* never from inside send() */
-    run_loop(fx, 10000);
-    assert_false(fx->deadline_hit);
-    assert_int_equal(o.calls, 1);
-    return o.res;
-}
-
-static void assert_no_violations(fixture *fx)
-{
-    if (fx->nviolations)
-        fail_msg("the fake gateway saw %d violation(s):\n%s", fx->nviolations, fx->violations);
+    return send_check_one(&fx->srv, &wc_transport_gowa, dev, &req);
 }
 
 static void test_text_ok(void **state)
@@ -428,7 +352,7 @@ static void test_text_ok(void **state)
                         "60123456789@s.whatsapp.net");
     assert_string_equal(json_string_value(json_object_get(m, "message")), "Hi \"Ann\"\nline two");
     json_decref(m);
-    assert_no_violations(fx);
+    fake_http_assert_no_violations(&fx->srv, "the fake gateway");
     wc_transport_gowa.close(dev);
 }
 
@@ -446,7 +370,7 @@ static void test_image_by_url(void **state)
     assert_string_equal(v, "A caption");
     form_field(fx->recs[0].body, "image_url", v, sizeof v);
     assert_string_equal(v, "https://cdn.example.com/a.jpg");
-    assert_no_violations(fx);
+    fake_http_assert_no_violations(&fx->srv, "the fake gateway");
     wc_transport_gowa.close(dev);
 }
 
@@ -464,7 +388,7 @@ static void test_image_from_data_url(void **state)
                                     "image/png\r\n\r\n"));
     assert_non_null(memmem(q->body, q->body_len, PNG, sizeof PNG));
     assert_null(strstr(q->body, "name=\"caption\""));
-    assert_no_violations(fx);
+    fake_http_assert_no_violations(&fx->srv, "the fake gateway");
     /* Not a link and not a base64 data: URL. */
     r = send_one(fx, dev, TO_OK, "x", "data:image/png,notbase64");
     assert_int_equal(r.outcome, WC_SEND_FAIL);
@@ -502,7 +426,7 @@ static void test_gateway_errors(void **state)
     assert_int_equal(r.outcome, WC_SEND_FAIL);
     assert_string_equal(r.error_code, "empty_message");
     assert_int_equal(fx->nrecs, 3);
-    assert_no_violations(fx);
+    fake_http_assert_no_violations(&fx->srv, "the fake gateway");
     wc_transport_gowa.close(dev);
 }
 
@@ -542,150 +466,15 @@ static void test_timeout_and_close(void **state)
     assert_int_equal(bad.calls, 1);
     assert_string_equal(bad.res.error_code, "closed");
     assert_false(bad.res.outcome_unknown);
-    run_loop(fx, 300);
-    assert_true(fx->deadline_hit);
+    fake_http_run(&fx->srv, 300);
+    assert_true(fx->srv.deadline_hit);
     assert_int_equal(o.calls, 1);
     assert_int_equal(bad.calls, 1);
 }
 
-/* A bare TCP server for what evhttp will not do: read a whole request, then
- * misbehave the way a network or a proxy in front of the gateway does. */
-typedef enum {
-    RAW_RESET,    /* RST (SO_LINGER 0 and close) */
-    RAW_CLOSE,    /* close without a byte of answer */
-    RAW_HTML_502, /* a proxy's 502 page */
-    RAW_CUT_BODY, /* 200 whose body stops short of its Content-Length */
-} raw_mode;
-
-struct raw_server {
-    struct evconnlistener *listener;
-    raw_mode mode;
-    int port;
-    int requests; /* whole requests read */
-};
-
-typedef struct raw_conn {
-    raw_server *srv;
-    struct bufferevent *bev;
-} raw_conn;
-
-static void raw_close(raw_conn *rc, bool reset)
+static void *open_default(void *fx)
 {
-    if (reset) {
-        struct linger lg = {.l_onoff = 1, .l_linger = 0};
-        setsockopt(bufferevent_getfd(rc->bev), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    }
-    bufferevent_free(rc->bev);
-    free(rc);
-}
-
-static void raw_on_written(struct bufferevent *bev, void *arg)
-{
-    (void)bev;
-    raw_close(arg, false);
-}
-
-static void raw_on_event(struct bufferevent *bev, short what, void *arg)
-{
-    (void)bev;
-    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
-        raw_close(arg, false);
-}
-
-/* Headers and the Content-Length bytes of body have all arrived. */
-static bool whole_request(struct evbuffer *in)
-{
-    struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
-    if (end.pos < 0)
-        return false;
-    size_t hlen = (size_t)end.pos + 4;
-    char *head = malloc(hlen + 1);
-    evbuffer_copyout(in, head, hlen);
-    head[hlen] = '\0';
-    const char *cl = strcasestr(head, "\r\ncontent-length:");
-    size_t clen = cl ? strtoul(cl + 17, NULL, 10) : 0;
-    free(head);
-    return evbuffer_get_length(in) >= hlen + clen;
-}
-
-static void raw_on_read(struct bufferevent *bev, void *arg)
-{
-    raw_conn *rc = arg;
-    if (!whole_request(bufferevent_get_input(bev)))
-        return;
-    rc->srv->requests++;
-    static const char page[] =
-        "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>nginx</body></html>";
-    switch (rc->srv->mode) {
-    case RAW_RESET:
-        raw_close(rc, true);
-        return;
-    case RAW_CLOSE:
-        raw_close(rc, false);
-        return;
-    case RAW_HTML_502:
-        evbuffer_add_printf(bufferevent_get_output(bev),
-                            "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\n"
-                            "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
-                            strlen(page), page);
-        break;
-    case RAW_CUT_BODY:
-        evbuffer_add_printf(bufferevent_get_output(bev),
-                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                            "Content-Length: 200\r\n\r\n{\"code\":\"SUCCESS\",\"mes");
-        break;
-    }
-    bufferevent_setcb(bev, NULL, raw_on_written, raw_on_event, rc);
-}
-
-static void raw_on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
-                          int socklen, void *arg)
-{
-    (void)sa;
-    (void)socklen;
-    raw_conn *rc = calloc(1, sizeof *rc);
-    rc->srv = arg;
-    rc->bev = bufferevent_socket_new(evconnlistener_get_base(l), fd, BEV_OPT_CLOSE_ON_FREE);
-    bufferevent_setcb(rc->bev, raw_on_read, NULL, raw_on_event, rc);
-    bufferevent_enable(rc->bev, EV_READ);
-}
-
-static void raw_free(raw_server *srv)
-{
-    if (srv) {
-        evconnlistener_free(srv->listener);
-        free(srv);
-    }
-}
-
-/* Points the fixture's base_url at a raw server that misbehaves as mode says. */
-static raw_server *use_raw(fixture *fx, raw_mode mode)
-{
-    if (!fx->raw) {
-        fx->raw = calloc(1, sizeof *fx->raw);
-        struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-        fx->raw->listener = evconnlistener_new_bind(fx->base, raw_on_accept, fx->raw,
-                                                    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 16,
-                                                    (struct sockaddr *)&sin, sizeof sin);
-        assert_non_null(fx->raw->listener);
-        socklen_t len = sizeof sin;
-        getsockname(evconnlistener_get_fd(fx->raw->listener), (struct sockaddr *)&sin, &len);
-        fx->raw->port = ntohs(sin.sin_port);
-    }
-    fx->raw->mode = mode;
-    snprintf(fx->base_url, sizeof fx->base_url, "http://127.0.0.1:%d/", fx->raw->port);
-    return fx->raw;
-}
-
-static void assert_clean_result(const wc_send_result *r)
-{
-    if (!wc_text_valid(r->error_code, strlen(r->error_code)) ||
-        !wc_text_valid(r->error_message, strlen(r->error_message)) ||
-        !wc_text_valid(r->provider_id, strlen(r->provider_id)) ||
-        !wc_text_valid(r->device_reason, strlen(r->device_reason)))
-        fail_msg("a result field is not valid UTF-8: code \"%s\" message \"%s\" id \"%s\" "
-                 "reason \"%s\"",
-                 r->error_code, r->error_message, r->provider_id, r->device_reason);
+    return open_device(fx, PASS, 5000);
 }
 
 /* Whenever the request may have reached the gateway and no answer of the
@@ -693,36 +482,16 @@ static void assert_clean_result(const wc_send_result *r)
 static void test_in_doubt_when_the_reply_is_lost(void **state)
 {
     fixture *fx = *state;
-    static const struct {
-        raw_mode mode;
-        const char *code;
-        const char *in_message;
-    } cases[] = {
-        {RAW_RESET, "no_reply", "gateway"},
-        {RAW_CLOSE, "no_reply", "gateway"},
-        {RAW_HTML_502, "http_502", "502 Bad Gateway"},
-        {RAW_CUT_BODY, "no_reply", "gateway"},
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        raw_server *srv = use_raw(fx, cases[i].mode);
-        int before = srv->requests;
-        void *dev = open_device(fx, PASS, 5000);
-        wc_send_result r = send_one(fx, dev, TO_OK, "hi", NULL);
-        assert_int_equal(srv->requests, before + 1); /* the whole request got there */
-        if (r.outcome != WC_SEND_RETRY || !r.outcome_unknown ||
-            strcmp(r.error_code, cases[i].code) != 0 ||
-            !strstr(r.error_message, cases[i].in_message))
-            fail_msg(
-                "case %zu: want RETRY in doubt, code %s; got outcome %d unknown %d code %s (%s)", i,
-                cases[i].code, r.outcome, r.outcome_unknown, r.error_code, r.error_message);
-        assert_true(r.retry_after_ms > 0);
-        assert_clean_result(&r);
-        wc_transport_gowa.close(dev);
-    }
+    wc_send_request req = {.message_id = 11,
+                           .campaign_id = "c1",
+                           .device_id = "wc-dev-1",
+                           .recipient = TO_OK,
+                           .content = "hi"};
+    send_check_in_doubt(&fx->srv, &wc_transport_gowa, open_default, fx, &req, "gateway",
+                        "{\"code\":\"SUCCESS\",\"mes");
 
     /* Nothing listens: refused, nothing left, a plain retry. */
-    raw_free(fx->raw);
-    fx->raw = NULL;
+    fake_http_raw_free(&fx->srv);
     void *dev = open_device(fx, PASS, 2000);
     wc_send_result r = send_one(fx, dev, TO_OK, "hi", NULL);
     assert_int_equal(r.outcome, WC_SEND_RETRY);
@@ -744,7 +513,7 @@ static void test_gateway_answers_and_pages(void **state)
     assert_true(r.outcome_unknown);
     assert_string_equal(r.error_code, "http_500");
     assert_non_null(strstr(r.error_message, "oops"));
-    assert_clean_result(&r);
+    send_check_clean(&r);
     wc_transport_gowa.close(dev);
 }
 
@@ -757,25 +526,25 @@ static void test_gateway_texts_are_made_safe(void **state)
     void *dev = open_device(fx, PASS, 5000);
     wc_send_result r = send_one(fx, dev, TO_LONG_UTF8, "hi", NULL);
     assert_int_equal(r.outcome, WC_SEND_RETRY);
-    assert_clean_result(&r);
+    send_check_clean(&r);
     assert_true(strlen(r.error_message) > 200);
 
     r = send_one(fx, dev, TO_LONG_CODE, "hi", NULL);
     assert_int_equal(r.outcome, WC_SEND_FAIL);
-    assert_clean_result(&r);
+    send_check_clean(&r);
     assert_true(strlen(r.error_code) >= 40);
 
     r = send_one(fx, dev, TO_LONG_ID, "hi", NULL);
     assert_int_equal(r.outcome, WC_SEND_OK); /* sent: never send it twice */
     assert_string_equal(r.provider_id, "");  /* not stored cut */
     assert_non_null(strstr(r.error_message, "unusable"));
-    assert_clean_result(&r);
+    send_check_clean(&r);
 
     r = send_one(fx, dev, TO_BAD_ID, "hi", NULL);
     assert_int_equal(r.outcome, WC_SEND_OK);
     assert_string_equal(r.provider_id, "");
-    assert_clean_result(&r);
-    assert_no_violations(fx);
+    send_check_clean(&r);
+    fake_http_assert_no_violations(&fx->srv, "the fake gateway");
     wc_transport_gowa.close(dev);
 }
 
@@ -787,7 +556,7 @@ static void test_close_with_request_out(void **state)
     outcome o = {.fx = fx};
     wc_send_request req = {.message_id = 1, .recipient = TO_HANG, .content = "x"};
     assert_int_equal(wc_transport_gowa.send(dev, &req, on_sent, &o), 0);
-    run_loop(fx, 200);
+    fake_http_run(&fx->srv, 200);
     assert_int_equal(fx->nrecs, 1); /* the gateway has it */
     assert_int_equal(o.calls, 0);
     wc_transport_gowa.close(dev);
@@ -799,20 +568,11 @@ static void test_close_with_request_out(void **state)
 
 #define POISON_PAGE "<h1>\xFF\xC3(\0bad\x01\xE2\x82</h1>"
 
-typedef struct reply_case {
-    long status;
-    const char *body;
-    size_t len; /* 0: strlen(body) */
-    wc_send_outcome outcome;
-    bool unknown;
-    const char *code;
-} reply_case;
-
 /* The classification alone, on replies no fake server sends. */
 static void test_classify_reply(void **state)
 {
     (void)state;
-    static const reply_case cases[] = {
+    static const send_check_reply cases[] = {
         {200, "{\"code\":\"SUCCESS\",\"results\":{\"message_id\":\"3EB0\"}}", 0, WC_SEND_OK, false,
          ""},
         {200, "", 0, WC_SEND_RETRY, true, "bad_reply"},
@@ -829,19 +589,7 @@ static void test_classify_reply(void **state)
         {502, POISON_PAGE, sizeof POISON_PAGE - 1, WC_SEND_RETRY, true, "http_502"},
         {400, "\xC3", 1, WC_SEND_FAIL, false, "http_400"},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        const reply_case *c = &cases[i];
-        wc_send_result r;
-        memset(&r, 0xAB, sizeof r); /* everything must be overwritten */
-        size_t len = c->len ? c->len : strlen(c->body);
-        wc_gowa_classify_reply(c->status, c->body, len, 1, &r);
-        if (r.outcome != c->outcome || r.outcome_unknown != c->unknown ||
-            strcmp(r.error_code, c->code) != 0)
-            fail_msg("case %zu: want outcome %d unknown %d code %s; got %d %d %s (%s)", i,
-                     c->outcome, c->unknown, c->code, r.outcome, r.outcome_unknown, r.error_code,
-                     r.error_message);
-        assert_clean_result(&r);
-    }
+    send_check_replies(cases, sizeof cases / sizeof cases[0], wc_gowa_classify_reply);
     wc_send_result r;
     wc_gowa_classify_reply(200, NULL, 0, 1, &r);
     assert_true(r.outcome_unknown);
@@ -879,14 +627,14 @@ static void test_base_url_allow_list(void **state)
 {
     fixture *fx = *state;
     char err[256];
-    json_t *s = json_pack("{s:s}", "base_url", fx->base_url);
+    json_t *s = json_pack("{s:s}", "base_url", fx->srv.base_url);
     json_t *c = json_pack("{s:s, s:s}", "username", USER, "password", PASS);
     fx->env.provider_hosts = NULL;
     assert_null(wc_transport_gowa.open(&fx->env, "d", s, c, err, sizeof err));
     char want[128];
     snprintf(want, sizeof want,
              "gowa: base_url not allowed: http://127.0.0.1:%d (not in WACAST_PROVIDER_HOSTS)",
-             fx->port);
+             fx->srv.port);
     assert_string_equal(err, want);
     fx->env.provider_hosts = "http://127.0.0.1:1,http://localhost:80";
     assert_null(wc_transport_gowa.open(&fx->env, "d", s, c, err, sizeof err));
@@ -929,16 +677,16 @@ static void on_qr(void *arg, const wc_gowa_qr *qr)
         snprintf(o->png_b64, sizeof o->png_b64, "%s", qr->png_base64);
         o->png_len = qr->png_len;
     }
-    event_base_loopbreak(o->fx->base);
+    event_base_loopbreak(o->fx->srv.base);
 }
 
 static qr_outcome login(fixture *fx, wc_httpc *c, const char *device, const char *pass)
 {
     qr_outcome o = {.fx = fx};
-    assert_int_equal(wc_gowa_login_qr(c, fx->base_url, device, USER, pass, on_qr, &o), 0);
+    assert_int_equal(wc_gowa_login_qr(c, fx->srv.base_url, device, USER, pass, on_qr, &o), 0);
     assert_int_equal(o.calls, 0);
-    run_loop(fx, 10000);
-    assert_false(fx->deadline_hit);
+    fake_http_run(&fx->srv, 10000);
+    assert_false(fx->srv.deadline_hit);
     assert_int_equal(o.calls, 1);
     return o;
 }
@@ -946,7 +694,7 @@ static qr_outcome login(fixture *fx, wc_httpc *c, const char *device, const char
 static void test_login_qr(void **state)
 {
     fixture *fx = *state;
-    wc_httpc *c = wc_httpc_new(fx->base, 0);
+    wc_httpc *c = wc_httpc_new(fx->srv.base, 0);
     char want_b64[64];
     sodium_bin2base64(want_b64, sizeof want_b64, PNG, sizeof PNG, sodium_base64_VARIANT_ORIGINAL);
 
@@ -954,7 +702,7 @@ static void test_login_qr(void **state)
     assert_false(o.has_error);
     char want_link[128];
     snprintf(want_link, sizeof want_link,
-             "http://127.0.0.1:%d/statics/images/qrcode/scan-qr-b0b7bb43.png", fx->port);
+             "http://127.0.0.1:%d/statics/images/qrcode/scan-qr-b0b7bb43.png", fx->srv.port);
     assert_string_equal(o.link, want_link);
     assert_int_equal(o.duration, 30);
     assert_int_equal(o.png_len, sizeof PNG);
@@ -1002,11 +750,12 @@ static void test_login_qr(void **state)
     o = login(fx, c, GW_DEVICE, "wrong");
     assert_true(o.has_error);
     assert_string_equal(o.error, "gateway rejected credentials");
-    assert_no_violations(fx);
+    fake_http_assert_no_violations(&fx->srv, "the fake gateway");
 
     /* Freeing the client while a login is in flight still calls back once. */
     qr_outcome pending = {.fx = fx};
-    assert_int_equal(wc_gowa_login_qr(c, fx->base_url, GW_DEVICE, USER, PASS, on_qr, &pending), 0);
+    assert_int_equal(wc_gowa_login_qr(c, fx->srv.base_url, GW_DEVICE, USER, PASS, on_qr, &pending),
+                     0);
     wc_httpc_free(c);
     assert_int_equal(pending.calls, 1);
     assert_non_null(strstr(pending.error, "cancelled"));

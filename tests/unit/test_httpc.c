@@ -22,16 +22,14 @@
 #include <event2/listener.h>
 #include <sodium.h>
 
+#include "fake_http.h"
 #include "wc_httpc.h"
 
 typedef struct fixture {
-    struct event_base *base;
-    struct evhttp *http;
-    int port;
+    fake_http srv;
     wc_httpc *c;
     int hangs;    /* requests the server left unanswered */
     int received; /* requests the server saw */
-    bool deadline_hit;
 } fixture;
 
 typedef struct result {
@@ -122,43 +120,16 @@ static void on_big(struct evhttp_request *req, void *arg)
     evbuffer_free(out);
 }
 
-static void on_deadline(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    fixture *fx = arg;
-    fx->deadline_hit = true;
-    event_base_loopbreak(fx->base);
-}
-
-/* Runs the loop until something calls loopbreak or ms pass. */
-static void run_loop(fixture *fx, int ms)
-{
-    struct event *deadline = evtimer_new(fx->base, on_deadline, fx);
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    evtimer_add(deadline, &tv);
-    fx->deadline_hit = false;
-    event_base_loop(fx->base, 0);
-    event_free(deadline);
-}
-
 static int setup(void **state)
 {
     fixture *fx = calloc(1, sizeof *fx);
-    fx->base = event_base_new();
-    fx->http = evhttp_new(fx->base);
-    evhttp_set_cb(fx->http, "/echo", on_echo, fx);
-    evhttp_set_cb(fx->http, "/fail", on_fail, fx);
-    evhttp_set_cb(fx->http, "/hang", on_hang, fx);
-    evhttp_set_cb(fx->http, "/big", on_big, fx);
-    evhttp_set_allowed_methods(fx->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT);
-    struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(fx->http, "127.0.0.1", 0);
-    assert_non_null(bs);
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof ss;
-    getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&ss, &len);
-    fx->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-    fx->c = wc_httpc_new(fx->base, 0);
+    fake_http_start(&fx->srv, NULL, NULL);
+    evhttp_set_cb(fx->srv.http, "/echo", on_echo, fx);
+    evhttp_set_cb(fx->srv.http, "/fail", on_fail, fx);
+    evhttp_set_cb(fx->srv.http, "/hang", on_hang, fx);
+    evhttp_set_cb(fx->srv.http, "/big", on_big, fx);
+    evhttp_set_allowed_methods(fx->srv.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT);
+    fx->c = wc_httpc_new(fx->srv.base, 0);
     assert_non_null(fx->c);
     *state = fx;
     return 0;
@@ -168,8 +139,7 @@ static int teardown(void **state)
 {
     fixture *fx = *state;
     wc_httpc_free(fx->c);
-    evhttp_free(fx->http);
-    event_base_free(fx->base);
+    fake_http_stop(&fx->srv);
     free(fx);
     return 0;
 }
@@ -188,15 +158,15 @@ static void on_result(void *arg, const wc_httpc_resp *resp)
     if (r->done_counter) {
         (*r->done_counter)++;
         if (*r->done_counter == r->break_at)
-            event_base_loopbreak(r->fx->base);
+            event_base_loopbreak(r->fx->srv.base);
     } else if (r->fx) {
-        event_base_loopbreak(r->fx->base);
+        event_base_loopbreak(r->fx->srv.base);
     }
 }
 
 static void url(fixture *fx, const char *path, char *out, size_t outlen)
 {
-    snprintf(out, outlen, "http://127.0.0.1:%d%s", fx->port, path);
+    snprintf(out, outlen, "http://127.0.0.1:%d%s", fx->srv.port, path);
 }
 
 static void test_get_round_trip(void **state)
@@ -210,8 +180,8 @@ static void test_get_round_trip(void **state)
     assert_int_equal(wc_httpc_request(fx->c, &req, on_result, &r), 0);
     assert_int_equal(r.calls, 0); /* never called back from inside request() */
     assert_int_equal(wc_httpc_inflight(fx->c), 1);
-    run_loop(fx, 5000);
-    assert_false(fx->deadline_hit);
+    fake_http_run(&fx->srv, 5000);
+    assert_false(fx->srv.deadline_hit);
     assert_int_equal(r.calls, 1);
     assert_false(r.has_error);
     assert_int_equal(r.status, 200);
@@ -246,7 +216,7 @@ static void test_post_with_basic_auth(void **state)
     assert_int_equal(wc_httpc_request(fx->c, &req, on_result, &r), 0);
     /* Everything in the request was copied: scribbling over it changes nothing. */
     memset(body, 'z', sizeof body - 1);
-    run_loop(fx, 5000);
+    fake_http_run(&fx->srv, 5000);
     assert_int_equal(r.calls, 1);
     assert_false(r.has_error);
     assert_int_equal(r.status, 200);
@@ -271,7 +241,7 @@ static void test_put_method(void **state)
     result r = {.fx = fx};
     wc_httpc_req req = {.method = "PUT", .url = u, .body = "x", .body_len = 1, .timeout_ms = 5000};
     assert_int_equal(wc_httpc_request(fx->c, &req, on_result, &r), 0);
-    run_loop(fx, 5000);
+    fake_http_run(&fx->srv, 5000);
     assert_int_equal(r.calls, 1);
     assert_non_null(strstr(r.body, "method=PUT\n"));
     assert_non_null(strstr(r.body, "body=x"));
@@ -292,7 +262,7 @@ static void test_multipart_form(void **state)
     wc_httpc_req req = {.url = u, .form = f, .timeout_ms = 5000};
     assert_int_equal(wc_httpc_request(fx->c, &req, on_result, &r), 0);
     wc_httpc_form_free(f); /* copied by the request */
-    run_loop(fx, 5000);
+    fake_http_run(&fx->srv, 5000);
     assert_int_equal(r.calls, 1);
     assert_int_equal(r.status, 200);
     assert_non_null(strstr(r.body, "method=POST\n"));
@@ -311,7 +281,7 @@ static void test_500_passes_through(void **state)
     result r = {.fx = fx};
     wc_httpc_req req = {.url = u, .body = "{}", .body_len = 2, .timeout_ms = 5000};
     assert_int_equal(wc_httpc_request(fx->c, &req, on_result, &r), 0);
-    run_loop(fx, 5000);
+    fake_http_run(&fx->srv, 5000);
     assert_int_equal(r.calls, 1);
     assert_false(r.has_error);
     assert_int_equal(r.status, 500);
@@ -327,8 +297,8 @@ static void test_timeout(void **state)
     result r = {.fx = fx};
     wc_httpc_req req = {.url = u, .timeout_ms = 300};
     assert_int_equal(wc_httpc_request(fx->c, &req, on_result, &r), 0);
-    run_loop(fx, 5000);
-    assert_false(fx->deadline_hit);
+    fake_http_run(&fx->srv, 5000);
+    assert_false(fx->srv.deadline_hit);
     assert_int_equal(fx->hangs, 1);
     assert_int_equal(r.calls, 1);
     assert_true(r.has_error);
@@ -342,19 +312,13 @@ static void test_timeout(void **state)
 static void test_connect_refused(void **state)
 {
     fixture *fx = *state;
-    /* A port nothing listens on: bind one, read it, close it. */
-    evutil_socket_t s = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    bind(s, (struct sockaddr *)&sin, sizeof sin);
-    socklen_t len = sizeof sin;
-    getsockname(s, (struct sockaddr *)&sin, &len);
-    evutil_closesocket(s);
+    /* A port nothing listens on. */
     char u[128];
-    snprintf(u, sizeof u, "http://127.0.0.1:%d/", ntohs(sin.sin_port));
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/", fake_http_dead_port());
     result r = {.fx = fx};
     wc_httpc_req req = {.url = u, .timeout_ms = 2000};
     assert_int_equal(wc_httpc_request(fx->c, &req, on_result, &r), 0);
-    run_loop(fx, 5000);
+    fake_http_run(&fx->srv, 5000);
     assert_int_equal(r.calls, 1);
     assert_true(r.has_error);
     assert_false(r.timed_out);
@@ -369,12 +333,12 @@ static void test_tls_handshake_failure_not_sent(void **state)
 {
     fixture *fx = *state;
     char u[128];
-    snprintf(u, sizeof u, "https://127.0.0.1:%d/echo", fx->port);
+    snprintf(u, sizeof u, "https://127.0.0.1:%d/echo", fx->srv.port);
     result r = {.fx = fx};
     wc_httpc_req req = {.url = u, .body = "{}", .body_len = 2, .timeout_ms = 3000};
     assert_int_equal(wc_httpc_request(fx->c, &req, on_result, &r), 0);
-    run_loop(fx, 5000);
-    assert_false(fx->deadline_hit);
+    fake_http_run(&fx->srv, 5000);
+    assert_false(fx->srv.deadline_hit);
     assert_int_equal(r.calls, 1);
     assert_true(r.has_error);
     assert_false(r.maybe_sent);
@@ -389,7 +353,7 @@ static void test_response_cap(void **state)
     result r = {.fx = fx};
     wc_httpc_req req = {.url = u, .timeout_ms = 5000};
     assert_int_equal(wc_httpc_request(fx->c, &req, on_result, &r), 0);
-    run_loop(fx, 5000);
+    fake_http_run(&fx->srv, 5000);
     assert_int_equal(r.calls, 1);
     assert_true(r.has_error);
     assert_non_null(strstr(r.error, "larger than 1048576 bytes"));
@@ -408,7 +372,7 @@ static void test_rejects_bad_requests(void **state)
     assert_int_equal(wc_httpc_request(fx->c, &no_url, on_result, &r), -1);
     wc_httpc_req file_url = {.url = "file:///etc/passwd", .timeout_ms = 1000};
     if (wc_httpc_request(fx->c, &file_url, on_result, &r) == 0) {
-        run_loop(fx, 2000);
+        fake_http_run(&fx->srv, 2000);
         assert_int_equal(r.calls, 1);
         assert_true(r.has_error); /* protocol refused */
     }
@@ -433,8 +397,8 @@ static void test_thousand_concurrent(void **state)
         assert_int_equal(wc_httpc_request(fx->c, &req, on_result, &rs[i]), 0);
     }
     assert_int_equal(wc_httpc_inflight(fx->c), N);
-    run_loop(fx, 60000);
-    assert_false(fx->deadline_hit);
+    fake_http_run(&fx->srv, 60000);
+    assert_false(fx->srv.deadline_hit);
     assert_int_equal(done, N);
     for (int i = 0; i < N; i++) {
         char want[40];
@@ -454,7 +418,7 @@ static void test_connection_cap(void **state)
 {
     fixture *fx = *state;
     enum { N = 200 };
-    wc_httpc *capped = wc_httpc_new(fx->base, 8);
+    wc_httpc *capped = wc_httpc_new(fx->srv.base, 8);
     assert_non_null(capped);
     char u[128];
     url(fx, "/echo", u, sizeof u);
@@ -467,8 +431,8 @@ static void test_connection_cap(void **state)
         wc_httpc_req req = {.url = u, .timeout_ms = 30000};
         assert_int_equal(wc_httpc_request(capped, &req, on_result, &rs[i]), 0);
     }
-    run_loop(fx, 60000);
-    assert_false(fx->deadline_hit);
+    fake_http_run(&fx->srv, 60000);
+    assert_false(fx->srv.deadline_hit);
     assert_int_equal(done, N);
     for (int i = 0; i < N; i++)
         assert_int_equal(rs[i].status, 200);
@@ -485,10 +449,10 @@ static void on_settle(evutil_socket_t fd, short what, void *arg)
 
 static void run_for(fixture *fx, int ms)
 {
-    struct event *t = evtimer_new(fx->base, on_settle, fx->base);
+    struct event *t = evtimer_new(fx->srv.base, on_settle, fx->srv.base);
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     evtimer_add(t, &tv);
-    event_base_loop(fx->base, 0);
+    event_base_loop(fx->srv.base, 0);
     event_free(t);
 }
 
@@ -534,7 +498,7 @@ static void test_cancel_one(void **state)
     /* Not even connected yet: the server cannot have seen it. */
     assert_false(wc_httpc_cancel(ca));
     assert_int_equal(wc_httpc_inflight(fx->c), 1);
-    run_loop(fx, 5000);
+    fake_http_run(&fx->srv, 5000);
     assert_int_equal(a.calls, 0);
     assert_int_equal(b.calls, 1);
     assert_int_equal(b.status, 200);
@@ -571,7 +535,7 @@ static void on_free_client(void *arg, const wc_httpc_resp *resp)
     result dummy = {0};
     assert_int_equal(wc_httpc_request(f->fx->c, &req, on_result, &dummy), -1); /* dying */
     f->fx->c = NULL;
-    event_base_loopbreak(f->fx->base);
+    event_base_loopbreak(f->fx->srv.base);
 }
 
 static void test_free_from_callback(void **state)
@@ -589,8 +553,8 @@ static void test_free_from_callback(void **state)
     }
     wc_httpc_req req = {.url = u, .timeout_ms = 5000};
     assert_int_equal(wc_httpc_request(fx->c, &req, on_free_client, &f), 0);
-    run_loop(fx, 5000);
-    assert_false(fx->deadline_hit);
+    fake_http_run(&fx->srv, 5000);
+    assert_false(fx->srv.deadline_hit);
     assert_int_equal(f.calls, 1);
     for (int i = 0; i < 3; i++) {
         assert_int_equal(others[i].calls, 1);
@@ -612,7 +576,7 @@ static void on_chain(void *arg, const wc_httpc_resp *resp)
     if (!resp->error && resp->status == 200)
         ch->ok++;
     if (--ch->left == 0) {
-        event_base_loopbreak(ch->fx->base);
+        event_base_loopbreak(ch->fx->srv.base);
         return;
     }
     wc_httpc_req req = {.url = ch->url, .timeout_ms = 5000};
@@ -626,16 +590,16 @@ static void test_request_from_callback(void **state)
     url(fx, "/echo", ch.url, sizeof ch.url);
     wc_httpc_req req = {.url = ch.url, .timeout_ms = 5000};
     assert_int_equal(wc_httpc_request(fx->c, &req, on_chain, &ch), 0);
-    run_loop(fx, 10000);
-    assert_false(fx->deadline_hit);
+    fake_http_run(&fx->srv, 10000);
+    assert_false(fx->srv.deadline_hit);
     assert_int_equal(ch.ok, 20);
 }
 
 static void test_shared_client(void **state)
 {
     fixture *fx = *state;
-    wc_httpc *a = wc_httpc_shared_acquire(fx->base);
-    wc_httpc *b = wc_httpc_shared_acquire(fx->base);
+    wc_httpc *a = wc_httpc_shared_acquire(fx->srv.base);
+    wc_httpc *b = wc_httpc_shared_acquire(fx->srv.base);
     assert_non_null(a);
     assert_ptr_equal(a, b);
     struct event_base *other = event_base_new();
@@ -648,7 +612,7 @@ static void test_shared_client(void **state)
     result r = {.fx = fx};
     wc_httpc_req req = {.url = u, .timeout_ms = 5000};
     assert_int_equal(wc_httpc_request(b, &req, on_result, &r), 0); /* still alive */
-    run_loop(fx, 5000);
+    fake_http_run(&fx->srv, 5000);
     assert_int_equal(r.status, 200);
     wc_httpc_shared_release(b);
     wc_httpc_shared_release(c);
