@@ -248,6 +248,14 @@ static int decode_png(const unsigned char *data, size_t len, uint64_t max_pixels
                       unsigned char **rgb, int *width, int *height, bool *gray, const char **code,
                       char *why, size_t whylen)
 {
+    /* The dimensions straight from IHDR, before libpng reads on to the first
+     * IDAT: a bomb is refused as one even when nothing follows its header. */
+    if (len >= 24 && memcmp(data + 12, "IHDR", 4) == 0) {
+        uint32_t hw = rd32(data + 16, false), hh = rd32(data + 20, false);
+        if (hw > 0 && hh > 0 && (uint64_t)hw * hh > max_pixels)
+            return too_many(code, why, whylen, hw > INT32_MAX ? INT32_MAX : (int)hw,
+                            hh > INT32_MAX ? INT32_MAX : (int)hh, max_pixels);
+    }
     png_image img;
     memset(&img, 0, sizeof img);
     img.version = PNG_IMAGE_VERSION;

@@ -44,6 +44,7 @@
 
 static const wc_cfg_entry cfg_table[] = {
     WC_CFG_DAEMON(wc_common_cfg),
+    MEDIA_CFG_ENTRIES(scheduler_cfg, media),
     {"WACAST_POLL_MS", WC_CFG_INT, "500", "how often due campaigns are looked for",
      offsetof(scheduler_cfg, poll_ms), 10, 600000, false},
     {"WACAST_BATCH", WC_CFG_INT, "2000", "leads expanded per statement",
@@ -84,7 +85,8 @@ static const wc_cfg_entry cfg_table[] = {
      offsetof(scheduler_cfg, online_grace_ms), 1000, 3600000, false},
 };
 
-static const char *exp_state_names[] = {"idle", "claiming", "vars", "select", "insert", "finish"};
+static const char *exp_state_names[] = {"idle",   "claiming", "media", "vars",
+                                        "select", "insert",   "finish"};
 
 static void exp_step(scheduler *s);
 
@@ -126,7 +128,7 @@ static void end_expansion(scheduler *s)
 
 /* Something failed (Redis or PostgreSQL away): drop the claim's work in hand
  * and let the claim go stale; this or another scheduler resumes it. */
-static void abandon(scheduler *s, const char *why)
+void abandon(scheduler *s, const char *why)
 {
     wc_warn("campaign %s: expansion interrupted (%s); it will resume", s->c ? s->c->id : "?", why);
     end_expansion(s);
@@ -161,7 +163,7 @@ static void on_failed(wc_pg *pg, PGresult *res, const char *err, void *arg)
     }
 }
 
-static void fail_campaign(scheduler *s, const char *reason)
+void fail_campaign(scheduler *s, const char *reason)
 {
     s->m.campaigns_failed++;
     /* The reason may quote the campaign's own text, cut by the caller's
@@ -272,6 +274,11 @@ static void on_claimed(wc_pg *pg, PGresult *res, const char *err, void *arg)
         fail_campaign(s, reason);
         return;
     }
+    media_prepare(s); /* media.c: then scheduler_expand() or fail_campaign() */
+}
+
+void scheduler_expand(scheduler *s)
+{
     set_state(s, EXP_VARS);
     exp_step(s);
 }
@@ -879,6 +886,7 @@ static void metrics(struct evbuffer *out, void *arg)
     wc_metric(out, "wacast_scheduler_" #name "_total", "counter", help, (double)s->m.name);
     SCHEDULER_METRICS(X)
 #undef X
+    media_metrics(out, s);
     wc_metric(out, "wacast_scheduler_expanding", "gauge", "1 while a campaign is being expanded",
               s->state != EXP_IDLE);
     wc_metric(out, "wacast_scheduler_feed_cursors", "gauge",
@@ -893,6 +901,7 @@ int main(int argc, char **argv)
                    "Finds due campaigns, expands them into messages and publishes them.", cfg_table,
                    sizeof cfg_table / sizeof cfg_table[0], &s.cfg, argc, argv, ready, metrics, &s);
     randombytes_buf(&s.rng, sizeof s.rng);
+    media_init(&s);
     wc_map_init(&s.fed);
     s.fed_reset_us = wc_mono_us();
     wc_daemon_on_stop(&s.d, on_stop, &s);
@@ -906,6 +915,7 @@ int main(int argc, char **argv)
     s.prune_timer = wc_daemon_every(&s.d, 5000, on_prune_timer, &s);
     claim(&s);
     int rc = wc_daemon_run(&s.d);
+    media_free(&s);
     end_expansion(&s);
     wc_epoch_free(s.epoch);
     event_free(s.poll_timer);

@@ -14,6 +14,8 @@
 #include "wc_map.h"
 #include "wc_tpl.h"
 
+#include "media.h"
+
 typedef struct scheduler_cfg {
     wc_common_cfg c;
     long poll_ms;
@@ -30,6 +32,7 @@ typedef struct scheduler_cfg {
     long feed_ms;
     long feed_batch;
     long online_grace_ms;
+    media_cfg media;
 } scheduler_cfg;
 
 #define SCHEDULER_METRICS(X)                                                                       \
@@ -58,6 +61,7 @@ typedef struct scheduler_metrics {
 typedef enum {
     EXP_IDLE,     /* nothing claimed */
     EXP_CLAIMING, /* claim statement in flight */
+    EXP_MEDIA,    /* preparing the campaign's image (media.c) */
     EXP_VARS,     /* reading the lead attribute names the template may use */
     EXP_SELECT,   /* reading a page of leads */
     EXP_INSERT,   /* inserting a page of messages */
@@ -98,6 +102,8 @@ typedef struct campaign {
     page page;     /* the page of messages being inserted */
 } campaign;
 
+typedef struct media_state media_state;
+
 typedef struct scheduler {
     wc_daemon d;
     scheduler_cfg cfg;
@@ -115,6 +121,7 @@ typedef struct scheduler {
     struct event *poll_timer, *reconcile_timer, *retry_timer, *claim_now, *feed_timer,
         *waiting_timer, *prune_timer;
     uint64_t rng;
+    media_state *media; /* media.c */
 } scheduler;
 
 /* Timers and callbacks of feeder.c and reconciler.c, started by main(). */
@@ -123,5 +130,10 @@ void on_prune_timer(evutil_socket_t fd, short what, void *arg);
 void on_waiting_timer(evutil_socket_t fd, short what, void *arg);
 void on_reconcile(evutil_socket_t fd, short what, void *arg);
 void on_fence_checked(void *arg, const wc_epoch_state *st);
+/* For media.c: go on with a validated campaign (its leads), fail it with a
+ * reason on its row, or drop the claim's work so it resumes later. */
+void scheduler_expand(scheduler *s);
+void fail_campaign(scheduler *s, const char *reason);
+void abandon(scheduler *s, const char *why);
 
 #endif

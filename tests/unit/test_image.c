@@ -581,6 +581,7 @@ static void test_bad_inputs(void **state)
         {"JPEG bomb 65000^2", bomb_jpg, jl, WC_IMAGE_E_PIXELS},
         {"PNG bomb 50000^2", dup_bytes(bomb_png, sizeof bomb_png), sizeof bomb_png,
          WC_IMAGE_E_PIXELS},
+        {"PNG bomb, IHDR only", dup_bytes(bomb_png, 33), 33, WC_IMAGE_E_PIXELS},
         {"WebP bomb 16000^2", dup_bytes(bomb_webp, sizeof bomb_webp), sizeof bomb_webp,
          WC_IMAGE_E_PIXELS},
         {"PNG bad CRC", dup_bytes(bad_crc_png, sizeof bad_crc_png), sizeof bad_crc_png,
