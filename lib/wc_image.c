@@ -661,7 +661,9 @@ int wc_image_prepare(const void *data, size_t len, const wc_image_opts *opts, wc
     for (int attempt = 0; attempt <= SHRINK_TRIES; attempt++) {
         int longest = w > h ? w : h;
         if (longest > side) {
-            int ow = (int)((int64_t)w * side / longest), oh = (int)((int64_t)h * side / longest);
+            /* Rounded: 3000 x 2000 at 1600 is 1600 x 1067. */
+            int ow = (int)(((int64_t)w * side + longest / 2) / longest);
+            int oh = (int)(((int64_t)h * side + longest / 2) / longest);
             ow = ow < 1 ? 1 : ow;
             oh = oh < 1 ? 1 : oh;
             unsigned char *small = resize(px, w, h, ow, oh);

@@ -17,7 +17,9 @@
  *    a redirect loop, a 1 GB response, loopback and private addresses not
  *    in the allow-list, an ftp:// link, a data: URL that is not base64, a
  *    media: reference to nothing;
- * 3. the scheduler lives through all of it, its peak RSS stays far below
+ * 3. `wacast-ctl media CAMPAIGN` shows the prepared image's sha256, size,
+ *    dimensions and source, or the reason there is none;
+ * 4. the scheduler lives through all of it, its peak RSS stays far below
  *    what the gigabyte or the bomb would take, its /metrics count the
  *    failures by reason, and it stops cleanly on SIGTERM (no leak under
  *    ASan). */
@@ -353,6 +355,42 @@ static void test_prepared_once(void **state)
     assert_int_equal(wt_sql_long(db, "SELECT count(*) FROM media"), 2);
 }
 
+/* `wacast-ctl media CAMPAIGN`: its output (up to outlen) and exit status. */
+static int ctl_media(const char *campaign, char *out, size_t outlen)
+{
+    char path[512], cmd[700];
+    wt_program_path("wacast-ctl", path, sizeof path);
+    setenv("DATABASE_URL", env.database_url, 1);
+    snprintf(cmd, sizeof cmd, "'%s' media %s 2>&1", path, campaign);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t n = fread(out, 1, outlen - 1, p);
+    out[n] = '\0';
+    int st = pclose(p);
+    printf("%s", out);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_ctl_shows_media(void **state)
+{
+    (void)state;
+    char sha[80], out[2048], want[200];
+    wt_sql_text(db, sha, sizeof sha, "SELECT media_sha256 FROM campaigns WHERE id = '%s'",
+                photo_campaign);
+    assert_int_equal(ctl_media(photo_campaign, out, sizeof out), 0);
+    snprintf(want, sizeof want, "prepared   media:%s\n", sha);
+    assert_non_null(strstr(out, want));
+    snprintf(want, sizeof want, "jpeg       %ld bytes, 1600x1067",
+             wt_sql_long(db, "SELECT size FROM media WHERE sha256 = '%s'", sha));
+    assert_non_null(strstr(out, want));
+    assert_non_null(strstr(out, "source     jpeg, "));
+    assert_non_null(strstr(out, "3000x2000"));
+    assert_int_equal(ctl_media(png_campaign, out, sizeof out), 0);
+    assert_non_null(strstr(out, "media_url  data: URL, "));
+    assert_int_equal(ctl_media(bad[0].id, out, sizeof out), 1);
+    assert_non_null(strstr(out, "prepared   no: image_is_html: "));
+}
+
 static void test_bad_inputs_fail_with_reason(void **state)
 {
     (void)state;
@@ -428,6 +466,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_prepared_once),
         cmocka_unit_test(test_bad_inputs_fail_with_reason),
+        cmocka_unit_test(test_ctl_shows_media),
         cmocka_unit_test(test_scheduler_bounded_and_observable),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
