@@ -110,17 +110,26 @@ static bool still_wanted(scheduler *s)
     return s->media->busy && !s->d.stopping && s->c && s->state == EXP_MEDIA;
 }
 
+/* A PostgreSQL answer to act on: false when it is no longer wanted, or when
+ * the statement failed (the claim's work is then dropped, to resume). */
+static bool answer_usable(scheduler *s, PGresult *res, const char *err)
+{
+    if (!still_wanted(s))
+        return false;
+    if (!res) {
+        s->m.pg_errors++;
+        media_abandon(s, err);
+        return false;
+    }
+    return true;
+}
+
 static void on_stored(wc_pg *pg, PGresult *res, const char *err, void *arg)
 {
     (void)pg;
     scheduler *s = arg;
-    if (!still_wanted(s))
+    if (!answer_usable(s, res, err))
         return;
-    if (!res) {
-        s->m.pg_errors++;
-        media_abandon(s, err);
-        return;
-    }
     if (PQntuples(res) == 0) {
         media_abandon(s, "the claim was taken over while the image was prepared");
         return;
@@ -268,13 +277,8 @@ static void on_linked(wc_pg *pg, PGresult *res, const char *err, void *arg)
 {
     (void)pg;
     scheduler *s = arg;
-    if (!still_wanted(s))
+    if (!answer_usable(s, res, err))
         return;
-    if (!res) {
-        s->m.pg_errors++;
-        media_abandon(s, err);
-        return;
-    }
     if (PQntuples(res) == 0) {
         media_fail(s, "media_not_found",
                    "no prepared image has this sha256 (upload the file first: POST /api/media)");
@@ -336,13 +340,8 @@ static void on_existing(wc_pg *pg, PGresult *res, const char *err, void *arg)
 {
     (void)pg;
     scheduler *s = arg;
-    if (!still_wanted(s))
+    if (!answer_usable(s, res, err))
         return;
-    if (!res) {
-        s->m.pg_errors++;
-        media_abandon(s, err);
-        return;
-    }
     /* A resumed claim: the image was prepared before the last owner died. */
     if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)) {
         s->media->reused++;
