@@ -1,53 +1,36 @@
 /* A triggered campaign's image, prepared once before any message row is
  * written: the link fetched (wc_fetch: time-out, byte cap, redirects, address
  * guard) or the data: URL decoded, then decoded, resized and re-encoded by
- * wc_image on a worker thread (a 12-megapixel photo takes a CPU-tenth of a
- * second; the event loop must not wait for it), then stored once in the
- * media table under its SHA-256 and linked from campaigns.media_sha256.
+ * wc_image on a worker thread (wc_image_worker: the event loop never waits
+ * for it), then stored once in the media table under its SHA-256
+ * (wc_media) and linked from campaigns.media_sha256.
  * Anything wrong fails the campaign with "<code>: <why>" on its row.
  *
  * Touches: campaigns.media_sha256 and the media table; the campaign's
  * media_url in memory (with WACAST_MEDIA_REFERENCE). One preparation at a
  * time, as the scheduler expands one campaign at a time. */
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <unistd.h>
 
 #include <event2/buffer.h>
-#include <event2/event.h>
-#include <sodium.h>
 
 #include "wc_http.h"
+#include "wc_image_worker.h"
 #include "wc_log.h"
+#include "wc_media.h"
 
 #include "media.h"
 #include "scheduler.h"
 
 #define MEDIA_REASONS 32
 
-/* The work handed to the thread; the loop reads it once the thread is done. */
-typedef struct media_job {
-    unsigned char *in;
-    size_t in_len;
-    wc_image_opts opts;
-    wc_image_out out;
-    int rc;
-    const char *code;
-    char why[256];
-    double seconds;
-} media_job;
-
 struct media_state {
     wc_httpc *httpc;
-    int pipe[2]; /* the thread writes one byte when done */
-    struct event *done_ev;
-    pthread_t thread;
-    bool thread_running;
-    media_job *job;
+    wc_image_worker *worker;
     bool busy; /* a campaign's image is being prepared */
+    char sha[WC_MEDIA_SHA256_HEX];
     uint64_t prepared, reused, failed, bytes_in, bytes_out;
     double seconds;
     struct {
@@ -124,7 +107,7 @@ static bool answer_usable(scheduler *s, PGresult *res, const char *err)
     return true;
 }
 
-static void on_stored(wc_pg *pg, PGresult *res, const char *err, void *arg)
+static void on_linked_prepared(wc_pg *pg, PGresult *res, const char *err, void *arg)
 {
     (void)pg;
     scheduler *s = arg;
@@ -138,122 +121,50 @@ static void on_stored(wc_pg *pg, PGresult *res, const char *err, void *arg)
     media_done(s, PQgetvalue(res, 0, 0));
 }
 
-static void store(scheduler *s, media_job *j)
+/* The image is stored (now or before): the campaign points at it, while
+ * this scheduler still holds the claim. */
+static void on_media_stored(wc_pg *pg, PGresult *res, const char *err, void *arg)
 {
-    unsigned char digest[crypto_hash_sha256_BYTES];
-    crypto_hash_sha256(digest, j->out.jpeg, j->out.len);
-    char sha[crypto_hash_sha256_BYTES * 2 + 1];
-    sodium_bin2hex(sha, sizeof sha, digest, sizeof digest);
-    char *hex = malloc(j->out.len * 2 + 1);
-    if (!hex)
-        abort();
-    sodium_bin2hex(hex, j->out.len * 2 + 1, j->out.jpeg, j->out.len);
-    char size[24], w[16], h[16], q[16], in_bytes[24], in_w[16], in_h[16];
-    snprintf(size, sizeof size, "%zu", j->out.len);
-    snprintf(w, sizeof w, "%d", j->out.width);
-    snprintf(h, sizeof h, "%d", j->out.height);
-    snprintf(q, sizeof q, "%d", j->out.quality);
-    snprintf(in_bytes, sizeof in_bytes, "%zu", j->in_len);
-    snprintf(in_w, sizeof in_w, "%d", j->out.in_width);
-    snprintf(in_h, sizeof in_h, "%d", j->out.in_height);
-    const char *params[] = {sha,
-                            hex,
-                            size,
-                            w,
-                            h,
-                            q,
-                            wc_image_type_name(j->out.in_type),
-                            in_bytes,
-                            in_w,
-                            in_h,
-                            s->c->id,
-                            s->cfg.c.instance_id};
-    /* One statement: the row once (a picture already stored is kept), and
-     * the campaign linked to it while this scheduler still holds the claim. */
-    static const char *sql =
-        "WITH stored AS (INSERT INTO media (sha256, bytes, size, width, height, quality,"
-        " source_type, source_bytes, source_width, source_height)"
-        " VALUES ($1, decode($2, 'hex'), $3, $4, $5, $6, $7, $8, $9, $10)"
-        " ON CONFLICT (sha256) DO NOTHING)"
-        " UPDATE campaigns SET media_sha256 = $1 WHERE id = $11 AND claimed_by = $12"
-        " AND status = 'triggered' RETURNING media_sha256";
-    int rc = wc_pg_query(s->d.pg, sql, 12, params, on_stored, s);
-    free(hex);
-    if (rc < 0)
+    scheduler *s = arg;
+    if (!answer_usable(s, res, err))
+        return;
+    const char *params[] = {s->media->sha, s->c->id, s->cfg.c.instance_id};
+    if (wc_pg_query(pg,
+                    "UPDATE campaigns SET media_sha256 = $1 WHERE id = $2 AND claimed_by = $3"
+                    " AND status = 'triggered' RETURNING media_sha256",
+                    3, params, on_linked_prepared, s) < 0)
         media_abandon(s, "cannot queue a query");
 }
 
-static void *prepare_thread(void *arg)
+static void on_prepared(void *arg, wc_image_result *r)
 {
-    media_state *m = arg;
-    media_job *j = m->job;
-    int64_t t0 = wc_mono_us();
-    j->rc = wc_image_prepare(j->in, j->in_len, &j->opts, &j->out, &j->code, j->why, sizeof j->why);
-    j->seconds = (double)(wc_mono_us() - t0) / 1e6;
-    char one = 1;
-    while (write(m->pipe[1], &one, 1) < 0) {
-    }
-    return NULL;
-}
-
-static void job_free(media_job *j)
-{
-    if (!j)
-        return;
-    free(j->in);
-    wc_image_out_free(&j->out);
-    free(j);
-}
-
-static void on_prepared(evutil_socket_t fd, short what, void *arg)
-{
-    (void)what;
     scheduler *s = arg;
     media_state *m = s->media;
-    char one;
-    if (read(fd, &one, 1) != 1 || !m->thread_running)
+    if (!still_wanted(s))
         return;
-    pthread_join(m->thread, NULL);
-    m->thread_running = false;
-    media_job *j = m->job;
-    m->job = NULL;
-    if (still_wanted(s)) {
-        m->seconds += j->seconds;
-        m->bytes_in += j->in_len;
-        if (j->rc < 0) {
-            media_fail(s, j->code, j->why);
-        } else {
-            m->bytes_out += j->out.len;
-            wc_info("campaign %s: image %s %dx%d %zu bytes -> JPEG %dx%d q%d %zu bytes in %.0f ms",
-                    s->c->id, wc_image_type_name(j->out.in_type), j->out.in_width, j->out.in_height,
-                    j->in_len, j->out.width, j->out.height, j->out.quality, j->out.len,
-                    j->seconds * 1000);
-            store(s, j);
-        }
+    m->seconds += r->seconds;
+    m->bytes_in += r->in_len;
+    if (r->rc < 0) {
+        media_fail(s, r->code, r->why);
+        return;
     }
-    job_free(j);
+    m->bytes_out += r->out.len;
+    wc_info("campaign %s: image %s %dx%d %zu bytes -> JPEG %dx%d q%d %zu bytes in %.0f ms",
+            s->c->id, wc_image_type_name(r->out.in_type), r->out.in_width, r->out.in_height,
+            r->in_len, r->out.width, r->out.height, r->out.quality, r->out.len, r->seconds * 1000);
+    wc_media_sha256(&r->out, m->sha);
+    if (wc_media_store(s->d.pg, &r->out, r->in_len, m->sha, on_media_stored, s) < 0)
+        media_abandon(s, "cannot queue a query");
 }
 
 /* Takes bytes (malloc'd) and prepares them on the worker thread. */
 static void start_prepare(scheduler *s, unsigned char *bytes, size_t len)
 {
-    media_state *m = s->media;
-    media_job *j = calloc(1, sizeof *j);
-    if (!j)
-        abort();
-    j->in = bytes;
-    j->in_len = len;
-    j->opts.max_side = (int)s->cfg.media.max_side;
-    j->opts.max_bytes = (size_t)s->cfg.media.max_bytes;
-    j->opts.max_pixels = (uint64_t)s->cfg.media.max_pixels;
-    m->job = j;
-    if (pthread_create(&m->thread, NULL, prepare_thread, m) != 0) {
-        m->job = NULL;
-        job_free(j);
+    wc_image_opts o = {.max_side = (int)s->cfg.media.max_side,
+                       .max_bytes = (size_t)s->cfg.media.max_bytes,
+                       .max_pixels = (uint64_t)s->cfg.media.max_pixels};
+    if (wc_image_worker_start(s->media->worker, bytes, len, &o, on_prepared, s) < 0)
         media_abandon(s, "cannot start the image thread");
-        return;
-    }
-    m->thread_running = true;
 }
 
 static void on_fetched(void *arg, const unsigned char *data, size_t len, const char *code,
@@ -374,14 +285,8 @@ void media_init(scheduler *s)
         exit(2);
     }
     media_state *m = calloc(1, sizeof *m);
-    if (!m || pipe(m->pipe) < 0)
-        abort();
-    evutil_make_socket_nonblocking(m->pipe[0]);
-    evutil_make_socket_closeonexec(m->pipe[0]);
-    evutil_make_socket_closeonexec(m->pipe[1]);
-    m->done_ev = event_new(s->d.base, m->pipe[0], EV_READ | EV_PERSIST, on_prepared, s);
-    m->httpc = wc_httpc_shared_acquire(s->d.base);
-    if (!m->done_ev || event_add(m->done_ev, NULL) < 0 || !m->httpc)
+    if (!m || !(m->worker = wc_image_worker_new(s->d.base, 1)) ||
+        !(m->httpc = wc_httpc_shared_acquire(s->d.base)))
         abort();
     s->media = m;
 }
@@ -393,12 +298,7 @@ void media_free(scheduler *s)
         return;
     m->busy = false; /* a fetch cancelled below calls back into nothing */
     wc_httpc_shared_release(m->httpc);
-    if (m->thread_running)
-        pthread_join(m->thread, NULL);
-    job_free(m->job);
-    event_free(m->done_ev);
-    close(m->pipe[0]);
-    close(m->pipe[1]);
+    wc_image_worker_free(m->worker);
     free(m);
     s->media = NULL;
 }
