@@ -44,7 +44,7 @@
 
 static const wc_cfg_entry cfg_table[] = {
     WC_CFG_DAEMON(wc_common_cfg),
-    MEDIA_CFG_ENTRIES(scheduler_cfg, media),
+    WC_MEDIA_CFG_ENTRIES(scheduler_cfg, media),
     {"WACAST_POLL_MS", WC_CFG_INT, "500", "how often due campaigns are looked for",
      offsetof(scheduler_cfg, poll_ms), 10, 600000, false},
     {"WACAST_BATCH", WC_CFG_INT, "2000", "leads expanded per statement",

@@ -32,7 +32,7 @@ typedef struct scheduler_cfg {
     long feed_ms;
     long feed_batch;
     long online_grace_ms;
-    media_cfg media;
+    wc_media_cfg media;
 } scheduler_cfg;
 
 #define SCHEDULER_METRICS(X)                                                                       \
