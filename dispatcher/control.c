@@ -24,6 +24,7 @@
 #include <sodium.h>
 
 #include "dispatcher.h"
+#include "media_api.h"
 #include "wc_keys.h"
 #include "wc_log.h"
 #include "wc_origin.h"
@@ -570,10 +571,12 @@ void control_init(dispatcher *ds)
         abort();
     }
     ds->paused_timer = wc_daemon_every(&ds->d, 1000, on_paused_timer, ds);
+    media_api_init(ds, &ds->cfg.media);
 }
 
 void control_free(dispatcher *ds)
 {
+    media_api_free();
     wc_httpc_free(ds->httpc);
     ds->httpc = NULL;
     wc_seal_keys_free(ds->seal);

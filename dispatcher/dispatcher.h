@@ -13,6 +13,7 @@
 #include "wacast.pb-c.h"
 #include "wc_daemon.h"
 #include "wc_map.h"
+#include "wc_media.h"
 #include "wc_redis.h"
 
 struct evbuffer;
@@ -37,6 +38,7 @@ typedef struct dispatcher_cfg {
     char *opt_out_words;
     long cancel_grace_s;
     char *provider_hosts;
+    wc_media_cfg media; /* POST /api/media (media_api.c) */
 } dispatcher_cfg;
 
 #define DISPATCHER_METRICS(X)                                                                      \
