@@ -143,7 +143,7 @@ static void on_stored(wc_pg *pg, PGresult *res, const char *err, void *arg)
         return;
     }
     json_t *o =
-        json_pack("{s:s, s:s++, s:I, s:i, s:i, s:i, s:{s:s, s:I, s:i, s:i}}", "id", u->sha,
+        json_pack("{s:s, s:s+, s:I, s:i, s:i, s:i, s:{s:s, s:I, s:i, s:i}}", "id", u->sha,
                   "media_url", "media:", u->sha, "size", (json_int_t)u->out.len, "width",
                   u->out.width, "height", u->out.height, "quality", u->out.quality, "source",
                   "type", wc_image_type_name(u->out.in_type), "bytes", (json_int_t)u->in_len,
