@@ -650,6 +650,12 @@ static void test_sniff(void **state)
     assert_int_equal(wc_image_sniff("\xEF\xBB\xBF<svg>", 8), WC_IMAGE_SVG);
     assert_int_equal(wc_image_sniff("MM\0*", 4), WC_IMAGE_TIFF);
     assert_int_equal(wc_image_sniff("\xFF\xD8", 2), WC_IMAGE_UNKNOWN);
+    /* Little-endian EXIF (the unit tests above write big-endian). */
+    unsigned char le[] = {0xFF, 0xD8, 0xFF, 0xE1, 0x00, 0x22, 'E',  'x',  'i',  'f',
+                          0,    0,    'I',  'I',  0x2A, 0x00, 0x08, 0x00, 0x00, 0x00,
+                          0x01, 0x00, 0x12, 0x01, 0x03, 0x00, 0x01, 0x00, 0x00, 0x00,
+                          0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xDA};
+    assert_int_equal(wc_image_jpeg_orientation(le, sizeof le), 8);
     /* EXIF parsing stops at the data's end, whatever the segment says. */
     unsigned char cut[] = {0xFF, 0xD8, 0xFF, 0xE1, 0x7F, 0xFF, 'E', 'x', 'i', 'f', 0, 0, 'M', 'M'};
     assert_int_equal(wc_image_jpeg_orientation(cut, sizeof cut), 1);
