@@ -39,4 +39,13 @@ void random_hex(char *out, size_t bytes);
  * it cannot be read. */
 double e2e_metric(int port, const char *name);
 
+/* SIGTERM to a daemon the harness spawned; true when it exits 0 within 15 s
+ * (under the sanitizers that also means no leak on the way out), otherwise
+ * false after printing the logs' tails. */
+bool e2e_stopped_cleanly(wt_env *env, pid_t pid);
+
+/* A w x h PNG (RGBA: left half opaque colours, right half transparent), as
+ * libpng writes it; malloc'd, length in *len. */
+unsigned char *e2e_png_rgba(int w, int h, size_t *len);
+
 #endif

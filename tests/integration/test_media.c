@@ -24,7 +24,6 @@
  *    failures by reason, and it stops cleanly on SIGTERM (no leak under
  *    ASan). */
 #include <setjmp.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -35,7 +34,6 @@
 
 #include <cmocka.h>
 #include <curl/curl.h>
-#include <png.h>
 #include <sodium.h>
 #include <turbojpeg.h>
 #include <zlib.h>
@@ -104,30 +102,6 @@ static unsigned char *photo_jpeg(int w, int h, size_t *len)
     unsigned char *out = malloc(n);
     memcpy(out, j, n);
     tjFree(j);
-    *len = n;
-    return out;
-}
-
-static unsigned char *png_alpha(int w, int h, size_t *len)
-{
-    unsigned char *px = malloc((size_t)w * h * 4);
-    for (int i = 0; i < w * h; i++) {
-        px[4 * i] = (unsigned char)(i % 251);
-        px[4 * i + 1] = (unsigned char)(i / w % 256);
-        px[4 * i + 2] = 90;
-        px[4 * i + 3] = (unsigned char)(i % w < w / 2 ? 255 : 0);
-    }
-    png_image img;
-    memset(&img, 0, sizeof img);
-    img.version = PNG_IMAGE_VERSION;
-    img.width = (png_uint_32)w;
-    img.height = (png_uint_32)h;
-    img.format = PNG_FORMAT_RGBA;
-    png_alloc_size_t n = 0;
-    assert_true(png_image_write_get_memory_size(img, n, 0, px, 0, NULL));
-    unsigned char *out = malloc(n);
-    assert_true(png_image_write_to_memory(&img, out, &n, 0, px, 0, NULL));
-    free(px);
     *len = n;
     return out;
 }
@@ -209,7 +183,8 @@ static int setup(void **state)
     unsigned char *photo = photo_jpeg(3000, 2000, &photo_len);
     serve_files(photo, photo_len);
     free(photo);
-    unsigned char *png = png_alpha(900, 600, &png_len);
+    unsigned char *png = e2e_png_rgba(900, 600, &png_len);
+    assert_non_null(png);
     size_t b64_len = sodium_base64_ENCODED_LEN(png_len, sodium_base64_VARIANT_ORIGINAL);
     char *data_url = malloc(b64_len + 32);
     int n = snprintf(data_url, 32, "data:image/png;base64,");
@@ -453,12 +428,7 @@ static void test_scheduler_bounded_and_observable(void **state)
         (long)e2e_metric(metrics_port,
                          "wacast_scheduler_media_failures_total{reason=\"fetch_address_refused\"}"),
         2);
-    assert_int_equal(kill(scheduler_pid, SIGTERM), 0);
-    int st = wt_wait_exit(&env, scheduler_pid, 15000);
-    if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-        wt_dump_logs(&env, 40);
-        fail_msg("scheduler did not stop cleanly (status %d)", st);
-    }
+    assert_true(e2e_stopped_cleanly(&env, scheduler_pid));
 }
 
 int main(void)

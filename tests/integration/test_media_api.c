@@ -14,18 +14,15 @@
  *    (campaigns.media_sha256 = id), nothing fetched or prepared again;
  * 4. the dispatcher stops cleanly on SIGTERM (no leak under ASan). */
 #include <setjmp.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 
 #include <cmocka.h>
 #include <jansson.h>
-#include <png.h>
 #include <sodium.h>
 #include <turbojpeg.h>
 
@@ -54,30 +51,6 @@ static unsigned char *make_jpeg(int w, int h, int quality, size_t *len)
     unsigned char *out = malloc(n);
     memcpy(out, j, n);
     tjFree(j);
-    *len = n;
-    return out;
-}
-
-static unsigned char *make_png(int w, int h, size_t *len)
-{
-    unsigned char *px = malloc((size_t)w * h * 4);
-    for (size_t i = 0; i < (size_t)w * h; i++) {
-        px[4 * i] = (unsigned char)(i % 256);
-        px[4 * i + 1] = 40;
-        px[4 * i + 2] = 200;
-        px[4 * i + 3] = (unsigned char)(i % (size_t)w < (size_t)w / 2 ? 255 : 0);
-    }
-    png_image img;
-    memset(&img, 0, sizeof img);
-    img.version = PNG_IMAGE_VERSION;
-    img.width = (png_uint_32)w;
-    img.height = (png_uint_32)h;
-    img.format = PNG_FORMAT_RGBA;
-    png_alloc_size_t n = 0;
-    assert_true(png_image_write_get_memory_size(img, n, 0, px, 0, NULL));
-    unsigned char *out = malloc(n);
-    assert_true(png_image_write_to_memory(&img, out, &n, 0, px, 0, NULL));
-    free(px);
     *len = n;
     return out;
 }
@@ -166,7 +139,8 @@ static void test_uploads_stored_once(void **state)
     resp_free(&r);
     assert_int_equal(wt_sql_long(db, "SELECT count(*) FROM media"), 1);
 
-    unsigned char *png = make_png(640, 480, &pl);
+    unsigned char *png = e2e_png_rgba(640, 480, &pl);
+    assert_non_null(png);
     static const char head[] =
         "--XyZ\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhi\r\n"
         "--XyZ\r\nContent-Disposition: form-data; name=\"file\";"
@@ -268,12 +242,7 @@ static void test_campaign_uses_upload(void **state)
 static void test_dispatcher_stops_cleanly(void **state)
 {
     (void)state;
-    assert_int_equal(kill(dispatcher_pid, SIGTERM), 0);
-    int st = wt_wait_exit(&env, dispatcher_pid, 15000);
-    if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-        wt_dump_logs(&env, 40);
-        fail_msg("dispatcher did not stop cleanly (status %d)", st);
-    }
+    assert_true(e2e_stopped_cleanly(&env, dispatcher_pid));
 }
 
 int main(void)
