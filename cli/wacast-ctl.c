@@ -213,6 +213,55 @@ static int cmd_campaigns(void)
     return 0;
 }
 
+/* A campaign's image: what media_url names, and the prepared JPEG (sha256,
+ * size, dimensions, quality, source) or why there is none. */
+static int cmd_media(const char *campaign)
+{
+    PGconn *c = connect_db();
+    const char *params[] = {campaign};
+    PGresult *r =
+        exec_or_die(c,
+                    "SELECT c.id, c.status, coalesce(c.status_reason, ''), c.media_url IS NULL,"
+                    " left(coalesce(c.media_url, ''), 120), length(coalesce(c.media_url, '')),"
+                    " coalesce(m.sha256, ''), m.size, m.width, m.height, m.quality, m.source_type,"
+                    " m.source_bytes, m.source_width, m.source_height, m.created_at"
+                    " FROM campaigns c LEFT JOIN media m ON m.sha256 = c.media_sha256"
+                    " WHERE c.id::text = lower($1)",
+                    1, params);
+    if (PQntuples(r) == 0) {
+        fprintf(stderr, "wacast-ctl: no campaign %s\n", campaign);
+        PQclear(r);
+        PQfinish(c);
+        return 1;
+    }
+    printf("campaign   %s (%s)\n", PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1));
+    int rc = 0;
+    if (PQgetvalue(r, 0, 3)[0] == 't') {
+        printf("media_url  none\n");
+    } else {
+        long len = strtol(PQgetvalue(r, 0, 5), NULL, 10);
+        const char *url = PQgetvalue(r, 0, 4);
+        if (strncmp(url, "data:", 5) == 0)
+            printf("media_url  data: URL, %ld characters\n", len);
+        else
+            printf("media_url  %s%s\n", url, len > 120 ? "..." : "");
+        if (PQgetvalue(r, 0, 6)[0]) {
+            printf("prepared   media:%s\n", PQgetvalue(r, 0, 6));
+            printf("jpeg       %s bytes, %sx%s, quality %s\n", PQgetvalue(r, 0, 7),
+                   PQgetvalue(r, 0, 8), PQgetvalue(r, 0, 9), PQgetvalue(r, 0, 10));
+            printf("source     %s, %s bytes, %sx%s\n", PQgetvalue(r, 0, 11), PQgetvalue(r, 0, 12),
+                   PQgetvalue(r, 0, 13), PQgetvalue(r, 0, 14));
+            printf("stored     %s\n", PQgetvalue(r, 0, 15));
+        } else {
+            printf("prepared   no%s%s\n", PQgetvalue(r, 0, 2)[0] ? ": " : "", PQgetvalue(r, 0, 2));
+            rc = 1;
+        }
+    }
+    PQclear(r);
+    PQfinish(c);
+    return rc;
+}
+
 static wc_seal_keys *seal_keys(void)
 {
     wc_seal_keys *k = NULL;
@@ -376,6 +425,8 @@ static void usage(FILE *f)
             "                               campaign due now; prints the campaign id\n"
             "  watch CAMPAIGN [TIMEOUT_S]   live progress until the campaign ends\n"
             "  campaigns                    the latest campaigns and their counts\n"
+            "  media CAMPAIGN               the campaign's prepared image: sha256, size,\n"
+            "                               dimensions, source; or why it has none\n"
             "  keygen                       print a new WACAST_SECRET_KEY\n"
             "  set-credentials DEVICE       seal the JSON on stdin with WACAST_SECRET_KEY, bound\n"
             "                               to the device, and store it as its credentials\n"
@@ -401,6 +452,8 @@ int main(int argc, char **argv)
         return cmd_watch(argv[2], argc >= 4 ? strtol(argv[3], NULL, 10) : 0);
     if (!strcmp(argv[1], "campaigns"))
         return cmd_campaigns();
+    if (!strcmp(argv[1], "media") && argc >= 3)
+        return cmd_media(argv[2]);
     if (sodium_init() < 0)
         return 1;
     if (!strcmp(argv[1], "keygen")) {

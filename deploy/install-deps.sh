@@ -8,6 +8,7 @@ pkgs=(
   libhiredis-dev libevent-dev libpq-dev libjansson-dev libcurl4-openssl-dev
   libssl-dev libsodium-dev libprotobuf-c-dev protobuf-c-compiler
   libwebp-dev libturbojpeg0-dev libpng-dev libcmocka-dev
+  imagemagick
   redis-server redis-tools postgresql postgresql-client
 )
 

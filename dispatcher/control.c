@@ -605,10 +605,12 @@ void control_init(dispatcher *ds)
         abort();
     }
     ds->paused_timer = wc_daemon_every(&ds->d, 1000, on_paused_timer, ds);
+    media_api_init(ds);
 }
 
 void control_free(dispatcher *ds)
 {
+    media_api_free(ds);
     wc_httpc_free(ds->httpc);
     ds->httpc = NULL;
     wc_seal_keys_free(ds->seal);

@@ -27,6 +27,7 @@
 
 static const wc_cfg_entry cfg_table[] = {
     WC_CFG_DAEMON(wc_common_cfg),
+    WC_MEDIA_CFG_ENTRIES(dispatcher_cfg, media),
     {"WACAST_ROUTE_BATCH", WC_CFG_INT, "500", "jobs read per batch",
      offsetof(dispatcher_cfg, route_batch), 1, 100000, false},
     {"WACAST_SINK_BATCH", WC_CFG_INT, "2000", "results written per statement",

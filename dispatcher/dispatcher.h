@@ -13,6 +13,7 @@
 #include "wacast.pb-c.h"
 #include "wc_daemon.h"
 #include "wc_map.h"
+#include "wc_media.h"
 #include "wc_redis.h"
 
 struct evbuffer;
@@ -38,6 +39,7 @@ typedef struct dispatcher_cfg {
     long cancel_grace_s;
     long reason_prune_ms;
     char *provider_hosts;
+    wc_media_cfg media; /* POST /api/media (media_api.c) */
 } dispatcher_cfg;
 
 #define DISPATCHER_METRICS(X)                                                                      \
@@ -133,6 +135,8 @@ typedef struct dispatcher {
     struct wc_httpc *httpc;    /* gateway calls of the admin API (QR pairing) */
     struct wc_seal_keys *seal; /* to open device credentials; NULL without WACAST_SECRET_KEY */
     wc_redis *sim_rd;          /* the sim provider's Redis (WACAST_SIM_REDIS_URL), or NULL */
+    struct wc_image_worker *media_worker; /* POST /api/media: uploads being prepared... */
+    struct media_upload *media_preparing; /* ...and their requests (media_api.c) */
 } dispatcher;
 
 /* The writes one webhook body causes (events.c): done() runs once all of
@@ -193,5 +197,9 @@ void events_init(dispatcher *ds);
 void control_init(dispatcher *ds);
 void events_free(dispatcher *ds);
 void control_free(dispatcher *ds);
+/* POST /api/media on the admin listener (media_api.c): routed when that
+ * listener is on; the free waits for uploads being prepared. */
+void media_api_init(dispatcher *ds);
+void media_api_free(dispatcher *ds);
 
 #endif

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <curl/curl.h>
 #include <event2/event.h>
@@ -52,6 +53,10 @@ struct wc_httpc_call {
     bool too_large;
     bool request_started; /* curl began sending on a ready connection */
     char errbuf[CURL_ERROR_SIZE];
+    wc_httpc_addr_check *address_ok;
+    void *address_arg;
+    char refused[160];   /* why address_ok refused, "" when it did not */
+    long redirects_left; /* further requests the prereq check lets through */
 };
 
 typedef struct form_part {
@@ -146,14 +151,19 @@ static void complete(wc_httpc_call *call, CURLcode rc, const char *forced_error)
     if (forced_error) {
         r.error = forced_error;
     } else if (rc != CURLE_OK) {
-        if (call->too_large) {
+        if (call->too_large || rc == CURLE_FILESIZE_EXCEEDED) {
             snprintf(why, sizeof why, "response body larger than %zu bytes", call->max);
+            r.too_large = true;
+        } else if (call->refused[0]) {
+            snprintf(why, sizeof why, "address refused: %s", call->refused);
+            r.address_refused = true;
         } else {
             snprintf(why, sizeof why, "%s",
                      call->errbuf[0] ? call->errbuf : curl_easy_strerror(rc));
         }
         r.error = why;
         r.timed_out = rc == CURLE_OPERATION_TIMEDOUT;
+        r.too_many_redirects = rc == CURLE_TOO_MANY_REDIRECTS;
     }
     wc_httpc_cb *cb = call->cb;
     void *arg = call->arg;
@@ -263,6 +273,22 @@ static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
     return evtimer_add(c->timer, &tv) == 0 ? 0 : -1;
 }
 
+/* Every connection curl opens for a call with address_ok passes here, after
+ * DNS and before connect, redirects included. */
+static curl_socket_t on_open_socket(void *clientp, curlsocktype purpose,
+                                    struct curl_sockaddr *address)
+{
+    wc_httpc_call *call = clientp;
+    if (purpose != CURLSOCKTYPE_IPCXN)
+        return CURL_SOCKET_BAD;
+    if (!call->address_ok(call->address_arg, &address->addr, call->refused, sizeof call->refused)) {
+        if (!call->refused[0])
+            snprintf(call->refused, sizeof call->refused, "not allowed");
+        return CURL_SOCKET_BAD;
+    }
+    return socket(address->family, address->socktype, address->protocol);
+}
+
 static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
     wc_httpc_call *call = userdata;
@@ -303,7 +329,10 @@ static int on_prereq(void *clientp, char *primary_ip, char *local_ip, int primar
     (void)primary_port;
     (void)local_port;
     wc_httpc_call *call = clientp;
-    if (call->request_started)
+    /* Once per request, plus once per redirect followed: a second send of
+     * the same request (curl retrying on a reused connection) could act
+     * twice. */
+    if (call->request_started && call->redirects_left-- <= 0)
         return CURL_PREREQFUNC_ABORT;
     call->request_started = true;
     return CURL_PREREQFUNC_OK;
@@ -401,6 +430,21 @@ wc_httpc_call *wc_httpc_start(wc_httpc *c, const wc_httpc_req *req, wc_httpc_cb 
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
     curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)call->max);
+    if (req->max_redirects > 0) {
+        curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
+        curl_easy_setopt(e, CURLOPT_MAXREDIRS, req->max_redirects);
+        call->redirects_left = req->max_redirects;
+        if (curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https") != CURLE_OK)
+            goto error;
+    }
+    if (req->address_ok) {
+        call->address_ok = req->address_ok;
+        call->address_arg = req->address_arg;
+        curl_easy_setopt(e, CURLOPT_PROXY, "");
+        curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+        curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, call);
+    }
 
     for (const char *const *h = req->headers; h && *h; h++) {
         struct curl_slist *n = curl_slist_append(call->headers, *h);

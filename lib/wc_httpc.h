@@ -35,6 +35,12 @@ typedef struct wc_httpc_form wc_httpc_form;
 /* Connect timeout when the request gives none (capped by its timeout). */
 #define WC_HTTPC_CONNECT_TIMEOUT_MS 10000
 
+/* Asked with every address the request is about to connect to (the first
+ * host and each redirect's, after DNS): false refuses it, with a reason in
+ * why, and the request fails with address_refused set. */
+struct sockaddr;
+typedef bool wc_httpc_addr_check(void *arg, const struct sockaddr *addr, char *why, size_t whylen);
+
 typedef struct wc_httpc_req {
     const char *method;         /* NULL: POST when a body or form is set, else GET */
     const char *url;            /* http:// or https:// only */
@@ -47,6 +53,13 @@ typedef struct wc_httpc_req {
     const char *username;      /* basic auth when not NULL */
     const char *password;
     size_t max_response; /* 0: WC_HTTPC_MAX_RESPONSE */
+    /* > 0: follow up to this many http(s) redirects (0: none followed; a 3xx
+     * is then the response). */
+    long max_redirects;
+    /* When set: every connection's address is checked first, and no proxy
+     * is used (so the address checked is the one reached). */
+    wc_httpc_addr_check *address_ok;
+    void *address_arg;
 } wc_httpc_req;
 
 typedef struct wc_httpc_resp {
@@ -56,6 +69,9 @@ typedef struct wc_httpc_resp {
     const char *content_type; /* NULL when the server sent none */
     const char *error;        /* NULL for a complete exchange; otherwise why */
     bool timed_out;           /* error is a timeout (connect or whole request) */
+    bool too_large;           /* error is the response cap */
+    bool too_many_redirects;  /* error is max_redirects */
+    bool address_refused;     /* error is the request's address_ok saying no */
     /* The request may have reached the server: the connection (and any TLS
      * handshake) was up and curl had begun writing the request. With an error
      * this means the server may have acted on it without us hearing the

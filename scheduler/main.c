@@ -26,6 +26,7 @@
 
 static const wc_cfg_entry cfg_table[] = {
     WC_CFG_DAEMON(wc_common_cfg),
+    WC_MEDIA_CFG_ENTRIES(scheduler_cfg, media),
     {"WACAST_POLL_MS", WC_CFG_INT, "500", "how often due campaigns are looked for",
      offsetof(scheduler_cfg, poll_ms), 10, 600000, false},
     {"WACAST_BATCH", WC_CFG_INT, "2000", "leads expanded per statement",
@@ -108,6 +109,7 @@ static void metrics(struct evbuffer *out, void *arg)
     wc_metric(out, "wacast_scheduler_" #name "_total", "counter", help, (double)s->m.name);
     SCHEDULER_METRICS(X)
 #undef X
+    media_metrics(out, s);
     wc_metric(out, "wacast_scheduler_expanding", "gauge", "1 while a campaign is being expanded",
               s->state != EXP_IDLE);
     wc_metric(out, "wacast_scheduler_feed_cursors", "gauge",
@@ -122,6 +124,7 @@ int main(int argc, char **argv)
                    "Finds due campaigns, expands them into messages and publishes them.", cfg_table,
                    sizeof cfg_table / sizeof cfg_table[0], &s.cfg, argc, argv, ready, metrics, &s);
     randombytes_buf(&s.rng, sizeof s.rng);
+    media_init(&s);
     wc_map_init(&s.fed);
     s.fed_reset_us = wc_mono_us();
     wc_daemon_on_stop(&s.d, on_stop, &s);
@@ -135,6 +138,7 @@ int main(int argc, char **argv)
     s.prune_timer = wc_daemon_every(&s.d, 5000, on_prune_timer, &s);
     claim(&s);
     int rc = wc_daemon_run(&s.d);
+    media_free(&s);
     end_expansion(&s);
     wc_epoch_free(s.epoch);
     event_free(s.poll_timer);

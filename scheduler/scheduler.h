@@ -15,6 +15,10 @@
 #include "wc_map.h"
 #include "wc_tpl.h"
 
+#include "wc_media.h"
+
+struct evbuffer;
+
 typedef struct scheduler_cfg {
     wc_common_cfg c;
     long poll_ms;
@@ -32,6 +36,7 @@ typedef struct scheduler_cfg {
     long feed_ms;
     long feed_batch;
     long online_grace_ms;
+    wc_media_cfg media;
 } scheduler_cfg;
 
 #define SCHEDULER_METRICS(X)                                                                       \
@@ -60,6 +65,7 @@ typedef struct scheduler_metrics {
 typedef enum {
     EXP_IDLE,     /* nothing claimed */
     EXP_CLAIMING, /* claim statement in flight */
+    EXP_MEDIA,    /* preparing the campaign's image (media.c) */
     EXP_VARS,     /* reading the lead attribute names the template may use */
     EXP_SELECT,   /* reading a page of leads */
     EXP_INSERT,   /* inserting a page of messages */
@@ -100,6 +106,8 @@ typedef struct campaign {
     page page;     /* the page of messages being inserted */
 } campaign;
 
+typedef struct media_state media_state;
+
 typedef struct scheduler {
     wc_daemon d;
     scheduler_cfg cfg;
@@ -117,6 +125,7 @@ typedef struct scheduler {
     struct event *poll_timer, *reconcile_timer, *retry_timer, *claim_now, *feed_timer,
         *waiting_timer, *prune_timer;
     uint64_t rng;
+    media_state *media; /* media.c */
 } scheduler;
 
 /* trigger.c: claims a due campaign (or resumes a stale claim), moves its
@@ -131,5 +140,22 @@ void on_prune_timer(evutil_socket_t fd, short what, void *arg);
 void on_waiting_timer(evutil_socket_t fd, short what, void *arg);
 void on_reconcile(evutil_socket_t fd, short what, void *arg);
 void on_fence_checked(void *arg, const wc_epoch_state *st);
+/* For media.c: go on with a validated campaign (its leads), fail it with a
+ * reason on its row, or drop the claim's work so it resumes later. */
+void scheduler_expand(scheduler *s);
+void fail_campaign(scheduler *s, const char *reason);
+void abandon(scheduler *s, const char *why);
+
+/* media.c: a campaign's image, prepared once when it is triggered. media_init
+ * at start-up (exits on a bad allow-list), media_free at the end.
+ * media_prepare is called once a claimed campaign passed validation: it
+ * prepares the image (or finds it prepared) and then calls
+ * scheduler_expand(), or fails the campaign with a reason naming what was
+ * wrong, or abandons the claim when PostgreSQL is away; a campaign without
+ * media_url goes straight on. */
+void media_init(scheduler *s);
+void media_free(scheduler *s);
+void media_prepare(scheduler *s);
+void media_metrics(struct evbuffer *out, scheduler *s);
 
 #endif

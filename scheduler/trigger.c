@@ -35,7 +35,8 @@
 
 #include "scheduler.h"
 
-static const char *exp_state_names[] = {"idle", "claiming", "vars", "select", "insert", "finish"};
+static const char *exp_state_names[] = {"idle",   "claiming", "media", "vars",
+                                        "select", "insert",   "finish"};
 
 static void set_state(scheduler *s, exp_state st)
 {
@@ -75,7 +76,7 @@ void end_expansion(scheduler *s)
 
 /* Something failed (Redis or PostgreSQL away): drop the claim's work in hand
  * and let the claim go stale; this or another scheduler resumes it. */
-static void abandon(scheduler *s, const char *why)
+void abandon(scheduler *s, const char *why)
 {
     wc_warn("campaign %s: expansion interrupted (%s); it will resume", s->c ? s->c->id : "?", why);
     end_expansion(s);
@@ -110,7 +111,7 @@ static void on_failed(wc_pg *pg, PGresult *res, const char *err, void *arg)
     }
 }
 
-static void fail_campaign(scheduler *s, const char *reason)
+void fail_campaign(scheduler *s, const char *reason)
 {
     s->m.campaigns_failed++;
     /* The reason may quote the campaign's own text, cut by the caller's
@@ -221,6 +222,11 @@ static void on_claimed(wc_pg *pg, PGresult *res, const char *err, void *arg)
         fail_campaign(s, reason);
         return;
     }
+    media_prepare(s); /* media.c: then scheduler_expand() or fail_campaign() */
+}
+
+void scheduler_expand(scheduler *s)
+{
     set_state(s, EXP_VARS);
     exp_step(s);
 }

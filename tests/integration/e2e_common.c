@@ -21,6 +21,7 @@
 #include <curl/curl.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <png.h>
 
 /* ---- HTTP (libcurl) ---------------------------------------------------------------------------
  */
@@ -670,4 +671,45 @@ int e2e_check_stop(e2e_world *w, const char *body, const char *lead_id)
     return !e2e_wait_sql(w->db, 10000,
                          "SELECT count(*) FROM leads WHERE id = '%s' AND opted_out_at IS NOT NULL",
                          lead_id);
+}
+
+bool e2e_stopped_cleanly(wt_env *env, pid_t pid)
+{
+    if (kill(pid, SIGTERM) < 0)
+        return false;
+    int st = wt_wait_exit(env, pid, 15000);
+    if (st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0)
+        return true;
+    fprintf(stderr, "pid %d did not stop cleanly on SIGTERM (status %d)\n", (int)pid, st);
+    wt_dump_logs(env, 40);
+    return false;
+}
+
+unsigned char *e2e_png_rgba(int w, int h, size_t *len)
+{
+    unsigned char *px = malloc((size_t)w * h * 4);
+    if (!px)
+        return NULL;
+    for (size_t i = 0; i < (size_t)w * h; i++) {
+        px[4 * i] = (unsigned char)(i % 251);
+        px[4 * i + 1] = (unsigned char)(i / (size_t)w % 256);
+        px[4 * i + 2] = 90;
+        px[4 * i + 3] = i % (size_t)w < (size_t)w / 2 ? 255 : 0;
+    }
+    png_image img;
+    memset(&img, 0, sizeof img);
+    img.version = PNG_IMAGE_VERSION;
+    img.width = (png_uint_32)w;
+    img.height = (png_uint_32)h;
+    img.format = PNG_FORMAT_RGBA;
+    png_alloc_size_t n = 0;
+    unsigned char *out = NULL;
+    if (png_image_write_get_memory_size(img, n, 0, px, 0, NULL) && (out = malloc(n)) &&
+        !png_image_write_to_memory(&img, out, &n, 0, px, 0, NULL)) {
+        free(out);
+        out = NULL;
+    }
+    free(px);
+    *len = out ? n : 0;
+    return out;
 }

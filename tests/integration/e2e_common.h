@@ -154,4 +154,13 @@ int e2e_check_late_delivered(wt_env *e, PGconn *db, fake *f, const char *provide
  * STOP from the lead) and the lead is opted out within 10 s. */
 int e2e_check_stop(e2e_world *w, const char *body, const char *lead_id);
 
+/* SIGTERM to a daemon the harness spawned; true when it exits 0 within 15 s
+ * (under the sanitizers that also means no leak on the way out), otherwise
+ * false after printing the logs' tails. */
+bool e2e_stopped_cleanly(wt_env *env, pid_t pid);
+
+/* A w x h PNG (RGBA: left half opaque colours, right half transparent), as
+ * libpng writes it; malloc'd, length in *len. */
+unsigned char *e2e_png_rgba(int w, int h, size_t *len);
+
 #endif
