@@ -1,0 +1,420 @@
+-- Drip sequences: a lead carrying a sequence's trigger tag is enrolled (one
+-- sequence_contacts row per lead and sequence) and receives the sequence's
+-- steps one after another, each step's message a broadcast_messages row
+-- (UNIQUE per step and lead: a step reaches a contact at most once).
+--
+-- What lives here rather than in the daemons, so the daemons need only small
+-- hooks and every writer (the dashboard, the sink, a webhook) gets the same
+-- rules in the same transaction:
+--   * enrolment and removal when a lead's tags or opt-out change (statement
+--     triggers on leads), and enrolment of the leads that already carry the
+--     tag when the scheduler accepts an activation (wacast_seq_enrol);
+--   * the next step's due time, computed when a step's message is *sent*
+--     (a row trigger on broadcast_messages, fired only for step messages),
+--     in the sequence's zone, at its send_time, inside its window;
+--   * stops: opt-out, the tag removed, a reply (wacast_seq_reply, called by
+--     the dispatcher for inbound messages), a failed step;
+--   * chaining: a sent step's next_trigger is added to the lead's tags;
+--   * the counters on sequences (statement triggers on sequence_contacts).
+-- The scheduler validates activations (it alone can compile templates),
+-- claims due contacts and renders and publishes their steps.
+
+-- Lanes of one device are taken by weight (see README, "Drip sequences").
+ALTER TABLE campaigns ADD COLUMN priority integer NOT NULL DEFAULT 0;
+
+CREATE TYPE sequence_status AS ENUM ('draft', 'active', 'paused', 'archived');
+CREATE TYPE sequence_contact_status AS ENUM ('active', 'completed', 'stopped', 'failed');
+
+CREATE TABLE sequences (
+    id                 uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id            uuid NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    name               text NOT NULL DEFAULT '',
+    -- The tag (in leads.trigger) that enrols a lead.
+    "trigger"          text NOT NULL,
+    niche              text,
+    target_status      text NOT NULL DEFAULT 'all',
+    status             sequence_status NOT NULL DEFAULT 'draft',
+    -- Written by wacast: why an activation was refused (status stays draft).
+    status_reason      text,
+    time_zone          text NOT NULL DEFAULT 'UTC',
+    -- Wall clock in time_zone; nothing is published outside (may wrap midnight).
+    send_window_start  time,
+    send_window_end    time,
+    min_delay_seconds  numeric(10, 3),
+    max_delay_seconds  numeric(10, 3),
+    stop_on_reply      boolean NOT NULL DEFAULT true,
+    priority           integer NOT NULL DEFAULT 0,
+    -- Written by wacast: when the scheduler accepted the activation. A
+    -- sequence enrols and sends only while active AND accepted; moving it
+    -- from draft (or archived) to active again clears it, so it is checked
+    -- again. Resuming from paused keeps it.
+    activated_at       timestamptz,
+    enrolled_count     integer NOT NULL DEFAULT 0,
+    active_count       integer NOT NULL DEFAULT 0,
+    completed_count    integer NOT NULL DEFAULT 0,
+    stopped_count      integer NOT NULL DEFAULT 0,
+    failed_count       integer NOT NULL DEFAULT 0,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    updated_at         timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX sequences_user_trigger_idx ON sequences (user_id, "trigger")
+    WHERE status = 'active' AND activated_at IS NOT NULL;
+CREATE INDEX sequences_unchecked_idx ON sequences (id)
+    WHERE status = 'active' AND activated_at IS NULL;
+
+CREATE FUNCTION wacast_sequence_before_write() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.updated_at := now();
+    IF TG_OP = 'INSERT' THEN
+        NEW.activated_at := NULL;
+    ELSIF NEW.status = 'active' AND OLD.status IN ('draft', 'archived') THEN
+        NEW.activated_at := NULL;
+        NEW.status_reason := NULL;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER sequences_before_write BEFORE INSERT OR UPDATE ON sequences
+    FOR EACH ROW EXECUTE FUNCTION wacast_sequence_before_write();
+
+CREATE TABLE sequence_steps (
+    id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    sequence_id    uuid NOT NULL REFERENCES sequences (id) ON DELETE CASCADE,
+    step_number    integer NOT NULL,
+    -- After the previous step was sent (after enrolment for the first step).
+    delay_seconds  numeric(12, 3) NOT NULL DEFAULT 0,
+    -- Local time of day in the sequence's zone: the first such time after the delay.
+    send_time      time,
+    message        text NOT NULL DEFAULT '',
+    media_url      text,
+    -- Tag added to the lead when this step is sent (chains into another sequence).
+    next_trigger   text,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (sequence_id, step_number)
+);
+CREATE TRIGGER sequence_steps_touch BEFORE UPDATE ON sequence_steps
+    FOR EACH ROW EXECUTE FUNCTION wacast_touch_updated_at();
+
+CREATE TABLE sequence_contacts (
+    id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    sequence_id    uuid NOT NULL REFERENCES sequences (id) ON DELETE CASCADE,
+    lead_id        uuid NOT NULL REFERENCES leads (id) ON DELETE CASCADE,
+    status         sequence_contact_status NOT NULL DEFAULT 'active',
+    -- The last step sent (0 before the first).
+    current_step   integer NOT NULL DEFAULT 0,
+    -- When the next step is due; NULL while a step's message is on its way
+    -- (the sent status sets the next one) and once the contact is done.
+    next_send_at   timestamptz,
+    enrolled_at    timestamptz NOT NULL DEFAULT now(),
+    completed_at   timestamptz,
+    stop_reason    text,
+    -- The scheduler holding the contact while it renders its step; the claim
+    -- moves next_send_at to the claim's end, so a dead scheduler's contact
+    -- falls due again.
+    claimed_by     text,
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (sequence_id, lead_id)
+);
+CREATE INDEX sequence_contacts_due_idx ON sequence_contacts (sequence_id, next_send_at)
+    WHERE status = 'active' AND next_send_at IS NOT NULL;
+CREATE INDEX sequence_contacts_lead_idx ON sequence_contacts (lead_id) WHERE status = 'active';
+
+-- Step messages: campaign_id NULL, sequence_id and the step set.
+ALTER TABLE broadcast_messages ALTER COLUMN campaign_id DROP NOT NULL;
+ALTER TABLE broadcast_messages ADD COLUMN sequence_id uuid REFERENCES sequences (id) ON DELETE CASCADE;
+ALTER TABLE broadcast_messages ADD COLUMN sequence_step_id uuid
+    REFERENCES sequence_steps (id) ON DELETE SET NULL;
+ALTER TABLE broadcast_messages ADD COLUMN step_number integer;
+ALTER TABLE broadcast_messages ADD CONSTRAINT broadcast_messages_origin_check
+    CHECK (campaign_id IS NOT NULL OR sequence_id IS NOT NULL) NOT VALID;
+CREATE UNIQUE INDEX broadcast_messages_step_lead_idx ON broadcast_messages (sequence_step_id, lead_id);
+-- The scheduler's bound on a sequence's steps published and not yet done.
+CREATE INDEX broadcast_messages_seq_queued_idx ON broadcast_messages (sequence_id)
+    WHERE status = 'queued' AND sequence_id IS NOT NULL;
+CREATE INDEX broadcast_messages_sequence_idx ON broadcast_messages (sequence_id, lead_id)
+    WHERE sequence_id IS NOT NULL;
+
+-- A lead's tags: comma-separated, trimmed, empty ones dropped; exact match.
+CREATE FUNCTION wacast_tags(t text) RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
+    SELECT coalesce(array_agg(x), '{}') FROM
+        (SELECT btrim(x) AS x FROM unnest(string_to_array(coalesce(t, ''), ',')) AS x) s
+    WHERE x <> ''
+$$;
+
+-- When a step is due: delay after `after`, then the first send_time (local,
+-- in tz) at or after that, then the first instant inside the window. Local
+-- times are read through PostgreSQL's zone rules, so a DST change moves the
+-- instant, not the wall clock.
+CREATE FUNCTION wacast_seq_next_at(after timestamptz, delay numeric, send_time time, ws time,
+                                   we time, tz text)
+RETURNS timestamptz LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    t timestamptz := after + make_interval(secs => greatest(coalesce(delay, 0), 0)::float8);
+    cand timestamptz;
+BEGIN
+    IF NOT wacast_valid_time_zone(tz) THEN
+        RETURN t;
+    END IF;
+    IF send_time IS NOT NULL THEN
+        cand := ((t AT TIME ZONE tz)::date + send_time) AT TIME ZONE tz;
+        IF cand < t THEN
+            cand := ((t AT TIME ZONE tz)::date + 1 + send_time) AT TIME ZONE tz;
+        END IF;
+        t := cand;
+    END IF;
+    RETURN wacast_window_opens(ws, we, tz, t);
+END $$;
+
+-- When a contact's first step (or, with `after_step`, the step after it) is due.
+CREATE FUNCTION wacast_seq_step_due(seq uuid, after_step integer, after timestamptz)
+RETURNS timestamptz LANGUAGE sql STABLE AS $$
+    SELECT coalesce((SELECT wacast_seq_next_at(after, st.delay_seconds, st.send_time,
+                                               s.send_window_start, s.send_window_end, s.time_zone)
+                     FROM sequence_steps st WHERE st.sequence_id = seq
+                     AND st.step_number > after_step ORDER BY st.step_number LIMIT 1), after)
+    FROM sequences s WHERE s.id = seq
+$$;
+
+-- Enrols leads (all of the sequence's user when leads is NULL) carrying the
+-- trigger of an active, accepted sequence (all of them when seq is NULL):
+-- same user, niche and target_status filters as campaigns, not opted out.
+-- A lead already enrolled (whatever its contact's status) is left alone: a
+-- contact goes through a sequence once. Returns how many were enrolled.
+CREATE FUNCTION wacast_seq_enrol(seq uuid, lead_ids uuid[]) RETURNS bigint LANGUAGE sql AS $$
+    WITH ins AS (
+        INSERT INTO sequence_contacts (sequence_id, lead_id, next_send_at)
+        SELECT s.id, l.id, wacast_seq_step_due(s.id, 0, now())
+        FROM sequences s JOIN leads l ON l.user_id = s.user_id
+        WHERE s.status = 'active' AND s.activated_at IS NOT NULL
+        AND (seq IS NULL OR s.id = seq)
+        AND (lead_ids IS NULL OR l.id = ANY (lead_ids))
+        AND l.opted_out_at IS NULL
+        AND s."trigger" = ANY (wacast_tags(l."trigger"))
+        AND (s.target_status = 'all' OR l.target_status::text = s.target_status)
+        AND (s.niche IS NULL OR lower(l.niche) = lower(s.niche))
+        ON CONFLICT (sequence_id, lead_id) DO NOTHING RETURNING 1)
+    SELECT count(*) FROM ins
+$$;
+
+-- Stops a lead's active contacts with a reason (seq NULL: in every sequence).
+CREATE FUNCTION wacast_seq_stop(lead uuid, seq uuid, reason text) RETURNS void LANGUAGE sql AS $$
+    UPDATE sequence_contacts SET status = 'stopped', stop_reason = reason, next_send_at = NULL,
+        claimed_by = NULL, completed_at = now(), updated_at = now()
+    WHERE lead_id = lead AND (seq IS NULL OR sequence_id = seq) AND status = 'active'
+$$;
+
+-- Leads inserted: enrol those carrying a trigger (nothing to do, cheaply,
+-- while no sequence is active).
+CREATE FUNCTION wacast_leads_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM sequences WHERE status = 'active' AND activated_at IS NOT NULL) THEN
+        PERFORM wacast_seq_enrol(NULL, (SELECT array_agg(id) FROM new_leads
+                                        WHERE "trigger" IS NOT NULL AND opted_out_at IS NULL));
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER leads_sequences_insert AFTER INSERT ON leads
+    REFERENCING NEW TABLE AS new_leads
+    FOR EACH STATEMENT EXECUTE FUNCTION wacast_leads_inserted();
+
+-- Leads updated: an opt-out stops every contact of the lead; a removed tag
+-- stops the contacts of the sequences it enrolled (`removed`); an added tag
+-- enrols.
+CREATE FUNCTION wacast_leads_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    added uuid[];
+BEGIN
+    FOR r IN SELECT n.id, n.opted_out_at IS NOT NULL AND o.opted_out_at IS NULL AS opted_out,
+                    wacast_tags(o."trigger") AS old_tags, wacast_tags(n."trigger") AS new_tags
+             FROM new_leads n JOIN old_leads o ON o.id = n.id
+             WHERE n."trigger" IS DISTINCT FROM o."trigger"
+                OR (n.opted_out_at IS NOT NULL AND o.opted_out_at IS NULL) LOOP
+        IF r.opted_out THEN
+            PERFORM wacast_seq_stop(r.id, NULL, 'opted_out');
+            CONTINUE;
+        END IF;
+        UPDATE sequence_contacts sc SET status = 'stopped', stop_reason = 'removed',
+            next_send_at = NULL, claimed_by = NULL, completed_at = now(), updated_at = now()
+        FROM sequences s WHERE sc.lead_id = r.id AND sc.status = 'active'
+        AND s.id = sc.sequence_id AND NOT (s."trigger" = ANY (r.new_tags));
+        IF NOT (r.new_tags <@ r.old_tags) THEN
+            added := array_append(added, r.id);
+        END IF;
+    END LOOP;
+    IF added IS NOT NULL THEN
+        PERFORM wacast_seq_enrol(NULL, added);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER leads_sequences_update AFTER UPDATE ON leads
+    REFERENCING OLD TABLE AS old_leads NEW TABLE AS new_leads
+    FOR EACH STATEMENT EXECUTE FUNCTION wacast_leads_updated();
+
+-- A step message moved: sent (or beyond) sets the contact's progress and the
+-- next step's due time, from the moment it was sent, or completes it, and
+-- adds the step's next_trigger to the lead; failed, skipped or cancelled
+-- fails the contact with the reason. Progress is recorded even for a contact
+-- stopped while its step was on the way (it was sent all the same).
+CREATE FUNCTION wacast_seq_message_moved() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    done CONSTANT message_status[] := '{sent,delivered,read}';
+    c sequence_contacts%ROWTYPE;
+    tag text;
+    nxt timestamptz;
+BEGIN
+    IF NEW.lead_id IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF NEW.status = ANY (done) AND NOT (coalesce(OLD.status, 'pending') = ANY (done)) THEN
+        SELECT * INTO c FROM sequence_contacts
+            WHERE sequence_id = NEW.sequence_id AND lead_id = NEW.lead_id FOR UPDATE;
+        IF NOT FOUND OR c.current_step >= NEW.step_number THEN
+            RETURN NULL;
+        END IF;
+        IF c.status = 'active' THEN
+            IF EXISTS (SELECT 1 FROM sequence_steps WHERE sequence_id = NEW.sequence_id
+                       AND step_number > NEW.step_number) THEN
+                nxt := wacast_seq_step_due(NEW.sequence_id, NEW.step_number,
+                                           coalesce(NEW.sent_at, now()));
+                UPDATE sequence_contacts SET current_step = NEW.step_number, next_send_at = nxt,
+                    claimed_by = NULL, updated_at = now() WHERE id = c.id;
+            ELSE
+                UPDATE sequence_contacts SET current_step = NEW.step_number, status = 'completed',
+                    next_send_at = NULL, claimed_by = NULL, completed_at = now(),
+                    updated_at = now() WHERE id = c.id;
+            END IF;
+        ELSE
+            UPDATE sequence_contacts SET current_step = NEW.step_number, updated_at = now()
+                WHERE id = c.id;
+        END IF;
+        SELECT btrim(next_trigger) INTO tag FROM sequence_steps WHERE id = NEW.sequence_step_id;
+        IF tag IS NOT NULL AND tag <> '' AND position(',' IN tag) = 0 THEN
+            UPDATE leads SET "trigger" = CASE WHEN wacast_tags("trigger") = '{}' THEN tag
+                                               ELSE "trigger" || ',' || tag END
+                WHERE id = NEW.lead_id AND NOT (tag = ANY (wacast_tags("trigger")));
+        END IF;
+    ELSIF NEW.status IN ('failed', 'skipped', 'cancelled') THEN
+        UPDATE sequence_contacts SET status = 'failed', next_send_at = NULL, claimed_by = NULL,
+            completed_at = now(), updated_at = now(),
+            stop_reason = left('step ' || NEW.step_number || ' ' || NEW.status || ': '
+                || coalesce(NEW.error_message, NEW.error_code, 'no reason given'), 500)
+        WHERE sequence_id = NEW.sequence_id AND lead_id = NEW.lead_id AND status = 'active';
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER broadcast_messages_sequence_moved AFTER UPDATE OF status ON broadcast_messages
+    FOR EACH ROW WHEN (NEW.sequence_id IS NOT NULL AND OLD.status IS DISTINCT FROM NEW.status)
+    EXECUTE FUNCTION wacast_seq_message_moved();
+CREATE TRIGGER broadcast_messages_sequence_inserted AFTER INSERT ON broadcast_messages
+    FOR EACH ROW WHEN (NEW.sequence_id IS NOT NULL AND NEW.status IN ('skipped', 'failed'))
+    EXECUTE FUNCTION wacast_seq_message_moved();
+
+-- An inbound reply (any text) from `phone` to the device `receiver` (the
+-- same matching as an opt-out: device id, phone_number_id, JID or number)
+-- stops that user's contacts with the number in sequences with
+-- stop_on_reply. Returns how many contacts stopped.
+CREATE FUNCTION wacast_seq_reply(phone text, receiver text) RETURNS bigint LANGUAGE sql AS $$
+    WITH dev AS (SELECT DISTINCT user_id FROM user_devices d WHERE d.id::text = receiver
+        OR d.settings->>'phone_number_id' = receiver OR d.settings->>'jid' = receiver
+        OR (d.phone IS NOT NULL AND regexp_replace(d.phone, '[^0-9]', '', 'g')
+            = split_part(split_part(receiver, '@', 1), ':', 1))),
+    stopped AS (
+        UPDATE sequence_contacts sc SET status = 'stopped', stop_reason = 'replied',
+            next_send_at = NULL, claimed_by = NULL, completed_at = now(), updated_at = now()
+        FROM sequences s WHERE s.id = sc.sequence_id AND s.stop_on_reply AND sc.status = 'active'
+        AND s.user_id IN (SELECT user_id FROM dev)
+        AND sc.lead_id IN (SELECT m.lead_id FROM broadcast_messages m
+            WHERE m.recipient_phone = phone AND m.sequence_id IS NOT NULL
+            AND m.status IN ('sent', 'delivered', 'read', 'failed')
+            AND m.user_id IN (SELECT user_id FROM dev))
+        RETURNING 1)
+    SELECT count(*) FROM stopped
+$$;
+
+-- Counters, one UPDATE per sequence per statement (a million enrolments in
+-- one statement are one UPDATE, not a million).
+CREATE FUNCTION wacast_seq_contacts_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE sequences s SET enrolled_count = s.enrolled_count + d.n,
+        active_count = s.active_count + d.active
+    FROM (SELECT sequence_id, count(*) AS n, count(*) FILTER (WHERE status = 'active') AS active
+          FROM new_contacts GROUP BY sequence_id ORDER BY sequence_id) d
+    WHERE s.id = d.sequence_id;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER sequence_contacts_counted_insert AFTER INSERT ON sequence_contacts
+    REFERENCING NEW TABLE AS new_contacts
+    FOR EACH STATEMENT EXECUTE FUNCTION wacast_seq_contacts_inserted();
+
+CREATE FUNCTION wacast_seq_contacts_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE sequences s SET
+        active_count = s.active_count + d.active,
+        completed_count = s.completed_count + d.completed,
+        stopped_count = s.stopped_count + d.stopped,
+        failed_count = s.failed_count + d.failed
+    FROM (SELECT n.sequence_id,
+            count(*) FILTER (WHERE n.status = 'active') - count(*) FILTER (WHERE o.status = 'active')
+                AS active,
+            count(*) FILTER (WHERE n.status = 'completed')
+                - count(*) FILTER (WHERE o.status = 'completed') AS completed,
+            count(*) FILTER (WHERE n.status = 'stopped')
+                - count(*) FILTER (WHERE o.status = 'stopped') AS stopped,
+            count(*) FILTER (WHERE n.status = 'failed')
+                - count(*) FILTER (WHERE o.status = 'failed') AS failed
+          FROM new_contacts n JOIN old_contacts o ON o.id = n.id
+          WHERE n.status <> o.status GROUP BY n.sequence_id ORDER BY n.sequence_id) d
+    WHERE s.id = d.sequence_id;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER sequence_contacts_counted_update AFTER UPDATE ON sequence_contacts
+    REFERENCING OLD TABLE AS old_contacts NEW TABLE AS new_contacts
+    FOR EACH STATEMENT EXECUTE FUNCTION wacast_seq_contacts_updated();
+
+-- What refuses an activation, checked in SQL (the template is checked by the
+-- scheduler): NULL when none.
+CREATE FUNCTION wacast_seq_problem(seq uuid) RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT CASE
+        WHEN NOT wacast_valid_time_zone(s.time_zone)
+            THEN 'unknown time zone ''' || left(s.time_zone, 100) || ''''
+        WHEN btrim(s."trigger") = '' OR position(',' IN s."trigger") > 0
+            THEN 'trigger must be one tag'
+        WHEN (s.send_window_start IS NULL) <> (s.send_window_end IS NULL)
+            THEN 'send_window_start and send_window_end must be set together'
+        WHEN s.send_window_start = s.send_window_end
+            THEN 'send window start equals its end (' || s.send_window_start || ')'
+        WHEN s.target_status NOT IN ('all', 'prospect', 'customer')
+            THEN 'unknown target_status ''' || left(s.target_status, 100)
+                || ''' (prospect, customer or all)'
+        WHEN (s.min_delay_seconds IS NULL) <> (s.max_delay_seconds IS NULL)
+            THEN 'min_delay_seconds and max_delay_seconds must be set together'
+        WHEN s.min_delay_seconds < 0 OR s.max_delay_seconds < 0 THEN 'delays must not be negative'
+        WHEN s.min_delay_seconds > s.max_delay_seconds
+            THEN 'min_delay_seconds is greater than max_delay_seconds'
+        WHEN NOT EXISTS (SELECT 1 FROM sequence_steps st WHERE st.sequence_id = s.id)
+            THEN 'the sequence has no steps'
+        ELSE (SELECT 'step ' || st.step_number || ': '
+                  || CASE WHEN st.step_number < 1 THEN 'step_number must be 1 or more'
+                          WHEN st.delay_seconds < 0 THEN 'negative delay_seconds ('
+                              || st.delay_seconds || ')'
+                          ELSE 'empty message' END
+              FROM sequence_steps st WHERE st.sequence_id = s.id
+              AND (st.step_number < 1 OR st.delay_seconds < 0 OR btrim(st.message) = '')
+              ORDER BY st.step_number LIMIT 1)
+    END
+    FROM sequences s WHERE s.id = seq
+$$;
+
+-- The scheduler accepts a checked activation: the sequence starts enrolling,
+-- first the leads that carry its tag already. -1 when it is no longer an
+-- unchecked active sequence (another scheduler accepted it, or it changed).
+CREATE FUNCTION wacast_seq_accept(seq uuid) RETURNS bigint LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE sequences SET activated_at = now(), status_reason = NULL
+        WHERE id = seq AND status = 'active' AND activated_at IS NULL;
+    IF NOT FOUND THEN
+        RETURN -1;
+    END IF;
+    RETURN wacast_seq_enrol(seq, NULL);
+END $$;
