@@ -214,7 +214,7 @@ static void on_checked(wc_pg *pg, PGresult *res, const char *err, void *arg)
                             " WHERE id = $1 AND status = 'active' AND activated_at IS NULL",
                             2, params, on_pg_done, s) < 0)
                 s->m.pg_errors++;
-        } else if (wc_pg_query(s->d.pg, "SELECT $1::text, wacast_seq_accept($1)", 1, params,
+        } else if (wc_pg_query(s->d.pg, "SELECT $1::text, wacast_seq_accept($1::uuid)", 1, params,
                                on_accepted, s) < 0) {
             s->m.pg_errors++;
         }
