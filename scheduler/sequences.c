@@ -101,8 +101,11 @@ static const char *INSERT_SQL =
     " $7::text[], $8::text[], $9::text[], $10::text[], $11::message_status[], $12::text[],"
     " $13::text[]) AS t(contact, seq, step, step_number, lead, user_id, phone, name, content,"
     " media, status, error_code, error_message)),"
+    /* Still ours, still active, and its sequence not paused since the claim. */
     " mine AS (SELECT sc.id FROM sequence_contacts sc JOIN input i ON i.contact = sc.id"
-    "  WHERE sc.claimed_by = $14 AND sc.status = 'active' FOR UPDATE OF sc),"
+    "  JOIN sequences s ON s.id = sc.sequence_id"
+    "  WHERE sc.claimed_by = $14 AND sc.status = 'active' AND s.status IN ('active', 'archived')"
+    "  FOR UPDATE OF sc),"
     " ins AS ("
     " INSERT INTO broadcast_messages (sequence_id, sequence_step_id, step_number, user_id,"
     " lead_id, recipient_phone, recipient_name, content, media_url, status, error_code,"
@@ -112,6 +115,11 @@ static const char *INSERT_SQL =
     " CASE WHEN i.status = 'queued' THEN now() END"
     " FROM input i JOIN mine ON mine.id = i.contact"
     " ON CONFLICT DO NOTHING RETURNING *),"
+    /* Claimed, but its sequence was paused meanwhile: due again at once
+     * (held by the pause), not at the end of the claim. */
+    " released AS (UPDATE sequence_contacts sc SET next_send_at = now(), claimed_by = NULL"
+    "  FROM input i WHERE sc.id = i.contact AND sc.claimed_by = $14 AND sc.status = 'active'"
+    "  AND NOT EXISTS (SELECT 1 FROM mine WHERE mine.id = sc.id)),"
     /* The step travels: the contact waits for its status (sql/007). */
     " held AS (UPDATE sequence_contacts sc SET next_send_at = NULL, claimed_by = NULL,"
     "  updated_at = now() FROM mine WHERE sc.id = mine.id RETURNING 1)"
