@@ -59,6 +59,7 @@ typedef struct scheduler_cfg {
     X(sequence_steps_claimed, "due sequence contacts claimed for their next step")                 \
     X(sequence_steps_published, "sequence step messages published to the jobs stream")             \
     X(sequence_steps_skipped, "sequence step messages written skipped (phone, template)")          \
+    X(sequence_counter_deltas_folded, "sequence counter deltas folded into the counters")          \
     X(sequence_claims_lost, "claimed contacts no longer ours at insert (stopped or taken over)")   \
     X(redis_errors, "Redis commands that failed")                                                  \
     X(pg_errors, "PostgreSQL statements that failed")
@@ -130,6 +131,7 @@ typedef struct scheduler {
         *waiting_timer, *prune_timer;
     bool seq_due_busy;   /* a due-steps round is in flight */
     bool seq_check_busy; /* activations are being checked */
+    bool seq_fold_busy;  /* counter deltas are being folded */
     bool seq_due_more;   /* the last round was full: go on at once */
     int seq_round_n;     /* contacts claimed in the round in flight */
     wc_map seq_tpls;     /* "<step id>@<updated_at>" -> compiled wc_tpl */

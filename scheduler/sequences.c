@@ -229,12 +229,34 @@ static void on_checked(wc_pg *pg, PGresult *res, const char *err, void *arg)
     }
 }
 
+static void on_folded(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    scheduler *s = arg;
+    s->seq_fold_busy = false;
+    if (!res) {
+        s->m.pg_errors++;
+        wc_warn("sequences: folding counters: %s", err);
+        return;
+    }
+    s->m.sequence_counter_deltas_folded += strtoull(PQgetvalue(res, 0, 0), NULL, 10);
+}
+
 static void on_check_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     scheduler *s = arg;
-    if (s->seq_check_busy || s->d.stopping)
+    if (s->d.stopping)
+        return;
+    /* The counters' pending deltas (sql/007_sequences.sql). */
+    if (!s->seq_fold_busy) {
+        if (wc_pg_query(s->d.pg, "SELECT wacast_seq_fold_counters()", 0, NULL, on_folded, s) == 0)
+            s->seq_fold_busy = true;
+        else
+            s->m.pg_errors++;
+    }
+    if (s->seq_check_busy)
         return;
     if (wc_pg_query(s->d.pg, CHECK_SQL, 0, NULL, on_checked, s) == 0)
         s->seq_check_busy = true;

@@ -181,13 +181,14 @@ $$;
 -- A lead already enrolled (whatever its contact's status) is left alone: a
 -- contact goes through a sequence once. Returns how many were enrolled.
 CREATE FUNCTION wacast_seq_enrol(seq uuid, lead_ids uuid[]) RETURNS bigint LANGUAGE sql AS $$
-    WITH ins AS (
+    WITH s AS MATERIALIZED (
+        SELECT s.*, wacast_seq_step_due(s.id, 0, now()) AS first_due FROM sequences s
+        WHERE s.status = 'active' AND s.activated_at IS NOT NULL AND (seq IS NULL OR s.id = seq)),
+    ins AS (
         INSERT INTO sequence_contacts (sequence_id, lead_id, next_send_at)
-        SELECT s.id, l.id, wacast_seq_step_due(s.id, 0, now())
-        FROM sequences s JOIN leads l ON l.user_id = s.user_id
-        WHERE s.status = 'active' AND s.activated_at IS NOT NULL
-        AND (seq IS NULL OR s.id = seq)
-        AND (lead_ids IS NULL OR l.id IN (SELECT unnest(lead_ids)))
+        SELECT s.id, l.id, s.first_due
+        FROM s JOIN leads l ON l.user_id = s.user_id
+        WHERE (lead_ids IS NULL OR l.id IN (SELECT unnest(lead_ids)))
         AND l.opted_out_at IS NULL
         AND s."trigger" = ANY (wacast_tags(l."trigger"))
         AND (s.target_status = 'all' OR l.target_status::text = s.target_status)
@@ -246,64 +247,91 @@ CREATE TRIGGER leads_sequences_update AFTER UPDATE ON leads
     REFERENCING OLD TABLE AS old_leads NEW TABLE AS new_leads
     FOR EACH STATEMENT EXECUTE FUNCTION wacast_leads_updated();
 
--- A step message moved: sent (or beyond) sets the contact's progress and the
--- next step's due time, from the moment it was sent, or completes it, and
--- adds the step's next_trigger to the lead; failed, skipped or cancelled
--- fails the contact with the reason. Progress is recorded even for a contact
--- stopped while its step was on the way (it was sent all the same).
-CREATE FUNCTION wacast_seq_message_moved() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Step messages that moved, handled once per statement (the sink writes
+-- statuses in batches; a row trigger would run several statements per
+-- message). Sent (or beyond): the contact's current_step, and the next
+-- step's due time from the moment it was sent, or completed; the step's
+-- next_trigger is added to the lead. Failed, skipped or cancelled: the
+-- contact fails with the reason. Progress is recorded even for a contact
+-- stopped while its step was on the way (it was sent all the same). The
+-- filter on sequence_id keeps campaigns' batches to a scan of the
+-- transition table.
+CREATE FUNCTION wacast_seq_apply_moves(moves jsonb) RETURNS void LANGUAGE sql AS $$
+    WITH m AS (SELECT * FROM jsonb_to_recordset(moves) AS x(sequence_id uuid, lead_id uuid,
+                   step_id uuid, step_number integer, status message_status, sent_at timestamptz,
+                   reason text)),
+    sent AS (
+        UPDATE sequence_contacts sc SET current_step = m.step_number, updated_at = now(),
+            claimed_by = CASE WHEN sc.status = 'active' THEN NULL ELSE sc.claimed_by END,
+            next_send_at = CASE WHEN sc.status <> 'active' THEN sc.next_send_at
+                WHEN nxt.step_number IS NULL THEN NULL
+                ELSE wacast_seq_next_at(coalesce(m.sent_at, now()), nxt.delay_seconds,
+                     nxt.send_time, s.send_window_start, s.send_window_end, s.time_zone) END,
+            status = CASE WHEN sc.status = 'active' AND nxt.step_number IS NULL
+                THEN 'completed'::sequence_contact_status ELSE sc.status END,
+            completed_at = CASE WHEN sc.status = 'active' AND nxt.step_number IS NULL THEN now()
+                ELSE sc.completed_at END
+        FROM m JOIN sequences s ON s.id = m.sequence_id
+        LEFT JOIN LATERAL (SELECT x.step_number, x.delay_seconds, x.send_time
+            FROM sequence_steps x WHERE x.sequence_id = m.sequence_id
+            AND x.step_number > m.step_number ORDER BY x.step_number LIMIT 1) nxt ON true
+        WHERE m.status IN ('sent', 'delivered', 'read') AND sc.sequence_id = m.sequence_id
+        AND sc.lead_id = m.lead_id AND sc.current_step < m.step_number RETURNING 1),
+    failed AS (
+        UPDATE sequence_contacts sc SET status = 'failed', next_send_at = NULL,
+            claimed_by = NULL, completed_at = now(), updated_at = now(),
+            stop_reason = left('step ' || m.step_number || ' ' || m.status || ': '
+                || coalesce(m.reason, 'no reason given'), 500)
+        FROM m WHERE m.status IN ('failed', 'skipped', 'cancelled')
+        AND sc.sequence_id = m.sequence_id AND sc.lead_id = m.lead_id AND sc.status = 'active'
+        RETURNING 1),
+    -- Chaining: the sent step's tag, added once (this update enrols).
+    chained AS (
+        UPDATE leads l SET "trigger" = CASE WHEN wacast_tags(l."trigger") = '{}' THEN t.tag
+                                            ELSE l."trigger" || ',' || t.tag END
+        FROM (SELECT DISTINCT ON (m.lead_id) m.lead_id, btrim(st.next_trigger) AS tag
+              FROM m JOIN sequence_steps st ON st.id = m.step_id
+              WHERE m.status IN ('sent', 'delivered', 'read') AND btrim(st.next_trigger) <> ''
+              AND position(',' IN st.next_trigger) = 0
+              ORDER BY m.lead_id, m.step_number DESC) t
+        WHERE l.id = t.lead_id AND NOT (t.tag = ANY (wacast_tags(l."trigger"))) RETURNING 1)
+    SELECT FROM (SELECT count(*) FROM sent) a, (SELECT count(*) FROM failed) b,
+                (SELECT count(*) FROM chained) c
+$$;
+
+CREATE FUNCTION wacast_seq_messages_moved() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    done CONSTANT message_status[] := '{sent,delivered,read}';
-    c sequence_contacts%ROWTYPE;
-    tag text;
-    nxt timestamptz;
+    moves jsonb;
 BEGIN
-    IF NEW.lead_id IS NULL THEN
-        RETURN NULL;
+    IF TG_OP = 'INSERT' THEN
+        SELECT jsonb_agg(jsonb_build_object('sequence_id', n.sequence_id, 'lead_id', n.lead_id,
+                   'step_id', n.sequence_step_id, 'step_number', n.step_number,
+                   'status', n.status, 'sent_at', n.sent_at,
+                   'reason', coalesce(n.error_message, n.error_code))) INTO moves
+        FROM new_messages n WHERE n.sequence_id IS NOT NULL AND n.lead_id IS NOT NULL
+        AND n.status IN ('failed', 'skipped', 'cancelled');
+    ELSE
+        SELECT jsonb_agg(jsonb_build_object('sequence_id', n.sequence_id, 'lead_id', n.lead_id,
+                   'step_id', n.sequence_step_id, 'step_number', n.step_number,
+                   'status', n.status, 'sent_at', n.sent_at,
+                   'reason', coalesce(n.error_message, n.error_code))) INTO moves
+        FROM new_messages n JOIN old_messages o ON o.id = n.id
+        WHERE n.sequence_id IS NOT NULL AND n.lead_id IS NOT NULL AND o.status <> n.status
+        AND (n.status IN ('failed', 'skipped', 'cancelled')
+             OR (n.status IN ('sent', 'delivered', 'read')
+                 AND o.status NOT IN ('sent', 'delivered', 'read')));
     END IF;
-    IF NEW.status = ANY (done) AND NOT (coalesce(OLD.status, 'pending') = ANY (done)) THEN
-        SELECT * INTO c FROM sequence_contacts
-            WHERE sequence_id = NEW.sequence_id AND lead_id = NEW.lead_id FOR UPDATE;
-        IF NOT FOUND OR c.current_step >= NEW.step_number THEN
-            RETURN NULL;
-        END IF;
-        IF c.status = 'active' THEN
-            IF EXISTS (SELECT 1 FROM sequence_steps WHERE sequence_id = NEW.sequence_id
-                       AND step_number > NEW.step_number) THEN
-                nxt := wacast_seq_step_due(NEW.sequence_id, NEW.step_number,
-                                           coalesce(NEW.sent_at, now()));
-                UPDATE sequence_contacts SET current_step = NEW.step_number, next_send_at = nxt,
-                    claimed_by = NULL, updated_at = now() WHERE id = c.id;
-            ELSE
-                UPDATE sequence_contacts SET current_step = NEW.step_number, status = 'completed',
-                    next_send_at = NULL, claimed_by = NULL, completed_at = now(),
-                    updated_at = now() WHERE id = c.id;
-            END IF;
-        ELSE
-            UPDATE sequence_contacts SET current_step = NEW.step_number, updated_at = now()
-                WHERE id = c.id;
-        END IF;
-        SELECT btrim(next_trigger) INTO tag FROM sequence_steps WHERE id = NEW.sequence_step_id;
-        IF tag IS NOT NULL AND tag <> '' AND position(',' IN tag) = 0 THEN
-            UPDATE leads SET "trigger" = CASE WHEN wacast_tags("trigger") = '{}' THEN tag
-                                               ELSE "trigger" || ',' || tag END
-                WHERE id = NEW.lead_id AND NOT (tag = ANY (wacast_tags("trigger")));
-        END IF;
-    ELSIF NEW.status IN ('failed', 'skipped', 'cancelled') THEN
-        UPDATE sequence_contacts SET status = 'failed', next_send_at = NULL, claimed_by = NULL,
-            completed_at = now(), updated_at = now(),
-            stop_reason = left('step ' || NEW.step_number || ' ' || NEW.status || ': '
-                || coalesce(NEW.error_message, NEW.error_code, 'no reason given'), 500)
-        WHERE sequence_id = NEW.sequence_id AND lead_id = NEW.lead_id AND status = 'active';
+    IF moves IS NOT NULL THEN
+        PERFORM wacast_seq_apply_moves(moves);
     END IF;
     RETURN NULL;
 END $$;
-CREATE TRIGGER broadcast_messages_sequence_moved AFTER UPDATE OF status ON broadcast_messages
-    FOR EACH ROW WHEN (NEW.sequence_id IS NOT NULL AND OLD.status IS DISTINCT FROM NEW.status)
-    EXECUTE FUNCTION wacast_seq_message_moved();
+CREATE TRIGGER broadcast_messages_sequence_moved AFTER UPDATE ON broadcast_messages
+    REFERENCING OLD TABLE AS old_messages NEW TABLE AS new_messages
+    FOR EACH STATEMENT EXECUTE FUNCTION wacast_seq_messages_moved();
 CREATE TRIGGER broadcast_messages_sequence_inserted AFTER INSERT ON broadcast_messages
-    FOR EACH ROW WHEN (NEW.sequence_id IS NOT NULL AND NEW.status IN ('skipped', 'failed'))
-    EXECUTE FUNCTION wacast_seq_message_moved();
+    REFERENCING NEW TABLE AS new_messages
+    FOR EACH STATEMENT EXECUTE FUNCTION wacast_seq_messages_moved();
 
 -- An inbound reply (any text) from `phone` to the device `receiver` (the
 -- same matching as an opt-out: device id, phone_number_id, JID or number)
@@ -327,15 +355,26 @@ CREATE FUNCTION wacast_seq_reply(phone text, receiver text) RETURNS bigint LANGU
     SELECT count(*) FROM stopped
 $$;
 
--- Counters, one UPDATE per sequence per statement (a million enrolments in
--- one statement are one UPDATE, not a million).
+-- Counters. Contacts change status from many writers at once (the sink's
+-- batches, stops, claims that complete): every change appends a delta here
+-- (no hot row, no lock between writers), and the scheduler folds the deltas
+-- into the sequences' counters every WACAST_SEQ_MS (wacast_seq_fold_counters):
+-- the counters trail the contacts by that much.
+CREATE TABLE sequence_counter_deltas (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    sequence_id  uuid NOT NULL,
+    enrolled     integer NOT NULL DEFAULT 0,
+    active       integer NOT NULL DEFAULT 0,
+    completed    integer NOT NULL DEFAULT 0,
+    stopped      integer NOT NULL DEFAULT 0,
+    failed       integer NOT NULL DEFAULT 0
+);
+
 CREATE FUNCTION wacast_seq_contacts_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE sequences s SET enrolled_count = s.enrolled_count + d.n,
-        active_count = s.active_count + d.active
-    FROM (SELECT sequence_id, count(*) AS n, count(*) FILTER (WHERE status = 'active') AS active
-          FROM new_contacts GROUP BY sequence_id ORDER BY sequence_id) d
-    WHERE s.id = d.sequence_id;
+    INSERT INTO sequence_counter_deltas (sequence_id, enrolled, active)
+    SELECT sequence_id, count(*), count(*) FILTER (WHERE status = 'active')
+    FROM new_contacts GROUP BY sequence_id;
     RETURN NULL;
 END $$;
 CREATE TRIGGER sequence_contacts_counted_insert AFTER INSERT ON sequence_contacts
@@ -344,28 +383,35 @@ CREATE TRIGGER sequence_contacts_counted_insert AFTER INSERT ON sequence_contact
 
 CREATE FUNCTION wacast_seq_contacts_updated() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE sequences s SET
-        active_count = s.active_count + d.active,
-        completed_count = s.completed_count + d.completed,
-        stopped_count = s.stopped_count + d.stopped,
-        failed_count = s.failed_count + d.failed
-    FROM (SELECT n.sequence_id,
-            count(*) FILTER (WHERE n.status = 'active') - count(*) FILTER (WHERE o.status = 'active')
-                AS active,
-            count(*) FILTER (WHERE n.status = 'completed')
-                - count(*) FILTER (WHERE o.status = 'completed') AS completed,
-            count(*) FILTER (WHERE n.status = 'stopped')
-                - count(*) FILTER (WHERE o.status = 'stopped') AS stopped,
-            count(*) FILTER (WHERE n.status = 'failed')
-                - count(*) FILTER (WHERE o.status = 'failed') AS failed
-          FROM new_contacts n JOIN old_contacts o ON o.id = n.id
-          WHERE n.status <> o.status GROUP BY n.sequence_id ORDER BY n.sequence_id) d
-    WHERE s.id = d.sequence_id;
+    INSERT INTO sequence_counter_deltas (sequence_id, active, completed, stopped, failed)
+    SELECT n.sequence_id,
+        count(*) FILTER (WHERE n.status = 'active') - count(*) FILTER (WHERE o.status = 'active'),
+        count(*) FILTER (WHERE n.status = 'completed') - count(*) FILTER (WHERE o.status = 'completed'),
+        count(*) FILTER (WHERE n.status = 'stopped') - count(*) FILTER (WHERE o.status = 'stopped'),
+        count(*) FILTER (WHERE n.status = 'failed') - count(*) FILTER (WHERE o.status = 'failed')
+    FROM new_contacts n JOIN old_contacts o ON o.id = n.id
+    WHERE n.status <> o.status GROUP BY n.sequence_id;
     RETURN NULL;
 END $$;
 CREATE TRIGGER sequence_contacts_counted_update AFTER UPDATE ON sequence_contacts
     REFERENCING OLD TABLE AS old_contacts NEW TABLE AS new_contacts
     FOR EACH STATEMENT EXECUTE FUNCTION wacast_seq_contacts_updated();
+
+-- Folds the pending deltas into the counters (one UPDATE per sequence).
+-- Returns how many deltas were folded.
+CREATE FUNCTION wacast_seq_fold_counters() RETURNS bigint LANGUAGE sql AS $$
+    WITH d AS (DELETE FROM sequence_counter_deltas RETURNING *),
+    t AS (SELECT sequence_id, sum(enrolled) AS enrolled, sum(active) AS active,
+                 sum(completed) AS completed, sum(stopped) AS stopped, sum(failed) AS failed,
+                 count(*) AS n
+          FROM d GROUP BY sequence_id),
+    u AS (UPDATE sequences s SET enrolled_count = s.enrolled_count + t.enrolled,
+              active_count = s.active_count + t.active,
+              completed_count = s.completed_count + t.completed,
+              stopped_count = s.stopped_count + t.stopped, failed_count = s.failed_count + t.failed
+          FROM t WHERE s.id = t.sequence_id RETURNING 1)
+    SELECT coalesce(sum(n), 0)::bigint FROM t
+$$;
 
 -- What refuses an activation, checked in SQL (the template is checked by the
 -- scheduler): NULL when none.

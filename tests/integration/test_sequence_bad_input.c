@@ -91,6 +91,12 @@ static bool all_decided(void *arg)
                        good) == 1;
 }
 
+static bool counters_folded(void *arg)
+{
+    (void)arg;
+    return wt_sql_long(db, "SELECT count(*) FROM sequence_counter_deltas") == 0;
+}
+
 static bool accepted(void *id)
 {
     return wt_sql_long(
@@ -162,6 +168,8 @@ static void test_bad_sequences_are_refused_with_a_reason(void **state)
                 " JOIN leads l ON l.id = sc.lead_id WHERE sc.sequence_id = '%s'",
                 good);
     assert_string_equal(names, "b,d");
+    if (!wt_wait_for(counters_folded, NULL, 10000))
+        fail_msg("the counters were not folded");
     assert_int_equal(wt_sql_long(db, "SELECT enrolled_count FROM sequences WHERE id = '%s'", good),
                      2);
     /* Nothing was sent by anyone. */
