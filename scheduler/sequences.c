@@ -80,10 +80,13 @@ static const char *CLAIM_SQL =
     "  AND x.step_number > p.current_step ORDER BY x.step_number LIMIT 1) st ON true),"
     " done AS (UPDATE sequence_contacts sc SET status = 'completed', completed_at = now(),"
     "  next_send_at = NULL, claimed_by = NULL, updated_at = now() FROM stepped"
-    "  WHERE sc.id = stepped.id AND stepped.step_id IS NULL RETURNING 1),"
+    "  WHERE sc.id = stepped.id AND stepped.step_id IS NULL"
+    "  AND sc.id = ANY (ARRAY(SELECT id FROM stepped WHERE step_id IS NULL)) RETURNING 1),"
     " claimed AS (UPDATE sequence_contacts sc SET claimed_by = $1, updated_at = now(),"
     "  next_send_at = now() + make_interval(secs => $2::float8) FROM stepped"
     "  WHERE sc.id = stepped.id AND stepped.step_id IS NOT NULL"
+    /* By primary key: a hash join would scan every contact of the table. */
+    "  AND sc.id = ANY (ARRAY(SELECT id FROM stepped WHERE step_id IS NOT NULL))"
     "  RETURNING sc.id, sc.sequence_id, sc.lead_id, stepped.step_id)"
     " SELECT c.id, c.sequence_id, c.lead_id, st.id, st.step_number, st.message,"
     " coalesce(st.media_url, ''), s.user_id, l.name, l.phone, coalesce(l.niche, ''),"
@@ -102,9 +105,10 @@ static const char *INSERT_SQL =
     " $13::text[]) AS t(contact, seq, step, step_number, lead, user_id, phone, name, content,"
     " media, status, error_code, error_message)),"
     /* Still ours, still active, and its sequence not paused since the claim. */
-    " mine AS (SELECT sc.id FROM sequence_contacts sc JOIN input i ON i.contact = sc.id"
-    "  JOIN sequences s ON s.id = sc.sequence_id"
-    "  WHERE sc.claimed_by = $14 AND sc.status = 'active' AND s.status IN ('active', 'archived')"
+    /* By primary key (= ANY of the ids): the planner's guess for claimed_by
+     * is one row, and a join with the unnest would scan every contact. */
+    " mine AS (SELECT sc.id FROM sequence_contacts sc JOIN sequences s ON s.id = sc.sequence_id"
+    "  WHERE sc.id = ANY ($1::uuid[]) AND sc.claimed_by = $14 AND sc.status = 'active' AND s.status IN ('active', 'archived')"
     "  FOR UPDATE OF sc),"
     " ins AS ("
     " INSERT INTO broadcast_messages (sequence_id, sequence_step_id, step_number, user_id,"
@@ -118,8 +122,9 @@ static const char *INSERT_SQL =
     /* Claimed, but its sequence was paused meanwhile: due again at once
      * (held by the pause), not at the end of the claim. */
     " released AS (UPDATE sequence_contacts sc SET next_send_at = now(), claimed_by = NULL"
-    "  FROM input i WHERE sc.id = i.contact AND sc.claimed_by = $14 AND sc.status = 'active'"
-    "  AND NOT EXISTS (SELECT 1 FROM mine WHERE mine.id = sc.id)),"
+    "  FROM sequences s WHERE sc.id = ANY ($1::uuid[]) AND sc.claimed_by = $14"
+    "  AND sc.status = 'active' AND s.id = sc.sequence_id"
+    "  AND s.status NOT IN ('active', 'archived')),"
     /* The step travels: the contact waits for its status (sql/007). */
     " held AS (UPDATE sequence_contacts sc SET next_send_at = NULL, claimed_by = NULL,"
     "  updated_at = now() FROM mine WHERE sc.id = mine.id RETURNING 1)"

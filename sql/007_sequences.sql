@@ -180,22 +180,34 @@ $$;
 -- same user, niche and target_status filters as campaigns, not opted out.
 -- A lead already enrolled (whatever its contact's status) is left alone: a
 -- contact goes through a sequence once. Returns how many were enrolled.
-CREATE FUNCTION wacast_seq_enrol(seq uuid, lead_ids uuid[]) RETURNS bigint LANGUAGE sql AS $$
+CREATE FUNCTION wacast_seq_enrol(seq uuid, lead_ids uuid[]) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF lead_ids IS NOT NULL AND cardinality(lead_ids) = 0 THEN
+        RETURN 0;
+    END IF;
     WITH s AS MATERIALIZED (
         SELECT s.*, wacast_seq_step_due(s.id, 0, now()) AS first_due FROM sequences s
         WHERE s.status = 'active' AND s.activated_at IS NOT NULL AND (seq IS NULL OR s.id = seq)),
+    -- The given leads by primary key; else every lead of the sequences' users.
+    l AS MATERIALIZED (
+        SELECT l.* FROM leads l WHERE lead_ids IS NOT NULL
+        AND l.id IN (SELECT DISTINCT unnest(lead_ids))
+        UNION ALL
+        SELECT l.* FROM leads l WHERE lead_ids IS NULL AND l.user_id IN (SELECT user_id FROM s)),
     ins AS (
         INSERT INTO sequence_contacts (sequence_id, lead_id, next_send_at)
         SELECT s.id, l.id, s.first_due
-        FROM s JOIN leads l ON l.user_id = s.user_id
-        WHERE (lead_ids IS NULL OR l.id IN (SELECT unnest(lead_ids)))
-        AND l.opted_out_at IS NULL
+        FROM s JOIN l ON l.user_id = s.user_id
+        WHERE l.opted_out_at IS NULL
         AND s."trigger" = ANY (wacast_tags(l."trigger"))
         AND (s.target_status = 'all' OR l.target_status::text = s.target_status)
         AND (s.niche IS NULL OR lower(l.niche) = lower(s.niche))
         ON CONFLICT (sequence_id, lead_id) DO NOTHING RETURNING 1)
-    SELECT count(*) FROM ins
-$$;
+    SELECT count(*) INTO n FROM ins;
+    RETURN n;
+END $$;
 
 -- Stops a lead's active contacts with a reason (seq NULL: in every sequence).
 CREATE FUNCTION wacast_seq_stop(lead uuid, seq uuid, reason text) RETURNS void LANGUAGE sql AS $$
@@ -222,24 +234,39 @@ CREATE TRIGGER leads_sequences_insert AFTER INSERT ON leads
 -- stops the contacts of the sequences it enrolled (`removed`); an added tag
 -- enrols. Set-based, so tagging many leads in one statement stays cheap.
 CREATE FUNCTION wacast_leads_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    old jsonb;
+    ch jsonb;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM sequences) THEN
         RETURN NULL;
     END IF;
+    -- The old rows by id, looked up per new row (a join of the two
+    -- transition tables is planned as one row against one: quadratic).
+    SELECT jsonb_object_agg(id, jsonb_build_array("trigger", opted_out_at IS NOT NULL))
+        INTO old FROM old_leads;
+    SELECT jsonb_agg(jsonb_build_object('id', n.id,
+               'opted_out', n.opted_out_at IS NOT NULL AND NOT (o -> 1)::boolean,
+               'new_tags', wacast_tags(n."trigger"), 'old_tags', wacast_tags(o ->> 0)))
+        INTO ch
+    FROM new_leads n, LATERAL (SELECT old -> n.id::text AS o) x
+    WHERE n."trigger" IS DISTINCT FROM x.o ->> 0
+       OR (n.opted_out_at IS NOT NULL AND NOT (x.o -> 1)::boolean);
+    IF ch IS NULL THEN
+        RETURN NULL;
+    END IF;
     UPDATE sequence_contacts sc SET status = 'stopped',
-        stop_reason = CASE WHEN ch.opted_out THEN 'opted_out' ELSE 'removed' END,
+        stop_reason = CASE WHEN c.opted_out THEN 'opted_out' ELSE 'removed' END,
         next_send_at = NULL, claimed_by = NULL, completed_at = now(), updated_at = now()
-    FROM (SELECT n.id, n.opted_out_at IS NOT NULL AND o.opted_out_at IS NULL AS opted_out,
-                 wacast_tags(n."trigger") AS new_tags
-          FROM new_leads n JOIN old_leads o ON o.id = n.id
-          WHERE n."trigger" IS DISTINCT FROM o."trigger"
-             OR (n.opted_out_at IS NOT NULL AND o.opted_out_at IS NULL)) ch, sequences s
-    WHERE sc.lead_id = ch.id AND sc.status = 'active' AND s.id = sc.sequence_id
-    AND (ch.opted_out OR NOT (s."trigger" = ANY (ch.new_tags)));
-    PERFORM wacast_seq_enrol(NULL, (SELECT coalesce(array_agg(n.id), '{}') FROM new_leads n
-        JOIN old_leads o ON o.id = n.id WHERE n.opted_out_at IS NULL
-        AND n."trigger" IS DISTINCT FROM o."trigger"
-        AND NOT (wacast_tags(n."trigger") <@ wacast_tags(o."trigger"))))
+    FROM jsonb_to_recordset(ch) AS c(id uuid, opted_out boolean, new_tags text[], old_tags text[]),
+         sequences s
+    WHERE sc.lead_id = c.id AND sc.status = 'active' AND s.id = sc.sequence_id
+    AND (c.opted_out OR NOT (s."trigger" = ANY (c.new_tags)));
+    PERFORM wacast_seq_enrol(NULL, (SELECT coalesce(array_agg(c.id), '{}')
+        FROM jsonb_to_recordset(ch) AS c(id uuid, opted_out boolean, new_tags text[],
+                                         old_tags text[])
+        JOIN leads l ON l.id = c.id
+        WHERE l.opted_out_at IS NULL AND NOT (c.new_tags <@ c.old_tags)))
     WHERE EXISTS (SELECT 1 FROM sequences WHERE status = 'active' AND activated_at IS NOT NULL);
     RETURN NULL;
 END $$;
@@ -276,7 +303,8 @@ CREATE FUNCTION wacast_seq_apply_moves(moves jsonb) RETURNS void LANGUAGE sql AS
             FROM sequence_steps x WHERE x.sequence_id = m.sequence_id
             AND x.step_number > m.step_number ORDER BY x.step_number LIMIT 1) nxt ON true
         WHERE m.status IN ('sent', 'delivered', 'read') AND sc.sequence_id = m.sequence_id
-        AND sc.lead_id = m.lead_id AND sc.current_step < m.step_number RETURNING 1),
+        AND sc.lead_id = m.lead_id AND sc.current_step < m.step_number
+        RETURNING sc.lead_id, m.step_id, m.step_number),
     failed AS (
         UPDATE sequence_contacts sc SET status = 'failed', next_send_at = NULL,
             claimed_by = NULL, completed_at = now(), updated_at = now(),
@@ -289,45 +317,37 @@ CREATE FUNCTION wacast_seq_apply_moves(moves jsonb) RETURNS void LANGUAGE sql AS
     chained AS (
         UPDATE leads l SET "trigger" = CASE WHEN wacast_tags(l."trigger") = '{}' THEN t.tag
                                             ELSE l."trigger" || ',' || t.tag END
-        FROM (SELECT DISTINCT ON (m.lead_id) m.lead_id, btrim(st.next_trigger) AS tag
-              FROM m JOIN sequence_steps st ON st.id = m.step_id
-              WHERE m.status IN ('sent', 'delivered', 'read') AND btrim(st.next_trigger) <> ''
-              AND position(',' IN st.next_trigger) = 0
-              ORDER BY m.lead_id, m.step_number DESC) t
+        FROM (SELECT DISTINCT ON (a.lead_id) a.lead_id, btrim(st.next_trigger) AS tag
+              FROM sent a JOIN sequence_steps st ON st.id = a.step_id
+              WHERE btrim(st.next_trigger) <> '' AND position(',' IN st.next_trigger) = 0
+              ORDER BY a.lead_id, a.step_number DESC) t
         WHERE l.id = t.lead_id AND NOT (t.tag = ANY (wacast_tags(l."trigger"))) RETURNING 1)
     SELECT FROM (SELECT count(*) FROM sent) a, (SELECT count(*) FROM failed) b,
                 (SELECT count(*) FROM chained) c
 $$;
 
+-- Only the new rows are looked at (the old ones would be a join of two
+-- transition tables, which the planner takes for one row each): a sent
+-- message advances its contact only past a lower current_step, and a failed
+-- one fails only an active contact, so a later receipt (delivered, read) or
+-- any other update of the row changes nothing.
 CREATE FUNCTION wacast_seq_messages_moved() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     moves jsonb;
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        SELECT jsonb_agg(jsonb_build_object('sequence_id', n.sequence_id, 'lead_id', n.lead_id,
-                   'step_id', n.sequence_step_id, 'step_number', n.step_number,
-                   'status', n.status, 'sent_at', n.sent_at,
-                   'reason', coalesce(n.error_message, n.error_code))) INTO moves
-        FROM new_messages n WHERE n.sequence_id IS NOT NULL AND n.lead_id IS NOT NULL
-        AND n.status IN ('failed', 'skipped', 'cancelled');
-    ELSE
-        SELECT jsonb_agg(jsonb_build_object('sequence_id', n.sequence_id, 'lead_id', n.lead_id,
-                   'step_id', n.sequence_step_id, 'step_number', n.step_number,
-                   'status', n.status, 'sent_at', n.sent_at,
-                   'reason', coalesce(n.error_message, n.error_code))) INTO moves
-        FROM new_messages n JOIN old_messages o ON o.id = n.id
-        WHERE n.sequence_id IS NOT NULL AND n.lead_id IS NOT NULL AND o.status <> n.status
-        AND (n.status IN ('failed', 'skipped', 'cancelled')
-             OR (n.status IN ('sent', 'delivered', 'read')
-                 AND o.status NOT IN ('sent', 'delivered', 'read')));
-    END IF;
+    SELECT jsonb_agg(jsonb_build_object('sequence_id', n.sequence_id, 'lead_id', n.lead_id,
+               'step_id', n.sequence_step_id, 'step_number', n.step_number,
+               'status', n.status, 'sent_at', n.sent_at,
+               'reason', coalesce(n.error_message, n.error_code))) INTO moves
+    FROM new_messages n WHERE n.sequence_id IS NOT NULL AND n.lead_id IS NOT NULL
+    AND n.status IN ('sent', 'delivered', 'read', 'failed', 'skipped', 'cancelled');
     IF moves IS NOT NULL THEN
         PERFORM wacast_seq_apply_moves(moves);
     END IF;
     RETURN NULL;
 END $$;
 CREATE TRIGGER broadcast_messages_sequence_moved AFTER UPDATE ON broadcast_messages
-    REFERENCING OLD TABLE AS old_messages NEW TABLE AS new_messages
+    REFERENCING NEW TABLE AS new_messages
     FOR EACH STATEMENT EXECUTE FUNCTION wacast_seq_messages_moved();
 CREATE TRIGGER broadcast_messages_sequence_inserted AFTER INSERT ON broadcast_messages
     REFERENCING NEW TABLE AS new_messages
@@ -381,21 +401,21 @@ CREATE TRIGGER sequence_contacts_counted_insert AFTER INSERT ON sequence_contact
     REFERENCING NEW TABLE AS new_contacts
     FOR EACH STATEMENT EXECUTE FUNCTION wacast_seq_contacts_inserted();
 
-CREATE FUNCTION wacast_seq_contacts_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+-- A status change: one delta row (a row trigger: the transition tables'
+-- join would be planned as one row against one).
+CREATE FUNCTION wacast_seq_contact_moved() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO sequence_counter_deltas (sequence_id, active, completed, stopped, failed)
-    SELECT n.sequence_id,
-        count(*) FILTER (WHERE n.status = 'active') - count(*) FILTER (WHERE o.status = 'active'),
-        count(*) FILTER (WHERE n.status = 'completed') - count(*) FILTER (WHERE o.status = 'completed'),
-        count(*) FILTER (WHERE n.status = 'stopped') - count(*) FILTER (WHERE o.status = 'stopped'),
-        count(*) FILTER (WHERE n.status = 'failed') - count(*) FILTER (WHERE o.status = 'failed')
-    FROM new_contacts n JOIN old_contacts o ON o.id = n.id
-    WHERE n.status <> o.status GROUP BY n.sequence_id;
+    VALUES (NEW.sequence_id,
+        (NEW.status = 'active')::int - (OLD.status = 'active')::int,
+        (NEW.status = 'completed')::int - (OLD.status = 'completed')::int,
+        (NEW.status = 'stopped')::int - (OLD.status = 'stopped')::int,
+        (NEW.status = 'failed')::int - (OLD.status = 'failed')::int);
     RETURN NULL;
 END $$;
-CREATE TRIGGER sequence_contacts_counted_update AFTER UPDATE ON sequence_contacts
-    REFERENCING OLD TABLE AS old_contacts NEW TABLE AS new_contacts
-    FOR EACH STATEMENT EXECUTE FUNCTION wacast_seq_contacts_updated();
+CREATE TRIGGER sequence_contacts_counted_update AFTER UPDATE OF status ON sequence_contacts
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
+    EXECUTE FUNCTION wacast_seq_contact_moved();
 
 -- Folds the pending deltas into the counters (one UPDATE per sequence).
 -- Returns how many deltas were folded.
@@ -451,11 +471,18 @@ $$;
 -- first the leads that carry its tag already. -1 when it is no longer an
 -- unchecked active sequence (another scheduler accepted it, or it changed).
 CREATE FUNCTION wacast_seq_accept(seq uuid) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    n bigint;
 BEGIN
     UPDATE sequences SET activated_at = now(), status_reason = NULL
         WHERE id = seq AND status = 'active' AND activated_at IS NULL;
     IF NOT FOUND THEN
         RETURN -1;
     END IF;
-    RETURN wacast_seq_enrol(seq, NULL);
+    n := wacast_seq_enrol(seq, NULL);
+    -- Many contacts at once: the planner should know before the first claim.
+    IF n >= 10000 THEN
+        ANALYZE sequence_contacts;
+    END IF;
+    RETURN n;
 END $$;
