@@ -132,6 +132,7 @@ typedef struct scheduler {
     bool seq_due_busy;   /* a due-steps round is in flight */
     bool seq_check_busy; /* activations are being checked */
     bool seq_fold_busy;  /* counter deltas are being folded */
+    bool seq_enrol_busy; /* a page of tagged leads is being enrolled */
     bool seq_due_more;   /* the last round was full: go on at once */
     int seq_round_n;     /* contacts claimed in the round in flight */
     wc_map seq_tpls;     /* "<step id>@<updated_at>" -> compiled wc_tpl */

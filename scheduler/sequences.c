@@ -156,12 +156,56 @@ static void on_accepted(wc_pg *pg, PGresult *res, const char *err, void *arg)
         wc_warn("sequences: accepting an activation: %s", err);
         return;
     }
-    long long n = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
-    if (n < 0)
+    if (PQntuples(res) == 0 || strtoll(PQgetvalue(res, 0, 1), NULL, 10) < 0)
         return; /* another scheduler accepted it, or it changed meanwhile */
     s->m.sequences_accepted++;
-    s->m.sequence_contacts_enrolled += (uint64_t)n;
-    wc_info("sequence %s active: %lld lead(s) enrolled", PQgetvalue(res, 0, 0), n);
+    wc_info("sequence %s active: enrolling the leads tagged %.64s", PQgetvalue(res, 0, 0),
+            PQgetvalue(res, 0, 2));
+}
+
+static void on_enrol_timer(evutil_socket_t fd, short what, void *arg);
+
+static void on_enrolled(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    scheduler *s = arg;
+    s->seq_enrol_busy = false;
+    if (!res) {
+        s->m.pg_errors++;
+        wc_warn("sequences: enrolling tagged leads: %s", err);
+        return;
+    }
+    bool more = false;
+    for (int i = 0; i < PQntuples(res); i++) {
+        long long n = strtoll(PQgetvalue(res, i, 1), NULL, 10);
+        if (n < 0)
+            continue;
+        more = true;
+        s->m.sequence_contacts_enrolled += (uint64_t)n;
+    }
+    /* Pages left: the next one at once. */
+    if (more && !s->d.stopping)
+        on_enrol_timer(-1, 0, s);
+}
+
+/* Accepted sequences still enrolling the leads tagged before activation. */
+static void on_enrol_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    scheduler *s = arg;
+    if (s->seq_enrol_busy || s->d.stopping)
+        return;
+    char page_size[32];
+    snprintf(page_size, sizeof page_size, "%ld", s->cfg.batch);
+    const char *params[] = {page_size};
+    if (wc_pg_query(s->d.pg,
+                    "SELECT id, wacast_seq_enrol_page(id, $1::int) FROM sequences"
+                    " WHERE status = 'active' AND enrol_cursor IS NOT NULL LIMIT 4",
+                    1, params, on_enrolled, s) == 0)
+        s->seq_enrol_busy = true;
+    else
+        s->m.pg_errors++;
 }
 
 /* The first step whose template does not compile, as a reason; "" when all do. */
@@ -227,8 +271,10 @@ static void on_checked(wc_pg *pg, PGresult *res, const char *err, void *arg)
                             " WHERE id = $1 AND status = 'active' AND activated_at IS NULL",
                             2, params, on_pg_done, s) < 0)
                 s->m.pg_errors++;
-        } else if (wc_pg_query(s->d.pg, "SELECT $1::text, wacast_seq_accept($1::uuid)", 1, params,
-                               on_accepted, s) < 0) {
+        } else if (wc_pg_query(s->d.pg,
+                               "SELECT $1::text, wacast_seq_accept($1::uuid), \"trigger\" FROM "
+                               "sequences WHERE id = $1::uuid",
+                               1, params, on_accepted, s) < 0) {
             s->m.pg_errors++;
         }
     }
@@ -261,6 +307,7 @@ static void on_check_timer(evutil_socket_t fd, short what, void *arg)
         else
             s->m.pg_errors++;
     }
+    on_enrol_timer(-1, 0, s);
     if (s->seq_check_busy)
         return;
     if (wc_pg_query(s->d.pg, CHECK_SQL, 0, NULL, on_checked, s) == 0)

@@ -49,6 +49,9 @@ CREATE TABLE sequences (
     -- from draft (or archived) to active again clears it, so it is checked
     -- again. Resuming from paused keeps it.
     activated_at       timestamptz,
+    -- Written by wacast: while set, the leads that carried the tag at
+    -- activation are being enrolled, page by page, after this lead id.
+    enrol_cursor       uuid,
     enrolled_count     integer NOT NULL DEFAULT 0,
     active_count       integer NOT NULL DEFAULT 0,
     completed_count    integer NOT NULL DEFAULT 0,
@@ -467,22 +470,44 @@ CREATE FUNCTION wacast_seq_problem(seq uuid) RETURNS text LANGUAGE sql STABLE AS
     FROM sequences s WHERE s.id = seq
 $$;
 
--- The scheduler accepts a checked activation: the sequence starts enrolling,
--- first the leads that carry its tag already. -1 when it is no longer an
--- unchecked active sequence (another scheduler accepted it, or it changed).
+-- The scheduler accepts a checked activation: the sequence starts enrolling
+-- (leads tagged from now on, by the triggers above), and the leads that
+-- carry its tag already are enrolled by wacast_seq_enrol_page, in pages (a
+-- million leads in one statement would hold one transaction for a minute).
+-- -1 when it is no longer an unchecked active sequence (another scheduler
+-- accepted it, or it changed).
 CREATE FUNCTION wacast_seq_accept(seq uuid) RETURNS bigint LANGUAGE plpgsql AS $$
-DECLARE
-    n bigint;
 BEGIN
-    UPDATE sequences SET activated_at = now(), status_reason = NULL
+    UPDATE sequences SET activated_at = now(), status_reason = NULL,
+        enrol_cursor = '00000000-0000-0000-0000-000000000000'
         WHERE id = seq AND status = 'active' AND activated_at IS NULL;
+    RETURN CASE WHEN FOUND THEN 0 ELSE -1 END;
+END $$;
+
+-- Enrols the next page of an accepted sequence's user's leads (by id, after
+-- its enrol_cursor); the cursor goes when the last page is done. One
+-- scheduler at a time per sequence (SKIP LOCKED). Returns the leads
+-- enrolled, or -1 when there was nothing to do.
+CREATE FUNCTION wacast_seq_enrol_page(seq uuid, page integer) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    cur uuid;
+    uid uuid;
+    ids uuid[];
+    n bigint := 0;
+BEGIN
+    SELECT enrol_cursor, user_id INTO cur, uid FROM sequences
+        WHERE id = seq AND status = 'active' AND activated_at IS NOT NULL
+        AND enrol_cursor IS NOT NULL FOR UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
         RETURN -1;
     END IF;
-    n := wacast_seq_enrol(seq, NULL);
-    -- Many contacts at once: the planner should know before the first claim.
-    IF n >= 10000 THEN
-        ANALYZE sequence_contacts;
+    SELECT array_agg(id ORDER BY id) INTO ids FROM (SELECT id FROM leads
+        WHERE user_id = uid AND opted_out_at IS NULL AND id > cur ORDER BY id LIMIT page) x;
+    IF ids IS NOT NULL THEN
+        n := wacast_seq_enrol(seq, ids);
     END IF;
+    UPDATE sequences SET enrol_cursor = CASE WHEN coalesce(cardinality(ids), 0) < page THEN NULL
+                                             ELSE ids[cardinality(ids)] END
+        WHERE id = seq;
     RETURN n;
 END $$;

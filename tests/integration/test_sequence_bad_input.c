@@ -87,7 +87,7 @@ static bool all_decided(void *arg)
                            " AND status_reason IS NOT NULL") == (long)NCASES &&
            wt_sql_long(db,
                        "SELECT count(*) FROM sequences WHERE id = '%s'"
-                       " AND activated_at IS NOT NULL",
+                       " AND activated_at IS NOT NULL AND enrol_cursor IS NULL",
                        good) == 1;
 }
 
@@ -95,6 +95,12 @@ static bool counters_folded(void *arg)
 {
     (void)arg;
     return wt_sql_long(db, "SELECT count(*) FROM sequence_counter_deltas") == 0;
+}
+
+static bool enrolled_two(void *id)
+{
+    return wt_sql_long(db, "SELECT count(*) FROM sequence_contacts WHERE sequence_id = '%s'",
+                       (const char *)id) == 2;
 }
 
 static bool accepted(void *id)
@@ -178,8 +184,9 @@ static void test_bad_sequences_are_refused_with_a_reason(void **state)
     PQclear(wt_sql(db, "UPDATE sequence_steps SET delay_seconds = 5 WHERE sequence_id = '%s'",
                    cases[5].id));
     PQclear(wt_sql(db, "UPDATE sequences SET status = 'active' WHERE id = '%s'", cases[5].id));
-    if (!wt_wait_for(accepted, cases[5].id, 20000))
-        fail_msg("the fixed sequence was not accepted");
+    if (!wt_wait_for(accepted, cases[5].id, 20000) ||
+        !wt_wait_for(enrolled_two, cases[5].id, 20000))
+        fail_msg("the fixed sequence was not accepted, or did not enrol its two leads");
     assert_int_equal(wt_sql_long(db,
                                  "SELECT count(*) FROM sequence_contacts WHERE sequence_id = '%s'",
                                  cases[5].id),

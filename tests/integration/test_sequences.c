@@ -283,8 +283,8 @@ static void wait_step_sent(int i, int k, int step)
 static bool all_accepted(void *arg)
 {
     (void)arg;
-    return wt_sql_long(db, "SELECT count(*) FROM sequences WHERE activated_at IS NOT NULL") ==
-           NSEQ + 1;
+    return wt_sql_long(db, "SELECT count(*) FROM sequences WHERE activated_at IS NOT NULL AND "
+                           "enrol_cursor IS NULL") == NSEQ + 1;
 }
 
 static bool p_held(void *arg)
