@@ -7,7 +7,13 @@
 #                [--timeout SECONDS] [--budget SECONDS] [--raw-rows R]
 #                [--out DIR] [--build DIR] [--no-build]
 #                [--scheduler-env "K=V ..."] [--dispatcher-env "..."] [--sender-env "..."]
-#                [--appendfsync everysec|always]
+#                [--appendfsync everysec|always] [--sequence]
+#
+# --sequence measures a drip sequence instead: one step sent to N enrolled
+# contacts (every lead tagged, the sequence set active at the start of the
+# clock), wacast only (no baseline, no raw tests); results in
+# bench/results/<timestamp>-sequence.{json,md}, next to the latest campaign
+# figure.
 #
 # Starts its own Redis and PostgreSQL in a temporary folder on free loopback
 # ports, loads N leads and D simulated devices once (a template database),
@@ -45,9 +51,10 @@ build=$root/build-bench
 do_build=1
 interval_ms=500
 scheduler_env="" dispatcher_env="" sender_env=""
+sequence=0
 appendfsync=${WACAST_REDIS_APPENDFSYNC:-everysec}   # Redis AOF fsync policy, as deploy/stack.sh
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --messages) messages=$2; shift 2 ;;
@@ -71,6 +78,7 @@ while [ $# -gt 0 ]; do
     --dispatcher-env) dispatcher_env=$2; shift 2 ;;
     --sender-env) sender_env=$2; shift 2 ;;
     --appendfsync) appendfsync=$2; shift 2 ;;
+    --sequence) sequence=1; skip_baseline=1; skip_raw=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -248,6 +256,14 @@ step timeout 900 psql "$pg_base/bench_seed" -qtAX -v ON_ERROR_STOP=1 -v leads="$
 campaign=$(sed -n 's/^campaign //p' "$work/log/seed.log")
 [ -n "$campaign" ] || die "seeding failed"
 seed_s=$(awk -v a="$(date +%s%N)" -v b="$seed_t0" 'BEGIN { printf "%.1f", (a - b) / 1e9 }')
+sequence_id=""
+if [ "$sequence" -eq 1 ]; then
+  step timeout 900 psql "$pg_base/bench_seed" -qtAX -v ON_ERROR_STOP=1 -f "$here/sql/seed-sequence.sql" \
+    >"$work/log/seed-sequence.log" 2>&1 || die "seeding the sequence failed (see $work/log/seed-sequence.log)"
+  sequence_id=$(sed -n 's/^sequence //p' "$work/log/seed-sequence.log")
+  [ -n "$sequence_id" ] || die "seeding the sequence failed"
+  log "sequence $sequence_id (one step, $messages leads tagged)"
+fi
 for db in wacast baseline; do psql_q "CREATE DATABASE $db TEMPLATE bench_seed STRATEGY FILE_COPY"; done
 log "seeded in ${seed_s}s; campaign $campaign"
 
@@ -345,6 +361,7 @@ if [ "$skip_wacast" -eq 0 ]; then
 
   cat >"$work/wacast-phase.json" <<EOF
 {"name":"wacast","db":"$wacast_db","campaign":"$campaign","redis":"$redis_url",
+ "sequence":$([ -n "$sequence_id" ] && echo "\"$sequence_id\"" || echo null),
  "simKey":"wacast:sim:sends","streams":{"jobs":"wacast:jobs","results":"wacast:results"},
  "metrics":[$metrics_json],"procs":[$procs],
  "intervalMs":$interval_ms,"timeoutS":$wacast_limit,
@@ -371,6 +388,24 @@ EOF
     log "profile in $prof"
   fi
   [ -s "$work/out/wacast.phase.json" ] || die "wacast phase produced no summary (see $work/log)"
+  if [ "$sequence" -eq 1 ]; then
+    # Exactly once: one sent step message per lead in PostgreSQL (UNIQUE per
+    # step and lead), as many sends in the simulated provider's record.
+    sent_rows=$(psql_q "SELECT count(*) FROM broadcast_messages WHERE sequence_id = '$sequence_id' AND status = 'sent'" 300 wacast)
+    leads_with=$(psql_q "SELECT count(DISTINCT lead_id) FROM broadcast_messages WHERE sequence_id = '$sequence_id' AND status = 'sent'" 300 wacast)
+    recorded=$(redis-cli -p "$redis_port" xlen wacast:sim:sends)
+    redis_stop
+    log "sequence: $sent_rows step messages sent to $leads_with leads; $recorded sends recorded"
+    mkdir -p "$outdir"
+    step timeout 120 node "$here/tools/sequence-report.js" "$work/out/wacast.phase.json" "$outdir" "$stamp" \
+      "$messages" "$devices" "$sent_rows" "$leads_with" "$recorded" \
+      "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)" || die "report failed"
+    [ "$wacast_rc" = 0 ] || die "wacast did not finish the sequence within its time-out (${wacast_limit}s)"
+    [ "$sent_rows" = "$messages" ] && [ "$leads_with" = "$messages" ] && [ "$recorded" = "$messages" ] ||
+      die "sequence: expected $messages sends, each lead once"
+    log "done in $(( $(date +%s) - started ))s: $outdir/$stamp-sequence.{json,md}"
+    exit 0
+  fi
   cat >"$work/wacast-verify.json" <<EOF
 {"name":"wacast","db":"$wacast_db","campaign":"$campaign","redis":"$redis_url","simKey":"wacast:sim:sends",
  "expected":$messages,"partial":$([ "$wacast_rc" = 0 ] && echo false || echo true),"out":"$work/out/wacast.verify.json"}

@@ -1,5 +1,6 @@
 /* wacast-ctl: the operator's command line. Applies migrations, loads demo
- * data, shows campaigns, and watches one campaign with a live progress bar.
+ * data, shows campaigns and drip sequences, and watches one campaign or
+ * sequence with a live progress line.
  * It talks to PostgreSQL only (DATABASE_URL), with blocking libpq: it is a
  * tool, not a daemon. */
 #include <signal.h>
@@ -68,7 +69,17 @@ static int cmd_demo_seed(int argc, char **argv)
 {
     long leads = 10000, devices = 50;
     const char *min_delay = "0.2", *max_delay = "0.6";
-    for (int i = 0; i + 1 < argc; i += 2) {
+    bool sequence = false;
+    for (int i = 0; i < argc; i += 2) {
+        if (!strcmp(argv[i], "--sequence")) {
+            sequence = true;
+            i--; /* a flag: no value */
+            continue;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "wacast-ctl: demo-seed: %s needs a value\n", argv[i]);
+            return 2;
+        }
         if (!strcmp(argv[i], "--leads"))
             leads = strtol(argv[i + 1], NULL, 10);
         else if (!strcmp(argv[i], "--devices"))
@@ -113,12 +124,31 @@ static int cmd_demo_seed(int argc, char **argv)
                     " FROM generate_series(1, $2::int) g",
                     2, p2));
     const char *p3[] = {user};
-    r = exec_or_die(
-        c,
-        "INSERT INTO campaigns (user_id, title, message, target_status, scheduled_at)"
-        " VALUES ($1, 'demo', '{Hi|Hello|Hey} {{name}}, {{greeting}}! This is a wacast demo.',"
-        " 'all', now()) RETURNING id",
-        1, p3);
+    if (sequence) {
+        /* A 3-step drip (0 s, 2 s, 2 s) for every lead, tagged DEMO. */
+        PQclear(exec_or_die(c, "UPDATE leads SET \"trigger\" = 'DEMO' WHERE user_id = $1", 1, p3));
+        r = exec_or_die(
+            c,
+            "INSERT INTO sequences (user_id, name, \"trigger\") VALUES ($1, 'demo drip',"
+            " 'DEMO') RETURNING id",
+            1, p3);
+        const char *p4[] = {PQgetvalue(r, 0, 0)};
+        PQclear(exec_or_die(
+            c,
+            "INSERT INTO sequence_steps (sequence_id, step_number, delay_seconds, message) VALUES"
+            " ($1, 1, 0, '{Hi|Hello} {{name}}, welcome to the wacast drip demo (1/3).'),"
+            " ($1, 2, 2, '{{name}}, here is the second step (2/3).'),"
+            " ($1, 3, 2, 'Last one, {{name}}: thanks for following along (3/3).')",
+            1, p4));
+        PQclear(exec_or_die(c, "UPDATE sequences SET status = 'active' WHERE id = $1", 1, p4));
+    } else {
+        r = exec_or_die(
+            c,
+            "INSERT INTO campaigns (user_id, title, message, target_status, scheduled_at)"
+            " VALUES ($1, 'demo', '{Hi|Hello|Hey} {{name}}, {{greeting}}! This is a wacast demo.',"
+            " 'all', now()) RETURNING id",
+            1, p3);
+    }
     printf("%s\n", PQgetvalue(r, 0, 0));
     PQclear(r);
     PQclear(exec_or_die(c, "COMMIT", 0, NULL));
@@ -258,6 +288,71 @@ static int cmd_media(const char *campaign)
         }
     }
     PQclear(r);
+    PQfinish(c);
+    return rc;
+}
+
+/* Sequences with their counters and, per step, how many contacts passed it. */
+#define SEQUENCES_SQL                                                                              \
+    "SELECT s.id, s.name, s.status, s.\"trigger\", s.enrolled_count, s.active_count,"              \
+    " s.completed_count, s.stopped_count, s.failed_count,"                                         \
+    " coalesce((SELECT string_agg(st.step_number || ':' || (SELECT count(*) FROM"                  \
+    "  sequence_contacts c WHERE c.sequence_id = s.id AND c.current_step >= st.step_number),"      \
+    "  ' ' ORDER BY st.step_number) FROM sequence_steps st WHERE st.sequence_id = s.id), ''),"     \
+    " coalesce(s.status_reason, '') FROM sequences s"
+
+static int cmd_sequences(void)
+{
+    PGconn *c = connect_db();
+    PGresult *r = exec_or_die(c, SEQUENCES_SQL " ORDER BY s.created_at DESC LIMIT 50", 0, NULL);
+    printf("%-36s  %-16s %-8s %-12s %8s %8s %9s %8s %7s  %s\n", "id", "name", "status", "trigger",
+           "enrolled", "active", "completed", "stopped", "failed", "passed step:contacts  reason");
+    for (int i = 0; i < PQntuples(r); i++)
+        printf("%-36s  %-16.16s %-8s %-12.12s %8s %8s %9s %8s %7s  %s  %s\n", PQgetvalue(r, i, 0),
+               PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), PQgetvalue(r, i, 3), PQgetvalue(r, i, 4),
+               PQgetvalue(r, i, 5), PQgetvalue(r, i, 6), PQgetvalue(r, i, 7), PQgetvalue(r, i, 8),
+               PQgetvalue(r, i, 9), PQgetvalue(r, i, 10));
+    PQclear(r);
+    PQfinish(c);
+    return 0;
+}
+
+/* Prints a sequence's progress every second until it has enrolled contacts
+ * and none is active any more (or it was refused, or the time-out). */
+static int cmd_watch_sequence(const char *id, long timeout_s)
+{
+    PGconn *c = connect_db();
+    signal(SIGINT, on_sigint);
+    const char *params[] = {id};
+    time_t start = time(NULL);
+    int rc = 1;
+    while (!interrupted) {
+        PGresult *r = exec_or_die(c, SEQUENCES_SQL " WHERE s.id::text = $1", 1, params);
+        if (PQntuples(r) == 0) {
+            fprintf(stderr, "wacast-ctl: no sequence %s\n", id);
+            PQclear(r);
+            break;
+        }
+        printf("\r%s: %s enrolled, %s active, %s completed, %s stopped, %s failed; passed %s   ",
+               PQgetvalue(r, 0, 2), PQgetvalue(r, 0, 4), PQgetvalue(r, 0, 5), PQgetvalue(r, 0, 6),
+               PQgetvalue(r, 0, 7), PQgetvalue(r, 0, 8), PQgetvalue(r, 0, 9));
+        fflush(stdout);
+        bool refused = !strcmp(PQgetvalue(r, 0, 2), "draft") && PQgetvalue(r, 0, 10)[0];
+        bool done = atol(PQgetvalue(r, 0, 4)) > 0 && atol(PQgetvalue(r, 0, 5)) == 0;
+        if (refused)
+            printf("\nrefused: %s", PQgetvalue(r, 0, 10));
+        PQclear(r);
+        if (refused || done) {
+            rc = refused ? 1 : 0;
+            break;
+        }
+        if (timeout_s > 0 && time(NULL) - start > timeout_s) {
+            printf("\ntimed out");
+            break;
+        }
+        sleep(1);
+    }
+    printf("\n");
     PQfinish(c);
     return rc;
 }
@@ -420,13 +515,16 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: wacast-ctl COMMAND\n\n"
             "  migrate                      apply sql/ migrations (each once)\n"
-            "  demo-seed [--leads N] [--devices D] [--min-delay S] [--max-delay S]\n"
+            "  demo-seed [--leads N] [--devices D] [--min-delay S] [--max-delay S] [--sequence]\n"
             "                               one demo user with simulated devices, leads and a\n"
-            "                               campaign due now; prints the campaign id\n"
+            "                               campaign due now (or, with --sequence, an active\n"
+            "                               3-step drip sequence); prints its id\n"
             "  watch CAMPAIGN [TIMEOUT_S]   live progress until the campaign ends\n"
             "  campaigns                    the latest campaigns and their counts\n"
             "  media CAMPAIGN               the campaign's prepared image: sha256, size,\n"
             "                               dimensions, source; or why it has none\n"
+            "  sequences                    drip sequences: counters, contacts past each step\n"
+            "  watch-sequence ID [TIMEOUT_S] live progress until no contact is active\n"
             "  keygen                       print a new WACAST_SECRET_KEY\n"
             "  set-credentials DEVICE       seal the JSON on stdin with WACAST_SECRET_KEY, bound\n"
             "                               to the device, and store it as its credentials\n"
@@ -454,6 +552,10 @@ int main(int argc, char **argv)
         return cmd_campaigns();
     if (!strcmp(argv[1], "media") && argc >= 3)
         return cmd_media(argv[2]);
+    if (!strcmp(argv[1], "sequences"))
+        return cmd_sequences();
+    if (!strcmp(argv[1], "watch-sequence") && argc >= 3)
+        return cmd_watch_sequence(argv[2], argc >= 4 ? strtol(argv[3], NULL, 10) : 0);
     if (sodium_init() < 0)
         return 1;
     if (!strcmp(argv[1], "keygen")) {

@@ -58,6 +58,7 @@ typedef struct dispatcher_cfg {
     X(status_events, "provider status events turned into results")                                 \
     X(opt_outs, "leads opted out by an inbound reply")                                             \
     X(opt_outs_unmatched, "opt-out replies to a number that is none of our devices")               \
+    X(sequence_replies_stopped, "sequence contacts stopped by a reply (stop_on_reply)")            \
     X(webhooks_unstored, "webhooks answered 503 because what they carry could not be stored")      \
     X(sim_callbacks, "simulated provider webhooks delivered")                                      \
     X(paused_requeued, "messages of resumed campaigns put back on the jobs stream")                \

@@ -155,6 +155,24 @@ static const char *OPT_OUT_SQL =
     " SELECT EXISTS (SELECT 1 FROM dev), $2::text, out.id FROM (SELECT 1) one"
     " LEFT JOIN out ON true";
 
+/* A reply that is no opt-out: the sequences it stops (sql/007_sequences.sql). */
+static const char *SEQ_REPLY_SQL = "SELECT wacast_seq_reply($1, $2)";
+
+static void on_reply_pg(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    webhook_op *op = arg;
+    op->pending--;
+    if (!res) {
+        op->ds->m.pg_errors++;
+        op->failed = true;
+        wc_warn("stopping sequences on a reply: %s", err);
+    } else {
+        op->ds->m.sequence_replies_stopped += strtoull(PQgetvalue(res, 0, 0), NULL, 10);
+    }
+    op_settle(op);
+}
+
 static Wacast__Status map_status(wc_webhook_status s)
 {
     switch (s) {
@@ -209,14 +227,18 @@ static int body_writes(dispatcher *ds, int provider, const char *body, size_t le
                 continue;
             ds->m.status_events++;
             dispatcher_status_result(ds, &res, op);
-        } else if (e->kind == WC_WEBHOOK_INBOUND && e->text && e->peer &&
-                   wc_webhook_is_opt_out(e->text, ds->cfg.opt_out_words)) {
+        } else if (e->kind == WC_WEBHOOK_INBOUND && e->text && e->peer) {
             char phone[40];
             snprintf(phone, sizeof phone, "+%.30s", e->peer);
             const char *params[] = {phone, op->device[0] ? op->device
                                            : e->receiver ? e->receiver
                                                          : ""};
-            if (wc_pg_query(ds->d.pg, OPT_OUT_SQL, 2, params, on_op_pg, op) == 0) {
+            /* Any reply stops the sender's drip sequences that stop on a
+             * reply (sql/007_sequences.sql); an opt-out word stops them all
+             * through the lead's opt-out. */
+            bool opt_out = wc_webhook_is_opt_out(e->text, ds->cfg.opt_out_words);
+            if (wc_pg_query(ds->d.pg, opt_out ? OPT_OUT_SQL : SEQ_REPLY_SQL, 2, params,
+                            opt_out ? on_op_pg : on_reply_pg, op) == 0) {
                 op->pending++;
             } else {
                 ds->m.pg_errors++;

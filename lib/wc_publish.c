@@ -87,6 +87,8 @@ int wc_publish_rows(wc_redis *r, PGresult *res, const bool *include, int clear_m
         job.media_url = PQgetvalue(res, i, 8);
         job.min_delay_ms = (uint32_t)strtod(PQgetvalue(res, i, 9), NULL);
         job.max_delay_ms = (uint32_t)strtod(PQgetvalue(res, i, 10), NULL);
+        if (PQnfields(res) > 11)
+            job.priority = (int32_t)strtol(PQgetvalue(res, i, 11), NULL, 10);
         job.attempt = 1;
         job.queued_at_us = now;
         op->ids[op->pending] = job.message_id;

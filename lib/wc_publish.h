@@ -11,11 +11,22 @@
 
 #include "wc_redis.h"
 
+/* A step message (sequence_id set, campaign_id NULL) travels in a lane of
+ * its sequence: its job's campaign_id is the sequence's id (a uuid, so the
+ * router's "waiting" updates of campaigns by id match nothing), its pacing
+ * override and priority are the sequence's. Column 11 is the priority. */
 #define WC_SQL_JOB_COLUMNS                                                                         \
-    "m.id, m.campaign_id, m.user_id, coalesce(m.lead_id::text, ''), "                              \
+    "m.id, coalesce(m.campaign_id, m.sequence_id), m.user_id, coalesce(m.lead_id::text, ''), "     \
     "coalesce(l.device_id::text, ''), m.recipient_phone, m.recipient_name, m.content, "            \
-    "coalesce(m.media_url, ''), coalesce(c.min_delay_seconds * 1000, 0), "                         \
-    "coalesce(c.max_delay_seconds * 1000, 0)"
+    "coalesce(m.media_url, ''), "                                                                  \
+    "CASE WHEN m.campaign_id IS NOT NULL THEN coalesce(c.min_delay_seconds * 1000, 0) "            \
+    "ELSE coalesce((SELECT sq.min_delay_seconds * 1000 FROM sequences sq "                         \
+    "WHERE sq.id = m.sequence_id), 0) END, "                                                       \
+    "CASE WHEN m.campaign_id IS NOT NULL THEN coalesce(c.max_delay_seconds * 1000, 0) "            \
+    "ELSE coalesce((SELECT sq.max_delay_seconds * 1000 FROM sequences sq "                         \
+    "WHERE sq.id = m.sequence_id), 0) END, "                                                       \
+    "CASE WHEN m.campaign_id IS NOT NULL THEN coalesce(c.priority, 0) "                            \
+    "ELSE coalesce((SELECT sq.priority FROM sequences sq WHERE sq.id = m.sequence_id), 0) END"
 
 #define WC_SQL_JOB_FROM                                                                            \
     " FROM broadcast_messages m JOIN campaigns c ON c.id = m.campaign_id"                          \

@@ -29,12 +29,7 @@
  * UPDATE SKIP LOCKED: schedulers never publish the same row twice); a row
  * marked but not published is republished by the reconciler. */
 
-/* A device the router may use: online, seen by a sender lately, not resting
- * (user in c.user_id, the online grace in ms as the given parameter). */
-#define HEALTHY_DEVICE(grace_param)                                                                \
-    "EXISTS (SELECT 1 FROM user_devices d WHERE d.user_id = c.user_id AND d.status = 'online'"     \
-    " AND (d.resting_until IS NULL OR d.resting_until <= now())"                                   \
-    " AND d.last_seen > now() - make_interval(secs => " grace_param "::float8 / 1000))"
+#define HEALTHY_DEVICE(grace_param) HEALTHY_DEVICE_OF("c.user_id", grace_param)
 
 // clang-format off
 static const char *FEED_SQL =

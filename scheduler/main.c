@@ -69,6 +69,16 @@ static const wc_cfg_entry cfg_table[] = {
     {"WACAST_ONLINE_GRACE_MS", WC_CFG_INT, "30000",
      "a device counts as online while its sender's heartbeat is younger than this",
      offsetof(scheduler_cfg, online_grace_ms), 1000, 3600000, false},
+    {"WACAST_SEQ_MS", WC_CFG_INT, "250", "how often due sequence steps are looked for",
+     offsetof(scheduler_cfg, seq_ms), 10, 60000, false},
+    {"WACAST_SEQ_BATCH", WC_CFG_INT, "1000", "sequence contacts claimed per statement",
+     offsetof(scheduler_cfg, seq_batch), 1, 100000, false},
+    {"WACAST_SEQ_CLAIM_S", WC_CFG_INT, "60",
+     "a claimed sequence contact whose step is not written within this falls due again",
+     offsetof(scheduler_cfg, seq_claim_s), 5, 86400, false},
+    {"WACAST_SEQ_WINDOW_MARGIN_MS", WC_CFG_INT, "60000",
+     "a sequence step is published only while its send window stays open this much longer",
+     offsetof(scheduler_cfg, seq_window_margin_ms), 0, 86400000, false},
 };
 
 static void on_poll(evutil_socket_t fd, short what, void *arg)
@@ -136,6 +146,7 @@ int main(int argc, char **argv)
     s.feed_timer = wc_daemon_every(&s.d, (int)s.cfg.feed_ms, on_feed_timer, &s);
     s.waiting_timer = wc_daemon_every(&s.d, 1000, on_waiting_timer, &s);
     s.prune_timer = wc_daemon_every(&s.d, 5000, on_prune_timer, &s);
+    sequences_start(&s);
     claim(&s);
     int rc = wc_daemon_run(&s.d);
     media_free(&s);
@@ -147,6 +158,7 @@ int main(int argc, char **argv)
     wc_map_free(&s.fed);
     event_free(s.waiting_timer);
     event_free(s.prune_timer);
+    sequences_free(&s);
     event_free(s.retry_timer);
     event_free(s.claim_now);
     wc_daemon_free(&s.d);

@@ -19,7 +19,7 @@
 /* ---- reconciler ---------------------------------------------------------------------------- */
 
 /* Candidates are messages queued for longer than WACAST_RECONCILE_AFTER_S
- * in running campaigns (pending ones wait for the feeder, which marks a row
+ * in running campaigns or sequences (pending ones wait for the feeder, which marks a row
  * queued before it publishes it). Their markers in Redis tell what happened
  * to each:
  *   queued, no marker     lost with Redis data: publish again (a duplicate
@@ -95,7 +95,7 @@ static void on_markers(wc_redis *r, redisReply *reply, void *arg)
     }
     int npublish = 0;
     for (int i = 0; i < n; i++) {
-        bool pending = PQgetvalue(rc->rows, i, 11)[0] == 'p';
+        bool pending = PQgetvalue(rc->rows, i, 12)[0] == 'p';
         redisReply *m = reply->element[i];
         bool absent = m->type != REDIS_REPLY_STRING || m->len < 2;
         if (pending || absent) {
@@ -178,14 +178,15 @@ void on_reconcile(evutil_socket_t fd, short what, void *arg)
     s->reconcile_now -= s->reconcile_now > 0;
     const char *params[] = {after};
     static const char *sql =
-        "WITH stuck AS (SELECT m.id FROM broadcast_messages m JOIN campaigns c"
-        " ON c.id = m.campaign_id WHERE m.status = 'queued' AND c.status = 'processing'"
+        "WITH stuck AS (SELECT m.id FROM broadcast_messages m LEFT JOIN campaigns c"
+        " ON c.id = m.campaign_id WHERE m.status = 'queued'"
+        " AND (c.status = 'processing' OR m.sequence_id IS NOT NULL)"
         " AND m.updated_at < now() - make_interval(secs => $1::float8)"
         " ORDER BY m.updated_at LIMIT 1000 FOR UPDATE OF m SKIP LOCKED),"
         " touched AS (UPDATE broadcast_messages m SET updated_at = now() FROM stuck"
         " WHERE m.id = stuck.id AND m.status = 'queued' RETURNING m.*)"
         " SELECT " WC_SQL_JOB_COLUMNS ", m.status::text FROM touched m"
-        " JOIN campaigns c ON c.id = m.campaign_id LEFT JOIN leads l ON l.id = m.lead_id"
+        " LEFT JOIN campaigns c ON c.id = m.campaign_id LEFT JOIN leads l ON l.id = m.lead_id"
         " ORDER BY m.id";
     if (wc_pg_query(s->d.pg, sql, 1, params, on_stuck, s) == 0)
         s->reconciling = true;

@@ -1,14 +1,18 @@
 /* The scheduler's shared state: claim and expansion of campaigns
  * (trigger.c), the feeder that publishes their messages as room opens
- * (feeder.c), the reconciler that finds what Redis lost (reconciler.c), the
- * settings and timers (main.c). */
+ * (feeder.c), the reconciler that finds what Redis lost (reconciler.c),
+ * drip sequences' activations and due steps (sequences.c), lead rendering
+ * shared by campaigns and steps (render.c), images (media.c), the settings
+ * and timers (main.c). */
 #ifndef SCHEDULER_H
 #define SCHEDULER_H
 
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <event2/buffer.h>
 #include <event2/event.h>
+#include <jansson.h>
 
 #include "wc_daemon.h"
 #include "wc_epoch.h"
@@ -37,6 +41,10 @@ typedef struct scheduler_cfg {
     long feed_batch;
     long online_grace_ms;
     wc_media_cfg media;
+    long seq_ms;
+    long seq_batch;
+    long seq_claim_s;
+    long seq_window_margin_ms;
 } scheduler_cfg;
 
 #define SCHEDULER_METRICS(X)                                                                       \
@@ -53,6 +61,14 @@ typedef struct scheduler_cfg {
     X(markers_renewed, "markers of messages still travelling renewed by the reconciler")           \
     X(backpressure_waits, "times publishing waited for the jobs stream to drain")                  \
     X(feed_rounds, "feeder rounds that published messages")                                        \
+    X(sequences_accepted, "sequence activations accepted (matching leads enrolled)")               \
+    X(sequences_refused, "sequence activations refused (back to draft with a reason)")             \
+    X(sequence_contacts_enrolled, "contacts enrolled by accepted activations")                     \
+    X(sequence_steps_claimed, "due sequence contacts claimed for their next step")                 \
+    X(sequence_steps_published, "sequence step messages published to the jobs stream")             \
+    X(sequence_steps_skipped, "sequence step messages written skipped (phone, template)")          \
+    X(sequence_counter_deltas_folded, "sequence counter deltas folded into the counters")          \
+    X(sequence_claims_lost, "claimed contacts no longer ours at insert (stopped or taken over)")   \
     X(redis_errors, "Redis commands that failed")                                                  \
     X(pg_errors, "PostgreSQL statements that failed")
 
@@ -124,6 +140,15 @@ typedef struct scheduler {
     bool pruning; /* a query for fed campaigns no longer running is in flight */
     struct event *poll_timer, *reconcile_timer, *retry_timer, *claim_now, *feed_timer,
         *waiting_timer, *prune_timer;
+    bool seq_due_busy;   /* a due-steps round is in flight */
+    bool seq_check_busy; /* activations are being checked */
+    bool seq_fold_busy;  /* counter deltas are being folded */
+    bool seq_enrol_busy; /* a page of tagged leads is being enrolled */
+    bool seq_due_more;   /* the last round was full: go on at once */
+    int seq_round_n;     /* contacts claimed in the round in flight */
+    wc_map seq_tpls;     /* "<step id>@<updated_at>" -> compiled wc_tpl */
+    wc_buf seq_out;      /* render buffer */
+    struct event *seq_timer, *seq_check_timer;
     uint64_t rng;
     media_state *media; /* media.c */
 } scheduler;
@@ -133,6 +158,13 @@ typedef struct scheduler {
 void claim(scheduler *s);
 void exp_step(scheduler *s);
 void end_expansion(scheduler *s);
+
+/* A device the router may use: online, seen by a sender lately, not resting
+ * (user in the given column, the online grace in ms as the given parameter). */
+#define HEALTHY_DEVICE_OF(user_col, grace_param)                                                   \
+    "EXISTS (SELECT 1 FROM user_devices d WHERE d.user_id = " user_col                             \
+    " AND d.status = 'online' AND (d.resting_until IS NULL OR d.resting_until <= now())"           \
+    " AND d.last_seen > now() - make_interval(secs => " grace_param "::float8 / 1000))"
 
 /* Timers and callbacks of feeder.c and reconciler.c, started by main(). */
 void on_feed_timer(evutil_socket_t fd, short what, void *arg);
@@ -157,5 +189,34 @@ void media_init(scheduler *s);
 void media_free(scheduler *s);
 void media_prepare(scheduler *s);
 void media_metrics(struct evbuffer *out, scheduler *s);
+
+/* sequences.c: its timers (started by main) and its cleanup. */
+void sequences_start(scheduler *s);
+void sequences_free(scheduler *s);
+
+/* render.c: turning a lead into a message row. */
+
+/* Template variables for one lead. */
+typedef struct lead_vars {
+    const char *name, *phone, *niche, *target_status;
+    json_t *attrs;
+    char num[64];
+} lead_vars;
+
+/* Longest raw text of an invalid phone stored or quoted as it is. */
+#define INVALID_PHONE_MAX 100
+/* Longest recipient_name stored. */
+#define RECIPIENT_NAME_MAX 512
+
+/* Appends one element (NULL: SQL NULL) to a PostgreSQL array literal. */
+void append_array_text(struct evbuffer *b, const char *v, bool first);
+/* Words for a wc_phone_normalize() reason code. */
+const char *phone_reason_text(const char *why);
+/* wc_tpl_lookup_fn over a lead_vars. */
+const char *lead_lookup(void *ctx, const char *name, size_t namelen);
+const char *stored_invalid_phone(char *buf, size_t size, const char *raw, const char *lead_id);
+const char *stored_name(char *buf, size_t size, const char *raw);
+/* strdup that aborts when out of memory; NULL gives "". */
+char *dup_text(const char *v);
 
 #endif

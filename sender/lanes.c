@@ -444,7 +444,9 @@ void park_paused(device *dv, const uint8_t *payload, size_t len)
     /* The index entry goes after the entry itself: the dispatcher forgets a
      * campaign whose paused stream it found empty, and an index entry added
      * before our XADD could be forgotten after it (the entry would then sit
-     * unseen). Added after, it is either seen with the entry or re-added. */
+     * unseen). Added after, it is seen with the entry, or re-added, or (when
+     * both commands land between the dispatcher's XRANGE and its SREM) put
+     * back by the dispatcher's XLEN check after the SREM (control.c). */
     if (wc_redis_command(f->d.redis, on_void_device, dv, "SADD wacast:paused:index %s",
                          dv->job->campaign_id) < 0)
         f->m.redis_errors++;

@@ -91,10 +91,23 @@ async function main() {
 
   const selfCpu0 = process.cpuUsage();
   const busy0 = machineBusy();
-  const due = await db.query(
-    'UPDATE campaigns SET scheduled_at = now() WHERE id = $1 RETURNING extract(epoch FROM due_at) AS due',
-    [cfg.campaign]
-  );
+  // A sequence run (bench/run.sh --sequence): the clock starts when the
+  // sequence is set active; its counters stand in for the campaign's
+  // (enrolled = total, completed = sent, stopped = skipped), and it is
+  // finished when every enrolled contact is done.
+  const startSql = cfg.sequence
+    ? "UPDATE sequences SET status = 'active' WHERE id = $1 RETURNING extract(epoch FROM now()) AS due"
+    : 'UPDATE campaigns SET scheduled_at = now() WHERE id = $1 RETURNING extract(epoch FROM due_at) AS due';
+  const pollSql = cfg.sequence
+    ? "SELECT CASE WHEN s.enrolled_count > 0 AND s.active_count = 0 THEN 'finished' ELSE s.status::text END" +
+      ' AS status, s.enrolled_count AS total_count, s.completed_count AS sent_count, s.failed_count,' +
+      ' s.stopped_count AS skipped_count, 0 AS cancelled_count,' +
+      ' CASE WHEN s.enrolled_count > 0 AND s.active_count = 0 THEN (SELECT extract(epoch FROM max(c.completed_at))' +
+      ' FROM sequence_contacts c WHERE c.sequence_id = s.id) END AS finished FROM sequences s WHERE s.id = $1'
+    : 'SELECT status, total_count, sent_count, failed_count, skipped_count, cancelled_count,' +
+      ' extract(epoch FROM finished_at) AS finished FROM campaigns WHERE id = $1';
+  const target = cfg.sequence || cfg.campaign;
+  const due = await db.query(startSql, [target]);
   const t0 = Date.now();
   const dueEpoch = due.rows[0].due;
   let last = null;
@@ -104,13 +117,8 @@ async function main() {
   for (;;) {
     const tick = Date.now();
     const t = (tick - t0) / 1000;
-    const c = (
-      await db.query(
-        'SELECT status, total_count, sent_count, failed_count, skipped_count, cancelled_count,' +
-          ' extract(epoch FROM finished_at) AS finished FROM campaigns WHERE id = $1',
-        [cfg.campaign]
-      )
-    ).rows[0];
+    const c = (await db.query(pollSql, [target])).rows[0];
+    for (const k of ['total_count', 'sent_count', 'failed_count', 'skipped_count', 'cancelled_count']) c[k] = Number(c[k]);
     const pipe = redis.pipeline();
     pipe.xlen(cfg.simKey);
     for (const k of Object.values(cfg.streams || {})) pipe.xlen(k);
