@@ -353,13 +353,14 @@ int e2e_stop_daemons_cleanly(wt_env *e)
     return bad;
 }
 
-void e2e_teardown(wt_env *e, PGconn *db, redisContext *rc)
+int e2e_teardown(wt_env *e, PGconn *db, redisContext *rc)
 {
     if (rc)
         redisFree(rc);
     if (db)
         PQfinish(db);
     wt_env_stop(e);
+    return 0;
 }
 
 /* ---- the transport end-to-end tests
@@ -392,7 +393,7 @@ static void world_stop(e2e_world *w)
     int st = fake_stop(&w->fake);
     if (st != 0)
         fprintf(stderr, "the fake exited with status %d\n", st);
-    e2e_teardown(&w->env, w->db, NULL);
+    (void)e2e_teardown(&w->env, w->db, NULL);
     w->db = NULL;
     curl_global_cleanup();
 }

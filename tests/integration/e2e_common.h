@@ -67,8 +67,8 @@ bool e2e_wait_finished(PGconn *db, const char *campaign, int timeout_ms);
 int e2e_stop_daemons_cleanly(wt_env *e);
 
 /* Ends what a test started: the Redis and PostgreSQL connections (either may
- * be NULL) and the environment. */
-void e2e_teardown(wt_env *e, PGconn *db, redisContext *rc);
+ * be NULL) and the environment. Returns 0 (what a cmocka tear-down returns). */
+int e2e_teardown(wt_env *e, PGconn *db, redisContext *rc);
 
 /* ---- the transport end-to-end tests (a fake provider, the three daemons) */
 

@@ -69,8 +69,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    e2e_teardown(&env, db, NULL);
-    return 0;
+    return e2e_teardown(&env, db, NULL);
 }
 
 static bool slow_sending(void *arg)

@@ -64,8 +64,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    e2e_teardown(&env, db, rc);
-    return 0;
+    return e2e_teardown(&env, db, rc);
 }
 
 static bool claimed(void *arg)

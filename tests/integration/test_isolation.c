@@ -90,8 +90,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    e2e_teardown(&env, db, rc);
-    return 0;
+    return e2e_teardown(&env, db, rc);
 }
 
 /* X is fully expanded (every lead has its row) and sending. */

@@ -119,19 +119,13 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    e2e_teardown(&env, db, rc);
-    return 0;
-}
-
-static double metric(const char *name)
-{
-    return e2e_metric(dport, name);
+    return e2e_teardown(&env, db, rc);
 }
 
 /* Samples the router's waiting count on every poll of the waits below. */
 static void sample_waiting(void)
 {
-    double w = metric("wacast_dispatcher_jobs_waiting");
+    double w = e2e_metric(dport, "wacast_dispatcher_jobs_waiting");
     if (w > max_waiting)
         max_waiting = w;
 }
@@ -139,7 +133,7 @@ static void sample_waiting(void)
 static bool x_held(void *arg)
 {
     (void)arg;
-    return metric("wacast_dispatcher_jobs_waiting") >= X_CAP;
+    return e2e_metric(dport, "wacast_dispatcher_jobs_waiting") >= X_CAP;
 }
 
 static bool campaign_finished(void *arg)
@@ -152,7 +146,7 @@ static bool campaign_finished(void *arg)
 static bool rescanned(void *arg)
 {
     sample_waiting();
-    return metric("wacast_dispatcher_jobs_already_held_total") > *(double *)arg;
+    return e2e_metric(dport, "wacast_dispatcher_jobs_already_held_total") > *(double *)arg;
 }
 
 /* Runs a campaign of Y and waits for it to finish with every message sent. */
@@ -166,7 +160,7 @@ static void run_y_campaign(const char *title)
     if (!wt_wait_for(campaign_finished, id, 120000)) {
         wt_dump_logs(&env, 30);
         fail_msg("user Y's campaign '%s' did not finish (router waiting: %.0f)", title,
-                 metric("wacast_dispatcher_jobs_waiting"));
+                 e2e_metric(dport, "wacast_dispatcher_jobs_waiting"));
     }
     assert_int_equal(wt_sql_long(db, "SELECT sent_count FROM campaigns WHERE id = '%s'", id),
                      Y_LEADS);
@@ -202,7 +196,7 @@ static void test_backlog_of_one_user_neither_blocks_nor_multiplies(void **state)
 
     /* 2. Every client connection dropped: the router reconnects and reads
      * its pending list again from the start. */
-    double held_before = metric("wacast_dispatcher_jobs_already_held_total");
+    double held_before = e2e_metric(dport, "wacast_dispatcher_jobs_already_held_total");
     redisReply *r = redisCommand(rc, "CLIENT KILL TYPE normal SKIPME yes");
     assert_true(r && r->type == REDIS_REPLY_INTEGER && r->integer > 0);
     freeReplyObject(r);
@@ -220,7 +214,7 @@ static void test_backlog_of_one_user_neither_blocks_nor_multiplies(void **state)
     double taken = 0;
     if (!wt_wait_for(x_held, NULL, 60000))
         fail_msg("the new dispatcher never took over X's jobs");
-    taken = metric("wacast_dispatcher_entries_claimed_total");
+    taken = e2e_metric(dport, "wacast_dispatcher_entries_claimed_total");
     fprintf(stderr, "new dispatcher took over %.0f entries; waiting at most %.0f\n", taken,
             max_waiting);
     assert_true(taken > 0);

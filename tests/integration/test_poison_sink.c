@@ -101,13 +101,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    e2e_teardown(&env, db, rc);
-    return 0;
-}
-
-static double metric(const char *name)
-{
-    return e2e_metric(dport, name);
+    return e2e_teardown(&env, db, rc);
 }
 
 static int64_t wall_us(void)
@@ -292,7 +286,7 @@ static void test_bad_results_of_one_tenant_stop_nobody(void **state)
     freeReplyObject(dl);
     assert_true(state_ok);
     assert_true(msg_ok);
-    assert_true(metric("wacast_dispatcher_results_dead_lettered_total") == 1.0);
+    assert_true(e2e_metric(dport, "wacast_dispatcher_results_dead_lettered_total") == 1.0);
 }
 
 static bool row_sent(void *arg)

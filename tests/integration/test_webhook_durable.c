@@ -163,8 +163,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    e2e_teardown(&env, db, NULL);
-    return 0;
+    return e2e_teardown(&env, db, NULL);
 }
 
 static long request(const char *method, const char *path, const char *body, char *out,
