@@ -3,7 +3,9 @@
 # libraries, as a non-root user. The entrypoint picks the daemon by argument
 # (`wacast scheduler|dispatcher|sender|ctl ...`) or by WACAST_ROLE, and execs
 # it so SIGTERM reaches the daemon. No secret is baked in: every setting comes
-# from the environment at run time (see `wacast <role> --help`).
+# from the environment at run time (see `wacast <role> --help`). stunnel4 is
+# the TLS sidecar for a rediss:// Redis (`wacast redis-tls`): Debian 12's
+# hiredis has no TLS.
 #
 # Built and tested here with
 #   podman build --isolation=chroot --network=host --pull=never --format=docker -t wacast:dev .
@@ -35,7 +37,7 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update -qq \
  && apt-get install -y -qq --no-install-recommends \
       libhiredis0.14 libevent-2.1-7 libevent-pthreads-2.1-7 libpq5 libjansson4 libcurl4 \
-      libssl3 libsodium23 libprotobuf-c1 ca-certificates curl \
+      libssl3 libsodium23 libprotobuf-c1 ca-certificates curl stunnel4 \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \
  && useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin wacast
