@@ -9,6 +9,7 @@ pkgs=(
   libssl-dev libsodium-dev libprotobuf-c-dev protobuf-c-compiler
   libwebp-dev libturbojpeg0-dev libpng-dev libcmocka-dev
   redis-server redis-tools postgresql postgresql-client
+  podman mmdebstrap fuse-overlayfs stunnel4 openssl
 )
 
 missing=()
@@ -19,6 +20,10 @@ done
 # BullMQ baseline of the bench; any node >= 18 with npm will do.
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# kubectl renders the Kubernetes overlays (kubectl kustomize) in the deploy
+# check. Some machines have it from Kubernetes' own packages; otherwise
+# Debian's kubernetes-client provides it.
+command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

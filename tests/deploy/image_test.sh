@@ -75,6 +75,25 @@ for role in scheduler dispatcher sender; do
 done
 $WACAST_TEST_LAUNCHER bogus 2>/dev/null && fail "an unknown role was accepted"
 
+# Every start command the deploy files give a daemon (compose, Deployments,
+# Railway; listed by the deploy check) starts that daemon from the image.
+bash "$root/tests/deploy/check.sh" "$build/.." >"$cache/check.log" 2>&1 || true
+[ -s "$build/../deploy-check/start-commands.txt" ] || { tail -20 "$cache/check.log" >&2; fail "no start commands from tests/deploy/check.sh"; }
+n=0
+while read -r role where cmd; do
+  [ -n "$role" ] || continue
+  # A start command runs as is, without a shell (Railway): split on spaces only.
+  # shellcheck disable=SC2086
+  help=$(/usr/sbin/chroot --userspec="$uid:$gid" "$mnt" $cmd --help) \
+    || fail "$where: '$cmd' does not run from the image"
+  usage=${help%%$'\n'*}
+  [ "$usage" = "usage: /usr/local/bin/wacast-$role [--help]" ] \
+    || fail "$where: '$cmd' started '$usage', not the $role"
+  n=$((n + 1))
+done <"$build/../deploy-check/start-commands.txt"
+[ "$n" -ge 9 ] || fail "only $n start commands checked"
+echo "image_test: $n start commands (compose, Kubernetes, Railway) start their daemon from the image" >&2
+
 "$build/test_image_run"
 "$build/test_spine"
 t3=$(date +%s)
