@@ -74,12 +74,7 @@ static void test_migrate_one_shot(void **state)
 static bool ready(void *arg)
 {
     (void)arg;
-    char url[64];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/readyz", port);
-    resp r;
-    long code = http("GET", url, NULL, 0, NULL, &r);
-    resp_free(&r);
-    return code == 200;
+    return e2e_ready(port);
 }
 
 /* The real uid of a process, from /proc. */

@@ -145,12 +145,7 @@ static int teardown(void **state)
 static bool ready(void *arg)
 {
     (void)arg;
-    char url[64];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/readyz", http_port);
-    resp r;
-    long code = http("GET", url, NULL, 0, NULL, &r);
-    resp_free(&r);
-    return code == 200;
+    return e2e_ready(http_port);
 }
 
 static bool file_contains(const char *path, const char *needle)
