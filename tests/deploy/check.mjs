@@ -11,7 +11,7 @@
 // image_test.sh to run from the image.
 // Usage: node check.mjs ROOT BUILD_DIR OUT_DIR
 import { execFileSync } from "node:child_process";
-import { mkdirSync, readFileSync, writeFileSync, existsSync } from "node:fs";
+import { mkdirSync, readFileSync, readdirSync, writeFileSync, existsSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 import { parseAllDocuments, parse as parseYaml } from "yaml";
 import { ConfigMap } from "kubernetes-models/v1/ConfigMap";
@@ -37,6 +37,9 @@ function check(name, ok, detail = "") {
   else failures.push(`${name}${detail ? ": " + detail : ""}`);
 }
 const read = (p) => readFileSync(`${root}/${p}`, "utf8");
+// Every C file of a daemon's folder, as one text (the daemons are split by responsibility).
+const daemonSource = (dir) =>
+  readdirSync(`${root}/${dir}`).filter((f) => f.endsWith(".c")).map((f) => read(`${dir}/${f}`)).join("\n");
 const ROLES = ["scheduler", "dispatcher", "sender"];
 
 // What the code says.
@@ -180,7 +183,7 @@ for (const overlay of ["example", "managed-redis"]) {
   check(`${where}: webhook Service targets the dispatcher's http port`, svc?.spec.selector["app.kubernetes.io/component"] === "dispatcher" && svc.spec.ports[0].targetPort === "http");
   const ing = byKind("Ingress")[0];
   check(`${where}: Ingress routes /webhooks/ to the webhook Service`, ing?.spec.rules[0].http.paths.some((p) => p.path === "/webhooks/" && p.backend.service.name === "wacast-dispatcher"));
-  const dispatcherSrc = ["dispatcher/events.c", "dispatcher/dispatcher.c"].filter((f) => existsSync(`${root}/${f}`)).map(read).join("\n");
+  const dispatcherSrc = daemonSource("dispatcher");
   check(`${where}: the dispatcher serves /webhooks/`, /"\/webhooks\//.test(dispatcherSrc));
   // KEDA.
   const auths = new Map(byKind("TriggerAuthentication").map((a) => [a.metadata.name, a]));
@@ -212,7 +215,7 @@ for (const overlay of ["example", "managed-redis"]) {
   check(`${where}: senders scale on a prometheus trigger`, !!pt);
   if (pt) {
     const metric = (pt.metadata.query.match(/wacast_[a-z_]+/) ?? [""])[0];
-    check(`${where}: sender trigger's metric is exported`, metric !== "" && read("sender/sender.c").includes(`"${metric}"`), metric);
+    check(`${where}: sender trigger's metric is exported`, metric !== "" && daemonSource("sender").includes(`"${metric}"`), metric);
     check(`${where}: sender trigger threshold`, Number(pt.metadata.threshold) > 0);
     const down = ss.spec.advanced?.horizontalPodAutoscalerConfig?.behavior?.scaleDown;
     const lease = setting("sender", {}, "WACAST_LEASE_TTL_MS");
