@@ -5,7 +5,8 @@
 // reads (its --help); probe paths and ports exist; resources and grace
 // periods agree with the daemons' settings and the bench's figures; the KEDA
 // trigger names the real stream and group (lib/wc_keys.h); the image name is
-// the same everywhere; railway.ts type-checks and, evaluated, yields the
+// the same everywhere; compose validates against the Compose Specification
+// schema; railway.ts type-checks and, evaluated, yields the
 // services, commands, health checks and variable references it must.
 // Writes the start commands it found to OUT/start-commands.txt for
 // image_test.sh to run from the image.
