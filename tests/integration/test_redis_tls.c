@@ -6,7 +6,9 @@
  * real redis-server with --tls-port only, a throwaway CA and certificate made
  * here with openssl, an ACL user with a password in REDIS_URL, the sidecar
  * verifying the server's certificate and host name, and a dispatcher that
- * becomes ready and creates its consumer group on the TLS Redis. */
+ * becomes ready and creates its consumer group on the TLS Redis. The same
+ * goes for PostgreSQL's platform setting: PGSSLMODE=require reaches libpq
+ * (this test's PostgreSQL has no TLS, so the daemon must refuse to go on). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -212,11 +214,30 @@ static void test_daemon_through_the_sidecar(void **state)
     assert_int_equal(wt_signal(&env, pid, SIGTERM), 0);
 }
 
+static void test_pgsslmode_is_honoured(void **state)
+{
+    (void)state;
+    char url[160];
+    snprintf(url, sizeof url, "REDIS_URL=redis://wacast:" PASSWORD "@127.0.0.1:%d/0", sidecar_port);
+    const char *extra[] = {url, "PGSSLMODE=require", "WACAST_START_TIMEOUT=3", NULL};
+    pid_t pid = wt_spawn(&env, "wacast-dispatcher", "dispatcher-sslmode", extra);
+    assert_true(pid > 0);
+    int st = wt_wait_exit(&env, pid, 30000);
+    assert_true(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) != 0);
+    char log[600];
+    snprintf(log, sizeof log, "%s/dispatcher-sslmode.log", env.dir);
+    if (!file_contains(log, "SSL")) {
+        wt_dump_logs(&env, 10);
+        fail_msg("the dispatcher did not ask PostgreSQL for TLS");
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rediss_url_is_refused_naming_the_sidecar),
         cmocka_unit_test(test_daemon_through_the_sidecar),
+        cmocka_unit_test(test_pgsslmode_is_honoured),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
