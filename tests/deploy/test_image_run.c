@@ -40,9 +40,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    if (db)
-        PQfinish(db);
-    wt_env_stop(&env);
+    e2e_teardown(&env, db, NULL);
     return 0;
 }
 

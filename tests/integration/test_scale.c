@@ -25,6 +25,7 @@
 
 #include <cmocka.h>
 
+#include "e2e_common.h"
 #include "scenario.h"
 
 #define NDEVICES 24
@@ -119,21 +120,11 @@ static bool senders_sending(void *arg)
     return (seen & want) == want;
 }
 
-static bool campaign_final(void *arg)
-{
-    (void)arg;
-    return wt_sql_long(db,
-                       "SELECT count(*) FROM campaigns WHERE id = '%s' AND status IN"
-                       " ('finished', 'failed', 'cancelled')",
-                       campaign) == 1;
-}
-
 static int setup(void **state)
 {
     (void)state;
-    if (wt_env_start(&env, WT_REDIS | WT_MIGRATE) < 0)
+    if (e2e_env_start(&env, &db, NULL) < 0)
         return -1;
-    db = wt_pg(&env);
     PQclear(wt_sql(db, "INSERT INTO users (name) VALUES ('scale user')"));
     PQclear(wt_sql(db,
                    "INSERT INTO user_devices (user_id, device_name, platform, min_delay_seconds,"
@@ -163,9 +154,7 @@ static int teardown(void **state)
 {
     (void)state;
     sc_sends_free(sends, nsends);
-    if (db)
-        PQfinish(db);
-    wt_env_stop(&env);
+    e2e_teardown(&env, db, NULL);
     return 0;
 }
 
@@ -190,7 +179,7 @@ static void test_scale_2_4_1_during_a_campaign(void **state)
         stop_sender(k);
     scaled_down_us = now_us();
     long at_one = sent_rows();
-    if (!wt_wait_for(campaign_final, NULL, STEP_TIMEOUT_MS)) {
+    if (!e2e_wait_finished(db, campaign, STEP_TIMEOUT_MS)) {
         wt_dump_logs(&env, 20);
         fail_msg("the campaign did not finish after the scale-down");
     }
