@@ -10,6 +10,7 @@ pkgs=(
   libwebp-dev libturbojpeg0-dev libpng-dev libcmocka-dev
   imagemagick
   redis-server redis-tools postgresql postgresql-client
+  podman mmdebstrap fuse-overlayfs stunnel4 openssl
 )
 
 missing=()
@@ -20,6 +21,10 @@ done
 # BullMQ baseline of the bench; any node >= 18 with npm will do.
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# kubectl renders the Kubernetes overlays (kubectl kustomize) in the deploy
+# check. Some machines have it from Kubernetes' own packages; otherwise
+# Debian's kubernetes-client provides it.
+command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

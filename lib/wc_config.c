@@ -1,6 +1,9 @@
 /* Table-driven configuration from the environment; see wc_config.h. */
 #include "wc_config.h"
 
+#include "wc_log.h"
+#include "wc_seal.h"
+
 #include <errno.h>
 #include <math.h>
 #include <sodium.h>
@@ -9,6 +12,61 @@
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
+
+/* Settings every daemon reads outside its own table (the log format here,
+ * the sealing keys in wc_seal, PGSSLMODE in libpq), so each daemon's --help
+ * lists them and a bad value stops it at start, not at first use. */
+typedef struct process_setting {
+    const char *env, *def, *help;
+    const char *const *allowed; /* NULL: any value */
+} process_setting;
+
+static const char *const log_formats[] = {"text", "json", NULL};
+static const char *const seal_legacy[] = {"allow", "refuse", NULL};
+static const char *const pg_sslmodes[] = {"disable",   "allow",       "prefer", "require",
+                                          "verify-ca", "verify-full", NULL};
+static const process_setting process_settings[] = {
+    {"WACAST_LOG_FORMAT", "text",
+     "log lines as text (for people) or json (one object per line, for log collectors)",
+     log_formats},
+    {WC_SEAL_KEY_ENV, "",
+     "key that seals device credentials at rest (wacast-ctl keygen); secret, empty: none", NULL},
+    {WC_SEAL_PREVIOUS_KEY_ENV, "",
+     "the key before a rotation, still accepted to open (wacast-ctl reseal); secret", NULL},
+    {WC_SEAL_LEGACY_ENV, "allow", "credentials sealed before key ids: allow or refuse",
+     seal_legacy},
+    {"PGSSLMODE", "prefer",
+     "libpq TLS mode for PostgreSQL when DATABASE_URL names none (require on managed Postgres)",
+     pg_sslmodes},
+};
+
+static int check_process_settings(char *err, size_t errlen)
+{
+    for (size_t i = 0; i < sizeof process_settings / sizeof process_settings[0]; i++) {
+        const process_setting *p = &process_settings[i];
+        const char *v = getenv(p->env);
+        if (!v || !v[0] || !p->allowed)
+            continue;
+        bool ok = false;
+        for (const char *const *a = p->allowed; *a && !ok; a++)
+            ok = strcmp(v, *a) == 0;
+        if (!ok) {
+            char list[128] = "";
+            size_t len = 0;
+            for (const char *const *a = p->allowed; *a; a++)
+                len += (size_t)snprintf(list + len, sizeof list - len, "%s%s",
+                                        a == p->allowed ? "" : ", ", *a);
+            snprintf(err, errlen, "%s: \"%.40s\" is not one of %s", p->env, v, list);
+            return -1;
+        }
+    }
+    const char *format = getenv("WACAST_LOG_FORMAT");
+    if (wc_log_set_format(format ? format : "text") < 0) {
+        snprintf(err, errlen, "WACAST_LOG_FORMAT: not text or json");
+        return -1;
+    }
+    return 0;
+}
 
 static void usage(const wc_cfg_entry *table, size_t n, const char *prog, const char *about)
 {
@@ -21,6 +79,10 @@ static void usage(const wc_cfg_entry *table, size_t n, const char *prog, const c
         else
             printf(" (required)");
         putchar('\n');
+    }
+    for (size_t i = 0; i < sizeof process_settings / sizeof process_settings[0]; i++) {
+        const process_setting *p = &process_settings[i];
+        printf("  %-32s %s (default: %s)\n", p->env, p->help, p->def[0] ? p->def : "\"\"");
     }
 }
 
@@ -98,6 +160,8 @@ int wc_config_load(const wc_cfg_entry *table, size_t n, void *cfg, int argc, cha
                  argv[i]);
         return -1;
     }
+    if (check_process_settings(err, errlen) < 0)
+        return -1;
     for (size_t i = 0; i < n; i++) {
         const wc_cfg_entry *e = &table[i];
         const char *text = getenv(e->env);

@@ -41,7 +41,7 @@ typedef struct wc_cfg_entry {
         {"REDIS_URL",                                                                              \
          WC_CFG_STR,                                                                               \
          "redis://127.0.0.1:6379/0",                                                               \
-         "Redis URL: redis://[:password@]host:port[/db]",                                          \
+         "Redis URL: redis://[[user]:password@]host:port[/db] (rediss://: see wacast redis-tls)",  \
          offsetof(T, redis_url),                                                                   \
          1,                                                                                        \
          0,                                                                                        \

@@ -1,5 +1,10 @@
-/* Log lines: "2026-11-22T01:02:03.456Z wacast-sender[123] INFO message". */
+/* Log lines: "2026-11-22T01:02:03.456Z wacast-sender[123] INFO message", or
+ * with WACAST_LOG_FORMAT=json one object per line for log collectors:
+ * {"ts":"2026-11-22T01:02:03.456Z","level":"info","daemon":"wacast-sender",
+ * "pid":123,"msg":"message"}. */
 #include "wc_log.h"
+
+#include "wc_text.h"
 
 #include <stdarg.h>
 #include <stdbool.h>
@@ -13,6 +18,7 @@
 
 int wc_log_min_level = WC_LOG_INFO;
 static const char *log_name = "wacast";
+static bool log_json;
 
 int wc_log_set_level(const char *name)
 {
@@ -26,6 +32,79 @@ int wc_log_set_level(const char *name)
     return -1;
 }
 
+int wc_log_set_format(const char *name)
+{
+    if (strcasecmp(name, "text") == 0 || name[0] == '\0') {
+        log_json = false;
+        return 0;
+    }
+    if (strcasecmp(name, "json") == 0) {
+        log_json = true;
+        return 0;
+    }
+    return -1;
+}
+
+/* Appends s to out[*len..cap) as the inside of a JSON string: quotes,
+ * backslashes and controls escaped, invalid UTF-8 as U+FFFD, stopping before
+ * a character that would not fit whole (so a cut never breaks the JSON). */
+static void json_escape(char *out, size_t *len, size_t cap, const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t n = strlen(s);
+    while (n > 0) {
+        char tmp[8];
+        size_t tl, step;
+        size_t seq = wc_text_seq_len(p, n);
+        if (seq == 0) {
+            memcpy(tmp, "\xef\xbf\xbd", 3);
+            tl = 3;
+            step = 1;
+        } else if (seq > 1) {
+            memcpy(tmp, p, seq);
+            tl = seq;
+            step = seq;
+        } else if (*p == '"' || *p == '\\') {
+            tmp[0] = '\\';
+            tmp[1] = (char)*p;
+            tl = 2;
+            step = 1;
+        } else if (*p < 0x20) {
+            tl = (size_t)snprintf(tmp, sizeof tmp, "\\u%04x", *p);
+            step = 1;
+        } else {
+            tmp[0] = (char)*p;
+            tl = 1;
+            step = 1;
+        }
+        if (*len + tl >= cap)
+            return;
+        memcpy(out + *len, tmp, tl);
+        *len += tl;
+        p += step;
+        n -= step;
+    }
+}
+
+static void write_json(int level, const char *ts, const char *msg)
+{
+    static const char *names[] = {"debug", "info", "warn", "error"};
+    char line[4096];
+    size_t len = 0, cap = sizeof line - 3; /* room for "\"}" and the newline */
+    int n = snprintf(line, sizeof line, "{\"ts\":\"%s\",\"level\":\"%s\",\"daemon\":\"", ts,
+                     names[level]);
+    len = (size_t)n;
+    json_escape(line, &len, cap - 32, log_name);
+    len +=
+        (size_t)snprintf(line + len, sizeof line - len, "\",\"pid\":%d,\"msg\":\"", (int)getpid());
+    json_escape(line, &len, cap, msg);
+    memcpy(line + len, "\"}\n", 3);
+    len += 3;
+    if (write(STDERR_FILENO, line, len) < 0) {
+        /* nothing sensible to do */
+    }
+}
+
 void wc_log_set_name(const char *name)
 {
     log_name = name;
@@ -34,21 +113,26 @@ void wc_log_set_name(const char *name)
 void wc_log_write(int level, const char *fmt, ...)
 {
     static const char *tags[] = {"DEBUG", "INFO", "WARN", "ERROR"};
-    char line[2048];
+    level = level < 0 ? 0 : level > 3 ? 3 : level;
+    char ts[64];
     struct timeval tv;
     struct tm tm;
     gettimeofday(&tv, NULL);
     gmtime_r(&tv.tv_sec, &tm);
-    int n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ %s[%d] %s ",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                     (int)(tv.tv_usec / 1000), log_name, (int)getpid(),
-                     tags[level < 0   ? 0
-                          : level > 3 ? 3
-                                      : level]);
+    snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(tv.tv_usec / 1000));
+    char line[2048];
+    int n = log_json ? 0
+                     : snprintf(line, sizeof line, "%s %s[%d] %s ", ts, log_name, (int)getpid(),
+                                tags[level]);
     va_list ap;
     va_start(ap, fmt);
     int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
     va_end(ap);
+    if (log_json) {
+        write_json(level, ts, line);
+        return;
+    }
     size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
     if (len > sizeof line - 2)
         len = sizeof line - 2;

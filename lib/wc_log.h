@@ -13,6 +13,9 @@ extern int wc_log_min_level;
 
 /* Sets the level from a name (debug, info, warn, error); -1 if unknown. */
 int wc_log_set_level(const char *name) __attribute__((warn_unused_result));
+/* Sets the line format from a name: "text" (the default, for people) or
+ * "json" (one JSON object per line, for log collectors); -1 if unknown. */
+int wc_log_set_format(const char *name) __attribute__((warn_unused_result));
 /* Sets the daemon name printed on every line. The string must outlive logging. */
 void wc_log_set_name(const char *name);
 

@@ -218,7 +218,14 @@ static int url_parse(const char *url, struct redis_url *u, char *err, size_t err
     if (strncasecmp(url, "redis://", 8) == 0) {
         p = url + 8;
     } else if (strncasecmp(url, "rediss://", 9) == 0) {
-        set_err(err, errlen, "rediss:// (TLS) is not supported; use redis://");
+        /* Debian 12's hiredis (0.14) has no TLS: a stunnel sidecar next to
+         * the daemon holds the TLS connection (deploy/compose.yaml,
+         * deploy/k8s/), and the daemon speaks plain Redis to it on loopback. */
+        set_err(err, errlen,
+                "rediss:// is not supported (hiredis 0.14 has no TLS): run the stunnel TLS "
+                "sidecar (`wacast redis-tls`, stunnel) and set "
+                "REDIS_URL=redis://[user:password@]127.0.0.1:PORT, "
+                "the sidecar's local port");
         return -1;
     } else {
         set_err(err, errlen, "Redis URL must start with redis://");

@@ -11,6 +11,12 @@ bash deploy/install-deps.sh
 if [ ! -d tests/fakes/node_modules ] || [ tests/fakes/package-lock.json -nt tests/fakes/node_modules ]; then
   npm ci --prefix tests/fakes --no-audit --no-fund >/dev/null
 fi
+# The deploy check's packages (Kubernetes and KEDA schemas; railway/iac, tsc).
+for dir in tests/deploy .railway; do
+  if [ ! -d "$dir/node_modules" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules" ]; then
+    npm ci --prefix "$dir" --no-audit --no-fund >/dev/null
+  fi
+done
 build=${WACAST_TEST_BUILD:-$root/build-test}
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Debug -DWACAST_SANITIZE=ON >/dev/null
 cmake --build "$build" -j"$(nproc)"

@@ -586,7 +586,20 @@ pid_t wt_spawn(wt_env *env, const char *program, const char *name, const char *c
     for (const char *const *e = extra_env; e && *e && n < 62; e++)
         envs[n++] = *e;
     envs[n] = NULL;
-    char *argv[] = {path, NULL};
+    /* WACAST_TEST_LAUNCHER="cmd arg..." runs a daemon through it with the
+     * role as last argument instead of from the build tree, e.g. the
+     * container image's entrypoint through chroot (tests/deploy/image_test.sh). */
+    char launcher[1024], *argv[24] = {path, NULL};
+    const char *launch = getenv("WACAST_TEST_LAUNCHER");
+    if (launch && *launch && strncmp(program, "wacast-", 7) == 0) {
+        snprintf(launcher, sizeof launcher, "%s", launch);
+        int argc = 0;
+        for (char *save = NULL, *w = strtok_r(launcher, " ", &save); w && argc < 22;
+             w = strtok_r(NULL, " ", &save))
+            argv[argc++] = w;
+        argv[argc++] = (char *)program + 7;
+        argv[argc] = NULL;
+    }
     /* putenv keeps pointers: the child copies what it needs before exec. */
     pid_t pid = spawn(argv, ch->log, (uid_t)-1, (gid_t)-1, envs, NULL);
     if (pid < 0)

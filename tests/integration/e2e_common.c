@@ -251,6 +251,16 @@ void random_hex(char *out, size_t bytes)
         snprintf(out + 2 * i, 3, "%02x", raw[i]);
 }
 
+bool e2e_ready(int port)
+{
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/readyz", port);
+    resp r;
+    long code = http("GET", url, NULL, 0, NULL, &r);
+    resp_free(&r);
+    return code == 200;
+}
+
 double e2e_metric(int port, const char *name)
 {
     char url[128];

@@ -39,6 +39,8 @@ json_t *fake_call(fake *f, const char *method, const char *path, const char *fmt
 bool fake_ok(fake *f, const char *method, const char *path, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 void random_hex(char *out, size_t bytes);
+/* True when a daemon's GET /readyz at 127.0.0.1:port answers 200. */
+bool e2e_ready(int port);
 /* The value of a metric on a daemon's /metrics at 127.0.0.1:port, -1 when
  * it cannot be read. */
 double e2e_metric(int port, const char *name);

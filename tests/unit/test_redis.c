@@ -204,6 +204,12 @@ static void sync_ok(redisContext *c, const char *fmt, ...)
 static void test_url_parsing(void **state)
 {
     struct event_base *base = event_base_new();
+    /* rediss:// is refused with the way out: the TLS sidecar. */
+    char tls_err[256] = "";
+    assert_null(wc_redis_new(base, "rediss://u:s3cr3t@example.com:6380", "t", 100, tls_err,
+                             sizeof tls_err));
+    assert_non_null(strstr(tls_err, "wacast redis-tls"));
+    assert_null(strstr(tls_err, "s3cr3t"));
     static const char *const bad[] = {
         "",
         "http://127.0.0.1",
