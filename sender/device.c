@@ -380,6 +380,21 @@ static void consider(device *dv, const uint8_t *payload, size_t len)
     claim(dv, false);
 }
 
+/* The device's lanes (one per campaign or sequence) take turns, each
+ * weighted by the priority its jobs carry (the campaign's or sequence's,
+ * clamped to 0..9): a lane keeps the turn for 1 + priority reads in a row
+ * while it has entries, then the next lane reads. So a priority-5 follow-up
+ * beside a priority-0 blast gets 6 of every 7 sends, and the blast still
+ * gets its one: no lane starves. An empty lane passes the turn at once. */
+static void lane_turn(device *dv, int32_t priority)
+{
+    uint32_t weight = 1 + (uint32_t)(priority < 0 ? 0 : priority > 9 ? 9 : priority);
+    if (++dv->lane_burst >= weight) {
+        dv->lane_cur++;
+        dv->lane_burst = 0;
+    }
+}
+
 static void on_read(wc_redis *r, redisReply *reply, void *arg)
 {
     (void)r;
@@ -409,6 +424,7 @@ static void on_read(wc_redis *r, redisReply *reply, void *arg)
         /* This lane has nothing (pending, or new): the next one. */
         dv->empty_run++;
         dv->lane_cur++;
+        dv->lane_burst = 0;
         set_state(dv, DEV_IDLE);
         if (dv->empty_run < dv->nlanes) {
             device_step(dv);
@@ -437,10 +453,10 @@ static void on_read(wc_redis *r, redisReply *reply, void *arg)
         return;
     }
     dv->empty_run = 0;
-    dv->lane_cur++; /* the next read takes the next campaign's lane */
     redisReply *e = entries->element[0];
     if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
         e->element[0]->type != REDIS_REPLY_STRING) {
+        lane_turn(dv, 0);
         wc_error("device %s: unexpected outbox entry shape", dv->id);
         set_state(dv, DEV_IDLE);
         return;
@@ -465,6 +481,7 @@ static void on_read(wc_redis *r, redisReply *reply, void *arg)
             }
         }
     }
+    lane_turn(dv, job ? job->priority : 0);
     if (!job) {
         /* A deleted entry (nil fields) or a corrupt payload: ack it away. */
         wc_error("device %s: outbox entry %s has no valid job; dropping it", dv->id, entry_id);

@@ -30,6 +30,8 @@ void set_lanes(device *dv, redisReply *reply)
     dv->lanes = NULL;
     dv->nlanes = 0;
     dv->lane_cur = 0;
+    uint8_t burst = dv->lane_burst; /* kept when the lane in turn is still there */
+    dv->lane_burst = 0;
     size_t n = reply && reply->type == REDIS_REPLY_ARRAY ? reply->elements : 0;
     if (n > UINT16_MAX)
         n = UINT16_MAX;
@@ -43,8 +45,10 @@ void set_lanes(device *dv, redisReply *reply)
         if (e->type != REDIS_REPLY_STRING || e->len >= sizeof dv->lanes[0])
             continue;
         memcpy(dv->lanes[dv->nlanes], e->str, e->len + 1);
-        if (cur[0] && !strcmp(cur, e->str))
+        if (cur[0] && !strcmp(cur, e->str)) {
             dv->lane_cur = dv->nlanes;
+            dv->lane_burst = burst;
+        }
         dv->nlanes++;
     }
 }

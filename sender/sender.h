@@ -149,6 +149,7 @@ typedef struct device {
     char (*lanes)[40]; /* campaign ids */
     uint16_t nlanes;
     uint16_t lane_cur;  /* the lane to read next */
+    uint8_t lane_burst; /* reads in a row from it (its priority's share: lane_turn) */
     uint16_t empty_run; /* lanes found empty in a row */
     bool lanes_stale;   /* re-read the set of lanes before the next read */
     bool woken;         /* a wake-up came while busy: look once more before idling */
