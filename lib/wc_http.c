@@ -24,9 +24,11 @@
  * Body caps: evhttp refuses a body over the listener's limit (413) from its
  * Content-Length before reading it, and stops a chunked one as it crosses it.
  * With no hook between headers and body in 2.1, that limit is the largest cap
- * of the listener's routes; on_request() applies each route's own cap. Today
- * every listener has one body-carrying route, so each cap is enforced before
- * the body is read. */
+ * of the listener's routes. A route's own smaller cap is applied before the
+ * body is read by watching the connection's input: once a request's headers
+ * are in, a Content-Length over its route's cap is answered 413 and the
+ * connection shut (on_conn_input); a chunked body to such a route is read up
+ * to the listener's limit and refused by on_request(). */
 #include "wc_http.h"
 
 #include <arpa/inet.h>
@@ -64,8 +66,9 @@ typedef struct http_conn {
     wc_http *h;
     struct bufferevent *bev; /* our reference */
     struct event *timer;     /* the read deadline, or the refusal */
-    struct evbuffer_cb_entry *output_watch;
+    struct evbuffer_cb_entry *output_watch, *input_watch;
     conn_state state;
+    bool headers_checked; /* this request's Content-Length was held against its route's cap */
     bool refusal_counted; /* evhttp's own error reply to this request was seen */
 } http_conn;
 
@@ -108,6 +111,7 @@ static void conn_release(http_conn *c)
     if (c->state != CONN_REFUSED)
         h->nopen--;
     evbuffer_remove_cb_entry(bufferevent_get_output(c->bev), c->output_watch);
+    evbuffer_remove_cb_entry(bufferevent_get_input(c->bev), c->input_watch);
     event_free(c->timer);
     bufferevent_decref(c->bev);
     free(c);
@@ -137,6 +141,7 @@ static void arm_deadline(http_conn *c)
     struct timeval tv = {c->h->limits.read_timeout_s, 0};
     c->state = CONN_READING;
     c->refusal_counted = false;
+    c->headers_checked = false;
     evtimer_add(c->timer, &tv);
 }
 
@@ -185,6 +190,61 @@ static void on_conn_output(struct evbuffer *out, const struct evbuffer_cb_info *
     }
 }
 
+static const prefix_route *route_for(const wc_http *h, const char *uri);
+
+/* Longest head (request line and headers) looked at; evhttp refuses longer. */
+#define HEAD_MAX 16384
+
+/* Input arriving while a request is read: once its head is complete, a
+ * Content-Length over its route's own cap is answered 413 at once and the
+ * connection shut, before any of the body is read (evhttp alone would read
+ * up to the largest cap of the listener's routes). */
+static void on_conn_input(struct evbuffer *in, const struct evbuffer_cb_info *info, void *arg)
+{
+    http_conn *c = arg;
+    if (info->n_added == 0 || c->state != CONN_READING || c->headers_checked)
+        return;
+    struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+    if (end.pos < 0) {
+        c->headers_checked = evbuffer_get_length(in) > HEAD_MAX; /* evhttp's to refuse */
+        return;
+    }
+    c->headers_checked = true;
+    if (end.pos > HEAD_MAX)
+        return;
+    char head[HEAD_MAX + 1];
+    ev_ssize_t n = evbuffer_copyout(in, head, (size_t)end.pos);
+    if (n < 0)
+        return;
+    head[n] = '\0';
+    /* "METHOD SP URI SP VERSION", then the header lines. */
+    char *sp = strchr(head, ' '), *uri_end = sp ? strchr(sp + 1, ' ') : NULL;
+    if (!sp || !uri_end)
+        return;
+    *uri_end = '\0';
+    const prefix_route *r = route_for(c->h, sp + 1);
+    if (!r)
+        return;
+    unsigned long long length = 0;
+    for (char *line = strstr(uri_end + 1, "\r\n"); line; line = strstr(line + 2, "\r\n"))
+        if (!strncasecmp(line + 2, "Content-Length:", 15))
+            length = strtoull(line + 17, NULL, 10);
+    if (length <= r->max_body)
+        return;
+    static const char body[] = "{\"error\":\"body too large\"}";
+    char reply[256];
+    int len = snprintf(reply, sizeof reply,
+                       "HTTP/1.1 413 Request Entity Too Large\r\nContent-Type: application/json\r\n"
+                       "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                       sizeof body - 1, body);
+    evutil_socket_t fd = bufferevent_getfd(c->bev);
+    if (fd >= 0 && send(fd, reply, (size_t)len, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+        wc_debug("http %s: could not answer a body over its route's cap", c->h->name);
+    c->h->too_large++;
+    c->refusal_counted = true;
+    conn_shut(c);
+}
+
 /* evhttp's bufferevent factory: called once per accepted connection, before
  * evhttp sets the socket on it. */
 static struct bufferevent *on_accept(struct event_base *base, void *arg)
@@ -196,8 +256,9 @@ static struct bufferevent *on_accept(struct event_base *base, void *arg)
     if (c) {
         c->timer = evtimer_new(base, on_conn_timer, c);
         c->output_watch = evbuffer_add_cb(bufferevent_get_output(bev), on_conn_output, c);
+        c->input_watch = evbuffer_add_cb(bufferevent_get_input(bev), on_conn_input, c);
     }
-    if (!c || !c->timer || !c->output_watch) {
+    if (!c || !c->timer || !c->output_watch || !c->input_watch) {
         /* Out of memory: evhttp makes its own bufferevent (or fails); the
          * connection goes untracked. */
         if (c && c->timer)
@@ -404,19 +465,25 @@ static void on_request(struct evhttp_request *req, void *arg)
         c->state = CONN_HANDLING;
         evhttp_request_set_on_complete_cb(req, on_response_sent, c);
     }
-    const char *uri = evhttp_request_get_uri(req);
-    for (int i = 0; uri && i < h->nroutes; i++) {
-        prefix_route *r = &h->routes[i];
-        if (!route_matches(r, uri))
-            continue;
-        if (evbuffer_get_length(evhttp_request_get_input_buffer(req)) > r->max_body) {
-            wc_http_reply_error(req, 413, "body too large");
-            return;
-        }
-        r->cb(req, r->arg);
+    const prefix_route *r = route_for(h, evhttp_request_get_uri(req));
+    if (!r) {
+        wc_http_reply_error(req, 404, "not found");
         return;
     }
-    wc_http_reply_error(req, 404, "not found");
+    if (evbuffer_get_length(evhttp_request_get_input_buffer(req)) > r->max_body) {
+        wc_http_reply_error(req, 413, "body too large");
+        return;
+    }
+    r->cb(req, r->arg);
+}
+
+/* The route a request's URI goes to, or NULL. */
+static const prefix_route *route_for(const wc_http *h, const char *uri)
+{
+    for (int i = 0; uri && i < h->nroutes; i++)
+        if (route_matches(&h->routes[i], uri))
+            return &h->routes[i];
+    return NULL;
 }
 
 static int add_route(wc_http *h, const char *prefix, bool exact, size_t max_body,
