@@ -497,7 +497,7 @@ DECLARE
 BEGIN
     SELECT enrol_cursor, user_id INTO cur, uid FROM sequences
         WHERE id = seq AND status = 'active' AND activated_at IS NOT NULL
-        AND enrol_cursor IS NOT NULL FOR UPDATE SKIP LOCKED;
+        AND enrol_cursor IS NOT NULL FOR NO KEY UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
         RETURN -1;
     END IF;

@@ -57,7 +57,7 @@ lines.push(`# Drip sequence benchmark ${stamp}`, '');
 lines.push(
   `One active sequence with one step, ${n.toLocaleString('en-US')} enrolled contacts (every lead tagged), ` +
     `zero pacing, ${devices} simulated devices; wacast ${git}. The clock starts when the sequence is set ` +
-    'active (the scheduler accepts it and enrols every lead in one statement) and stops when the last ' +
+    'active (the scheduler accepts it and enrols the tagged leads page by page while the first steps go out) and stops when the last ' +
     'contact is completed (its step sent and written).',
   ''
 );
