@@ -535,6 +535,10 @@ static void on_paused_index(wc_redis *r, redisReply *reply, void *arg)
     const char *params[] = {(const char *)evbuffer_pullup(ids, -1)};
     if (wc_pg_query(ds->d.pg,
                     "SELECT id FROM campaigns WHERE id = ANY($1::uuid[]) AND status <> 'paused'"
+                    " AND wacast_in_window(send_window_start, send_window_end, time_zone)"
+                    /* Steps set aside for a paused sequence (their lane is its id). */
+                    " UNION ALL SELECT id FROM sequences WHERE id = ANY($1::uuid[])"
+                    " AND status <> 'paused'"
                     " AND wacast_in_window(send_window_start, send_window_end, time_zone)",
                     1, params, on_resumable, ds) < 0)
         ds->paused_busy = false;

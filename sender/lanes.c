@@ -487,7 +487,8 @@ static void on_holds(wc_pg *pg, PGresult *res, const char *err, void *arg)
 }
 
 /* Pause must stop sends within a second, whoever paused (dashboard or admin
- * API): the list is small and re-read often. */
+ * API): the list is small and re-read often. Campaigns and sequences alike
+ * (a step's lane is its sequence's id). */
 void on_holds_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -501,6 +502,11 @@ void on_holds_timer(evutil_socket_t fd, short what, void *arg)
                     " AND coalesce(finished_at, updated_at) > now() - interval '7 days')"
                     " UNION ALL SELECT id, 'window' FROM campaigns WHERE status IN ('triggered', "
                     "'processing') AND send_window_start IS NOT NULL"
+                    " AND NOT wacast_in_window(send_window_start, send_window_end, time_zone)"
+                    /* A sequence's lane is its id: paused, or outside its window. */
+                    " UNION ALL SELECT id, 'paused' FROM sequences WHERE status = 'paused'"
+                    " UNION ALL SELECT id, 'window' FROM sequences WHERE status IN ('active',"
+                    " 'archived') AND send_window_start IS NOT NULL"
                     " AND NOT wacast_in_window(send_window_start, send_window_end, time_zone)",
                     0, NULL, on_holds, f) == 0)
         f->holds_reading = true;
