@@ -33,6 +33,7 @@
 #include <ctype.h>
 #include <inttypes.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +45,8 @@
 #include "wc_daemon.h"
 #include "wc_httpc.h"
 #include "wc_httpjson.h"
+#include "wc_keys.h"
+#include "wc_redis.h"
 #include "wc_log.h"
 #include "wc_origin.h"
 #include "wc_text.h"
@@ -57,18 +60,27 @@
 #define CA_TEMPLATE_PREFIX "template:"
 #define CA_MEDIA_ID_PREFIX "media:"
 
+#define CA_DEFAULT_MEDIA_ID_TTL_S (24 * 86400) /* Meta keeps an upload 30 days */
+#define CA_MEDIA_ID_MAX 64
+#define CA_BAD_PARAMETER 100 /* what Meta answers a send whose image id it does not know */
+
 #define CA_PAIR_RETRY_MS 6000         /* ~1 message per 6 s per recipient */
 #define CA_ECOSYSTEM_RETRY_MS 3600000 /* 131049: Meta asks for a much later retry */
 
 typedef struct ca_bucket ca_bucket;
 typedef struct ca_send ca_send;
+typedef struct ca_upload ca_upload;
 
 typedef struct ca_device {
     wc_httpjson_device hj; /* first: what every HTTP + JSON device holds */
     char phone_number_id[64];
     char *messages_url;
+    char *media_url;   /* POST here uploads an image */
     char *auth_header; /* "Authorization: Bearer ..."; wiped on close */
     ca_bucket *bucket;
+    struct wc_redis *redis;       /* where media ids are shared (env->redis) */
+    const wc_media_source *media; /* prepared images (env->media) */
+    long media_id_ttl_s;
 } ca_device;
 
 struct ca_send {
@@ -77,6 +89,29 @@ struct ca_send {
     ca_send *qnext; /* the bucket's queue */
     bool queued;
     size_t body_len;
+    /* A prepared image (media:<sha256>): hj.draft is the message without its
+     * image id; the request is built once the id on the number is known. */
+    char sha[WC_MEDIA_SHA_LEN + 1];
+    ca_upload *upload; /* waiting on it (unext links its waiters) */
+    ca_send *unext;
+    char media_id[CA_MEDIA_ID_MAX]; /* the id it went out with */
+    bool reuploaded;                /* Meta refused an id once: no second time */
+};
+
+/* One prepared image on one number (bucket): the media id it has there, and
+ * the one look-up or upload in flight that every send of it waits for. */
+struct ca_upload {
+    ca_upload *next; /* the bucket's */
+    ca_bucket *bucket;
+    char sha[WC_MEDIA_SHA_LEN + 1];
+    char media_id[CA_MEDIA_ID_MAX]; /* "" until known */
+    int64_t id_until_us;            /* monotonic: reused until then */
+    char stale[CA_MEDIA_ID_MAX];    /* an id Meta refused: never taken from Redis again */
+    bool busy;                      /* holds a reference on the bucket */
+    ca_send *waiters;
+    wc_media_wait *wait;        /* reading the bytes */
+    const wc_media_source *src; /* ...from there */
+    wc_httpc_call *call;        /* the upload */
 };
 
 /* One per (base_url, phone_number_id) on an event base. */
@@ -93,11 +128,14 @@ struct ca_bucket {
     int throttle_streak;
     ca_send *qhead, *qtail;
     struct event *timer;
+    char phone_number_id[64];
+    ca_upload *uploads;
 };
 
 static ca_bucket *buckets;
 
 static void post(ca_send *s);
+static bool reupload(ca_send *s, const wc_httpc_resp *resp);
 
 /* ---- token bucket ------------------------------------------------------------------------ */
 
@@ -195,6 +233,12 @@ static void bucket_release(ca_bucket *b)
 {
     if (!b || --b->refs > 0)
         return;
+    /* Nothing is in flight on an upload here: a busy one holds a reference. */
+    while (b->uploads) {
+        ca_upload *u = b->uploads;
+        b->uploads = u->next;
+        free(u);
+    }
     for (ca_bucket **pp = &buckets; *pp; pp = &(*pp)->next) {
         if (*pp == b) {
             *pp = b->next;
@@ -557,9 +601,13 @@ end:
     return out;
 }
 
-/* The JSON body of a send, or NULL with an error code and reason. */
-static char *build_body(const wc_send_request *req, const char **code, char *why, size_t whylen)
+/* The JSON body of a send, or NULL with an error code and reason. For a
+ * prepared image of ours, sha gets its sha256 and image.id is left "" for
+ * with_media_id() to fill; otherwise sha is "". */
+static char *build_body(const wc_send_request *req, char sha[WC_MEDIA_SHA_LEN + 1],
+                        const char **code, char *why, size_t whylen)
 {
+    *sha = '\0';
     char to[24];
     if (!to_digits(req->recipient, to, sizeof to)) {
         *code = "invalid_recipient";
@@ -588,7 +636,9 @@ static char *build_body(const wc_send_request *req, const char **code, char *why
         json_t *image = json_object();
         if (!image)
             goto oom;
-        if (strncmp(media, CA_MEDIA_ID_PREFIX, strlen(CA_MEDIA_ID_PREFIX)) == 0) {
+        if (wc_media_ref(media, sha)) {
+            json_object_set_new(image, "id", json_string(""));
+        } else if (strncmp(media, CA_MEDIA_ID_PREFIX, strlen(CA_MEDIA_ID_PREFIX)) == 0) {
             json_object_set_new(image, "id", json_string(media + strlen(CA_MEDIA_ID_PREFIX)));
         } else if (strncmp(media, "http://", 7) == 0 || strncmp(media, "https://", 8) == 0) {
             json_object_set_new(image, "link", json_string(media));
@@ -633,6 +683,8 @@ static void on_response(void *arg, const wc_httpc_resp *resp)
 {
     ca_send *s = arg;
     s->hj.call = NULL;
+    if (reupload(s, resp))
+        return;
     classify(s, resp);
     wc_httpjson_finish(&s->hj);
 }
@@ -663,6 +715,316 @@ static void post(ca_send *s)
     }
 }
 
+/* ---- prepared images: one upload per number ---------------------------------------------- */
+
+static void resolve_media(ca_send *s);
+
+/* Ends a send on the next loop turn: the upload machinery may run inside
+ * send(), and a callback must not. */
+static void end_later(ca_send *s)
+{
+    if (wc_httpjson_finish_later(&s->hj) < 0) {
+        wc_error("cloudapi device %s: cannot schedule a completion", s->dev->hj.device_id);
+        abort(); /* the loop itself is broken */
+    }
+}
+
+/* The message with its image id filled in, into the bucket's queue. */
+static void send_with_id(ca_send *s, const char *media_id)
+{
+    json_t *msg = json_loads(s->hj.draft, 0, NULL);
+    json_t *image = json_object_get(msg, "image");
+    free(s->hj.body);
+    s->hj.body = NULL;
+    if (image && json_object_set_new(image, "id", json_string(media_id)) == 0)
+        s->hj.body = json_dumps(msg, JSON_COMPACT);
+    json_decref(msg);
+    if (!s->hj.body) {
+        wc_httpjson_set(&s->hj.res, WC_SEND_RETRY, "out_of_memory",
+                        "out of memory building the request");
+        s->hj.res.retry_after_ms = wc_httpjson_backoff_ms(s->hj.attempt);
+        end_later(s);
+        return;
+    }
+    snprintf(s->media_id, sizeof s->media_id, "%s", media_id);
+    s->body_len = strlen(s->hj.body);
+    bucket_take(s->dev->bucket, s);
+}
+
+static void upload_unwait(ca_upload *u, ca_send *s)
+{
+    for (ca_send **pp = &u->waiters; *pp; pp = &(*pp)->unext) {
+        if (*pp == s) {
+            *pp = s->unext;
+            break;
+        }
+    }
+    s->unext = NULL;
+    s->upload = NULL;
+}
+
+/* The upload's step is over: its waiters go on (with the id) or end (with
+ * res); then the bucket may go. Nothing touches u after the release. */
+static void upload_done(ca_upload *u, const wc_send_result *res)
+{
+    ca_send *w = u->waiters;
+    u->waiters = NULL;
+    u->busy = false;
+    ca_bucket *b = u->bucket;
+    while (w) {
+        ca_send *next = w->unext;
+        w->unext = NULL;
+        w->upload = NULL;
+        if (res) {
+            w->hj.res = *res;
+            end_later(w);
+        } else {
+            send_with_id(w, u->media_id);
+        }
+        w = next;
+    }
+    bucket_release(b);
+}
+
+static void upload_fail(ca_upload *u, wc_send_outcome outcome, const char *code, const char *fmt,
+                        ...) __attribute__((format(printf, 4, 5)));
+
+/* An upload that failed is not a send: nothing went out, never in doubt. */
+static void upload_fail(ca_upload *u, wc_send_outcome outcome, const char *code, const char *fmt,
+                        ...)
+{
+    wc_send_result r = {.outcome = outcome};
+    snprintf(r.error_code, sizeof r.error_code, "%s", code);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r.error_message, sizeof r.error_message, fmt, ap);
+    va_end(ap);
+    if (outcome == WC_SEND_RETRY)
+        r.retry_after_ms = wc_httpjson_backoff_ms(u->waiters ? u->waiters->hj.attempt : 0);
+    wc_send_result_clean(&r);
+    upload_done(u, &r);
+}
+
+static void on_redis_void(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    (void)reply;
+    (void)arg;
+}
+
+static void media_key(char *key, size_t len, const ca_bucket *b, const char *sha)
+{
+    snprintf(key, len, WC_KEY_CA_MEDIA_FMT, b->phone_number_id, sha);
+}
+
+static long media_ttl_s(const ca_device *dev)
+{
+    return dev->media_id_ttl_s > 0 ? dev->media_id_ttl_s : CA_DEFAULT_MEDIA_ID_TTL_S;
+}
+
+static void on_uploaded(void *arg, const wc_httpc_resp *resp)
+{
+    ca_upload *u = arg;
+    u->call = NULL;
+    if (!u->waiters) {
+        upload_done(u, NULL);
+        return;
+    }
+    ca_device *dev = u->waiters->dev;
+    if (resp->error) {
+        upload_fail(u, WC_SEND_RETRY, resp->timed_out ? "upload_timeout" : "upload_network",
+                    "uploading the image to the Cloud API: %s", resp->error);
+        return;
+    }
+    json_t *root = json_loadb(resp->body, resp->body_len, 0, NULL);
+    const char *id = json_string_value(json_object_get(root, "id"));
+    if (resp->status >= 200 && resp->status < 300 && id && *id && strlen(id) < sizeof u->media_id &&
+        wc_text_is_token(id, strlen(id))) {
+        snprintf(u->media_id, sizeof u->media_id, "%s", id);
+        long ttl = media_ttl_s(dev);
+        u->id_until_us = wc_mono_us() + (int64_t)ttl * 1000000;
+        char key[256], ex[24];
+        media_key(key, sizeof key, u->bucket, u->sha);
+        snprintf(ex, sizeof ex, "%ld", ttl);
+        const char *argv[] = {"SET", key, u->media_id, "EX", ex};
+        if (dev->redis && wc_redis_commandv(dev->redis, on_redis_void, NULL, 5, argv, NULL) < 0)
+            wc_warn("cloudapi device %s: media id not stored in Redis (down)", dev->hj.device_id);
+        json_decref(root);
+        upload_done(u, NULL);
+        return;
+    }
+    json_decref(root);
+    /* Meta's error, read as a send's would be; only the outcome's kind is
+     * kept: the message itself was never requested. */
+    wc_send_result r;
+    wc_cloudapi_classify_reply(resp->status, resp->body, resp->body_len, u->waiters->hj.attempt,
+                               &r);
+    if (r.outcome == WC_SEND_OK) {
+        upload_fail(u, WC_SEND_RETRY, "upload_bad_reply",
+                    "the Cloud API answered the image upload without a usable id");
+        return;
+    }
+    r.outcome_unknown = false;
+    char msg[sizeof r.error_message];
+    memcpy(msg, r.error_message, sizeof msg);
+    snprintf(r.error_message, sizeof r.error_message, "image upload: %.240s", msg);
+    wc_send_result_clean(&r);
+    if (r.device_action != WC_DEVICE_OK)
+        wc_warn("cloudapi device %s: %s: %s", dev->hj.device_id, r.device_reason, r.error_message);
+    upload_done(u, &r);
+}
+
+static void on_bytes(void *arg, const wc_media_got *got)
+{
+    ca_upload *u = arg;
+    u->wait = NULL;
+    if (!u->waiters) {
+        upload_done(u, NULL);
+        return;
+    }
+    if (got->error_code) {
+        wc_send_result r;
+        wc_media_result(&r, got);
+        if (r.outcome == WC_SEND_RETRY && u->waiters)
+            r.retry_after_ms = wc_httpjson_backoff_ms(u->waiters->hj.attempt);
+        upload_done(u, &r);
+        return;
+    }
+    ca_device *dev = u->waiters->dev; /* a wait without waiters is cancelled */
+    wc_httpc_form *form = wc_httpc_form_new();
+    if (!form || wc_httpc_form_add(form, "messaging_product", "whatsapp") < 0 ||
+        wc_httpc_form_add(form, "type", "image/jpeg") < 0 ||
+        wc_httpc_form_add_file(form, "file", "image.jpg", "image/jpeg", got->bytes, got->len) < 0) {
+        wc_httpc_form_free(form);
+        upload_fail(u, WC_SEND_RETRY, "out_of_memory", "out of memory building the upload");
+        return;
+    }
+    const char *headers[] = {dev->auth_header, NULL};
+    wc_httpc_req req = {
+        .method = "POST",
+        .url = dev->media_url,
+        .headers = headers,
+        .form = form,
+        .timeout_ms = dev->hj.timeout_ms,
+    };
+    u->call = wc_httpc_start(dev->hj.http, &req, on_uploaded, u);
+    wc_httpc_form_free(form);
+    if (!u->call)
+        upload_fail(u, WC_SEND_RETRY, "http_client", "could not start the image upload");
+}
+
+static void read_bytes(ca_upload *u)
+{
+    if (!u->waiters) {
+        upload_done(u, NULL);
+        return;
+    }
+    u->src = u->waiters->dev->media;
+    u->wait = u->src ? u->src->get(u->src->ctx, u->sha, on_bytes, u) : NULL;
+    if (!u->wait)
+        upload_fail(u, u->src ? WC_SEND_RETRY : WC_SEND_FAIL, "media_unavailable",
+                    "the image media:%s cannot be read here", u->sha);
+}
+
+static void on_id_stored(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    ca_upload *u = arg;
+    if (!u->waiters) {
+        upload_done(u, NULL);
+        return;
+    }
+    if (reply && reply->type == REDIS_REPLY_STRING && reply->len > 0 &&
+        reply->len < sizeof u->media_id && strcmp(reply->str, u->stale) != 0) {
+        /* Uploaded before, maybe by another sender. */
+        memcpy(u->media_id, reply->str, reply->len + 1);
+        u->id_until_us = wc_mono_us() + (int64_t)media_ttl_s(u->waiters->dev) * 1000000 / 2;
+        upload_done(u, NULL);
+        return;
+    }
+    read_bytes(u);
+}
+
+/* Starts finding the image's id on the number: Redis, else an upload. */
+static void upload_start(ca_upload *u)
+{
+    u->busy = true;
+    u->bucket->refs++; /* the bucket outlives the step */
+    ca_device *dev = u->waiters->dev;
+    char key[256];
+    media_key(key, sizeof key, u->bucket, u->sha);
+    const char *argv[] = {"GET", key};
+    if (!dev->redis || wc_redis_commandv(dev->redis, on_id_stored, u, 2, argv, NULL) < 0)
+        read_bytes(u); /* Redis down: an upload of our own is still right */
+}
+
+static ca_upload *upload_for(ca_bucket *b, const char *sha)
+{
+    for (ca_upload *u = b->uploads; u; u = u->next) {
+        if (strcmp(u->sha, sha) == 0)
+            return u;
+    }
+    ca_upload *u = calloc(1, sizeof *u);
+    if (!u)
+        return NULL;
+    u->bucket = b;
+    memcpy(u->sha, sha, sizeof u->sha);
+    u->next = b->uploads;
+    b->uploads = u;
+    return u;
+}
+
+/* The send's image id on its number: known, or waited for. */
+static void resolve_media(ca_send *s)
+{
+    ca_upload *u = upload_for(s->dev->bucket, s->sha);
+    if (!u) {
+        wc_httpjson_set(&s->hj.res, WC_SEND_RETRY, "out_of_memory", "out of memory");
+        s->hj.res.retry_after_ms = wc_httpjson_backoff_ms(s->hj.attempt);
+        end_later(s);
+        return;
+    }
+    if (!u->busy && u->media_id[0] && wc_mono_us() < u->id_until_us) {
+        send_with_id(s, u->media_id);
+        return;
+    }
+    s->upload = u;
+    s->unext = u->waiters;
+    u->waiters = s;
+    if (!u->busy)
+        upload_start(u);
+}
+
+/* Meta did not know the id the send carried (expired, or gone): forget it
+ * here and in Redis, and upload again once. */
+static bool reupload(ca_send *s, const wc_httpc_resp *resp)
+{
+    if (!s->media_id[0] || s->reuploaded || resp->error || resp->status != 400)
+        return false;
+    json_t *root = json_loadb(resp->body, resp->body_len, 0, NULL);
+    long code = error_code_of(json_object_get(json_object_get(root, "error"), "code"));
+    json_decref(root);
+    if (code != CA_BAD_PARAMETER)
+        return false;
+    ca_bucket *b = s->dev->bucket;
+    ca_upload *u = upload_for(b, s->sha);
+    if (u && strcmp(u->media_id, s->media_id) == 0) {
+        u->media_id[0] = '\0';
+        snprintf(u->stale, sizeof u->stale, "%s", s->media_id);
+    }
+    char key[256];
+    media_key(key, sizeof key, b, s->sha);
+    const char *argv[] = {"DEL", key};
+    if (s->dev->redis)
+        (void)!wc_redis_commandv(s->dev->redis, on_redis_void, NULL, 2, argv, NULL);
+    wc_warn("cloudapi device %s: media id %s refused; uploading the image again",
+            s->dev->hj.device_id, s->media_id);
+    s->reuploaded = true;
+    s->media_id[0] = '\0';
+    resolve_media(s);
+    return true;
+}
+
 static int ca_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, void *arg)
 {
     ca_device *dev = inst;
@@ -675,7 +1037,7 @@ static int ca_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, v
 
     const char *code = NULL;
     char why[256];
-    s->hj.body = build_body(req, &code, why, sizeof why);
+    s->hj.body = build_body(req, s->sha, &code, why, sizeof why);
     if (!s->hj.body) {
         /* Reported on the next loop turn, never from inside send(). */
         wc_httpjson_set(&s->hj.res,
@@ -685,6 +1047,14 @@ static int ca_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, v
             wc_httpjson_send_drop(&s->hj);
             return -1;
         }
+        return 0;
+    }
+    if (s->sha[0]) {
+        /* Its image id comes from the number's upload (every end of that is
+         * reported on a later loop turn, never from inside send()). */
+        s->hj.draft = s->hj.body;
+        s->hj.body = NULL;
+        resolve_media(s);
         return 0;
     }
     s->body_len = strlen(s->hj.body);
@@ -782,11 +1152,20 @@ static void *ca_open(const wc_transport_env *env, const char *device_id, json_t 
         snprintf(err, errlen, "out of memory");
         goto error;
     }
+    if (asprintf(&dev->media_url, "%.*s/%s/%s/media", (int)blen, base_url, version, pnid) < 0) {
+        dev->media_url = NULL;
+        snprintf(err, errlen, "out of memory");
+        goto error;
+    }
+    dev->redis = env->redis;
+    dev->media = env->media;
+    dev->media_id_ttl_s = env->media_id_ttl_s;
     dev->bucket = bucket_acquire(env->base, key, mps);
     if (!dev->bucket) {
         snprintf(err, errlen, "out of memory");
         goto error;
     }
+    snprintf(dev->bucket->phone_number_id, sizeof dev->bucket->phone_number_id, "%s", pnid);
     return dev;
 
 error:
@@ -804,10 +1183,21 @@ static void ca_close(void *inst)
         ca_send *s = (ca_send *)q;
         if (s->queued)
             bucket_dequeue(dev->bucket, s);
+        ca_upload *u = s->upload;
+        if (u) {
+            upload_unwait(u, s);
+            if (!u->waiters && u->wait) {
+                /* Nobody wants the bytes any more. */
+                u->src->cancel(u->wait);
+                u->wait = NULL;
+                upload_done(u, NULL);
+            }
+        }
     }
     wc_httpjson_device_close(&dev->hj);
     bucket_release(dev->bucket);
     free(dev->messages_url);
+    free(dev->media_url);
     if (dev->auth_header) {
         sodium_memzero(dev->auth_header, strlen(dev->auth_header));
         free(dev->auth_header);
