@@ -242,6 +242,17 @@ static void metrics(struct evbuffer *out, void *arg)
         wc_metric_labeled(out, "wacast_sender_devices_health", labels, (double)by_band[b]);
     }
     wc_metric(out, "wacast_sender_devices_held", "gauge", "device leases held", (double)f->held);
+    wc_media_cache_stats ms;
+    wc_media_cache_get_stats(f->media, &ms);
+    wc_metric(out, "wacast_sender_media_reads_total", "counter",
+              "prepared images read from PostgreSQL for the transports", (double)ms.reads);
+    wc_metric(out, "wacast_sender_media_hits_total", "counter",
+              "prepared images the transports got from memory", (double)ms.hits);
+    wc_metric(out, "wacast_sender_media_errors_total", "counter",
+              "prepared images that could not be read (missing, unreadable, no answer)",
+              (double)ms.errors);
+    wc_metric(out, "wacast_sender_media_cache_bytes", "gauge",
+              "bytes of prepared images held in memory", (double)ms.bytes);
     wc_metric(out, "wacast_sender_live_senders", "gauge", "senders seen alive", (double)f->nlive);
 }
 
