@@ -24,7 +24,9 @@
  *
  * Content: plain text; an image when media_url is set (a URL is sent as
  * "link", "media:<id>" as an uploaded media "id"; the text becomes the
- * caption); a template when the content is "template:" followed by JSON
+ * caption; "media:<sha256>", a prepared image of ours, is uploaded once per
+ * phone number id and sent by the id Meta gives it, see "prepared images"
+ * below); a template when the content is "template:" followed by JSON
  * {"name": "...", "language": "en_US" or {"code": "en_US"}, "components": [...]}.
  * The wacast message id goes out as biz_opaque_callback_data, so status
  * webhooks can be matched even if a response was lost. */
@@ -62,7 +64,9 @@
 
 #define CA_DEFAULT_MEDIA_ID_TTL_S (24 * 86400) /* Meta keeps an upload 30 days */
 #define CA_MEDIA_ID_MAX 64
-#define CA_BAD_PARAMETER 100 /* what Meta answers a send whose image id it does not know */
+#define CA_BAD_PARAMETER 100         /* what Meta answers a send whose image id it does not know */
+#define CA_UPLOAD_POLL_MS 200        /* how often a sender waiting on another's upload looks */
+#define CA_UPLOAD_LOCK_EXTRA_MS 5000 /* the upload lock outlives an upload's time-out by this */
 
 #define CA_PAIR_RETRY_MS 6000         /* ~1 message per 6 s per recipient */
 #define CA_ECOSYSTEM_RETRY_MS 3600000 /* 131049: Meta asks for a much later retry */
@@ -112,6 +116,12 @@ struct ca_upload {
     wc_media_wait *wait;        /* reading the bytes */
     const wc_media_source *src; /* ...from there */
     wc_httpc_call *call;        /* the upload */
+    /* Across senders: one uploads (holding the lock in Redis), the others
+     * look for the id every CA_UPLOAD_POLL_MS until the lock's time is up. */
+    struct wc_redis *redis; /* the first waiter's, for this step */
+    bool locked;            /* this sender holds the lock */
+    int64_t wait_until_us;  /* monotonic: stop waiting for another's upload (0: not waiting) */
+    struct event *poll;
 };
 
 /* One per (base_url, phone_number_id) on an event base. */
@@ -237,6 +247,8 @@ static void bucket_release(ca_bucket *b)
     while (b->uploads) {
         ca_upload *u = b->uploads;
         b->uploads = u->next;
+        if (u->poll)
+            event_free(u->poll);
         free(u);
     }
     for (ca_bucket **pp = &buckets; *pp; pp = &(*pp)->next) {
@@ -715,9 +727,23 @@ static void post(ca_send *s)
     }
 }
 
-/* ---- prepared images: one upload per number ---------------------------------------------- */
+/* ---- prepared images: one upload per number ----------------------------------------------
+ *
+ * A send of media:<sha256> needs the image's id on its number. One ca_upload
+ * per (number, image) on the bucket finds it, once, for every send waiting:
+ * from memory; else from Redis (WC_KEY_CA_MEDIA_FMT, another sender's or an
+ * earlier upload); else by uploading the bytes read through env->media,
+ * under a lock in Redis (WC_KEY_CA_MEDIA_LOCK_FMT) so that senders holding
+ * devices of one number upload it once: the others look for the id until
+ * the lock's time is up. A busy upload holds a reference on its bucket.
+ * Meta answering a send "invalid parameter" (100) for an id we uploaded
+ * means it forgot the upload: the id is dropped here and in Redis and the
+ * send uploads again, once. Every failure before the message request is a
+ * retry (or a failure) that is never in doubt: nothing went out. */
 
 static void resolve_media(ca_send *s);
+static void on_redis_void(wc_redis *r, redisReply *reply, void *arg);
+static void lock_key(char *key, size_t len, const ca_bucket *b, const char *sha);
 
 /* Ends a send on the next loop turn: the upload machinery may run inside
  * send(), and a callback must not. */
@@ -767,6 +793,15 @@ static void upload_unwait(ca_upload *u, ca_send *s)
  * res); then the bucket may go. Nothing touches u after the release. */
 static void upload_done(ca_upload *u, const wc_send_result *res)
 {
+    if (u->locked && u->redis) {
+        /* Done or failed: the others look again (the id, or their turn). */
+        char key[256];
+        lock_key(key, sizeof key, u->bucket, u->sha);
+        const char *argv[] = {"DEL", key};
+        (void)!wc_redis_commandv(u->redis, on_redis_void, NULL, 2, argv, NULL);
+    }
+    u->locked = false;
+    u->wait_until_us = 0;
     ca_send *w = u->waiters;
     u->waiters = NULL;
     u->busy = false;
@@ -815,6 +850,11 @@ static void on_redis_void(wc_redis *r, redisReply *reply, void *arg)
 static void media_key(char *key, size_t len, const ca_bucket *b, const char *sha)
 {
     snprintf(key, len, WC_KEY_CA_MEDIA_FMT, b->phone_number_id, sha);
+}
+
+static void lock_key(char *key, size_t len, const ca_bucket *b, const char *sha)
+{
+    snprintf(key, len, WC_KEY_CA_MEDIA_LOCK_FMT, b->phone_number_id, sha);
 }
 
 static long media_ttl_s(const ca_device *dev)
@@ -926,6 +966,52 @@ static void read_bytes(ca_upload *u)
                     "the image media:%s cannot be read here", u->sha);
 }
 
+static void look_for_id(ca_upload *u);
+
+static void on_poll(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    look_for_id(arg);
+}
+
+static void on_locked(wc_redis *r, redisReply *reply, void *arg)
+{
+    (void)r;
+    ca_upload *u = arg;
+    if (!u->waiters) {
+        upload_done(u, NULL);
+        return;
+    }
+    if (reply && reply->type == REDIS_REPLY_STATUS) {
+        u->locked = true; /* ours to upload */
+        read_bytes(u);
+        return;
+    }
+    struct timeval tv = {0, CA_UPLOAD_POLL_MS * 1000};
+    if (reply && reply->type == REDIS_REPLY_NIL && wc_mono_us() < u->wait_until_us &&
+        (u->poll || (u->poll = evtimer_new(u->bucket->base, on_poll, u))) &&
+        evtimer_add(u->poll, &tv) == 0)
+        return; /* another sender is uploading it: its id will be in Redis */
+    /* Redis failed, or the other upload took longer than it may: our own. */
+    read_bytes(u);
+}
+
+/* Takes the upload lock, or waits for the sender that holds it. */
+static void take_lock(ca_upload *u)
+{
+    ca_device *dev = u->waiters->dev;
+    long lock_ms = dev->hj.timeout_ms + CA_UPLOAD_LOCK_EXTRA_MS;
+    if (!u->wait_until_us)
+        u->wait_until_us = wc_mono_us() + (int64_t)lock_ms * 1000;
+    char key[256], px[24];
+    lock_key(key, sizeof key, u->bucket, u->sha);
+    snprintf(px, sizeof px, "%ld", lock_ms);
+    const char *argv[] = {"SET", key, dev->hj.device_id, "NX", "PX", px};
+    if (wc_redis_commandv(u->redis, on_locked, u, 6, argv, NULL) < 0)
+        read_bytes(u);
+}
+
 static void on_id_stored(wc_redis *r, redisReply *reply, void *arg)
 {
     (void)r;
@@ -935,14 +1021,33 @@ static void on_id_stored(wc_redis *r, redisReply *reply, void *arg)
         return;
     }
     if (reply && reply->type == REDIS_REPLY_STRING && reply->len > 0 &&
-        reply->len < sizeof u->media_id && strcmp(reply->str, u->stale) != 0) {
+        reply->len < sizeof u->media_id && strcmp(reply->str, u->stale) != 0 &&
+        wc_text_is_token(reply->str, reply->len)) {
         /* Uploaded before, maybe by another sender. */
         memcpy(u->media_id, reply->str, reply->len + 1);
         u->id_until_us = wc_mono_us() + (int64_t)media_ttl_s(u->waiters->dev) * 1000000 / 2;
         upload_done(u, NULL);
         return;
     }
-    read_bytes(u);
+    if (reply && reply->type != REDIS_REPLY_ERROR)
+        take_lock(u);
+    else
+        read_bytes(u); /* Redis failed: an upload of our own is still right */
+}
+
+/* The id in Redis (another sender's upload, or an earlier one). */
+static void look_for_id(ca_upload *u)
+{
+    if (!u->waiters) {
+        upload_done(u, NULL);
+        return;
+    }
+    u->redis = u->waiters->dev->redis;
+    char key[256];
+    media_key(key, sizeof key, u->bucket, u->sha);
+    const char *argv[] = {"GET", key};
+    if (!u->redis || wc_redis_commandv(u->redis, on_id_stored, u, 2, argv, NULL) < 0)
+        read_bytes(u); /* Redis down: an upload of our own is still right */
 }
 
 /* Starts finding the image's id on the number: Redis, else an upload. */
@@ -950,12 +1055,7 @@ static void upload_start(ca_upload *u)
 {
     u->busy = true;
     u->bucket->refs++; /* the bucket outlives the step */
-    ca_device *dev = u->waiters->dev;
-    char key[256];
-    media_key(key, sizeof key, u->bucket, u->sha);
-    const char *argv[] = {"GET", key};
-    if (!dev->redis || wc_redis_commandv(dev->redis, on_id_stored, u, 2, argv, NULL) < 0)
-        read_bytes(u); /* Redis down: an upload of our own is still right */
+    look_for_id(u);
 }
 
 static ca_upload *upload_for(ca_bucket *b, const char *sha)

@@ -11,6 +11,10 @@
  *   refuses (code 100) is uploaded again once, and a second refusal fails
  *   the message; a device closed while its image is read calls back
  *   "closed", not in doubt, and the read is cancelled;
+ * - across senders (real Redis): the id is shared through Redis with its
+ *   TTL; while another sender holds the upload lock nothing is uploaded and
+ *   the send goes out with the id that sender stores; a lock never released
+ *   is waited for only until its time is up, then the image is uploaded;
  * - gowa: the image goes as the "image" file part with the caption, and a
  *   missing image fails the message without a request. */
 #include <setjmp.h>
@@ -29,7 +33,10 @@
 #include <jansson.h>
 
 #include "send_check.h"
+#include "wc_daemon.h"
+#include "wc_redis.h"
 #include "wc_transport.h"
+#include "wt_env.h"
 
 #define SHA "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 #define REF "media:" SHA
@@ -444,6 +451,96 @@ static void test_close_while_reading(void **state)
     assert_int_equal(fx->nrecs, 0);
 }
 
+/* Runs the loop until *calls or ms pass. */
+static void run_until_called(fixture *fx, int *calls, int ms)
+{
+    int64_t end = wc_mono_us() + (int64_t)ms * 1000;
+    while (*calls == 0 && wc_mono_us() < end)
+        event_base_loop(fx->srv.base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+}
+
+static void test_shared_across_senders(void **state)
+{
+    fixture *fx = *state;
+    wt_env env;
+    assert_int_equal(wt_env_start(&env, WT_REDIS), 0);
+    char err[128];
+    wc_redis *redis = wc_redis_new(fx->srv.base, env.redis_url, "test", 2000, err, sizeof err);
+    assert_non_null(redis);
+    redisContext *rc = wc_redis_connect_sync(env.redis_url, 2000, err, sizeof err);
+    assert_non_null(rc);
+    fx->env.redis = redis;
+    fx->env.media_id_ttl_s = 3600;
+    int64_t until = wc_mono_us() + 5000000;
+    while (!wc_redis_ready(redis) && wc_mono_us() < until)
+        event_base_loop(fx->srv.base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+    assert_true(wc_redis_ready(redis));
+
+    /* One upload; the id goes to Redis with its TTL, the lock is gone. */
+    void *dev = open_cloudapi(fx, "555100", 300);
+    wc_send_request req = image_req(20, "Look");
+    wc_send_result r = send_check_one(&fx->srv, &wc_transport_cloudapi, dev, &req);
+    assert_int_equal(r.outcome, WC_SEND_OK);
+    assert_int_equal(fx->uploads, 1);
+    redisReply *rep = redisCommand(rc, "GET wacast:cloudapi:media:555100:%s", SHA);
+    assert_string_equal(rep->str, "1001");
+    freeReplyObject(rep);
+    rep = redisCommand(rc, "TTL wacast:cloudapi:media:555100:%s", SHA);
+    assert_true(rep->integer > 3500 && rep->integer <= 3600);
+    freeReplyObject(rep);
+    rep = redisCommand(rc, "EXISTS wacast:cloudapi:media:555100:%s:uploading", SHA);
+    assert_int_equal(rep->integer, 0);
+    freeReplyObject(rep);
+    wc_transport_cloudapi.close(dev);
+
+    /* A sender that starts afresh (nothing in memory) takes the id from Redis. */
+    dev = open_cloudapi(fx, "555100", 300);
+    r = send_check_one(&fx->srv, &wc_transport_cloudapi, dev, &req);
+    assert_int_equal(r.outcome, WC_SEND_OK);
+    assert_int_equal(fx->uploads, 1);
+    assert_int_equal(fx->mem.gets, 1);
+    wc_transport_cloudapi.close(dev);
+
+    /* Another sender is uploading to 555101: we wait for its id. */
+    freeReplyObject(
+        redisCommand(rc, "SET wacast:cloudapi:media:555101:%s:uploading other PX 60000", SHA));
+    dev = open_cloudapi(fx, "555101", 300);
+    closed c = {0};
+    assert_int_equal(wc_transport_cloudapi.send(dev, &req, on_closed, &c), 0);
+    run_until_called(fx, &c.calls, 700);
+    assert_int_equal(c.calls, 0);
+    assert_int_equal(fx->uploads, 1);
+    freeReplyObject(redisCommand(rc, "SET wacast:cloudapi:media:555101:%s 7777", SHA));
+    freeReplyObject(redisCommand(rc, "DEL wacast:cloudapi:media:555101:%s:uploading", SHA));
+    run_until_called(fx, &c.calls, 5000);
+    assert_int_equal(c.calls, 1);
+    assert_int_equal(c.res.outcome, WC_SEND_OK);
+    assert_int_equal(fx->uploads, 1);
+    json_t *image = json_object_get(fx->recs[fx->nrecs - 1].json, "image");
+    assert_string_equal(json_string_value(json_object_get(image, "id")), "7777");
+    wc_transport_cloudapi.close(dev);
+
+    /* A lock nobody releases: waited for until its time is up (the device's
+     * time-out and 5 s), then the image is uploaded here. */
+    freeReplyObject(
+        redisCommand(rc, "SET wacast:cloudapi:media:555102:%s:uploading other PX 60000", SHA));
+    dev = open_cloudapi(fx, "555102", 300);
+    memset(&c, 0, sizeof c);
+    int64_t t0 = wc_mono_us();
+    assert_int_equal(wc_transport_cloudapi.send(dev, &req, on_closed, &c), 0);
+    run_until_called(fx, &c.calls, 15000);
+    assert_int_equal(c.calls, 1);
+    assert_int_equal(c.res.outcome, WC_SEND_OK);
+    assert_int_equal(fx->uploads, 2);
+    assert_true(wc_mono_us() - t0 >= 5000000);
+    wc_transport_cloudapi.close(dev);
+
+    fx->env.redis = NULL;
+    wc_redis_free(redis);
+    redisFree(rc);
+    wt_env_stop(&env);
+}
+
 static void test_gowa_sends_the_file(void **state)
 {
     fixture *fx = *state;
@@ -495,6 +592,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_missing_image_fails_its_message, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refused_id_uploads_again_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_while_reading, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shared_across_senders, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gowa_sends_the_file, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
