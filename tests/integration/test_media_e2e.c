@@ -11,7 +11,9 @@
  *    storage is one media row;
  * 3. when Meta forgets the uploads (30 days; /_control/media/expire), the
  *    next campaign with the same image re-uploads once per number, after the
- *    one refused send each, and every message still goes out. */
+ *    one refused send each, and every message still goes out;
+ * 4. a sim device's record holds each send's image (sha256 and size);
+ * 5. the daemons exit cleanly (under the sanitizers: nothing leaks). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -23,6 +25,8 @@
 #include <sodium.h>
 
 #include "e2e_common.h"
+#include "wc_redis.h"
+#include "wc_transport.h"
 
 #define NCLOUD 4
 #define NGOWA 4
@@ -35,6 +39,7 @@ static char pnids[NCLOUD][24];
 static char ca_ids[NCLOUD][40];
 static char gw_ids[NGOWA][40];
 static char *data_url;
+static char sim_user[40], sim_dev[40];
 
 static int add_devices(void)
 {
@@ -117,6 +122,7 @@ static int setup_world(void)
                    " (ORDER BY device_name) - 1 AS k FROM user_devices WHERE user_id = '%s') d"
                    " ON d.k = i %% 8",
                    user, NLEADS - 1, user));
+    e2e_sim_tenant(w.db, "media e2e sim", 0, 0, "+6015", 5, sim_user, sim_dev);
     size_t png_len = 0;
     unsigned char *png = e2e_png_rgba(1200, 800, &png_len);
     size_t b64_len = sodium_base64_ENCODED_LEN(png_len, sodium_base64_VARIANT_ORIGINAL);
@@ -124,7 +130,7 @@ static int setup_world(void)
     int n = snprintf(data_url, 32, "data:image/png;base64,");
     sodium_bin2base64(data_url + n, b64_len, png, png_len, sodium_base64_VARIANT_ORIGINAL);
     free(png);
-    return e2e_world_daemons(&w, NULL, NCLOUD + NGOWA) ? 0 : -1;
+    return e2e_world_daemons(&w, NULL, NCLOUD + NGOWA + 1) ? 0 : -1;
 }
 
 static int setup(void **state)
@@ -141,14 +147,14 @@ static int teardown(void **state)
     return e2e_world_teardown(state);
 }
 
-/* A campaign of every lead with the image; its id into id. */
-static void run_campaign(const char *title, char id[40])
+/* A campaign of every lead of owner with the image; its id into id. */
+static void run_campaign(const char *owner, const char *title, char id[40])
 {
     PGresult *r = wt_sql(w.db,
                          "INSERT INTO campaigns (user_id, title, message, media_url, scheduled_at,"
                          " min_delay_seconds, max_delay_seconds) VALUES ('%s', '%s',"
                          " 'Hi {{name}}!', '%s', now() - interval '1 second', 0, 0) RETURNING id",
-                         user, title, data_url);
+                         owner, title, data_url);
     snprintf(id, 40, "%s", PQgetvalue(r, 0, 0));
     PQclear(r);
     if (!e2e_wait_finished(w.db, id, 80000))
@@ -202,7 +208,7 @@ static void test_image_campaign(void **state)
 {
     (void)state;
     char campaign[40];
-    run_campaign("image", campaign);
+    run_campaign(user, "image", campaign);
     assert_true(e2e_wait_sql(w.db, 1000,
                              "SELECT count(*) = %d FROM broadcast_messages WHERE campaign_id = '%s'"
                              " AND status = 'sent'",
@@ -271,7 +277,7 @@ static void test_expired_uploads(void **state)
     /* The record starts again: what follows is this campaign's. */
     assert_true(fake_ok(&w.fake, "POST", "/_control/reset", "{}"));
     char campaign[40];
-    run_campaign("image again", campaign);
+    run_campaign(user, "image again", campaign);
     assert_true(e2e_wait_sql(w.db, 1000,
                              "SELECT count(*) = %d FROM broadcast_messages WHERE campaign_id = '%s'"
                              " AND status = 'sent'",
@@ -303,6 +309,51 @@ static void test_expired_uploads(void **state)
     assert_int_equal(rejected, NCLOUD);
 }
 
+/* The sim's record holds each send's image by sha256 and size. */
+static void test_sim_records_the_image(void **state)
+{
+    (void)state;
+    char campaign[40];
+    run_campaign(sim_user, "sim image", campaign);
+    assert_true(e2e_wait_sql(w.db, 1000,
+                             "SELECT count(*) = 5 FROM broadcast_messages WHERE campaign_id = '%s'"
+                             " AND status = 'sent'",
+                             campaign));
+    char sha[80], size[24];
+    wt_sql_text(w.db, sha, sizeof sha, "SELECT media_sha256 FROM campaigns WHERE id = '%s'",
+                campaign);
+    wt_sql_text(w.db, size, sizeof size, "SELECT size FROM media WHERE sha256 = '%s'", sha);
+    char err[128];
+    redisContext *rc = wc_redis_connect_sync(w.env.redis_url, 2000, err, sizeof err);
+    assert_non_null(rc);
+    redisReply *rep = redisCommand(rc, "XRANGE %s - +", WC_SIM_RECORD_KEY);
+    assert_non_null(rep);
+    int found = 0;
+    for (size_t i = 0; i < rep->elements; i++) {
+        redisReply *fields = rep->element[i]->element[1];
+        const char *camp = NULL, *media = NULL, *msize = NULL;
+        for (size_t f = 0; f + 1 < fields->elements; f += 2) {
+            const char *k = fields->element[f]->str, *v = fields->element[f + 1]->str;
+            if (!strcmp(k, "campaign"))
+                camp = v;
+            else if (!strcmp(k, "media"))
+                media = v;
+            else if (!strcmp(k, "media_size"))
+                msize = v;
+        }
+        if (!camp || strcmp(camp, campaign) != 0)
+            continue;
+        found++;
+        assert_non_null(media);
+        assert_string_equal(media, sha);
+        assert_non_null(msize);
+        assert_string_equal(msize, size);
+    }
+    freeReplyObject(rep);
+    redisFree(rc);
+    assert_int_equal(found, 5);
+}
+
 /* The daemons exit 0 on SIGTERM: under the sanitizers, nothing the image
  * cache or the uploads held leaks on the way out. */
 static void test_stop_cleanly(void **state)
@@ -316,6 +367,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_image_campaign),
         cmocka_unit_test(test_expired_uploads),
+        cmocka_unit_test(test_sim_records_the_image),
         cmocka_unit_test(test_stop_cleanly),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
