@@ -25,12 +25,13 @@
  * Content: plain text; an image when media_url is set (a URL is sent as
  * "link", "media:<id>" as an uploaded media "id"; the text becomes the
  * caption; "media:<sha256>", a prepared image of ours, is uploaded once per
- * phone number id and sent by the id Meta gives it, see "prepared images"
- * below); a template when the content is "template:" followed by JSON
+ * phone number id and sent by the id Meta gives it: wc_cloudapi_media.c);
+ * a template when the content is "template:" followed by JSON
  * {"name": "...", "language": "en_US" or {"code": "en_US"}, "components": [...]}.
  * The wacast message id goes out as biz_opaque_callback_data, so status
  * webhooks can be matched even if a response was lost. */
 #include "wc_cloudapi.h"
+#include "wc_cloudapi_private.h"
 
 #include <ctype.h>
 #include <inttypes.h>
@@ -47,8 +48,6 @@
 #include "wc_daemon.h"
 #include "wc_httpc.h"
 #include "wc_httpjson.h"
-#include "wc_keys.h"
-#include "wc_redis.h"
 #include "wc_log.h"
 #include "wc_origin.h"
 #include "wc_text.h"
@@ -62,90 +61,12 @@
 #define CA_TEMPLATE_PREFIX "template:"
 #define CA_MEDIA_ID_PREFIX "media:"
 
-#define CA_DEFAULT_MEDIA_ID_TTL_S (24 * 86400) /* Meta keeps an upload 30 days */
-#define CA_MEDIA_ID_MAX 64
-#define CA_BAD_PARAMETER 100         /* what Meta answers a send whose image id it does not know */
-#define CA_UPLOAD_POLL_MS 200        /* how often a sender waiting on another's upload looks */
-#define CA_UPLOAD_LOCK_EXTRA_MS 5000 /* the upload lock outlives an upload's time-out by this */
-
 #define CA_PAIR_RETRY_MS 6000         /* ~1 message per 6 s per recipient */
 #define CA_ECOSYSTEM_RETRY_MS 3600000 /* 131049: Meta asks for a much later retry */
-
-typedef struct ca_bucket ca_bucket;
-typedef struct ca_send ca_send;
-typedef struct ca_upload ca_upload;
-
-typedef struct ca_device {
-    wc_httpjson_device hj; /* first: what every HTTP + JSON device holds */
-    char phone_number_id[64];
-    char *messages_url;
-    char *media_url;   /* POST here uploads an image */
-    char *auth_header; /* "Authorization: Bearer ..."; wiped on close */
-    ca_bucket *bucket;
-    struct wc_redis *redis;       /* where media ids are shared (env->redis) */
-    const wc_media_source *media; /* prepared images (env->media) */
-    long media_id_ttl_s;
-} ca_device;
-
-struct ca_send {
-    wc_httpjson_send hj; /* first: the shared send life cycle; hj.body is the JSON body */
-    ca_device *dev;
-    ca_send *qnext; /* the bucket's queue */
-    bool queued;
-    size_t body_len;
-    /* A prepared image (media:<sha256>): hj.draft is the message without its
-     * image id; the request is built once the id on the number is known. */
-    char sha[WC_MEDIA_SHA_LEN + 1];
-    ca_upload *upload; /* waiting on it (unext links its waiters) */
-    ca_send *unext;
-    char media_id[CA_MEDIA_ID_MAX]; /* the id it went out with */
-    bool reuploaded;                /* Meta refused an id once: no second time */
-};
-
-/* One prepared image on one number (bucket): the media id it has there, and
- * the one look-up or upload in flight that every send of it waits for. */
-struct ca_upload {
-    ca_upload *next; /* the bucket's */
-    ca_bucket *bucket;
-    char sha[WC_MEDIA_SHA_LEN + 1];
-    char media_id[CA_MEDIA_ID_MAX]; /* "" until known */
-    int64_t id_until_us;            /* monotonic: reused until then */
-    char stale[CA_MEDIA_ID_MAX];    /* an id Meta refused: never taken from Redis again */
-    bool busy;                      /* holds a reference on the bucket */
-    ca_send *waiters;
-    wc_media_wait *wait;        /* reading the bytes */
-    const wc_media_source *src; /* ...from there */
-    wc_httpc_call *call;        /* the upload */
-    /* Across senders: one uploads (holding the lock in Redis), the others
-     * look for the id every CA_UPLOAD_POLL_MS until the lock's time is up. */
-    struct wc_redis *redis; /* the first waiter's, for this step */
-    bool locked;            /* this sender holds the lock */
-    int64_t wait_until_us;  /* monotonic: stop waiting for another's upload (0: not waiting) */
-    struct event *poll;
-};
-
-/* One per (base_url, phone_number_id) on an event base. */
-struct ca_bucket {
-    ca_bucket *next;
-    int refs;
-    struct event_base *base;
-    char *key;
-    double mps;
-    double burst;
-    double tokens;
-    int64_t refilled_us;
-    int64_t paused_until_us; /* after a 130429 every send on the number waits */
-    int throttle_streak;
-    ca_send *qhead, *qtail;
-    struct event *timer;
-    char phone_number_id[64];
-    ca_upload *uploads;
-};
 
 static ca_bucket *buckets;
 
 static void post(ca_send *s);
-static bool reupload(ca_send *s, const wc_httpc_resp *resp);
 
 /* ---- token bucket ------------------------------------------------------------------------ */
 
@@ -239,7 +160,7 @@ static ca_bucket *bucket_acquire(struct event_base *base, const char *key, doubl
     return b;
 }
 
-static void bucket_release(ca_bucket *b)
+void ca_bucket_release(ca_bucket *b)
 {
     if (!b || --b->refs > 0)
         return;
@@ -247,9 +168,7 @@ static void bucket_release(ca_bucket *b)
     while (b->uploads) {
         ca_upload *u = b->uploads;
         b->uploads = u->next;
-        if (u->poll)
-            event_free(u->poll);
-        free(u);
+        ca_media_free(u);
     }
     for (ca_bucket **pp = &buckets; *pp; pp = &(*pp)->next) {
         if (*pp == b) {
@@ -263,7 +182,7 @@ static void bucket_release(ca_bucket *b)
 }
 
 /* Sends at once when a token is free and nobody waits; otherwise queues. */
-static void bucket_take(ca_bucket *b, ca_send *s)
+void ca_bucket_take(ca_bucket *b, ca_send *s)
 {
     int64_t now = wc_mono_us();
     bucket_refill(b, now);
@@ -378,7 +297,7 @@ static enum ca_kind kind_of(long code, long http_status)
 }
 
 /* The error's numeric code (a number, or digits in a string), or -1. */
-static long error_code_of(json_t *jcode)
+long ca_error_code_of(json_t *jcode)
 {
     if (json_is_integer(jcode)) {
         json_int_t v = json_integer_value(jcode);
@@ -438,7 +357,7 @@ bool wc_cloudapi_classify_reply(long http_status, const char *body, size_t len, 
     }
 
     json_t *err = json_object_get(root, "error");
-    long code = error_code_of(json_object_get(err, "code"));
+    long code = ca_error_code_of(json_object_get(err, "code"));
     const char *message = json_string_value(json_object_get(err, "message"));
     const char *details =
         json_string_value(json_object_get(json_object_get(err, "error_data"), "details"));
@@ -695,7 +614,7 @@ static void on_response(void *arg, const wc_httpc_resp *resp)
 {
     ca_send *s = arg;
     s->hj.call = NULL;
-    if (reupload(s, resp))
+    if (ca_media_reupload(s, resp))
         return;
     classify(s, resp);
     wc_httpjson_finish(&s->hj);
@@ -727,404 +646,6 @@ static void post(ca_send *s)
     }
 }
 
-/* ---- prepared images: one upload per number ----------------------------------------------
- *
- * A send of media:<sha256> needs the image's id on its number. One ca_upload
- * per (number, image) on the bucket finds it, once, for every send waiting:
- * from memory; else from Redis (WC_KEY_CA_MEDIA_FMT, another sender's or an
- * earlier upload); else by uploading the bytes read through env->media,
- * under a lock in Redis (WC_KEY_CA_MEDIA_LOCK_FMT) so that senders holding
- * devices of one number upload it once: the others look for the id until
- * the lock's time is up. A busy upload holds a reference on its bucket.
- * Meta answering a send "invalid parameter" (100) for an id we uploaded
- * means it forgot the upload: the id is dropped here and in Redis and the
- * send uploads again, once. Every failure before the message request is a
- * retry (or a failure) that is never in doubt: nothing went out. */
-
-static void resolve_media(ca_send *s);
-static void on_redis_void(wc_redis *r, redisReply *reply, void *arg);
-static void lock_key(char *key, size_t len, const ca_bucket *b, const char *sha);
-
-/* Ends a send on the next loop turn: the upload machinery may run inside
- * send(), and a callback must not. */
-static void end_later(ca_send *s)
-{
-    if (wc_httpjson_finish_later(&s->hj) < 0) {
-        wc_error("cloudapi device %s: cannot schedule a completion", s->dev->hj.device_id);
-        abort(); /* the loop itself is broken */
-    }
-}
-
-/* The message with its image id filled in, into the bucket's queue. */
-static void send_with_id(ca_send *s, const char *media_id)
-{
-    json_t *msg = json_loads(s->hj.draft, 0, NULL);
-    json_t *image = json_object_get(msg, "image");
-    free(s->hj.body);
-    s->hj.body = NULL;
-    if (image && json_object_set_new(image, "id", json_string(media_id)) == 0)
-        s->hj.body = json_dumps(msg, JSON_COMPACT);
-    json_decref(msg);
-    if (!s->hj.body) {
-        wc_httpjson_set(&s->hj.res, WC_SEND_RETRY, "out_of_memory",
-                        "out of memory building the request");
-        s->hj.res.retry_after_ms = wc_httpjson_backoff_ms(s->hj.attempt);
-        end_later(s);
-        return;
-    }
-    snprintf(s->media_id, sizeof s->media_id, "%s", media_id);
-    s->body_len = strlen(s->hj.body);
-    bucket_take(s->dev->bucket, s);
-}
-
-static void upload_unwait(ca_upload *u, ca_send *s)
-{
-    for (ca_send **pp = &u->waiters; *pp; pp = &(*pp)->unext) {
-        if (*pp == s) {
-            *pp = s->unext;
-            break;
-        }
-    }
-    s->unext = NULL;
-    s->upload = NULL;
-}
-
-/* The upload's step is over: its waiters go on (with the id) or end (with
- * res); then the bucket may go. Nothing touches u after the release. */
-static void upload_done(ca_upload *u, const wc_send_result *res)
-{
-    if (u->locked && u->redis) {
-        /* Done or failed: the others look again (the id, or their turn). */
-        char key[256];
-        lock_key(key, sizeof key, u->bucket, u->sha);
-        const char *argv[] = {"DEL", key};
-        (void)!wc_redis_commandv(u->redis, on_redis_void, NULL, 2, argv, NULL);
-    }
-    u->locked = false;
-    u->wait_until_us = 0;
-    ca_send *w = u->waiters;
-    u->waiters = NULL;
-    u->busy = false;
-    ca_bucket *b = u->bucket;
-    while (w) {
-        ca_send *next = w->unext;
-        w->unext = NULL;
-        w->upload = NULL;
-        if (res) {
-            w->hj.res = *res;
-            end_later(w);
-        } else {
-            send_with_id(w, u->media_id);
-        }
-        w = next;
-    }
-    bucket_release(b);
-}
-
-static void upload_fail(ca_upload *u, wc_send_outcome outcome, const char *code, const char *fmt,
-                        ...) __attribute__((format(printf, 4, 5)));
-
-/* An upload that failed is not a send: nothing went out, never in doubt. */
-static void upload_fail(ca_upload *u, wc_send_outcome outcome, const char *code, const char *fmt,
-                        ...)
-{
-    wc_send_result r = {.outcome = outcome};
-    snprintf(r.error_code, sizeof r.error_code, "%s", code);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(r.error_message, sizeof r.error_message, fmt, ap);
-    va_end(ap);
-    if (outcome == WC_SEND_RETRY)
-        r.retry_after_ms = wc_httpjson_backoff_ms(u->waiters ? u->waiters->hj.attempt : 0);
-    wc_send_result_clean(&r);
-    upload_done(u, &r);
-}
-
-static void on_redis_void(wc_redis *r, redisReply *reply, void *arg)
-{
-    (void)r;
-    (void)reply;
-    (void)arg;
-}
-
-static void media_key(char *key, size_t len, const ca_bucket *b, const char *sha)
-{
-    snprintf(key, len, WC_KEY_CA_MEDIA_FMT, b->phone_number_id, sha);
-}
-
-static void lock_key(char *key, size_t len, const ca_bucket *b, const char *sha)
-{
-    snprintf(key, len, WC_KEY_CA_MEDIA_LOCK_FMT, b->phone_number_id, sha);
-}
-
-static long media_ttl_s(const ca_device *dev)
-{
-    return dev->media_id_ttl_s > 0 ? dev->media_id_ttl_s : CA_DEFAULT_MEDIA_ID_TTL_S;
-}
-
-static void on_uploaded(void *arg, const wc_httpc_resp *resp)
-{
-    ca_upload *u = arg;
-    u->call = NULL;
-    if (!u->waiters) {
-        upload_done(u, NULL);
-        return;
-    }
-    ca_device *dev = u->waiters->dev;
-    if (resp->error) {
-        upload_fail(u, WC_SEND_RETRY, resp->timed_out ? "upload_timeout" : "upload_network",
-                    "uploading the image to the Cloud API: %s", resp->error);
-        return;
-    }
-    json_t *root = json_loadb(resp->body, resp->body_len, 0, NULL);
-    const char *id = json_string_value(json_object_get(root, "id"));
-    if (resp->status >= 200 && resp->status < 300 && id && *id && strlen(id) < sizeof u->media_id &&
-        wc_text_is_token(id, strlen(id))) {
-        snprintf(u->media_id, sizeof u->media_id, "%s", id);
-        long ttl = media_ttl_s(dev);
-        u->id_until_us = wc_mono_us() + (int64_t)ttl * 1000000;
-        char key[256], ex[24];
-        media_key(key, sizeof key, u->bucket, u->sha);
-        snprintf(ex, sizeof ex, "%ld", ttl);
-        const char *argv[] = {"SET", key, u->media_id, "EX", ex};
-        if (dev->redis && wc_redis_commandv(dev->redis, on_redis_void, NULL, 5, argv, NULL) < 0)
-            wc_warn("cloudapi device %s: media id not stored in Redis (down)", dev->hj.device_id);
-        json_decref(root);
-        upload_done(u, NULL);
-        return;
-    }
-    json_decref(root);
-    /* Meta's error, read as a send's would be; only the outcome's kind is
-     * kept: the message itself was never requested. */
-    wc_send_result r;
-    wc_cloudapi_classify_reply(resp->status, resp->body, resp->body_len, u->waiters->hj.attempt,
-                               &r);
-    if (r.outcome == WC_SEND_OK) {
-        upload_fail(u, WC_SEND_RETRY, "upload_bad_reply",
-                    "the Cloud API answered the image upload without a usable id");
-        return;
-    }
-    r.outcome_unknown = false;
-    char msg[sizeof r.error_message];
-    memcpy(msg, r.error_message, sizeof msg);
-    snprintf(r.error_message, sizeof r.error_message, "image upload: %.240s", msg);
-    wc_send_result_clean(&r);
-    if (r.device_action != WC_DEVICE_OK)
-        wc_warn("cloudapi device %s: %s: %s", dev->hj.device_id, r.device_reason, r.error_message);
-    upload_done(u, &r);
-}
-
-static void on_bytes(void *arg, const wc_media_got *got)
-{
-    ca_upload *u = arg;
-    u->wait = NULL;
-    if (!u->waiters) {
-        upload_done(u, NULL);
-        return;
-    }
-    if (got->error_code) {
-        wc_send_result r;
-        wc_media_result(&r, got);
-        if (r.outcome == WC_SEND_RETRY && u->waiters)
-            r.retry_after_ms = wc_httpjson_backoff_ms(u->waiters->hj.attempt);
-        upload_done(u, &r);
-        return;
-    }
-    ca_device *dev = u->waiters->dev; /* a wait without waiters is cancelled */
-    wc_httpc_form *form = wc_httpc_form_new();
-    if (!form || wc_httpc_form_add(form, "messaging_product", "whatsapp") < 0 ||
-        wc_httpc_form_add(form, "type", "image/jpeg") < 0 ||
-        wc_httpc_form_add_file(form, "file", "image.jpg", "image/jpeg", got->bytes, got->len) < 0) {
-        wc_httpc_form_free(form);
-        upload_fail(u, WC_SEND_RETRY, "out_of_memory", "out of memory building the upload");
-        return;
-    }
-    const char *headers[] = {dev->auth_header, NULL};
-    wc_httpc_req req = {
-        .method = "POST",
-        .url = dev->media_url,
-        .headers = headers,
-        .form = form,
-        .timeout_ms = dev->hj.timeout_ms,
-    };
-    u->call = wc_httpc_start(dev->hj.http, &req, on_uploaded, u);
-    wc_httpc_form_free(form);
-    if (!u->call)
-        upload_fail(u, WC_SEND_RETRY, "http_client", "could not start the image upload");
-}
-
-static void read_bytes(ca_upload *u)
-{
-    if (!u->waiters) {
-        upload_done(u, NULL);
-        return;
-    }
-    u->src = u->waiters->dev->media;
-    u->wait = u->src ? u->src->get(u->src->ctx, u->sha, on_bytes, u) : NULL;
-    if (!u->wait)
-        upload_fail(u, u->src ? WC_SEND_RETRY : WC_SEND_FAIL, "media_unavailable",
-                    "the image media:%s cannot be read here", u->sha);
-}
-
-static void look_for_id(ca_upload *u);
-
-static void on_poll(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    look_for_id(arg);
-}
-
-static void on_locked(wc_redis *r, redisReply *reply, void *arg)
-{
-    (void)r;
-    ca_upload *u = arg;
-    if (!u->waiters) {
-        upload_done(u, NULL);
-        return;
-    }
-    if (reply && reply->type == REDIS_REPLY_STATUS) {
-        u->locked = true; /* ours to upload */
-        read_bytes(u);
-        return;
-    }
-    struct timeval tv = {0, CA_UPLOAD_POLL_MS * 1000};
-    if (reply && reply->type == REDIS_REPLY_NIL && wc_mono_us() < u->wait_until_us &&
-        (u->poll || (u->poll = evtimer_new(u->bucket->base, on_poll, u))) &&
-        evtimer_add(u->poll, &tv) == 0)
-        return; /* another sender is uploading it: its id will be in Redis */
-    /* Redis failed, or the other upload took longer than it may: our own. */
-    read_bytes(u);
-}
-
-/* Takes the upload lock, or waits for the sender that holds it. */
-static void take_lock(ca_upload *u)
-{
-    ca_device *dev = u->waiters->dev;
-    long lock_ms = dev->hj.timeout_ms + CA_UPLOAD_LOCK_EXTRA_MS;
-    if (!u->wait_until_us)
-        u->wait_until_us = wc_mono_us() + (int64_t)lock_ms * 1000;
-    char key[256], px[24];
-    lock_key(key, sizeof key, u->bucket, u->sha);
-    snprintf(px, sizeof px, "%ld", lock_ms);
-    const char *argv[] = {"SET", key, dev->hj.device_id, "NX", "PX", px};
-    if (wc_redis_commandv(u->redis, on_locked, u, 6, argv, NULL) < 0)
-        read_bytes(u);
-}
-
-static void on_id_stored(wc_redis *r, redisReply *reply, void *arg)
-{
-    (void)r;
-    ca_upload *u = arg;
-    if (!u->waiters) {
-        upload_done(u, NULL);
-        return;
-    }
-    if (reply && reply->type == REDIS_REPLY_STRING && reply->len > 0 &&
-        reply->len < sizeof u->media_id && strcmp(reply->str, u->stale) != 0 &&
-        wc_text_is_token(reply->str, reply->len)) {
-        /* Uploaded before, maybe by another sender. */
-        memcpy(u->media_id, reply->str, reply->len + 1);
-        u->id_until_us = wc_mono_us() + (int64_t)media_ttl_s(u->waiters->dev) * 1000000 / 2;
-        upload_done(u, NULL);
-        return;
-    }
-    if (reply && reply->type != REDIS_REPLY_ERROR)
-        take_lock(u);
-    else
-        read_bytes(u); /* Redis failed: an upload of our own is still right */
-}
-
-/* The id in Redis (another sender's upload, or an earlier one). */
-static void look_for_id(ca_upload *u)
-{
-    if (!u->waiters) {
-        upload_done(u, NULL);
-        return;
-    }
-    u->redis = u->waiters->dev->redis;
-    char key[256];
-    media_key(key, sizeof key, u->bucket, u->sha);
-    const char *argv[] = {"GET", key};
-    if (!u->redis || wc_redis_commandv(u->redis, on_id_stored, u, 2, argv, NULL) < 0)
-        read_bytes(u); /* Redis down: an upload of our own is still right */
-}
-
-/* Starts finding the image's id on the number: Redis, else an upload. */
-static void upload_start(ca_upload *u)
-{
-    u->busy = true;
-    u->bucket->refs++; /* the bucket outlives the step */
-    look_for_id(u);
-}
-
-static ca_upload *upload_for(ca_bucket *b, const char *sha)
-{
-    for (ca_upload *u = b->uploads; u; u = u->next) {
-        if (strcmp(u->sha, sha) == 0)
-            return u;
-    }
-    ca_upload *u = calloc(1, sizeof *u);
-    if (!u)
-        return NULL;
-    u->bucket = b;
-    memcpy(u->sha, sha, sizeof u->sha);
-    u->next = b->uploads;
-    b->uploads = u;
-    return u;
-}
-
-/* The send's image id on its number: known, or waited for. */
-static void resolve_media(ca_send *s)
-{
-    ca_upload *u = upload_for(s->dev->bucket, s->sha);
-    if (!u) {
-        wc_httpjson_set(&s->hj.res, WC_SEND_RETRY, "out_of_memory", "out of memory");
-        s->hj.res.retry_after_ms = wc_httpjson_backoff_ms(s->hj.attempt);
-        end_later(s);
-        return;
-    }
-    if (!u->busy && u->media_id[0] && wc_mono_us() < u->id_until_us) {
-        send_with_id(s, u->media_id);
-        return;
-    }
-    s->upload = u;
-    s->unext = u->waiters;
-    u->waiters = s;
-    if (!u->busy)
-        upload_start(u);
-}
-
-/* Meta did not know the id the send carried (expired, or gone): forget it
- * here and in Redis, and upload again once. */
-static bool reupload(ca_send *s, const wc_httpc_resp *resp)
-{
-    if (!s->media_id[0] || s->reuploaded || resp->error || resp->status != 400)
-        return false;
-    json_t *root = json_loadb(resp->body, resp->body_len, 0, NULL);
-    long code = error_code_of(json_object_get(json_object_get(root, "error"), "code"));
-    json_decref(root);
-    if (code != CA_BAD_PARAMETER)
-        return false;
-    ca_bucket *b = s->dev->bucket;
-    ca_upload *u = upload_for(b, s->sha);
-    if (u && strcmp(u->media_id, s->media_id) == 0) {
-        u->media_id[0] = '\0';
-        snprintf(u->stale, sizeof u->stale, "%s", s->media_id);
-    }
-    char key[256];
-    media_key(key, sizeof key, b, s->sha);
-    const char *argv[] = {"DEL", key};
-    if (s->dev->redis)
-        (void)!wc_redis_commandv(s->dev->redis, on_redis_void, NULL, 2, argv, NULL);
-    wc_warn("cloudapi device %s: media id %s refused; uploading the image again",
-            s->dev->hj.device_id, s->media_id);
-    s->reuploaded = true;
-    s->media_id[0] = '\0';
-    resolve_media(s);
-    return true;
-}
-
 static int ca_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, void *arg)
 {
     ca_device *dev = inst;
@@ -1154,11 +675,11 @@ static int ca_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, v
          * reported on a later loop turn, never from inside send()). */
         s->hj.draft = s->hj.body;
         s->hj.body = NULL;
-        resolve_media(s);
+        ca_media_resolve(s);
         return 0;
     }
     s->body_len = strlen(s->hj.body);
-    bucket_take(dev->bucket, s);
+    ca_bucket_take(dev->bucket, s);
     return 0;
 }
 
@@ -1283,19 +804,10 @@ static void ca_close(void *inst)
         ca_send *s = (ca_send *)q;
         if (s->queued)
             bucket_dequeue(dev->bucket, s);
-        ca_upload *u = s->upload;
-        if (u) {
-            upload_unwait(u, s);
-            if (!u->waiters && u->wait) {
-                /* Nobody wants the bytes any more. */
-                u->src->cancel(u->wait);
-                u->wait = NULL;
-                upload_done(u, NULL);
-            }
-        }
+        ca_media_leave(s);
     }
     wc_httpjson_device_close(&dev->hj);
-    bucket_release(dev->bucket);
+    ca_bucket_release(dev->bucket);
     free(dev->messages_url);
     free(dev->media_url);
     if (dev->auth_header) {
