@@ -211,6 +211,13 @@ static const char *extension_for(const char *mime)
     return "jpg";
 }
 
+static void set_oom(gw_send *s)
+{
+    wc_httpjson_set(&s->hj.res, WC_SEND_RETRY, "out_of_memory",
+                    "out of memory building the request");
+    s->hj.res.retry_after_ms = wc_httpjson_backoff_ms(s->hj.attempt);
+}
+
 /* Starts the request; fills s->hj.res and returns -1 when it cannot start. */
 static int start_request(gw_send *s, const char *url, const char *body, const wc_httpc_form *form)
 {
@@ -261,9 +268,7 @@ static int post_image_file(gw_send *s, const char *caption, const unsigned char 
     rc = start_request(s, url, NULL, form);
     goto end;
 oom:
-    wc_httpjson_set(&s->hj.res, WC_SEND_RETRY, "out_of_memory",
-                    "out of memory building the request");
-    s->hj.res.retry_after_ms = wc_httpjson_backoff_ms(s->hj.attempt);
+    set_oom(s);
 end:
     free(url);
     wc_httpc_form_free(form);
@@ -307,9 +312,7 @@ static int start_call(gw_send *s, const wc_send_request *req)
     if (media && wc_media_ref(media, sha)) {
         /* A prepared image of ours: read it, then send it as a file. */
         if (*content && !(s->hj.body = strdup(content))) {
-            wc_httpjson_set(&s->hj.res, WC_SEND_RETRY, "out_of_memory",
-                            "out of memory building the request");
-            s->hj.res.retry_after_ms = wc_httpjson_backoff_ms(s->hj.attempt);
+            set_oom(s);
             return -1;
         }
         return wc_httpjson_media_get(&s->hj, s->dev->media, sha, on_media);
@@ -364,9 +367,7 @@ static int start_call(gw_send *s, const wc_send_request *req)
     goto end;
 
 oom:
-    wc_httpjson_set(&s->hj.res, WC_SEND_RETRY, "out_of_memory",
-                    "out of memory building the request");
-    s->hj.res.retry_after_ms = wc_httpjson_backoff_ms(s->hj.attempt);
+    set_oom(s);
 end:
     free(url);
     free(body);

@@ -204,6 +204,29 @@ static int check_cloud_sends(json_t *sent, const char ids[NCLOUD][64], int *bad)
     return n;
 }
 
+/* One upload of the stored JPEG per phone number id in the Graph fake's
+ * record, and every Cloud API send in it carries its own number's id. */
+static void check_uploads_and_sends(const char *sha, const char *when)
+{
+    json_t *media = fake_call(&w.fake, "GET", "/_control/media", NULL);
+    assert_non_null(media);
+    char ids[NCLOUD][64];
+    for (int k = 0; k < NCLOUD; k++) {
+        int n = uploads_of(media, pnids[k], sha, ids[k], sizeof ids[k]);
+        fprintf(stderr, "%sphone number id %s: %d upload(s), media id %s\n", when, pnids[k], n,
+                ids[k]);
+        assert_int_equal(n, 1);
+    }
+    assert_int_equal(json_array_size(json_object_get(media, "media")), NCLOUD);
+    json_decref(media);
+    json_t *sent = e2e_fake_sent(&w.fake);
+    int bad = 0;
+    int cloud = check_cloud_sends(sent, ids, &bad);
+    json_decref(sent);
+    assert_int_equal(bad, 0);
+    assert_int_equal(cloud, NLEADS / 2);
+}
+
 static void test_image_campaign(void **state)
 {
     (void)state;
@@ -228,28 +251,13 @@ static void test_image_campaign(void **state)
     assert_true(wt_sql_long(w.db, "SELECT max(octet_length(coalesce(media_url, '')) +"
                                   " octet_length(content)) FROM broadcast_messages") < 200);
 
-    /* Exactly one upload per phone number id, of the stored JPEG. */
-    json_t *media = fake_call(&w.fake, "GET", "/_control/media", NULL);
-    assert_non_null(media);
-    char ids[NCLOUD][64];
-    for (int k = 0; k < NCLOUD; k++) {
-        int n = uploads_of(media, pnids[k], sha, ids[k], sizeof ids[k]);
-        fprintf(stderr, "phone number id %s: %d upload(s), media id %s\n", pnids[k], n, ids[k]);
-        assert_int_equal(n, 1);
-    }
-    assert_int_equal(json_array_size(json_object_get(media, "media")), NCLOUD);
-    json_decref(media);
-
-    /* Every Cloud API send carries its number's id. */
-    json_t *sent = e2e_fake_sent(&w.fake);
-    int bad = 0;
-    int cloud = check_cloud_sends(sent, ids, &bad);
-    json_decref(sent);
-    assert_int_equal(bad, 0);
-    assert_int_equal(cloud, NLEADS / 2);
+    /* Exactly one upload per phone number id, of the stored JPEG, and every
+     * Cloud API send carries its number's id. */
+    check_uploads_and_sends(sha, "");
     assert_int_equal(e2e_check_none_rejected(&w.fake, "graph"), 0);
 
     /* Every gowa send carries the JPEG itself. */
+    int bad = 0;
     json_t *gsent = e2e_fake_sent(&gowa);
     size_t i;
     json_t *m;
@@ -287,22 +295,7 @@ static void test_expired_uploads(void **state)
     char sha[80];
     wt_sql_text(w.db, sha, sizeof sha, "SELECT media_sha256 FROM campaigns WHERE id = '%s'",
                 campaign);
-    json_t *media = fake_call(&w.fake, "GET", "/_control/media", NULL);
-    assert_non_null(media);
-    char ids[NCLOUD][64];
-    for (int k = 0; k < NCLOUD; k++) {
-        int n = uploads_of(media, pnids[k], sha, ids[k], sizeof ids[k]);
-        fprintf(stderr, "after expiry, phone number id %s: %d upload(s), media id %s\n", pnids[k],
-                n, ids[k]);
-        assert_int_equal(n, 1);
-    }
-    json_decref(media);
-    json_t *sent = e2e_fake_sent(&w.fake);
-    int bad = 0;
-    int cloud = check_cloud_sends(sent, ids, &bad);
-    json_decref(sent);
-    assert_int_equal(bad, 0);
-    assert_int_equal(cloud, NLEADS / 2);
+    check_uploads_and_sends(sha, "after expiry, ");
     /* The refused sends: one per number, before its new upload. */
     long rejected = e2e_fake_stat(&w.fake, "rejected");
     fprintf(stderr, "sends refused for an expired id: %ld\n", rejected);
