@@ -188,6 +188,23 @@ static char *callback_body(const char *device_id, const char *provider_id, const
     return text;
 }
 
+/* A send refused before anything went out: its result (already in s->res)
+ * is reported from the loop, never from inside send(). */
+static int report_later(sim_send *s)
+{
+    s->timer = evtimer_new(s->dev->env->base, on_latency, s);
+    struct timeval tv = {0, 0};
+    if (!s->timer || evtimer_add(s->timer, &tv) < 0) {
+        if (s->timer)
+            event_free(s->timer);
+        free(s);
+        return -1;
+    }
+    s->recorded = true; /* nothing to wait for on close */
+    s->dev->inflight = s;
+    return 0;
+}
+
 static int sim_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, void *arg)
 {
     sim_device *d = inst;
@@ -210,22 +227,19 @@ static int sim_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, 
                  d->blocked ? "simulated number is restricted" : "simulated account is logged out");
         snprintf(s->res.device_reason, sizeof s->res.device_reason, "%s",
                  d->blocked ? "simulated number is restricted" : "simulated account is logged out");
-        s->timer = evtimer_new(d->env->base, on_latency, s);
-        struct timeval tv = {0, 0};
-        if (!s->timer || evtimer_add(s->timer, &tv) < 0) {
-            if (s->timer)
-                event_free(s->timer);
-            free(s);
-            return -1;
-        }
-        s->recorded = true; /* nothing to wait for on close */
-        d->inflight = s;
-        return 0;
+        return report_later(s);
     }
     char sha[WC_MEDIA_SHA_LEN + 1];
     if (req->media_url && wc_media_ref(req->media_url, sha)) {
         /* The provider gets the image itself: read it, then record the send. */
         const wc_media_source *src = d->env->media;
+        if (!src) {
+            s->res.outcome = WC_SEND_FAIL;
+            snprintf(s->res.error_code, sizeof s->res.error_code, "media_unavailable");
+            snprintf(s->res.error_message, sizeof s->res.error_message,
+                     "this sender has no store of prepared images");
+            return report_later(s);
+        }
         const char *fields[] = {req->campaign_id, req->device_id, req->recipient, req->content};
         for (size_t i = 0; i < 4; i++) {
             if (fields[i] && !(s->copies[i] = strdup(fields[i]))) {
@@ -240,7 +254,7 @@ static int sim_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, 
         s->req.recipient = s->copies[2];
         s->req.content = s->copies[3];
         s->req.media_url = NULL;
-        s->media_wait = src ? src->get(src->ctx, sha, on_media, s) : NULL;
+        s->media_wait = src->get(src->ctx, sha, on_media, s);
         if (!s->media_wait) {
             free_copies(s);
             free(s);
