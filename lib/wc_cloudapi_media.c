@@ -157,7 +157,27 @@ static void on_uploaded(void *arg, const wc_httpc_resp *resp)
 {
     ca_upload *u = arg;
     u->call = NULL;
+    json_t *root = resp->error ? NULL : json_loadb(resp->body, resp->body_len, 0, NULL);
+    const char *id = json_string_value(json_object_get(root, "id"));
+    if (!resp->error && resp->status >= 200 && resp->status < 300 && id && *id &&
+        strlen(id) < sizeof u->media_id && wc_text_is_token(id, strlen(id))) {
+        /* Kept even when every send that wanted it has gone: the next one
+         * uses it. */
+        snprintf(u->media_id, sizeof u->media_id, "%s", id);
+        u->id_until_us = wc_mono_us() + (int64_t)u->ttl_s * 1000000;
+        char key[256], ex[24];
+        media_key(key, sizeof key, u->bucket, u->sha);
+        snprintf(ex, sizeof ex, "%ld", u->ttl_s);
+        const char *argv[] = {"SET", key, u->media_id, "EX", ex};
+        if (u->redis && wc_redis_commandv(u->redis, on_redis_void, NULL, 5, argv, NULL) < 0)
+            wc_warn("cloudapi number %s: media id not stored in Redis (down)",
+                    u->bucket->phone_number_id);
+        json_decref(root);
+        upload_done(u, NULL);
+        return;
+    }
     if (!u->waiters) {
+        json_decref(root);
         upload_done(u, NULL);
         return;
     }
@@ -165,23 +185,6 @@ static void on_uploaded(void *arg, const wc_httpc_resp *resp)
     if (resp->error) {
         upload_fail(u, WC_SEND_RETRY, resp->timed_out ? "upload_timeout" : "upload_network",
                     "uploading the image to the Cloud API: %s", resp->error);
-        return;
-    }
-    json_t *root = json_loadb(resp->body, resp->body_len, 0, NULL);
-    const char *id = json_string_value(json_object_get(root, "id"));
-    if (resp->status >= 200 && resp->status < 300 && id && *id && strlen(id) < sizeof u->media_id &&
-        wc_text_is_token(id, strlen(id))) {
-        snprintf(u->media_id, sizeof u->media_id, "%s", id);
-        long ttl = media_ttl_s(dev);
-        u->id_until_us = wc_mono_us() + (int64_t)ttl * 1000000;
-        char key[256], ex[24];
-        media_key(key, sizeof key, u->bucket, u->sha);
-        snprintf(ex, sizeof ex, "%ld", ttl);
-        const char *argv[] = {"SET", key, u->media_id, "EX", ex};
-        if (dev->redis && wc_redis_commandv(dev->redis, on_redis_void, NULL, 5, argv, NULL) < 0)
-            wc_warn("cloudapi device %s: media id not stored in Redis (down)", dev->hj.device_id);
-        json_decref(root);
-        upload_done(u, NULL);
         return;
     }
     json_decref(root);
@@ -251,6 +254,7 @@ static void read_bytes(ca_upload *u)
         return;
     }
     u->src = u->waiters->dev->media;
+    u->ttl_s = media_ttl_s(u->waiters->dev);
     u->wait = u->src ? u->src->get(u->src->ctx, u->sha, on_bytes, u) : NULL;
     if (!u->wait)
         upload_fail(u, u->src ? WC_SEND_RETRY : WC_SEND_FAIL, "media_unavailable",

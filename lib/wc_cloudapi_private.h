@@ -65,6 +65,7 @@ struct ca_upload {
     wc_media_wait *wait;        /* reading the bytes */
     const wc_media_source *src; /* ...from there */
     wc_httpc_call *call;        /* the upload */
+    long ttl_s;                 /* how long its id is reused */
     /* Across senders: one uploads (holding the lock in Redis), the others
      * look for the id every CA_UPLOAD_POLL_MS until the lock's time is up. */
     struct wc_redis *redis; /* the first waiter's, for this step */
