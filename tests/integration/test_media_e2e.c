@@ -147,8 +147,9 @@ static int teardown(void **state)
     return e2e_world_teardown(state);
 }
 
-/* A campaign of every lead of owner with the image; its id into id. */
-static void run_campaign(const char *owner, const char *title, char id[40])
+/* A campaign of every lead of owner (n of them) with the image, run until
+ * it is finished with every message sent; its id into id. */
+static void run_campaign(const char *owner, const char *title, int n, char id[40])
 {
     PGresult *r = wt_sql(w.db,
                          "INSERT INTO campaigns (user_id, title, message, media_url, scheduled_at,"
@@ -159,6 +160,10 @@ static void run_campaign(const char *owner, const char *title, char id[40])
     PQclear(r);
     if (!e2e_wait_finished(w.db, id, 80000))
         wt_dump_logs(&w.env, 40);
+    assert_true(e2e_wait_sql(w.db, 1000,
+                             "SELECT count(*) = %d FROM broadcast_messages WHERE campaign_id = '%s'"
+                             " AND status = 'sent'",
+                             n, id));
 }
 
 /* The Graph fake's uploads: per phone number id, how many and the last id. */
@@ -231,11 +236,7 @@ static void test_image_campaign(void **state)
 {
     (void)state;
     char campaign[40];
-    run_campaign(user, "image", campaign);
-    assert_true(e2e_wait_sql(w.db, 1000,
-                             "SELECT count(*) = %d FROM broadcast_messages WHERE campaign_id = '%s'"
-                             " AND status = 'sent'",
-                             NLEADS, campaign));
+    run_campaign(user, "image", NLEADS, campaign);
     /* One media row: the campaign's, and the rows refer to it by sha256. */
     char sha[80], size[24];
     wt_sql_text(w.db, sha, sizeof sha,
@@ -285,11 +286,7 @@ static void test_expired_uploads(void **state)
     /* The record starts again: what follows is this campaign's. */
     assert_true(fake_ok(&w.fake, "POST", "/_control/reset", "{}"));
     char campaign[40];
-    run_campaign(user, "image again", campaign);
-    assert_true(e2e_wait_sql(w.db, 1000,
-                             "SELECT count(*) = %d FROM broadcast_messages WHERE campaign_id = '%s'"
-                             " AND status = 'sent'",
-                             NLEADS, campaign));
+    run_campaign(user, "image again", NLEADS, campaign);
     /* Still one media row: the same picture. */
     assert_int_equal(wt_sql_long(w.db, "SELECT count(*) FROM media"), 1);
     char sha[80];
@@ -307,11 +304,7 @@ static void test_sim_records_the_image(void **state)
 {
     (void)state;
     char campaign[40];
-    run_campaign(sim_user, "sim image", campaign);
-    assert_true(e2e_wait_sql(w.db, 1000,
-                             "SELECT count(*) = 5 FROM broadcast_messages WHERE campaign_id = '%s'"
-                             " AND status = 'sent'",
-                             campaign));
+    run_campaign(sim_user, "sim image", 5, campaign);
     char sha[80], size[24];
     wt_sql_text(w.db, sha, sizeof sha, "SELECT media_sha256 FROM campaigns WHERE id = '%s'",
                 campaign);
