@@ -24,15 +24,19 @@
  *
  * Content: plain text; an image when media_url is set (a URL is sent as
  * "link", "media:<id>" as an uploaded media "id"; the text becomes the
- * caption); a template when the content is "template:" followed by JSON
+ * caption; "media:<sha256>", a prepared image of ours, is uploaded once per
+ * phone number id and sent by the id Meta gives it: wc_cloudapi_media.c);
+ * a template when the content is "template:" followed by JSON
  * {"name": "...", "language": "en_US" or {"code": "en_US"}, "components": [...]}.
  * The wacast message id goes out as biz_opaque_callback_data, so status
  * webhooks can be matched even if a response was lost. */
 #include "wc_cloudapi.h"
+#include "wc_cloudapi_private.h"
 
 #include <ctype.h>
 #include <inttypes.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,41 +63,6 @@
 
 #define CA_PAIR_RETRY_MS 6000         /* ~1 message per 6 s per recipient */
 #define CA_ECOSYSTEM_RETRY_MS 3600000 /* 131049: Meta asks for a much later retry */
-
-typedef struct ca_bucket ca_bucket;
-typedef struct ca_send ca_send;
-
-typedef struct ca_device {
-    wc_httpjson_device hj; /* first: what every HTTP + JSON device holds */
-    char phone_number_id[64];
-    char *messages_url;
-    char *auth_header; /* "Authorization: Bearer ..."; wiped on close */
-    ca_bucket *bucket;
-} ca_device;
-
-struct ca_send {
-    wc_httpjson_send hj; /* first: the shared send life cycle; hj.body is the JSON body */
-    ca_device *dev;
-    ca_send *qnext; /* the bucket's queue */
-    bool queued;
-    size_t body_len;
-};
-
-/* One per (base_url, phone_number_id) on an event base. */
-struct ca_bucket {
-    ca_bucket *next;
-    int refs;
-    struct event_base *base;
-    char *key;
-    double mps;
-    double burst;
-    double tokens;
-    int64_t refilled_us;
-    int64_t paused_until_us; /* after a 130429 every send on the number waits */
-    int throttle_streak;
-    ca_send *qhead, *qtail;
-    struct event *timer;
-};
 
 static ca_bucket *buckets;
 
@@ -191,10 +160,16 @@ static ca_bucket *bucket_acquire(struct event_base *base, const char *key, doubl
     return b;
 }
 
-static void bucket_release(ca_bucket *b)
+void ca_bucket_release(ca_bucket *b)
 {
     if (!b || --b->refs > 0)
         return;
+    /* Nothing is in flight on an upload here: a busy one holds a reference. */
+    while (b->uploads) {
+        ca_upload *u = b->uploads;
+        b->uploads = u->next;
+        ca_media_free(u);
+    }
     for (ca_bucket **pp = &buckets; *pp; pp = &(*pp)->next) {
         if (*pp == b) {
             *pp = b->next;
@@ -207,7 +182,7 @@ static void bucket_release(ca_bucket *b)
 }
 
 /* Sends at once when a token is free and nobody waits; otherwise queues. */
-static void bucket_take(ca_bucket *b, ca_send *s)
+void ca_bucket_take(ca_bucket *b, ca_send *s)
 {
     int64_t now = wc_mono_us();
     bucket_refill(b, now);
@@ -322,7 +297,7 @@ static enum ca_kind kind_of(long code, long http_status)
 }
 
 /* The error's numeric code (a number, or digits in a string), or -1. */
-static long error_code_of(json_t *jcode)
+long ca_error_code_of(json_t *jcode)
 {
     if (json_is_integer(jcode)) {
         json_int_t v = json_integer_value(jcode);
@@ -382,7 +357,7 @@ bool wc_cloudapi_classify_reply(long http_status, const char *body, size_t len, 
     }
 
     json_t *err = json_object_get(root, "error");
-    long code = error_code_of(json_object_get(err, "code"));
+    long code = ca_error_code_of(json_object_get(err, "code"));
     const char *message = json_string_value(json_object_get(err, "message"));
     const char *details =
         json_string_value(json_object_get(json_object_get(err, "error_data"), "details"));
@@ -557,9 +532,13 @@ end:
     return out;
 }
 
-/* The JSON body of a send, or NULL with an error code and reason. */
-static char *build_body(const wc_send_request *req, const char **code, char *why, size_t whylen)
+/* The JSON body of a send, or NULL with an error code and reason. For a
+ * prepared image of ours, sha gets its sha256 and image.id is left "" for
+ * with_media_id() to fill; otherwise sha is "". */
+static char *build_body(const wc_send_request *req, char sha[WC_MEDIA_SHA_LEN + 1],
+                        const char **code, char *why, size_t whylen)
 {
+    *sha = '\0';
     char to[24];
     if (!to_digits(req->recipient, to, sizeof to)) {
         *code = "invalid_recipient";
@@ -588,7 +567,9 @@ static char *build_body(const wc_send_request *req, const char **code, char *why
         json_t *image = json_object();
         if (!image)
             goto oom;
-        if (strncmp(media, CA_MEDIA_ID_PREFIX, strlen(CA_MEDIA_ID_PREFIX)) == 0) {
+        if (wc_media_ref(media, sha)) {
+            json_object_set_new(image, "id", json_string(""));
+        } else if (strncmp(media, CA_MEDIA_ID_PREFIX, strlen(CA_MEDIA_ID_PREFIX)) == 0) {
             json_object_set_new(image, "id", json_string(media + strlen(CA_MEDIA_ID_PREFIX)));
         } else if (strncmp(media, "http://", 7) == 0 || strncmp(media, "https://", 8) == 0) {
             json_object_set_new(image, "link", json_string(media));
@@ -633,6 +614,8 @@ static void on_response(void *arg, const wc_httpc_resp *resp)
 {
     ca_send *s = arg;
     s->hj.call = NULL;
+    if (ca_media_reupload(s, resp))
+        return;
     classify(s, resp);
     wc_httpjson_finish(&s->hj);
 }
@@ -675,7 +658,7 @@ static int ca_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, v
 
     const char *code = NULL;
     char why[256];
-    s->hj.body = build_body(req, &code, why, sizeof why);
+    s->hj.body = build_body(req, s->sha, &code, why, sizeof why);
     if (!s->hj.body) {
         /* Reported on the next loop turn, never from inside send(). */
         wc_httpjson_set(&s->hj.res,
@@ -687,8 +670,16 @@ static int ca_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, v
         }
         return 0;
     }
+    if (s->sha[0]) {
+        /* Its image id comes from the number's upload (every end of that is
+         * reported on a later loop turn, never from inside send()). */
+        s->hj.draft = s->hj.body;
+        s->hj.body = NULL;
+        ca_media_resolve(s);
+        return 0;
+    }
     s->body_len = strlen(s->hj.body);
-    bucket_take(dev->bucket, s);
+    ca_bucket_take(dev->bucket, s);
     return 0;
 }
 
@@ -782,11 +773,20 @@ static void *ca_open(const wc_transport_env *env, const char *device_id, json_t 
         snprintf(err, errlen, "out of memory");
         goto error;
     }
+    if (asprintf(&dev->media_url, "%.*s/%s/%s/media", (int)blen, base_url, version, pnid) < 0) {
+        dev->media_url = NULL;
+        snprintf(err, errlen, "out of memory");
+        goto error;
+    }
+    dev->redis = env->redis;
+    dev->media = env->media;
+    dev->media_id_ttl_s = env->media_id_ttl_s;
     dev->bucket = bucket_acquire(env->base, key, mps);
     if (!dev->bucket) {
         snprintf(err, errlen, "out of memory");
         goto error;
     }
+    snprintf(dev->bucket->phone_number_id, sizeof dev->bucket->phone_number_id, "%s", pnid);
     return dev;
 
 error:
@@ -804,10 +804,12 @@ static void ca_close(void *inst)
         ca_send *s = (ca_send *)q;
         if (s->queued)
             bucket_dequeue(dev->bucket, s);
+        ca_media_leave(s);
     }
     wc_httpjson_device_close(&dev->hj);
-    bucket_release(dev->bucket);
+    ca_bucket_release(dev->bucket);
     free(dev->messages_url);
+    free(dev->media_url);
     if (dev->auth_header) {
         sodium_memzero(dev->auth_header, strlen(dev->auth_header));
         free(dev->auth_header);

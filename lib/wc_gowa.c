@@ -2,7 +2,9 @@
  * go-whatsapp-web-multidevice. One HTTP call per send:
  *   text:  POST {base_url}/send/message  JSON {"phone": "<digits>@s.whatsapp.net", "message": ...}
  *   image: POST {base_url}/send/image    multipart: phone, caption, and image_url (a link) or
- *          image (a file part, from a base64 data: URL)
+ *          image (a file part: a base64 data: URL decoded, or a prepared image, media:<sha256>,
+ *          read through env->media; the gateway keeps no upload to refer to, so every send
+ *          carries the file, and the sender's media cache keeps the database read to one)
  * with basic auth and X-Device-Id selecting the device when the gateway holds
  * several. The gateway answers {"code": "SUCCESS", "results": {"message_id": ...}}
  * or an error code and message, which are reported as they came (made valid
@@ -50,11 +52,15 @@ typedef struct gw_device {
     char *device_header;   /* "X-Device-Id: ..." or NULL */
     char *username;        /* NULL: no basic auth */
     char *password;
+    const wc_media_source *media; /* env->media: prepared images */
 } gw_device;
 
 struct gw_send {
     wc_httpjson_send hj; /* first: the shared send life cycle */
     gw_device *dev;
+    /* What the request will say to whom; while a prepared image is read,
+     * hj.body holds the caption (freed with the send). */
+    char phone[48];
 };
 
 static void free_secret(char *s)
@@ -205,78 +211,23 @@ static const char *extension_for(const char *mime)
     return "jpg";
 }
 
-/* Starts the HTTP call; fills s->hj.res and returns -1 when the content is unusable. */
-static int start_call(gw_send *s, const wc_send_request *req)
+static void set_oom(gw_send *s)
+{
+    wc_httpjson_set(&s->hj.res, WC_SEND_RETRY, "out_of_memory",
+                    "out of memory building the request");
+    s->hj.res.retry_after_ms = wc_httpjson_backoff_ms(s->hj.attempt);
+}
+
+/* Starts the request; fills s->hj.res and returns -1 when it cannot start. */
+static int start_request(gw_send *s, const char *url, const char *body, const wc_httpc_form *form)
 {
     gw_device *dev = s->dev;
-    const char *to = req->recipient ? req->recipient : "";
-    if (*to == '+')
-        to++;
-    size_t n = strlen(to);
-    bool digits = n > 0 && n <= 15;
-    for (size_t i = 0; digits && i < n; i++)
-        digits = isdigit((unsigned char)to[i]) != 0;
-    if (!digits) {
-        wc_httpjson_set(&s->hj.res, WC_SEND_FAIL, "invalid_recipient",
-                        "recipient is not an E.164 number");
-        return -1;
-    }
-    char phone[48];
-    snprintf(phone, sizeof phone, "%s" GW_JID_SUFFIX, to);
-    const char *content = req->content ? req->content : "";
-    const char *media = req->media_url && *req->media_url ? req->media_url : NULL;
-
     const char *headers[3] = {NULL, NULL, NULL};
     int h = 0;
     if (dev->device_header)
         headers[h++] = dev->device_header;
-    char *url = NULL;
-    char *body = NULL;
-    wc_httpc_form *form = NULL;
-    unsigned char *image = NULL;
-    int rc = -1;
-
-    if (media) {
-        if (asprintf(&url, "%s/send/image", dev->base_url) < 0) {
-            url = NULL;
-            goto oom;
-        }
-        form = wc_httpc_form_new();
-        if (!form || wc_httpc_form_add(form, "phone", phone) < 0 ||
-            (*content && wc_httpc_form_add(form, "caption", content) < 0))
-            goto oom;
-        if (strncmp(media, "http://", 7) == 0 || strncmp(media, "https://", 8) == 0) {
-            if (wc_httpc_form_add(form, "image_url", media) < 0)
-                goto oom;
-        } else {
-            size_t ilen = 0;
-            char mime[64], filename[32];
-            if (decode_data_url(media, &image, &ilen, mime, sizeof mime) < 0) {
-                wc_httpjson_set(&s->hj.res, WC_SEND_FAIL, "unsupported_media",
-                                "media_url must be an http(s) link or a base64 data: URL");
-                goto end;
-            }
-            snprintf(filename, sizeof filename, "image.%s", extension_for(mime));
-            if (wc_httpc_form_add_file(form, "image", filename, mime, image, ilen) < 0)
-                goto oom;
-        }
-    } else {
-        if (!*content) {
-            wc_httpjson_set(&s->hj.res, WC_SEND_FAIL, "empty_message",
-                            "nothing to send: no content and no media");
-            goto end;
-        }
-        if (asprintf(&url, "%s/send/message", dev->base_url) < 0) {
-            url = NULL;
-            goto oom;
-        }
-        json_t *msg = json_pack("{s:s, s:s}", "phone", phone, "message", content);
-        body = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
-        json_decref(msg);
-        if (!body)
-            goto oom;
+    if (body)
         headers[h++] = "Content-Type: application/json";
-    }
     wc_httpc_req hreq = {
         .method = "POST",
         .url = url,
@@ -293,19 +244,133 @@ static int start_call(gw_send *s, const wc_send_request *req)
         wc_httpjson_set(&s->hj.res, WC_SEND_RETRY, "http_client",
                         "could not start the HTTP request");
         s->hj.res.retry_after_ms = wc_httpjson_backoff_ms(s->hj.attempt);
-        goto end;
+        return -1;
     }
-    rc = 0;
+    return 0;
+}
+
+/* POST /send/image with the image as a file part, as the gateway takes an
+ * upload; fills s->hj.res and returns -1 when it cannot start. */
+static int post_image_file(gw_send *s, const char *caption, const unsigned char *image, size_t len,
+                           const char *filename, const char *mime)
+{
+    char *url = NULL;
+    wc_httpc_form *form = wc_httpc_form_new();
+    int rc = -1;
+    if (asprintf(&url, "%s/send/image", s->dev->base_url) < 0) {
+        url = NULL;
+        goto oom;
+    }
+    if (!form || wc_httpc_form_add(form, "phone", s->phone) < 0 ||
+        (caption && *caption && wc_httpc_form_add(form, "caption", caption) < 0) ||
+        wc_httpc_form_add_file(form, "image", filename, mime, image, len) < 0)
+        goto oom;
+    rc = start_request(s, url, NULL, form);
+    goto end;
+oom:
+    set_oom(s);
+end:
+    free(url);
+    wc_httpc_form_free(form);
+    return rc;
+}
+
+/* The prepared image arrived (or not): the request goes out with it. */
+static void on_media(void *arg, const wc_media_got *got)
+{
+    gw_send *s = arg;
+    s->hj.media_wait = NULL;
+    int rc = -1;
+    if (got->error_code)
+        wc_media_result(&s->hj.res, got);
+    else
+        rc = post_image_file(s, s->hj.body, got->bytes, got->len, "image.jpg", "image/jpeg");
+    if (rc < 0)
+        wc_httpjson_finish(&s->hj);
+}
+
+/* Starts the HTTP call; fills s->hj.res and returns -1 when the content is unusable. */
+static int start_call(gw_send *s, const wc_send_request *req)
+{
+    const char *to = req->recipient ? req->recipient : "";
+    if (*to == '+')
+        to++;
+    size_t n = strlen(to);
+    bool digits = n > 0 && n <= 15;
+    for (size_t i = 0; digits && i < n; i++)
+        digits = isdigit((unsigned char)to[i]) != 0;
+    if (!digits) {
+        wc_httpjson_set(&s->hj.res, WC_SEND_FAIL, "invalid_recipient",
+                        "recipient is not an E.164 number");
+        return -1;
+    }
+    snprintf(s->phone, sizeof s->phone, "%s" GW_JID_SUFFIX, to);
+    const char *content = req->content ? req->content : "";
+    const char *media = req->media_url && *req->media_url ? req->media_url : NULL;
+    char sha[WC_MEDIA_SHA_LEN + 1];
+
+    if (media && wc_media_ref(media, sha)) {
+        /* A prepared image of ours: read it, then send it as a file. */
+        if (*content && !(s->hj.body = strdup(content))) {
+            set_oom(s);
+            return -1;
+        }
+        return wc_httpjson_media_get(&s->hj, s->dev->media, sha, on_media);
+    }
+    if (media && strncmp(media, "http://", 7) != 0 && strncmp(media, "https://", 8) != 0) {
+        unsigned char *image = NULL;
+        size_t ilen = 0;
+        char mime[64], filename[32];
+        if (decode_data_url(media, &image, &ilen, mime, sizeof mime) < 0) {
+            wc_httpjson_set(&s->hj.res, WC_SEND_FAIL, "unsupported_media",
+                            "media_url must be an http(s) link, a base64 data: URL or "
+                            "media:<sha256>");
+            return -1;
+        }
+        snprintf(filename, sizeof filename, "image.%s", extension_for(mime));
+        int rc = post_image_file(s, content, image, ilen, filename, mime);
+        free(image);
+        return rc;
+    }
+
+    char *url = NULL;
+    char *body = NULL;
+    wc_httpc_form *form = NULL;
+    int rc = -1;
+    if (media) {
+        if (asprintf(&url, "%s/send/image", s->dev->base_url) < 0) {
+            url = NULL;
+            goto oom;
+        }
+        form = wc_httpc_form_new();
+        if (!form || wc_httpc_form_add(form, "phone", s->phone) < 0 ||
+            (*content && wc_httpc_form_add(form, "caption", content) < 0) ||
+            wc_httpc_form_add(form, "image_url", media) < 0)
+            goto oom;
+    } else {
+        if (!*content) {
+            wc_httpjson_set(&s->hj.res, WC_SEND_FAIL, "empty_message",
+                            "nothing to send: no content and no media");
+            goto end;
+        }
+        if (asprintf(&url, "%s/send/message", s->dev->base_url) < 0) {
+            url = NULL;
+            goto oom;
+        }
+        json_t *msg = json_pack("{s:s, s:s}", "phone", s->phone, "message", content);
+        body = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
+        json_decref(msg);
+        if (!body)
+            goto oom;
+    }
+    rc = start_request(s, url, body, form);
     goto end;
 
 oom:
-    wc_httpjson_set(&s->hj.res, WC_SEND_RETRY, "out_of_memory",
-                    "out of memory building the request");
-    s->hj.res.retry_after_ms = wc_httpjson_backoff_ms(s->hj.attempt);
+    set_oom(s);
 end:
     free(url);
     free(body);
-    free(image);
     wc_httpc_form_free(form);
     return rc;
 }
@@ -377,6 +442,7 @@ static void *gw_open(const wc_transport_env *env, const char *device_id, json_t 
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    dev->media = env->media;
     dev->base_url = strndup(base_url, wc_httpjson_url_len(base_url));
     if (gw_device_id && *gw_device_id &&
         asprintf(&dev->device_header, "X-Device-Id: %s", gw_device_id) < 0)

@@ -131,11 +131,36 @@ static void unlink_send(wc_httpjson_send *s)
     s->prev = s->next = NULL;
 }
 
+int wc_httpjson_media_get(wc_httpjson_send *s, const wc_media_source *src, const char *sha256,
+                          wc_media_got_cb *cb)
+{
+    memset(&s->res, 0, sizeof s->res);
+    if (!src) {
+        wc_httpjson_set(&s->res, WC_SEND_FAIL, "media_unavailable",
+                        "this sender has no store of prepared images to read media:%s from",
+                        sha256);
+        return -1;
+    }
+    s->media_src = src;
+    s->media_wait = src->get(src->ctx, sha256, cb, s);
+    if (!s->media_wait) {
+        wc_httpjson_set(&s->res, WC_SEND_RETRY, "out_of_memory",
+                        "could not start reading the image");
+        s->res.retry_after_ms = wc_httpjson_backoff_ms(s->attempt);
+        return -1;
+    }
+    return 0;
+}
+
 void wc_httpjson_send_drop(wc_httpjson_send *s)
 {
+    if (s->media_wait)
+        s->media_src->cancel(s->media_wait);
+    s->media_wait = NULL;
     unlink_send(s);
     event_free(s->later);
     free(s->body);
+    free(s->draft);
     free(s);
 }
 

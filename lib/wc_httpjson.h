@@ -47,7 +47,11 @@ typedef struct wc_httpjson_send {
     wc_httpc_call *call; /* the request out, if any */
     struct event *later; /* completion without a response (wc_httpjson_finish_later) */
     char *body;          /* request body the send owns, or NULL */
+    char *draft;         /* a transport's draft of the body, owned too, or NULL */
     wc_send_result res;  /* what the callback will hear */
+    /* The image being read (wc_httpjson_media_get), or NULL. */
+    const wc_media_source *media_src;
+    wc_media_wait *media_wait;
 } wc_httpjson_send;
 
 /* What every device of these transports holds. A transport's own device
@@ -85,6 +89,13 @@ void wc_httpjson_device_close(wc_httpjson_device *dev);
  * memory (nothing linked). */
 void *wc_httpjson_send_new(size_t size, wc_httpjson_device *dev, const wc_send_request *req,
                            wc_send_cb *cb, void *arg);
+
+/* Starts reading the prepared image sha256 for s from src; cb gets s as its
+ * argument and must set s->media_wait to NULL first thing. A send that ends
+ * meanwhile (closed, dropped) cancels the read. -1 with s->res set (nothing
+ * went out) when there is no source or the read cannot start. */
+int wc_httpjson_media_get(wc_httpjson_send *s, const wc_media_source *src, const char *sha256,
+                          wc_media_got_cb *cb) __attribute__((warn_unused_result));
 
 /* Unlinks and frees a send without calling back (send() refusing after
  * wc_httpjson_send_new). */

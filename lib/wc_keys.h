@@ -81,5 +81,11 @@ static inline void wc_key_paused(char *out, size_t n, const char *campaign_id)
 
 #define WC_KEY_DEAD "wacast:dead"                   /* stream: messages that ran out of attempts */
 #define WC_KEY_SIM_CALLBACKS "wacast:sim:callbacks" /* zset: the sim's pending status webhooks */
+/* string: the Cloud API media id of a prepared image uploaded to a phone
+ * number id (printf: phone number id, sha256), with a TTL below Meta's 30 days */
+#define WC_KEY_CA_MEDIA_FMT "wacast:cloudapi:media:%s:%s"
+/* string with a TTL: a sender is uploading that image to that number (the
+ * others wait for the id instead of uploading it too) */
+#define WC_KEY_CA_MEDIA_LOCK_FMT "wacast:cloudapi:media:%s:%s:uploading"
 
 #endif

@@ -69,9 +69,9 @@ typedef struct wc_media_cfg {
          0,                                                                                        \
          false},                                                                                   \
     {                                                                                              \
-        "WACAST_MEDIA_REFERENCE", WC_CFG_BOOL, "false",                                            \
+        "WACAST_MEDIA_REFERENCE", WC_CFG_BOOL, "true",                                             \
             "message rows carry media:<sha256> (the prepared image) instead of the campaign's"     \
-            " media_url; needs senders whose transports read media: references",                   \
+            " media_url (false: a copy of the media_url, for senders older than media: support)",  \
             offsetof(T, f.reference), 1, 0, false                                                  \
     }
 

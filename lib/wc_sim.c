@@ -31,6 +31,9 @@
 
 typedef struct sim_send sim_send;
 
+static int record(sim_send *s, const wc_send_request *req, const char *sha, size_t media_len);
+static void on_media(void *arg, const wc_media_got *got);
+
 typedef struct sim_device {
     const wc_transport_env *env;
     char device_id[64];
@@ -50,6 +53,10 @@ struct sim_send {
     wc_send_result res;
     bool recorded;
     bool orphaned; /* the device was closed while the record was in flight */
+    /* While its prepared image is read: the wait and the request, copied. */
+    wc_media_wait *media_wait;
+    wc_send_request req;
+    char *copies[4]; /* the request's strings, owned */
 };
 
 static void *sim_open(const wc_transport_env *env, const char *device_id, json_t *settings,
@@ -84,6 +91,13 @@ static void *sim_open(const wc_transport_env *env, const char *device_id, json_t
     return d;
 }
 
+static void free_copies(sim_send *s)
+{
+    for (size_t i = 0; i < sizeof s->copies / sizeof s->copies[0]; i++)
+        free(s->copies[i]);
+    memset(s->copies, 0, sizeof s->copies);
+}
+
 static void finish(sim_send *s)
 {
     sim_device *d = s->dev;
@@ -91,6 +105,7 @@ static void finish(sim_send *s)
         d->inflight = NULL;
     if (s->timer)
         event_free(s->timer);
+    free_copies(s);
     wc_send_cb *cb = s->cb;
     void *arg = s->arg;
     wc_send_result res = s->res;
@@ -173,6 +188,23 @@ static char *callback_body(const char *device_id, const char *provider_id, const
     return text;
 }
 
+/* A send refused before anything went out: its result (already in s->res)
+ * is reported from the loop, never from inside send(). */
+static int report_later(sim_send *s)
+{
+    s->timer = evtimer_new(s->dev->env->base, on_latency, s);
+    struct timeval tv = {0, 0};
+    if (!s->timer || evtimer_add(s->timer, &tv) < 0) {
+        if (s->timer)
+            event_free(s->timer);
+        free(s);
+        return -1;
+    }
+    s->recorded = true; /* nothing to wait for on close */
+    s->dev->inflight = s;
+    return 0;
+}
+
 static int sim_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, void *arg)
 {
     sim_device *d = inst;
@@ -195,18 +227,55 @@ static int sim_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, 
                  d->blocked ? "simulated number is restricted" : "simulated account is logged out");
         snprintf(s->res.device_reason, sizeof s->res.device_reason, "%s",
                  d->blocked ? "simulated number is restricted" : "simulated account is logged out");
-        s->timer = evtimer_new(d->env->base, on_latency, s);
-        struct timeval tv = {0, 0};
-        if (!s->timer || evtimer_add(s->timer, &tv) < 0) {
-            if (s->timer)
-                event_free(s->timer);
+        return report_later(s);
+    }
+    char sha[WC_MEDIA_SHA_LEN + 1];
+    if (req->media_url && wc_media_ref(req->media_url, sha)) {
+        /* The provider gets the image itself: read it, then record the send. */
+        const wc_media_source *src = d->env->media;
+        if (!src) {
+            s->res.outcome = WC_SEND_FAIL;
+            snprintf(s->res.error_code, sizeof s->res.error_code, "media_unavailable");
+            snprintf(s->res.error_message, sizeof s->res.error_message,
+                     "this sender has no store of prepared images");
+            return report_later(s);
+        }
+        const char *fields[] = {req->campaign_id, req->device_id, req->recipient, req->content};
+        for (size_t i = 0; i < 4; i++) {
+            if (fields[i] && !(s->copies[i] = strdup(fields[i]))) {
+                free_copies(s);
+                free(s);
+                return -1;
+            }
+        }
+        s->req = *req;
+        s->req.campaign_id = s->copies[0];
+        s->req.device_id = s->copies[1];
+        s->req.recipient = s->copies[2];
+        s->req.content = s->copies[3];
+        s->req.media_url = NULL;
+        s->media_wait = src->get(src->ctx, sha, on_media, s);
+        if (!s->media_wait) {
+            free_copies(s);
             free(s);
             return -1;
         }
-        s->recorded = true; /* nothing to wait for on close */
         d->inflight = s;
         return 0;
     }
+    if (record(s, req, NULL, 0) < 0) {
+        free(s);
+        return -1;
+    }
+    d->inflight = s;
+    return 0;
+}
+
+/* The provider's side of a send: its outcome drawn, then the record (and
+ * the status webhooks) written; -1 when Redis took none of it. */
+static int record(sim_send *s, const wc_send_request *req, const char *sha, size_t media_len)
+{
+    sim_device *d = s->dev;
     bool fail =
         d->failure_rate > 0 && (double)randombytes_uniform(1000000) < d->failure_rate * 1000000.0;
     if (fail && d->transient) {
@@ -227,32 +296,30 @@ static int sim_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, 
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     int64_t now_us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-    char ts_us[32], msg[32], maxlen[32];
+    char ts_us[32], msg[32], maxlen[32], media_size[24];
     snprintf(ts_us, sizeof ts_us, "%" PRId64, now_us);
+    snprintf(media_size, sizeof media_size, "%zu", media_len);
     snprintf(msg, sizeof msg, "%" PRId64, req->message_id);
     snprintf(maxlen, sizeof maxlen, "%ld", d->env->sim_record_maxlen);
-    const char *argv[] = {"XADD",     WC_SIM_RECORD_KEY,
-                          "MAXLEN",   "~",
-                          maxlen,     "*",
-                          "msg",      msg,
-                          "campaign", req->campaign_id,
-                          "device",   d->device_id,
-                          "to",       req->recipient,
-                          "text",     req->content,
-                          "sender",   d->env->instance_id,
-                          "ts_us",    ts_us,
-                          "ok",       fail ? "0" : "1"};
-    int argc = (int)(sizeof argv / sizeof argv[0]);
+    const char *argv[] = {"XADD",       WC_SIM_RECORD_KEY,
+                          "MAXLEN",     "~",
+                          maxlen,       "*",
+                          "msg",        msg,
+                          "campaign",   req->campaign_id,
+                          "device",     d->device_id,
+                          "to",         req->recipient,
+                          "text",       req->content,
+                          "sender",     d->env->instance_id,
+                          "ts_us",      ts_us,
+                          "ok",         fail ? "0" : "1",
+                          "media",      sha,
+                          "media_size", media_size};
+    int argc = (int)(sizeof argv / sizeof argv[0]) - (sha ? 0 : 4);
     wc_redis *r = d->env->sim_redis ? d->env->sim_redis : d->env->redis;
     const char *cbs = d->env->sim_callbacks ? d->env->sim_callbacks : "";
     if (fail || !*cbs) {
         /* No webhook to go with it: the record alone, one command. */
-        if (wc_redis_commandv(r, on_recorded, s, argc, argv, NULL) < 0) {
-            free(s);
-            return -1;
-        }
-        d->inflight = s;
-        return 0;
+        return wc_redis_commandv(r, on_recorded, s, argc, argv, NULL) < 0 ? -1 : 0;
     }
     /* The record and the provider's later webhooks happen together or not at
      * all; the commands are queued back to back on the one connection. */
@@ -280,17 +347,33 @@ static int sim_send_msg(void *inst, const wc_send_request *req, wc_send_cb *cb, 
             wc_redis_command(r, on_queued, NULL, "ZADD %s %s %s", WC_KEY_SIM_CALLBACKS, due, body);
         free(body);
     }
-    if (rc != 0) {
-        /* The connection dropped mid-way: MULTI is discarded with it. */
-        free(s);
+    if (rc != 0) /* the connection dropped mid-way: MULTI is discarded with it */
         return -1;
+    return wc_redis_command(r, on_recorded, s, "EXEC") < 0 ? -1 : 0;
+}
+
+static void on_media(void *arg, const wc_media_got *got)
+{
+    sim_send *s = arg;
+    s->media_wait = NULL;
+    if (got->error_code) {
+        wc_media_result(&s->res, got);
+        finish(s);
+        return;
     }
-    if (wc_redis_command(r, on_recorded, s, "EXEC") < 0) {
-        free(s);
-        return -1;
+    char sha[WC_MEDIA_SHA_LEN + 1];
+    unsigned char digest[crypto_hash_sha256_BYTES];
+    crypto_hash_sha256(digest, got->bytes, got->len);
+    sodium_bin2hex(sha, sizeof sha, digest, sizeof digest);
+    if (record(s, &s->req, sha, got->len) < 0) {
+        /* Nothing reached the "provider": surely not sent. */
+        memset(&s->res, 0, sizeof s->res);
+        s->res.outcome = WC_SEND_RETRY;
+        snprintf(s->res.error_code, sizeof s->res.error_code, "sim_unavailable");
+        snprintf(s->res.error_message, sizeof s->res.error_message,
+                 "simulated provider unreachable: redis unavailable");
+        finish(s);
     }
-    d->inflight = s;
-    return 0;
 }
 
 static void sim_close(void *inst)
@@ -299,7 +382,16 @@ static void sim_close(void *inst)
     if (!d)
         return;
     sim_send *s = d->inflight;
-    if (s) {
+    if (s && s->media_wait) {
+        /* Still reading its image: nothing went out. */
+        d->env->media->cancel(s->media_wait);
+        s->media_wait = NULL;
+        s->dev = NULL;
+        memset(&s->res, 0, sizeof s->res);
+        s->res.outcome = WC_SEND_RETRY;
+        snprintf(s->res.error_code, sizeof s->res.error_code, "closed");
+        finish(s);
+    } else if (s) {
         s->dev = NULL;
         if (!s->recorded && !s->timer) {
             /* The Redis reply will still arrive; let it free the send. */

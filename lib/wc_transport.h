@@ -69,6 +69,43 @@ typedef struct wc_send_request {
 
 typedef void wc_send_cb(void *arg, const wc_send_result *res);
 
+/* A prepared image (media:<sha256> in a message's media_url) is read by
+ * sha256 through a media source the sender gives its transports: the bytes
+ * come asynchronously, never from inside get(). */
+typedef struct wc_media_wait wc_media_wait;
+
+typedef struct wc_media_got {
+    const unsigned char *bytes; /* the JPEG, valid during the callback only; NULL on error */
+    size_t len;
+    const char *error_code;    /* NULL on success; else media_not_found, media_unreadable,
+                                  media_unavailable */
+    const char *error_message; /* why, for the message's status_reason */
+    bool transient;            /* the error may pass (the database did not answer): retry */
+} wc_media_got;
+
+typedef void wc_media_got_cb(void *arg, const wc_media_got *got);
+
+typedef struct wc_media_source {
+    void *ctx;
+    /* Starts reading the image; cb runs once, later, unless the wait is
+     * cancelled first. NULL when it cannot start (out of memory). */
+    wc_media_wait *(*get)(void *ctx, const char *sha256, wc_media_got_cb *cb, void *arg);
+    /* Abandons a wait whose callback has not run: it will not run. */
+    void (*cancel)(wc_media_wait *w);
+} wc_media_source;
+
+#define WC_MEDIA_REF_PREFIX "media:"
+#define WC_MEDIA_SHA_LEN 64
+
+/* True when media_url is "media:" and 64 hex digits: a prepared image of
+ * ours (a Meta media id is digits, never 64 of them); its lower-case sha256
+ * goes to sha. */
+bool wc_media_ref(const char *media_url, char sha[WC_MEDIA_SHA_LEN + 1]);
+
+/* The result of a send whose image could not be read: failed for good, or a
+ * retry when the error may pass; nothing went out either way. */
+void wc_media_result(wc_send_result *r, const wc_media_got *got);
+
 /* What a transport gets from the sender. */
 typedef struct wc_transport_env {
     struct event_base *base;
@@ -94,6 +131,12 @@ typedef struct wc_transport_env {
      * engine's Redis losing data does not make the provider forget what it
      * sent. NULL: the engine's Redis. */
     struct wc_redis *sim_redis;
+    /* Where prepared images (media:<sha256>) are read; NULL: none (such a
+     * send fails with media_unavailable). */
+    const wc_media_source *media;
+    /* cloudapi: how long an uploaded media id is reused (seconds; Meta keeps
+     * uploads 30 days); 0: the transport's default. */
+    long media_id_ttl_s;
 } wc_transport_env;
 
 typedef struct wc_transport_ops {
@@ -125,7 +168,8 @@ const wc_transport_ops *wc_transport_find(const char *platform);
 extern const wc_transport_ops wc_transport_sim, wc_transport_cloudapi, wc_transport_gowa;
 
 /* Redis key of the sim's record of every send (a stream; fields: msg, campaign,
- * device, to, text, sender, ts_us, ok). */
+ * device, to, text, sender, ts_us, ok, and media and media_size (sha256 and
+ * bytes) for a prepared image). */
 #define WC_SIM_RECORD_KEY "wacast:sim:sends"
 
 /* The sim's provider side lives in Redis (env->sim_redis), not in the sender,

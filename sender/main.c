@@ -120,6 +120,14 @@ static const wc_cfg_entry cfg_table[] = {
     {"WACAST_FENCE_MS", WC_CFG_INT, "200",
      "how often the Redis fence is bumped (a Redis losing more than this is noticed)",
      offsetof(sender_cfg, fence_ms), 10, 60000, false},
+    {"WACAST_MEDIA_CACHE_BYTES", WC_CFG_INT, "67108864",
+     "prepared images (media:<sha256>) kept in memory for the transports, least recently used "
+     "dropped first",
+     offsetof(sender_cfg, media_cache_bytes), 0, 4294967296, false},
+    {"WACAST_MEDIA_ID_TTL_S", WC_CFG_INT, "2073600",
+     "cloudapi: an image uploaded to a phone number id is reused this long (Meta keeps it 30 "
+     "days)",
+     offsetof(sender_cfg, media_id_ttl_s), 60, 2505600, false},
 };
 
 const char *const dev_state_names[DEV_NSTATES] = {"unowned", "acquiring", "offline",  "idle",
@@ -234,6 +242,17 @@ static void metrics(struct evbuffer *out, void *arg)
         wc_metric_labeled(out, "wacast_sender_devices_health", labels, (double)by_band[b]);
     }
     wc_metric(out, "wacast_sender_devices_held", "gauge", "device leases held", (double)f->held);
+    wc_media_cache_stats ms;
+    wc_media_cache_get_stats(f->media, &ms);
+    wc_metric(out, "wacast_sender_media_reads_total", "counter",
+              "prepared images read from PostgreSQL for the transports", (double)ms.reads);
+    wc_metric(out, "wacast_sender_media_hits_total", "counter",
+              "prepared images the transports got from memory", (double)ms.hits);
+    wc_metric(out, "wacast_sender_media_errors_total", "counter",
+              "prepared images that could not be read (missing, unreadable, no answer)",
+              (double)ms.errors);
+    wc_metric(out, "wacast_sender_media_cache_bytes", "gauge",
+              "bytes of prepared images held in memory", (double)ms.bytes);
     wc_metric(out, "wacast_sender_live_senders", "gauge", "senders seen alive", (double)f->nlive);
 }
 
@@ -257,6 +276,7 @@ int main(int argc, char **argv)
         .sim_callbacks = f.cfg.sim_callbacks,
         .sim_callback_delay_ms = (int)f.cfg.sim_callback_delay_ms,
         .provider_hosts = f.cfg.provider_hosts,
+        .media_id_ttl_s = f.cfg.media_id_ttl_s,
     };
     if (wc_provider_hosts_check(f.cfg.provider_hosts, err, sizeof err) < 0) {
         fprintf(stderr, "wacast-sender: %s\n", err);
@@ -271,6 +291,12 @@ int main(int argc, char **argv)
         }
         f.tenv.sim_redis = f.sim;
     }
+    f.media = wc_media_cache_new(f.d.base, f.d.pg, (size_t)f.cfg.media_cache_bytes);
+    if (!f.media) {
+        fprintf(stderr, "wacast-sender: out of memory\n");
+        return 1;
+    }
+    f.tenv.media = wc_media_cache_source(f.media);
     wc_map_init(&f.holds);
     wc_map_init(&f.doubt_seen);
     f.check_ev = evtimer_new(f.d.base, on_check_timer, &f);
@@ -331,6 +357,7 @@ int main(int argc, char **argv)
     wc_redis_free(f.sim);
     wc_seal_keys_free(f.seal);
     wc_daemon_free(&f.d);
+    wc_media_cache_free(f.media); /* after the pool, whose reads in flight it may own */
     wc_config_free(cfg_table, sizeof cfg_table / sizeof cfg_table[0], &f.cfg);
     return rc;
 }

@@ -13,6 +13,7 @@
 #include "wc_keys.h"
 #include "wc_log.h"
 #include "wc_map.h"
+#include "wc_media_cache.h"
 #include "wc_origin.h"
 #include "wc_seal.h"
 #include "wc_transport.h"
@@ -41,6 +42,8 @@ typedef struct sender_cfg {
     char *provider_hosts;
     char *sim_redis_url;
     long fence_ms;
+    long media_cache_bytes;
+    long media_id_ttl_s;
 } sender_cfg;
 
 typedef struct fleet fleet;
@@ -202,7 +205,8 @@ struct fleet {
     size_t held;
     size_t online;
     wc_transport_env tenv;
-    wc_seal_keys *seal; /* NULL when WACAST_SECRET_KEY is not set */
+    wc_seal_keys *seal;    /* NULL when WACAST_SECRET_KEY is not set */
+    wc_media_cache *media; /* prepared images for the transports */
     struct event *refresh_timer, *heartbeat_timer, *idle_timer, *status_timer, *stop_timer,
         *holds_timer;
     device *dirty;              /* devices whose row must be written */

@@ -546,6 +546,17 @@ function createGraphFake(userConfig = {}) {
         const body = parsed.value;
         const bad = checkSendBody(schema, body);
         if (bad) return reject(res, bad);
+        // An uploaded image is known only on the number it was uploaded to,
+        // and only until it expires (30 days at Meta; /_control/media/expire
+        // here): anything else is Meta's invalid-parameter answer.
+        const mediaId = body.type === 'image' ? body.image?.id : undefined;
+        if (mediaId !== undefined && mediaById.get(String(mediaId))?.phone_number_id !== pnid)
+            return reject(
+                res,
+                metaError(100, {
+                    details: `Param image['id'] is not a valid whatsapp business account media attachment ID`,
+                }),
+            );
 
         const waId = body.recipient_type === 'group' ? String(body.to) : digitsOf(body.to);
         const rule = takeRule(pnid, waId);
@@ -651,6 +662,14 @@ function createGraphFake(userConfig = {}) {
     }
 
     // --- control API ---
+
+    // Forgets uploaded media as Meta does after 30 days: {"id": "..."} or all.
+    async function expireMedia(req, res) {
+        const b = await readJson(req, config.max_body_bytes);
+        const ids = b && b.id !== undefined ? [String(b.id)] : [...mediaById.keys()];
+        for (const id of ids) mediaById.delete(id);
+        sendJson(res, 200, { expired: ids.length });
+    }
 
     const jsonBody = (req) => readJson(req, config.max_body_bytes);
 
@@ -801,6 +820,7 @@ function createGraphFake(userConfig = {}) {
         .add('POST', '/:version/:pnid/media', uploadMedia)
         .add('POST', '/_control/tokens', setTokens)
         .add('GET', '/_control/media', (req, res) => sendJson(res, 200, { media: media.items }))
+        .add('POST', '/_control/media/expire', expireMedia)
         .add('POST', '/_control/inbound', injectInbound)
         .add('POST', '/_control/status', injectStatus)
         .add('POST', '/_control/verify', verifyWebhook);

@@ -252,6 +252,35 @@ test('uploads media as multipart and refuses what is not an image', () =>
         assert.equal(bad.json.error.code, 131053);
     }));
 
+test('an image id is known only on the number it was uploaded to, until it expires', () =>
+    withFake({}, async ({ base, send }) => {
+        const { makeQrPng } = require('./gowa');
+        const fd = new FormData();
+        fd.set('messaging_product', 'whatsapp');
+        fd.set('type', 'image/png');
+        fd.set('file', new Blob([makeQrPng()], { type: 'image/png' }), 'f');
+        const up = await fetch(`${base}/v23.0/${PNID}/media`, { method: 'POST', headers: AUTH, body: fd });
+        const { id } = await up.json();
+        const image = (mediaId) => textMessage({ type: 'image', text: undefined, image: { id: mediaId } });
+        const ok = await send(image(id));
+        assert.equal(ok.status, 200, ok.text);
+        const unknown = await send(image('1234567890123456'));
+        assert.equal(unknown.status, 400);
+        assert.equal(unknown.json.error.code, 100);
+        assert.match(unknown.json.error.error_data.details, /not a valid whatsapp business account media/);
+        const other = await send(image(id), { authorization: 'Bearer other-token' }, '200000000000002');
+        assert.equal(other.status, 400);
+        assert.equal(other.json.error.code, 100);
+        const expired = await request(base, 'POST', '/_control/media/expire', { body: { id } });
+        assert.equal(expired.json.expired, 1);
+        const after = await send(image(id));
+        assert.equal(after.status, 400);
+        assert.equal(after.json.error.code, 100);
+        const listed = await request(base, 'GET', '/_control/media');
+        assert.equal(listed.json.media.length, 1);
+        assert.equal(listed.json.media[0].phone_number_id, PNID);
+    }));
+
 test('runs as a program: prints the port first and exits 0 on SIGTERM', async () => {
     const { port, child, firstLine } = await spawnFake('graph.js', {
         GRAPH_FAKE_CONFIG_JSON: JSON.stringify({ tokens: { [PNID]: TOKEN } }),

@@ -433,7 +433,8 @@ bool e2e_world_daemons(e2e_world *w, const char *const *dispatcher_extra, int n)
 {
     static char port_env[32], hosts_env[160], key_env[100], app_env[100], verify_env[100],
         gowa_env[100];
-    snprintf(hosts_env, sizeof hosts_env, "WACAST_PROVIDER_HOSTS=%s", w->fake.base);
+    snprintf(hosts_env, sizeof hosts_env, "WACAST_PROVIDER_HOSTS=%s%s%s", w->fake.base,
+             w->extra_host[0] ? "," : "", w->extra_host);
     snprintf(port_env, sizeof port_env, "PORT=%d", w->dport);
     snprintf(key_env, sizeof key_env, "WACAST_SECRET_KEY=%s", w->secret_key);
     snprintf(app_env, sizeof app_env, "WACAST_META_APP_SECRET=%s", w->app_secret);

@@ -81,6 +81,9 @@ typedef struct e2e_world {
     PGconn *db;
     fake fake;
     int dport; /* the dispatcher's public listener (webhooks, /metrics) */
+    /* Another provider base URL the daemons may reach besides the fake's
+     * (a second fake), or "". */
+    char extra_host[64];
     char secret_key[65], app_secret[33], verify_token[33], gowa_secret[33];
 } e2e_world;
 
