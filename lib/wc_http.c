@@ -136,6 +136,23 @@ static void conn_shut(http_conn *c)
         shutdown(fd, SHUT_RDWR);
 }
 
+/* Answers status with {"error": error} straight on the socket (evhttp is
+ * not asked: the connection is refused before it has a request to answer)
+ * and ends the connection. */
+static void answer_and_shut(http_conn *c, const char *status, const char *error)
+{
+    char reply[256];
+    int len = snprintf(reply, sizeof reply,
+                       "HTTP/1.1 %s\r\nContent-Type: application/json\r\n"
+                       "Content-Length: %zu\r\nConnection: close\r\n\r\n{\"error\":\"%s\"}",
+                       status, strlen(error) + 12, error);
+    evutil_socket_t fd = bufferevent_getfd(c->bev);
+    if (fd >= 0 && len > 0 && (size_t)len < sizeof reply &&
+        send(fd, reply, (size_t)len, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+        wc_debug("http %s: could not answer %s", c->h->name, status);
+    conn_shut(c);
+}
+
 static void arm_deadline(http_conn *c)
 {
     struct timeval tv = {c->h->limits.read_timeout_s, 0};
@@ -156,16 +173,7 @@ static void on_conn_timer(evutil_socket_t fd, short what, void *arg)
         return;
     }
     if (c->state == CONN_REFUSED) {
-        static const char body[] = "{\"error\":\"too many connections\"}";
-        char busy[256];
-        int len = snprintf(busy, sizeof busy,
-                           "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                           "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
-                           sizeof body - 1, body);
-        evutil_socket_t sfd = bufferevent_getfd(c->bev);
-        if (sfd >= 0 && send(sfd, busy, (size_t)len, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
-            wc_debug("http %s: could not answer a refused connection", h->name);
-        conn_shut(c);
+        answer_and_shut(c, "503 Service Unavailable", "too many connections");
     } else if (c->state == CONN_READING) {
         h->timed_out++;
         conn_shut(c);
@@ -231,18 +239,9 @@ static void on_conn_input(struct evbuffer *in, const struct evbuffer_cb_info *in
             length = strtoull(line + 17, NULL, 10);
     if (length <= r->max_body)
         return;
-    static const char body[] = "{\"error\":\"body too large\"}";
-    char reply[256];
-    int len = snprintf(reply, sizeof reply,
-                       "HTTP/1.1 413 Request Entity Too Large\r\nContent-Type: application/json\r\n"
-                       "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
-                       sizeof body - 1, body);
-    evutil_socket_t fd = bufferevent_getfd(c->bev);
-    if (fd >= 0 && send(fd, reply, (size_t)len, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
-        wc_debug("http %s: could not answer a body over its route's cap", c->h->name);
     c->h->too_large++;
     c->refusal_counted = true;
-    conn_shut(c);
+    answer_and_shut(c, "413 Request Entity Too Large", "body too large");
 }
 
 /* evhttp's bufferevent factory: called once per accepted connection, before

@@ -30,19 +30,14 @@ static char user[40], dev[40], blast[40], follow[40];
 static int setup(void **state)
 {
     (void)state;
-    if (wt_env_start(&env, WT_REDIS | WT_PG | WT_MIGRATE) < 0)
+    if (e2e_env_start(&env, &db, NULL) < 0)
         return -1;
-    db = wt_pg(&env);
-    wt_sql_text(db, user, sizeof user, "INSERT INTO users (name) VALUES ('u') RETURNING id");
-    wt_sql_text(db, dev, sizeof dev,
-                "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
-                " max_delay_seconds) VALUES ('%s', 'sim', 0.03, 0.04) RETURNING id",
-                user);
+    e2e_sim_tenant(db, "u", 0.03, 0.04, "+6017", BLAST + FOLLOW, user, dev);
+    /* The first FOLLOW leads get the follow-up, the others the blast. */
     PQclear(wt_sql(db,
-                   "INSERT INTO leads (user_id, device_id, name, phone, niche) SELECT '%s', '%s',"
-                   " 'l' || n, '+6017' || lpad(n::text, 7, '0'), CASE WHEN n <= %d THEN 'f'"
-                   " ELSE 'b' END FROM generate_series(1, %d) n",
-                   user, dev, FOLLOW, BLAST + FOLLOW));
+                   "UPDATE leads SET niche = CASE WHEN right(phone, 7)::int <= %d THEN 'f'"
+                   " ELSE 'b' END WHERE user_id = '%s'",
+                   FOLLOW, user));
     sc_start_daemons(&env, 1, NULL);
     return 0;
 }

@@ -36,27 +36,10 @@ static long max_a_queued;
 static int setup(void **state)
 {
     (void)state;
-    if (wt_env_start(&env, WT_REDIS | WT_PG | WT_MIGRATE) < 0)
+    if (e2e_env_start(&env, &db, NULL) < 0)
         return -1;
-    db = wt_pg(&env);
-    wt_sql_text(db, user_a, sizeof user_a, "INSERT INTO users (name) VALUES ('a') RETURNING id");
-    wt_sql_text(db, user_b, sizeof user_b, "INSERT INTO users (name) VALUES ('b') RETURNING id");
-    wt_sql_text(db, dev_a, sizeof dev_a,
-                "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
-                " max_delay_seconds) VALUES ('%s', 'sim', 0.5, 0.5) RETURNING id",
-                user_a);
-    wt_sql_text(db, dev_b, sizeof dev_b,
-                "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
-                " max_delay_seconds) VALUES ('%s', 'sim', 0.01, 0.02) RETURNING id",
-                user_b);
-    PQclear(wt_sql(db,
-                   "INSERT INTO leads (user_id, device_id, name, phone) SELECT '%s', '%s',"
-                   " 'a' || n, '+6017' || lpad(n::text, 7, '0') FROM generate_series(1, %d) n",
-                   user_a, dev_a, A_LEADS));
-    PQclear(wt_sql(db,
-                   "INSERT INTO leads (user_id, device_id, name, phone) SELECT '%s', '%s',"
-                   " 'b' || n, '+6018' || lpad(n::text, 7, '0') FROM generate_series(1, %d) n",
-                   user_b, dev_b, B_LEADS));
+    e2e_sim_tenant(db, "a", 0.5, 0.5, "+6017", A_LEADS, user_a, dev_a);
+    e2e_sim_tenant(db, "b", 0.01, 0.02, "+6018", B_LEADS, user_b, dev_b);
     const char *extra[] = {"WACAST_CAMPAIGN_INFLIGHT=100", "WACAST_USER_INFLIGHT=120", NULL};
     sc_start_daemons(&env, 1, extra);
     return 0;
@@ -65,10 +48,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    if (db)
-        PQfinish(db);
-    wt_env_stop(&env);
-    return 0;
+    return e2e_teardown(&env, db, NULL);
 }
 
 /* Looks at A's queued messages (keeping the most seen) until B's campaign
