@@ -242,6 +242,9 @@ static void on_conn_input(struct evbuffer *in, const struct evbuffer_cb_info *in
     c->h->too_large++;
     c->refusal_counted = true;
     answer_and_shut(c, "413 Request Entity Too Large", "body too large");
+    /* What arrived goes unread: evhttp must not take the request and answer
+     * it on the shut socket. */
+    evbuffer_drain(in, evbuffer_get_length(in));
 }
 
 /* evhttp's bufferevent factory: called once per accepted connection, before

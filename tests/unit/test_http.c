@@ -222,7 +222,8 @@ static void test_kept_alive_connection_gets_a_new_deadline(void **state)
     client_close(&c);
 }
 
-/* A route's cap under the listener's largest: read, then refused. */
+/* A route's cap under the listener's largest: refused from its Content-Length
+ * before the body is read (wc_http.c on_conn_input). */
 static void test_route_caps(void **state)
 {
     fixture *fx = *state;
