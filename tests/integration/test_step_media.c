@@ -1,0 +1,278 @@
+/* A drip sequence's step images prepared once, like a campaign's, by the
+ * real scheduler, dispatcher and sender (sim devices) on real redis-server
+ * and PostgreSQL, the link fetched over real HTTP on loopback from the image
+ * host stand-in (tests/fakes/images.js, allowed through
+ * WACAST_MEDIA_FETCH_ALLOW).
+ *
+ * It proves that:
+ * 1. a 2-step sequence whose step 1 has a PNG data: URL and step 2 an http
+ *    link gets each step's image prepared once at activation (the link
+ *    fetched once for all contacts), one media row each, linked from
+ *    sequence_steps.media_sha256; every step message row says
+ *    media:<sha256> (no row holds image bytes), and the sim's record of
+ *    each send carries the sha256 and size of its step's prepared JPEG;
+ * 2. a step added to the running sequence with an image
+ *    that cannot be prepared is prepared (refused) before its next message:
+ *    the reason is on the step (media_error), the contacts reaching it are
+ *    failed with it, their rows skipped with media_failed, nothing sent. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <sodium.h>
+
+#include "e2e_common.h"
+#include "scenario.h"
+#include "wc_redis.h"
+#include "wc_transport.h"
+
+#define NLEADS 3
+
+static wt_env env;
+static PGconn *db;
+static fake images;
+static char user[40], dev[40], seq[40], step1[40], step2[40];
+
+static char *png_data_url(int w, int h)
+{
+    size_t png_len;
+    unsigned char *png = e2e_png_rgba(w, h, &png_len);
+    assert_non_null(png);
+    size_t b64_len = sodium_base64_ENCODED_LEN(png_len, sodium_base64_VARIANT_ORIGINAL);
+    char *url = malloc(b64_len + 32);
+    assert_non_null(url);
+    int n = snprintf(url, 32, "data:image/png;base64,");
+    sodium_bin2base64(url + n, b64_len, png, png_len, sodium_base64_VARIANT_ORIGINAL);
+    free(png);
+    return url;
+}
+
+static void add_step(char *id, int number, double delay, const char *message, const char *media)
+{
+    char *lit = PQescapeLiteral(db, media, strlen(media));
+    wt_sql_text(db, id, 40,
+                "INSERT INTO sequence_steps (sequence_id, step_number, delay_seconds, message,"
+                " media_url) VALUES ('%s', %d, %.3f, '%s', %s) RETURNING id",
+                seq, number, delay, message, lit);
+    PQfreemem(lit);
+}
+
+static void spawn(const char *program, const char *name, const char *const *more)
+{
+    char port[32];
+    snprintf(port, sizeof port, "PORT=%d", wt_free_port());
+    const char *envs[24] = {SC_TEST_TIMINGS, "WACAST_SEQ_MS=100",
+                            "WACAST_MEDIA_FETCH_ALLOW=127.0.0.1/32", port};
+    size_t n = 0;
+    while (envs[n])
+        n++;
+    for (size_t i = 0; more && more[i] && n < 23; i++)
+        envs[n++] = more[i];
+    envs[n] = NULL;
+    if (wt_spawn(&env, program, name, envs) < 0)
+        abort();
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    if (wt_env_start(&env, WT_REDIS | WT_PG | WT_MIGRATE) < 0)
+        return -1;
+    db = wt_pg(&env);
+    if (fake_start(&env, &images, "images.js") < 0)
+        return -1;
+    /* Step 2's link: a PNG on the image host. */
+    size_t png_len;
+    unsigned char *png = e2e_png_rgba(1200, 800, &png_len);
+    assert_non_null(png);
+    char url[256];
+    snprintf(url, sizeof url, "%s/_control/file/step2.png", images.base);
+    const char *headers[] = {"X-Serve-Type: image/png", "Content-Type: application/octet-stream",
+                             NULL};
+    resp r = {0};
+    long code = http("PUT", url, (const char *)png, png_len, headers, &r);
+    resp_free(&r);
+    free(png);
+    assert_int_equal(code, 204);
+
+    e2e_sim_tenant(db, "steps", 0.01, 0.02, "+6012777", NLEADS, user, dev);
+    PQclear(wt_sql(db, "UPDATE leads SET \"trigger\" = 'IMG' WHERE user_id = '%s'", user));
+    wt_sql_text(db, seq, sizeof seq,
+                "INSERT INTO sequences (user_id, name, \"trigger\") VALUES ('%s', 'img', 'IMG')"
+                " RETURNING id",
+                user);
+    char *data_url = png_data_url(900, 600);
+    add_step(step1, 1, 0, "One {{name}}", data_url);
+    free(data_url);
+    snprintf(url, sizeof url, "%s/f/step2.png", images.base);
+    add_step(step2, 2, 0.2, "Two {{name}}", url);
+    PQclear(wt_sql(db, "UPDATE sequences SET status = 'active' WHERE id = '%s'", seq));
+
+    spawn("wacast-scheduler", "scheduler", NULL);
+    spawn("wacast-sender", "sender", NULL);
+    spawn("wacast-dispatcher", "dispatcher", NULL);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    fake_stop(&images);
+    if (db)
+        PQfinish(db);
+    wt_env_stop(&env);
+    return 0;
+}
+
+static long gets_of(const char *path)
+{
+    json_t *st = fake_call(&images, "GET", "/_control/stats", NULL);
+    assert_non_null(st);
+    json_t *n = json_object_get(json_object_get(st, "gets"), path);
+    long v = n ? (long)json_integer_value(n) : 0;
+    json_decref(st);
+    return v;
+}
+
+/* The step's image: a JPEG within the limits, one media row; its sha256. */
+static void check_step(const char *step, char *sha, size_t shalen)
+{
+    wt_sql_text(db, sha, shalen,
+                "SELECT coalesce(media_sha256, '') FROM sequence_steps WHERE id = '%s'", step);
+    assert_int_equal(strlen(sha), 64);
+    assert_int_equal(wt_sql_long(db,
+                                 "SELECT count(*) FROM media WHERE sha256 = '%s'"
+                                 " AND mime_type = 'image/jpeg' AND width <= 1600"
+                                 " AND height <= 1600 AND size = octet_length(bytes)"
+                                 " AND substr(bytes, 1, 3) = '\\xffd8ff'::bytea",
+                                 sha),
+                     1);
+    assert_int_equal(wt_sql_long(db,
+                                 "SELECT count(*) FROM broadcast_messages"
+                                 " WHERE sequence_step_id = '%s' AND status = 'sent'"
+                                 " AND media_url = 'media:%s'",
+                                 step, sha),
+                     NLEADS);
+}
+
+static void test_step_images_prepared_once(void **state)
+{
+    (void)state;
+    if (!e2e_wait_sql(db, 90000,
+                      "SELECT count(*) = %d FROM sequence_contacts WHERE sequence_id = '%s'"
+                      " AND status = 'completed'",
+                      NLEADS, seq)) {
+        wt_dump_logs(&env, 40);
+        fail_msg("the contacts did not complete the sequence");
+    }
+    char sha1[80], sha2[80];
+    check_step(step1, sha1, sizeof sha1);
+    check_step(step2, sha2, sizeof sha2);
+    assert_string_not_equal(sha1, sha2);
+    assert_int_equal(wt_sql_long(db, "SELECT count(*) FROM media"), 2);
+    /* The link was fetched once for the three contacts. */
+    assert_int_equal(gets_of("/f/step2.png"), 1);
+    /* No row holds image bytes. */
+    assert_int_equal(wt_sql_long(db, "SELECT count(*) FROM broadcast_messages"
+                                     " WHERE length(coalesce(media_url, '')) > 80"),
+                     0);
+
+    /* The sim's record of each send: its step's sha256 and size. */
+    char err[128];
+    redisContext *rc = wc_redis_connect_sync(env.redis_url, 2000, err, sizeof err);
+    assert_non_null(rc);
+    redisReply *rep = redisCommand(rc, "XRANGE %s - +", WC_SIM_RECORD_KEY);
+    assert_non_null(rep);
+    int found = 0;
+    for (size_t i = 0; i < rep->elements; i++) {
+        redisReply *fields = rep->element[i]->element[1];
+        const char *msg = NULL, *media = NULL, *msize = NULL;
+        for (size_t f = 0; f + 1 < fields->elements; f += 2) {
+            const char *k = fields->element[f]->str, *v = fields->element[f + 1]->str;
+            if (!strcmp(k, "msg"))
+                msg = v;
+            else if (!strcmp(k, "media"))
+                media = v;
+            else if (!strcmp(k, "media_size"))
+                msize = v;
+        }
+        assert_non_null(msg);
+        char want[160];
+        wt_sql_text(
+            db, want, sizeof want,
+            "SELECT coalesce(st.media_sha256 || ' ' || m.size, '') FROM broadcast_messages b"
+            " JOIN sequence_steps st ON st.id = b.sequence_step_id"
+            " JOIN media m ON m.sha256 = st.media_sha256 WHERE b.id = %s",
+            msg);
+        char got[160];
+        snprintf(got, sizeof got, "%s %s", media ? media : "(none)", msize ? msize : "(none)");
+        assert_string_equal(got, want);
+        found++;
+    }
+    freeReplyObject(rep);
+    redisFree(rc);
+    assert_int_equal(found, 2 * NLEADS);
+}
+
+static void test_added_step_image_refused_fails_its_contacts(void **state)
+{
+    (void)state;
+    char step3[40];
+    /* A step added to the running sequence with a good message and an
+     * image that is not one: the completed contacts are done, so reopen
+     * them at step 2 (as if step 3 had been there, still to come). */
+    add_step(step3, 3, 0, "Three {{name}}", "data:image/png;base64,aGVsbG8gd29ybGQ=");
+    PQclear(wt_sql(db,
+                   "UPDATE sequence_contacts SET status = 'active', completed_at = NULL,"
+                   " next_send_at = now() WHERE sequence_id = '%s'",
+                   seq));
+    if (!e2e_wait_sql(db, 60000,
+                      "SELECT count(*) = %d FROM sequence_contacts WHERE sequence_id = '%s'"
+                      " AND status = 'failed'",
+                      NLEADS, seq)) {
+        wt_dump_logs(&env, 40);
+        fail_msg("the contacts reaching the refused step did not fail");
+    }
+    char reason[600];
+    wt_sql_text(db, reason, sizeof reason,
+                "SELECT coalesce(media_error, '') || '|' || (media_sha256 IS NULL)::text"
+                " FROM sequence_steps WHERE id = '%s'",
+                step3);
+    fprintf(stderr, "step 3: %s\n", reason);
+    if (strncmp(reason, "image_", 6) != 0 || !strstr(reason, "|true"))
+        fail_msg("step 3's media_error does not name the image's problem: %s", reason);
+    assert_int_equal(wt_sql_long(db,
+                                 "SELECT count(*) FROM broadcast_messages WHERE"
+                                 " sequence_step_id = '%s' AND status = 'skipped'"
+                                 " AND error_code = 'media_failed'"
+                                 " AND error_message LIKE 'image error: image_%%'",
+                                 step3),
+                     NLEADS);
+    assert_int_equal(wt_sql_long(db,
+                                 "SELECT count(*) FROM sequence_contacts WHERE sequence_id = '%s'"
+                                 " AND stop_reason LIKE 'step 3 skipped: image error: image_%%'",
+                                 seq),
+                     NLEADS);
+    /* Nothing of step 3 reached a device. */
+    char err[128];
+    redisContext *rc = wc_redis_connect_sync(env.redis_url, 2000, err, sizeof err);
+    assert_non_null(rc);
+    redisReply *rep = redisCommand(rc, "XLEN %s", WC_SIM_RECORD_KEY);
+    assert_non_null(rep);
+    assert_int_equal(rep->integer, 2 * NLEADS);
+    freeReplyObject(rep);
+    redisFree(rc);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_step_images_prepared_once),
+        cmocka_unit_test(test_added_step_image_refused_fails_its_contacts),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
