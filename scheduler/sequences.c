@@ -303,8 +303,6 @@ static void act_end(scheduler *s)
 {
     json_decref(s->seq_act);
     s->seq_act = NULL;
-    free(s->seq_media_url);
-    s->seq_media_url = NULL;
     s->seq_check_busy = false;
 }
 

@@ -14,7 +14,8 @@
  * 2. a step added to the running sequence with an image
  *    that cannot be prepared is prepared (refused) before its next message:
  *    the reason is on the step (media_error), the contacts reaching it are
- *    failed with it, their rows skipped with media_failed, nothing sent. */
+ *    failed with it, their rows skipped with media_failed, nothing sent;
+ *    its media_url changed to a good link, it is prepared again. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -266,6 +267,26 @@ static void test_added_step_image_refused_fails_its_contacts(void **state)
     assert_int_equal(rep->integer, 2 * NLEADS);
     freeReplyObject(rep);
     redisFree(rc);
+
+    /* Its media_url changed to step 2's link: prepared again (fetched
+     * again), the refusal cleared, the same image as step 2. */
+    char link[256], sha2[80], got[160];
+    snprintf(link, sizeof link, "%s/f/step2.png", images.base);
+    PQclear(wt_sql(db, "UPDATE sequence_steps SET media_url = '%s' WHERE id = '%s'", link, step3));
+    if (!e2e_wait_sql(db, 30000,
+                      "SELECT media_sha256 IS NOT NULL FROM sequence_steps WHERE id = '%s'", step3))
+        fail_msg("step 3's new image was not prepared");
+    wt_sql_text(db, sha2, sizeof sha2, "SELECT media_sha256 FROM sequence_steps WHERE id = '%s'",
+                step2);
+    wt_sql_text(db, got, sizeof got,
+                "SELECT media_sha256 || coalesce(media_error, '') FROM sequence_steps"
+                " WHERE id = '%s'",
+                step3);
+    assert_string_equal(got, sha2);
+    long gets = gets_of("/f/step2.png");
+    fprintf(stderr, "gets of /f/step2.png: %ld\n", gets);
+    assert_int_equal(gets, 2);
+    assert_int_equal(wt_sql_long(db, "SELECT count(*) FROM media"), 2);
 }
 
 int main(void)
