@@ -1,12 +1,18 @@
-/* wacast-scheduler: drip sequences. Two jobs, each a timer with at most one
- * statement in flight:
+/* wacast-scheduler: drip sequences. Three jobs, each with at most one
+ * statement or image in flight:
  *
  *   activations  a sequence set to `active` by the dashboard is checked
  *                (wacast_seq_problem in SQL: zone, window, steps, delays;
  *                here: every step's template compiles with the user's lead
- *                attributes) and either accepted, which enrols the leads
- *                that already carry its tag (wacast_seq_accept), or sent
- *                back to `draft` with the reason in status_reason;
+ *                attributes, then every step's image is prepared, one at a
+ *                time, by media.c) and either accepted, which enrols the
+ *                leads that already carry its tag (wacast_seq_accept), or
+ *                sent back to `draft` with the reason in status_reason
+ *                ("step N: <code>: <why>" for an image);
+ *   images       a step added or whose media_url changed on a running
+ *                sequence is prepared before its contacts are claimed
+ *                (sequence_steps.media_sha256; a refusal is kept in
+ *                media_error and fails the contacts reaching the step);
  *   due steps    contacts whose next_send_at has passed are claimed in
  *                bounded batches (per sequence, index on (sequence_id,
  *                next_send_at), FOR UPDATE SKIP LOCKED, only for sequences
@@ -21,6 +27,9 @@
  *                step travels, only for contacts still claimed by us and
  *                still active; the rows it returns are published on the jobs
  *                stream, into a lane of the sequence on the lead's device.
+ *
+ * Step message rows say media:<sha256> for a prepared image (with
+ * WACAST_MEDIA_REFERENCE), never its bytes (sql/009_step_media.sql).
  *
  * The rest happens in PostgreSQL (sql/007_sequences.sql): enrolment on tag
  * changes, stops, the next step's time when a step is sent, chaining,
