@@ -103,9 +103,15 @@ static bool job_live(media_job *j)
     return !j->s->media->stopping && !j->s->d.stopping;
 }
 
-/* A statement of the job answered: true when nothing is to be done (the
- * orphan freed, or the scheduler stopping). */
-static bool pg_answered(media_job *j)
+static void job_transient(media_job *j, const char *why)
+{
+    job_end(j, NULL, NULL, why);
+}
+
+/* A statement of the job answered: true when nothing more is to be done
+ * here (the orphan freed, the scheduler stopping, or the statement failed:
+ * the job then ends as a failure to try again later). */
+static bool pg_answered(media_job *j, PGresult *res, const char *err)
 {
     j->in_pg = false;
     if (j->orphan) {
@@ -113,25 +119,22 @@ static bool pg_answered(media_job *j)
         free(j);
         return true;
     }
-    return !job_live(j);
-}
-
-static void job_transient(media_job *j, const char *why)
-{
-    job_end(j, NULL, NULL, why);
+    if (!job_live(j))
+        return true;
+    if (!res) {
+        j->s->m.pg_errors++;
+        job_transient(j, err);
+        return true;
+    }
+    return false;
 }
 
 static void on_stored(wc_pg *pg, PGresult *res, const char *err, void *arg)
 {
     (void)pg;
     media_job *j = arg;
-    if (pg_answered(j))
+    if (pg_answered(j, res, err))
         return;
-    if (!res) {
-        j->s->m.pg_errors++;
-        job_transient(j, err);
-        return;
-    }
     j->s->media->prepared++;
     job_end(j, j->sha, NULL, NULL);
 }
@@ -191,13 +194,8 @@ static void on_found(wc_pg *pg, PGresult *res, const char *err, void *arg)
 {
     (void)pg;
     media_job *j = arg;
-    if (pg_answered(j))
+    if (pg_answered(j, res, err))
         return;
-    if (!res) {
-        j->s->m.pg_errors++;
-        job_transient(j, err);
-        return;
-    }
     if (PQntuples(res) == 0) {
         job_end(j, NULL, "media_not_found",
                 "no prepared image has this sha256 (upload the file first: POST /api/media)");
@@ -287,17 +285,26 @@ static void campaign_done(scheduler *s, const char *sha256)
     scheduler_expand(s);
 }
 
+/* A PostgreSQL answer to act on: false when it is no longer wanted, or when
+ * the statement failed (the claim's work is then dropped, to resume). */
+static bool answer_usable(scheduler *s, PGresult *res, const char *err)
+{
+    if (!campaign_wanted(s))
+        return false;
+    if (!res) {
+        s->m.pg_errors++;
+        abandon(s, err);
+        return false;
+    }
+    return true;
+}
+
 static void on_linked(wc_pg *pg, PGresult *res, const char *err, void *arg)
 {
     (void)pg;
     scheduler *s = arg;
-    if (!campaign_wanted(s))
+    if (!answer_usable(s, res, err))
         return;
-    if (!res) {
-        s->m.pg_errors++;
-        abandon(s, err);
-        return;
-    }
     if (PQntuples(res) == 0) {
         abandon(s, "the claim was taken over while the image was prepared");
         return;
@@ -335,13 +342,8 @@ static void on_existing(wc_pg *pg, PGresult *res, const char *err, void *arg)
 {
     (void)pg;
     scheduler *s = arg;
-    if (!campaign_wanted(s))
+    if (!answer_usable(s, res, err))
         return;
-    if (!res) {
-        s->m.pg_errors++;
-        abandon(s, err);
-        return;
-    }
     /* A resumed claim: the image was prepared before the last owner died. */
     if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)) {
         s->media->reused++;

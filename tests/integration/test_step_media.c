@@ -24,12 +24,9 @@
 #include <string.h>
 
 #include <cmocka.h>
-#include <sodium.h>
 
 #include "e2e_common.h"
 #include "scenario.h"
-#include "wc_redis.h"
-#include "wc_transport.h"
 
 #define NLEADS 3
 
@@ -37,20 +34,6 @@ static wt_env env;
 static PGconn *db;
 static fake images;
 static char user[40], dev[40], seq[40], step1[40], step2[40];
-
-static char *png_data_url(int w, int h)
-{
-    size_t png_len;
-    unsigned char *png = e2e_png_rgba(w, h, &png_len);
-    assert_non_null(png);
-    size_t b64_len = sodium_base64_ENCODED_LEN(png_len, sodium_base64_VARIANT_ORIGINAL);
-    char *url = malloc(b64_len + 32);
-    assert_non_null(url);
-    int n = snprintf(url, 32, "data:image/png;base64,");
-    sodium_bin2base64(url + n, b64_len, png, png_len, sodium_base64_VARIANT_ORIGINAL);
-    free(png);
-    return url;
-}
 
 static void add_step(char *id, int number, double delay, const char *message, const char *media)
 {
@@ -106,7 +89,8 @@ static int setup(void **state)
                 "INSERT INTO sequences (user_id, name, \"trigger\") VALUES ('%s', 'img', 'IMG')"
                 " RETURNING id",
                 user);
-    char *data_url = png_data_url(900, 600);
+    char *data_url = e2e_png_data_url(900, 600);
+    assert_non_null(data_url);
     add_step(step1, 1, 0, "One {{name}}", data_url);
     free(data_url);
     snprintf(url, sizeof url, "%s/f/step2.png", images.base);
@@ -127,16 +111,6 @@ static int teardown(void **state)
         PQfinish(db);
     wt_env_stop(&env);
     return 0;
-}
-
-static long gets_of(const char *path)
-{
-    json_t *st = fake_call(&images, "GET", "/_control/stats", NULL);
-    assert_non_null(st);
-    json_t *n = json_object_get(json_object_get(st, "gets"), path);
-    long v = n ? (long)json_integer_value(n) : 0;
-    json_decref(st);
-    return v;
 }
 
 /* The step's image: a JPEG within the limits, one media row; its sha256. */
@@ -176,46 +150,35 @@ static void test_step_images_prepared_once(void **state)
     assert_string_not_equal(sha1, sha2);
     assert_int_equal(wt_sql_long(db, "SELECT count(*) FROM media"), 2);
     /* The link was fetched once for the three contacts. */
-    assert_int_equal(gets_of("/f/step2.png"), 1);
+    assert_int_equal(e2e_fake_gets(&images, "/f/step2.png"), 1);
     /* No row holds image bytes. */
     assert_int_equal(wt_sql_long(db, "SELECT count(*) FROM broadcast_messages"
                                      " WHERE length(coalesce(media_url, '')) > 80"),
                      0);
 
     /* The sim's record of each send: its step's sha256 and size. */
-    char err[128];
-    redisContext *rc = wc_redis_connect_sync(env.redis_url, 2000, err, sizeof err);
-    assert_non_null(rc);
-    redisReply *rep = redisCommand(rc, "XRANGE %s - +", WC_SIM_RECORD_KEY);
-    assert_non_null(rep);
+    json_t *records = e2e_sim_records(env.redis_url);
+    assert_non_null(records);
+    size_t i;
+    json_t *rec;
     int found = 0;
-    for (size_t i = 0; i < rep->elements; i++) {
-        redisReply *fields = rep->element[i]->element[1];
-        const char *msg = NULL, *media = NULL, *msize = NULL;
-        for (size_t f = 0; f + 1 < fields->elements; f += 2) {
-            const char *k = fields->element[f]->str, *v = fields->element[f + 1]->str;
-            if (!strcmp(k, "msg"))
-                msg = v;
-            else if (!strcmp(k, "media"))
-                media = v;
-            else if (!strcmp(k, "media_size"))
-                msize = v;
-        }
+    json_array_foreach(records, i, rec)
+    {
+        const char *msg = jstr(rec, "msg"), *media = jstr(rec, "media"),
+                   *msize = jstr(rec, "media_size");
         assert_non_null(msg);
-        char want[160];
+        char want[160], got[160];
         wt_sql_text(
             db, want, sizeof want,
             "SELECT coalesce(st.media_sha256 || ' ' || m.size, '') FROM broadcast_messages b"
             " JOIN sequence_steps st ON st.id = b.sequence_step_id"
             " JOIN media m ON m.sha256 = st.media_sha256 WHERE b.id = %s",
             msg);
-        char got[160];
         snprintf(got, sizeof got, "%s %s", media ? media : "(none)", msize ? msize : "(none)");
         assert_string_equal(got, want);
         found++;
     }
-    freeReplyObject(rep);
-    redisFree(rc);
+    json_decref(records);
     assert_int_equal(found, 2 * NLEADS);
 }
 
@@ -259,14 +222,10 @@ static void test_added_step_image_refused_fails_its_contacts(void **state)
                                  seq),
                      NLEADS);
     /* Nothing of step 3 reached a device. */
-    char err[128];
-    redisContext *rc = wc_redis_connect_sync(env.redis_url, 2000, err, sizeof err);
-    assert_non_null(rc);
-    redisReply *rep = redisCommand(rc, "XLEN %s", WC_SIM_RECORD_KEY);
-    assert_non_null(rep);
-    assert_int_equal(rep->integer, 2 * NLEADS);
-    freeReplyObject(rep);
-    redisFree(rc);
+    json_t *records = e2e_sim_records(env.redis_url);
+    assert_non_null(records);
+    assert_int_equal(json_array_size(records), 2 * NLEADS);
+    json_decref(records);
 
     /* Its media_url changed to step 2's link: prepared again (fetched
      * again), the refusal cleared, the same image as step 2. */
@@ -283,7 +242,7 @@ static void test_added_step_image_refused_fails_its_contacts(void **state)
                 " WHERE id = '%s'",
                 step3);
     assert_string_equal(got, sha2);
-    long gets = gets_of("/f/step2.png");
+    long gets = e2e_fake_gets(&images, "/f/step2.png");
     fprintf(stderr, "gets of /f/step2.png: %ld\n", gets);
     assert_int_equal(gets, 2);
     assert_int_equal(wt_sql_long(db, "SELECT count(*) FROM media"), 2);
