@@ -145,9 +145,14 @@ typedef struct scheduler {
     bool seq_fold_busy;  /* counter deltas are being folded */
     bool seq_enrol_busy; /* a page of tagged leads is being enrolled */
     bool seq_due_more;   /* the last round was full: go on at once */
-    int seq_round_n;     /* contacts claimed in the round in flight */
-    wc_map seq_tpls;     /* "<step id>@<updated_at>" -> compiled wc_tpl */
-    wc_buf seq_out;      /* render buffer */
+    bool seq_media_busy; /* a running sequence's step image is being prepared */
+    char seq_media_step[40];
+    char *seq_media_url; /* its media_url while it is prepared */
+    json_t *seq_act;     /* activations waiting for their steps' images */
+    size_t seq_act_i, seq_act_j;
+    int seq_round_n; /* contacts claimed in the round in flight */
+    wc_map seq_tpls; /* "<step id>@<updated_at>" -> compiled wc_tpl */
+    wc_buf seq_out;  /* render buffer */
     struct event *seq_timer, *seq_check_timer;
     uint64_t rng;
     media_state *media; /* media.c */
@@ -188,6 +193,15 @@ void abandon(scheduler *s, const char *why);
 void media_init(scheduler *s);
 void media_free(scheduler *s);
 void media_prepare(scheduler *s);
+/* Any image (a sequence step's): prepares url once (or finds the
+ * media:<sha256> it names) and calls done exactly once, maybe before
+ * returning, with the sha256 of the stored JPEG; or with code and why when
+ * the image is refused (counted by reason); or with neither, why saying
+ * what failed (PostgreSQL away, no thread), to try again later. Not called
+ * when the scheduler stops first. */
+typedef void media_done_fn(scheduler *s, void *arg, const char *sha256, const char *code,
+                           const char *why);
+void media_prepare_url(scheduler *s, const char *url, media_done_fn *done, void *arg);
 void media_metrics(struct evbuffer *out, scheduler *s);
 
 /* sequences.c: its timers (started by main) and its cleanup. */

@@ -1,12 +1,18 @@
-/* wacast-scheduler: drip sequences. Two jobs, each a timer with at most one
- * statement in flight:
+/* wacast-scheduler: drip sequences. Three jobs, each with at most one
+ * statement or image in flight:
  *
  *   activations  a sequence set to `active` by the dashboard is checked
  *                (wacast_seq_problem in SQL: zone, window, steps, delays;
  *                here: every step's template compiles with the user's lead
- *                attributes) and either accepted, which enrols the leads
- *                that already carry its tag (wacast_seq_accept), or sent
- *                back to `draft` with the reason in status_reason;
+ *                attributes, then every step's image is prepared, one at a
+ *                time, by media.c) and either accepted, which enrols the
+ *                leads that already carry its tag (wacast_seq_accept), or
+ *                sent back to `draft` with the reason in status_reason
+ *                ("step N: <code>: <why>" for an image);
+ *   images       a step added or whose media_url changed on a running
+ *                sequence is prepared before its contacts are claimed
+ *                (sequence_steps.media_sha256; a refusal is kept in
+ *                media_error and fails the contacts reaching the step);
  *   due steps    contacts whose next_send_at has passed are claimed in
  *                bounded batches (per sequence, index on (sequence_id,
  *                next_send_at), FOR UPDATE SKIP LOCKED, only for sequences
@@ -21,6 +27,9 @@
  *                step travels, only for contacts still claimed by us and
  *                still active; the rows it returns are published on the jobs
  *                stream, into a lane of the sequence on the lead's device.
+ *
+ * Step message rows say media:<sha256> for a prepared image (with
+ * WACAST_MEDIA_REFERENCE), never its bytes (sql/009_step_media.sql).
  *
  * The rest happens in PostgreSQL (sql/007_sequences.sql): enrolment on tag
  * changes, stops, the next step's time when a step is sent, chaining,
@@ -52,7 +61,11 @@ static const char *CHECK_SQL =
     " (SELECT json_agg(json_build_array(st.step_number, st.message) ORDER BY st.step_number)"
     "  FROM sequence_steps st WHERE st.sequence_id = s.id)::text,"
     " (SELECT json_agg(DISTINCT k) FROM leads, jsonb_object_keys(attributes) AS k"
-    "  WHERE leads.user_id = s.user_id AND attributes <> '{}'::jsonb)::text"
+    "  WHERE leads.user_id = s.user_id AND attributes <> '{}'::jsonb)::text,"
+    /* Steps whose image is to be prepared (again, after a refusal). */
+    " (SELECT json_agg(json_build_array(st.step_number, st.id, st.media_url)"
+    "  ORDER BY st.step_number) FROM sequence_steps st WHERE st.sequence_id = s.id"
+    "  AND coalesce(st.media_url, '') <> '' AND st.media_sha256 IS NULL)::text"
     " FROM sequences s WHERE s.status = 'active' AND s.activated_at IS NULL"
     " ORDER BY s.updated_at LIMIT 16";
 
@@ -75,25 +88,29 @@ static const char *CLAIM_SQL =
     "  LIMIT greatest(0, least(seqs.room, share.n)) FOR UPDATE SKIP LOCKED) p),"
     /* The step after the last one sent: a deleted step is skipped, a step
      * added since is taken. None left: the contact is complete. */
-    " stepped AS (SELECT p.id, st.id AS step_id FROM picked p LEFT JOIN LATERAL"
-    "  (SELECT x.id FROM sequence_steps x WHERE x.sequence_id = p.sequence_id"
+    " stepped AS (SELECT p.id, st.id AS step_id, st.ready FROM picked p LEFT JOIN LATERAL"
+    "  (SELECT x.id, coalesce(x.media_url, '') = '' OR x.media_sha256 IS NOT NULL"
+    "  OR x.media_error IS NOT NULL AS ready FROM sequence_steps x"
+    "  WHERE x.sequence_id = p.sequence_id"
     "  AND x.step_number > p.current_step ORDER BY x.step_number LIMIT 1) st ON true),"
     " done AS (UPDATE sequence_contacts sc SET status = 'completed', completed_at = now(),"
     "  next_send_at = NULL, claimed_by = NULL, updated_at = now() FROM stepped"
     "  WHERE sc.id = stepped.id AND stepped.step_id IS NULL"
     "  AND sc.id = ANY (ARRAY(SELECT id FROM stepped WHERE step_id IS NULL)) RETURNING 1),"
+    /* A step whose image is not prepared yet (added or changed on the
+     * running sequence) waits for it: its contacts stay due, unclaimed. */
     " claimed AS (UPDATE sequence_contacts sc SET claimed_by = $1, updated_at = now(),"
     "  next_send_at = now() + make_interval(secs => $2::float8) FROM stepped"
-    "  WHERE sc.id = stepped.id AND stepped.step_id IS NOT NULL"
+    "  WHERE sc.id = stepped.id AND stepped.step_id IS NOT NULL AND stepped.ready"
     /* By primary key: a hash join would scan every contact of the table. */
-    "  AND sc.id = ANY (ARRAY(SELECT id FROM stepped WHERE step_id IS NOT NULL))"
+    "  AND sc.id = ANY (ARRAY(SELECT id FROM stepped WHERE step_id IS NOT NULL AND ready))"
     "  RETURNING sc.id, sc.sequence_id, sc.lead_id, stepped.step_id)"
     " SELECT c.id, c.sequence_id, c.lead_id, st.id, st.step_number, st.message,"
     " coalesce(st.media_url, ''), s.user_id, l.name, l.phone, coalesce(l.niche, ''),"
     " l.target_status::text, l.attributes::text,"
     " CASE WHEN wacast_valid_time_zone(s.time_zone)"
     "  THEN extract(hour FROM now() AT TIME ZONE s.time_zone)::int ELSE 0 END,"
-    " st.updated_at::text, (SELECT count(*) FROM done)"
+    " st.updated_at::text, (SELECT count(*) FROM done), st.media_sha256, st.media_error"
     " FROM claimed c JOIN sequence_steps st ON st.id = c.step_id"
     " JOIN sequences s ON s.id = c.sequence_id JOIN leads l ON l.id = c.lead_id"
     " ORDER BY c.sequence_id, c.id";
@@ -245,16 +262,140 @@ static void check_templates(const char *steps_json, const char *keys_json, char 
     json_decref(keys);
 }
 
+static void refuse_activation(scheduler *s, const char *id, const char *reason)
+{
+    s->m.sequences_refused++;
+    wc_warn("sequence %s: activation refused: %s", id, reason);
+    const char *params[] = {id, reason};
+    if (wc_pg_query(s->d.pg,
+                    "UPDATE sequences SET status = 'draft', status_reason = $2"
+                    " WHERE id = $1 AND status = 'active' AND activated_at IS NULL",
+                    2, params, on_pg_done, s) < 0)
+        s->m.pg_errors++;
+}
+
+static void accept_activation(scheduler *s, const char *id)
+{
+    const char *params[] = {id};
+    if (wc_pg_query(s->d.pg,
+                    "SELECT $1::text, wacast_seq_accept($1::uuid), \"trigger\" FROM "
+                    "sequences WHERE id = $1::uuid",
+                    1, params, on_accepted, s) < 0)
+        s->m.pg_errors++;
+}
+
+/* Activations whose steps' images are being prepared, one step at a time:
+ * s->seq_act is an array of [sequence id, [[step_number, step id, url], ...]],
+ * s->seq_act_i the sequence in hand, s->seq_act_j its step. The round of
+ * checks ends (seq_check_busy) when the last one is accepted or refused. */
+static void act_next(scheduler *s);
+
+static void act_skip(scheduler *s)
+{
+    s->seq_act_i++;
+    s->seq_act_j = 0;
+    act_next(s);
+}
+
+static json_t *act_step(scheduler *s)
+{
+    json_t *seq = json_array_get(s->seq_act, s->seq_act_i);
+    return json_array_get(json_array_get(seq, 1), s->seq_act_j);
+}
+
+static const char *act_id(scheduler *s)
+{
+    return json_string_value(json_array_get(json_array_get(s->seq_act, s->seq_act_i), 0));
+}
+
+static void act_end(scheduler *s)
+{
+    json_decref(s->seq_act);
+    s->seq_act = NULL;
+    s->seq_check_busy = false;
+}
+
+static void on_act_linked(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    scheduler *s = arg;
+    if (!s->seq_act)
+        return; /* sequences_free ran */
+    if (s->d.stopping) {
+        act_end(s);
+        return;
+    }
+    if (!res) {
+        s->m.pg_errors++;
+        wc_warn("sequence %s: linking a step's image: %s", act_id(s), err);
+        act_skip(s); /* still unchecked: the next round tries again */
+        return;
+    }
+    s->seq_act_j++;
+    act_next(s);
+}
+
+static void on_act_image(scheduler *s, void *arg, const char *sha256, const char *code,
+                         const char *why)
+{
+    (void)arg;
+    if (!s->seq_act)
+        return;
+    json_t *st = act_step(s);
+    if (code) {
+        char raw[512], reason[512];
+        snprintf(raw, sizeof raw, "step %lld: %s: %s",
+                 (long long)json_integer_value(json_array_get(st, 0)), code, why);
+        wc_text_clean(reason, sizeof reason, raw, (size_t)-1, NULL);
+        refuse_activation(s, act_id(s), reason);
+        act_skip(s);
+        return;
+    }
+    if (!sha256) {
+        wc_warn("sequence %s: preparing a step's image: %s (tried again)", act_id(s), why);
+        act_skip(s);
+        return;
+    }
+    const char *params[] = {sha256, json_string_value(json_array_get(st, 1)),
+                            json_string_value(json_array_get(st, 2))};
+    if (wc_pg_query(s->d.pg,
+                    "UPDATE sequence_steps SET media_sha256 = $1, media_error = NULL"
+                    " WHERE id = $2 AND media_url = $3",
+                    3, params, on_act_linked, s) < 0) {
+        s->m.pg_errors++;
+        act_skip(s);
+    }
+}
+
+static void act_next(scheduler *s)
+{
+    while (!s->d.stopping && s->seq_act_i < json_array_size(s->seq_act)) {
+        json_t *st = act_step(s);
+        if (st) {
+            const char *url = json_string_value(json_array_get(st, 2));
+            media_prepare_url(s, url ? url : "", on_act_image, NULL);
+            return;
+        }
+        accept_activation(s, act_id(s));
+        s->seq_act_i++;
+        s->seq_act_j = 0;
+    }
+    act_end(s);
+}
+
 static void on_checked(wc_pg *pg, PGresult *res, const char *err, void *arg)
 {
     (void)pg;
     scheduler *s = arg;
-    s->seq_check_busy = false;
     if (!res) {
+        s->seq_check_busy = false;
         s->m.pg_errors++;
         wc_warn("sequences: checking activations: %s", err);
         return;
     }
+    json_t *todo = json_array();
+    if (!todo)
+        abort();
     for (int i = 0; i < PQntuples(res); i++) {
         const char *id = PQgetvalue(res, i, 0);
         char reason[512];
@@ -262,22 +403,117 @@ static void on_checked(wc_pg *pg, PGresult *res, const char *err, void *arg)
             wc_text_clean(reason, sizeof reason, PQgetvalue(res, i, 1), (size_t)-1, NULL);
         else
             check_templates(PQgetvalue(res, i, 2), PQgetvalue(res, i, 3), reason, sizeof reason);
-        const char *params[] = {id, reason};
         if (reason[0]) {
-            s->m.sequences_refused++;
-            wc_warn("sequence %s: activation refused: %s", id, reason);
-            if (wc_pg_query(s->d.pg,
-                            "UPDATE sequences SET status = 'draft', status_reason = $2"
-                            " WHERE id = $1 AND status = 'active' AND activated_at IS NULL",
-                            2, params, on_pg_done, s) < 0)
-                s->m.pg_errors++;
-        } else if (wc_pg_query(s->d.pg,
-                               "SELECT $1::text, wacast_seq_accept($1::uuid), \"trigger\" FROM "
-                               "sequences WHERE id = $1::uuid",
-                               1, params, on_accepted, s) < 0) {
-            s->m.pg_errors++;
+            refuse_activation(s, id, reason);
+            continue;
         }
+        json_t *images = PQgetisnull(res, i, 4) ? NULL : json_loads(PQgetvalue(res, i, 4), 0, NULL);
+        if (!json_is_array(images) || json_array_size(images) == 0) {
+            json_decref(images);
+            accept_activation(s, id);
+            continue;
+        }
+        /* Accepted once every step's image is prepared. */
+        if (json_array_append_new(todo, json_pack("[so]", id, images)) < 0)
+            abort();
     }
+    s->seq_act = todo;
+    s->seq_act_i = 0;
+    s->seq_act_j = 0;
+    act_next(s);
+}
+
+/* ---- images of running sequences ----------------------------------------------------------- */
+
+/* A step added, or whose media_url changed, on a running sequence: its
+ * image is prepared before its contacts are claimed (CLAIM_SQL waits for
+ * it); a refused one is recorded on the step, and the contacts reaching it
+ * fail with it. One step at a time, then the next at once. */
+static const char *MEDIA_TODO_SQL =
+    "SELECT st.id, st.media_url, st.step_number FROM sequence_steps st"
+    " JOIN sequences s ON s.id = st.sequence_id"
+    " WHERE s.status IN ('active', 'archived') AND s.activated_at IS NOT NULL"
+    " AND st.media_sha256 IS NULL AND st.media_error IS NULL"
+    " AND coalesce(st.media_url, '') <> '' LIMIT 1";
+
+static void media_todo(scheduler *s);
+
+static void on_step_media_linked(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    scheduler *s = arg;
+    s->seq_media_busy = false;
+    if (!res) {
+        s->m.pg_errors++;
+        wc_warn("sequences: linking a step's image: %s", err);
+        return;
+    }
+    media_todo(s);
+}
+
+static void on_step_image(scheduler *s, void *arg, const char *sha256, const char *code,
+                          const char *why)
+{
+    (void)arg;
+    char *url = s->seq_media_url; /* the step's, in s->seq_media_step */
+    s->seq_media_url = NULL;
+    if (!sha256 && !code) {
+        wc_warn("sequences: step %s: preparing its image: %s (tried again)", s->seq_media_step,
+                why);
+        s->seq_media_busy = false;
+        free(url);
+        return;
+    }
+    char raw[512], reason[512];
+    if (code) {
+        snprintf(raw, sizeof raw, "%s: %s", code, why);
+        wc_text_clean(reason, sizeof reason, raw, (size_t)-1, NULL);
+        wc_warn("sequences: step %s: image refused: %s", s->seq_media_step, reason);
+    }
+    const char *params[] = {s->seq_media_step, url, sha256 ? sha256 : reason};
+    int rc = wc_pg_query(
+        s->d.pg,
+        sha256 ? "UPDATE sequence_steps SET media_sha256 = $3, media_error = NULL"
+                 " WHERE id = $1 AND media_url = $2"
+               : "UPDATE sequence_steps SET media_error = $3 WHERE id = $1 AND media_url = $2",
+        3, params, on_step_media_linked, s);
+    free(url);
+    if (rc < 0) {
+        s->m.pg_errors++;
+        s->seq_media_busy = false;
+    }
+}
+
+static void on_media_todo(wc_pg *pg, PGresult *res, const char *err, void *arg)
+{
+    (void)pg;
+    scheduler *s = arg;
+    if (!res) {
+        s->seq_media_busy = false;
+        s->m.pg_errors++;
+        wc_warn("sequences: looking for steps' images to prepare: %s", err);
+        return;
+    }
+    if (PQntuples(res) == 0 || s->d.stopping) {
+        s->seq_media_busy = false;
+        return;
+    }
+    snprintf(s->seq_media_step, sizeof s->seq_media_step, "%s", PQgetvalue(res, 0, 0));
+    wc_info("sequences: step %s (step %s): preparing its image", s->seq_media_step,
+            PQgetvalue(res, 0, 2));
+    free(s->seq_media_url);
+    s->seq_media_url = dup_text(PQgetvalue(res, 0, 1));
+    media_prepare_url(s, s->seq_media_url, on_step_image, NULL);
+}
+
+static void media_todo(scheduler *s)
+{
+    if (s->seq_media_busy || s->d.stopping)
+        return;
+    if (wc_pg_query(s->d.pg, MEDIA_TODO_SQL, 0, NULL, on_media_todo, s) == 0)
+        s->seq_media_busy = true;
+    else
+        s->m.pg_errors++;
 }
 
 static void on_folded(wc_pg *pg, PGresult *res, const char *err, void *arg)
@@ -427,6 +663,8 @@ enum {
     C_HOUR,
     C_UPDATED,
     C_DONE,
+    C_MEDIA_SHA,
+    C_MEDIA_ERR,
     C_COLUMNS
 };
 
@@ -437,6 +675,12 @@ static void render_step(scheduler *s, PGresult *res, int r, struct evbuffer **b)
     char phone[WC_PHONE_E164_MAX], code[64] = "", message[512] = "";
     char recipient_buf[INVALID_PHONE_MAX + 64], name_buf[RECIPIENT_NAME_MAX];
     const char *why = NULL, *status = "queued", *content = "", *recipient = phone;
+    const char *media = PQgetvalue(res, r, C_MEDIA);
+    char media_ref[80];
+    if (media[0] && !PQgetisnull(res, r, C_MEDIA_SHA) && s->cfg.media.reference) {
+        snprintf(media_ref, sizeof media_ref, "media:%s", PQgetvalue(res, r, C_MEDIA_SHA));
+        media = media_ref;
+    }
     if (wc_phone_normalize(raw_phone, s->cfg.default_country, phone, sizeof phone, &why) < 0) {
         status = "skipped";
         snprintf(code, sizeof code, "invalid_phone");
@@ -459,7 +703,15 @@ static void render_step(scheduler *s, PGresult *res, int r, struct evbuffer **b)
         if (strcmp(attrs, "{}") != 0)
             v.attrs = json_loads(attrs, 0, NULL);
         int hour = (int)strtol(PQgetvalue(res, r, C_HOUR), NULL, 10);
-        if (!t) {
+        if (media[0] && PQgetisnull(res, r, C_MEDIA_SHA)) {
+            /* Its image was refused (the claim takes no step still to prepare). */
+            status = "skipped";
+            snprintf(code, sizeof code, "media_failed");
+            char quoted[400];
+            wc_text_clean(quoted, sizeof quoted, PQgetvalue(res, r, C_MEDIA_ERR), (size_t)-1, NULL);
+            snprintf(message, sizeof message, "image error: %s", quoted);
+            wc_text_fix(message);
+        } else if (!t) {
             status = "skipped";
             snprintf(code, sizeof code, "render_failed");
             snprintf(message, sizeof message, "template error: %s", terr);
@@ -491,7 +743,7 @@ static void render_step(scheduler *s, PGresult *res, int r, struct evbuffer **b)
                             recipient,
                             stored_name(name_buf, sizeof name_buf, PQgetvalue(res, r, C_NAME)),
                             content,
-                            PQgetvalue(res, r, C_MEDIA),
+                            media,
                             status,
                             code[0] ? code : NULL,
                             message[0] ? message : NULL};
@@ -545,7 +797,10 @@ static void on_due_timer(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     scheduler *s = arg;
-    if (s->seq_due_busy || s->d.stopping || !wc_redis_ready(s->d.redis))
+    if (s->d.stopping)
+        return;
+    media_todo(s);
+    if (s->seq_due_busy || !wc_redis_ready(s->d.redis))
         return;
     char claim_s[32], batch[32], inflight[32], grace[32], margin[32];
     snprintf(claim_s, sizeof claim_s, "%ld", s->cfg.seq_claim_s);
@@ -576,4 +831,8 @@ void sequences_free(scheduler *s)
             wc_tpl_free(s->seq_tpls.slots[i].value);
     wc_map_free(&s->seq_tpls);
     wc_buf_free(&s->seq_out);
+    json_decref(s->seq_act);
+    s->seq_act = NULL;
+    free(s->seq_media_url);
+    s->seq_media_url = NULL;
 }

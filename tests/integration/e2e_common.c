@@ -4,6 +4,8 @@
  * waiting, metrics and teardown every integration test may use. */
 #include "e2e_common.h"
 #include "scenario.h"
+#include "wc_redis.h"
+#include "wc_transport.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -723,5 +725,54 @@ unsigned char *e2e_png_rgba(int w, int h, size_t *len)
     }
     free(px);
     *len = out ? n : 0;
+    return out;
+}
+
+char *e2e_png_data_url(int w, int h)
+{
+    size_t len;
+    unsigned char *png = e2e_png_rgba(w, h, &len);
+    if (!png)
+        return NULL;
+    static const char prefix[] = "data:image/png;base64,";
+    char *url = malloc(sizeof prefix + 4 * (len / 3 + 1) + 1);
+    if (url) {
+        memcpy(url, prefix, sizeof prefix - 1);
+        EVP_EncodeBlock((unsigned char *)url + sizeof prefix - 1, png, (int)len);
+    }
+    free(png);
+    return url;
+}
+
+long e2e_fake_gets(fake *f, const char *path)
+{
+    json_t *st = fake_call(f, "GET", "/_control/stats", NULL);
+    if (!st)
+        return -1;
+    json_t *n = json_object_get(json_object_get(st, "gets"), path);
+    long v = n ? (long)json_integer_value(n) : 0;
+    json_decref(st);
+    return v;
+}
+
+json_t *e2e_sim_records(const char *redis_url)
+{
+    char err[128];
+    redisContext *rc = wc_redis_connect_sync(redis_url, 2000, err, sizeof err);
+    if (!rc)
+        return NULL;
+    redisReply *rep = redisCommand(rc, "XRANGE %s - +", WC_SIM_RECORD_KEY);
+    json_t *out = rep && rep->type == REDIS_REPLY_ARRAY ? json_array() : NULL;
+    for (size_t i = 0; out && i < rep->elements; i++) {
+        redisReply *fields = rep->element[i]->element[1];
+        json_t *o = json_object();
+        for (size_t k = 0; k + 1 < fields->elements; k += 2)
+            json_object_set_new(o, fields->element[k]->str,
+                                json_string(fields->element[k + 1]->str));
+        json_array_append_new(out, o);
+    }
+    if (rep)
+        freeReplyObject(rep);
+    redisFree(rc);
     return out;
 }

@@ -167,5 +167,15 @@ bool e2e_stopped_cleanly(wt_env *env, pid_t pid);
 /* A w x h PNG (RGBA: left half opaque colours, right half transparent), as
  * libpng writes it; malloc'd, length in *len. */
 unsigned char *e2e_png_rgba(int w, int h, size_t *len);
+/* The same PNG as a base64 data: URL (malloc'd). */
+char *e2e_png_data_url(int w, int h);
+
+/* How many GETs the image host stand-in (tests/fakes/images.js) answered
+ * for path. */
+long e2e_fake_gets(fake *f, const char *path);
+
+/* The simulated provider's record (WC_SIM_RECORD_KEY), one object of
+ * field -> value per send, oldest first; NULL when Redis does not answer. */
+json_t *e2e_sim_records(const char *redis_url);
 
 #endif

@@ -179,17 +179,12 @@ static int setup(void **state)
     db = wt_pg(&env);
     if (fake_start(&env, &images, "images.js") < 0)
         return -1;
-    size_t photo_len, png_len;
+    size_t photo_len;
     unsigned char *photo = photo_jpeg(3000, 2000, &photo_len);
     serve_files(photo, photo_len);
     free(photo);
-    unsigned char *png = e2e_png_rgba(900, 600, &png_len);
-    assert_non_null(png);
-    size_t b64_len = sodium_base64_ENCODED_LEN(png_len, sodium_base64_VARIANT_ORIGINAL);
-    char *data_url = malloc(b64_len + 32);
-    int n = snprintf(data_url, 32, "data:image/png;base64,");
-    sodium_bin2base64(data_url + n, b64_len, png, png_len, sodium_base64_VARIANT_ORIGINAL);
-    free(png);
+    char *data_url = e2e_png_data_url(900, 600);
+    assert_non_null(data_url);
 
     PGresult *r = wt_sql(db, "INSERT INTO users (name) VALUES ('media') RETURNING id");
     snprintf(user_id, sizeof user_id, "%s", PQgetvalue(r, 0, 0));
@@ -243,12 +238,7 @@ static int teardown(void **state)
 
 static long gets_of(const char *path)
 {
-    json_t *st = fake_call(&images, "GET", "/_control/stats", NULL);
-    assert_non_null(st);
-    json_t *n = json_object_get(json_object_get(st, "gets"), path);
-    long v = n ? (long)json_integer_value(n) : 0;
-    json_decref(st);
-    return v;
+    return e2e_fake_gets(&images, path);
 }
 
 /* The campaign's prepared image is a valid JPEG within the limits, stored

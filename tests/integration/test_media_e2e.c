@@ -22,11 +22,8 @@
 #include <string.h>
 
 #include <cmocka.h>
-#include <sodium.h>
 
 #include "e2e_common.h"
-#include "wc_redis.h"
-#include "wc_transport.h"
 
 #define NCLOUD 4
 #define NGOWA 4
@@ -123,13 +120,9 @@ static int setup_world(void)
                    " ON d.k = i %% 8",
                    user, NLEADS - 1, user));
     e2e_sim_tenant(w.db, "media e2e sim", 0, 0, "+6015", 5, sim_user, sim_dev);
-    size_t png_len = 0;
-    unsigned char *png = e2e_png_rgba(1200, 800, &png_len);
-    size_t b64_len = sodium_base64_ENCODED_LEN(png_len, sodium_base64_VARIANT_ORIGINAL);
-    data_url = malloc(b64_len + 32);
-    int n = snprintf(data_url, 32, "data:image/png;base64,");
-    sodium_bin2base64(data_url + n, b64_len, png, png_len, sodium_base64_VARIANT_ORIGINAL);
-    free(png);
+    data_url = e2e_png_data_url(1200, 800);
+    if (!data_url)
+        return -1;
     return e2e_world_daemons(&w, NULL, NCLOUD + NGOWA + 1) ? 0 : -1;
 }
 
@@ -309,24 +302,15 @@ static void test_sim_records_the_image(void **state)
     wt_sql_text(w.db, sha, sizeof sha, "SELECT media_sha256 FROM campaigns WHERE id = '%s'",
                 campaign);
     wt_sql_text(w.db, size, sizeof size, "SELECT size FROM media WHERE sha256 = '%s'", sha);
-    char err[128];
-    redisContext *rc = wc_redis_connect_sync(w.env.redis_url, 2000, err, sizeof err);
-    assert_non_null(rc);
-    redisReply *rep = redisCommand(rc, "XRANGE %s - +", WC_SIM_RECORD_KEY);
-    assert_non_null(rep);
+    json_t *records = e2e_sim_records(w.env.redis_url);
+    assert_non_null(records);
+    size_t i;
+    json_t *rec;
     int found = 0;
-    for (size_t i = 0; i < rep->elements; i++) {
-        redisReply *fields = rep->element[i]->element[1];
-        const char *camp = NULL, *media = NULL, *msize = NULL;
-        for (size_t f = 0; f + 1 < fields->elements; f += 2) {
-            const char *k = fields->element[f]->str, *v = fields->element[f + 1]->str;
-            if (!strcmp(k, "campaign"))
-                camp = v;
-            else if (!strcmp(k, "media"))
-                media = v;
-            else if (!strcmp(k, "media_size"))
-                msize = v;
-        }
+    json_array_foreach(records, i, rec)
+    {
+        const char *camp = jstr(rec, "campaign"), *media = jstr(rec, "media"),
+                   *msize = jstr(rec, "media_size");
         if (!camp || strcmp(camp, campaign) != 0)
             continue;
         found++;
@@ -335,8 +319,7 @@ static void test_sim_records_the_image(void **state)
         assert_non_null(msize);
         assert_string_equal(msize, size);
     }
-    freeReplyObject(rep);
-    redisFree(rc);
+    json_decref(records);
     assert_int_equal(found, 5);
 }
 

@@ -1,13 +1,13 @@
 /* Drip sequences refused at activation, and the time rules they run on.
  *
- * Each bad sequence (a step whose template does not compile, an unknown time
- * zone, a window whose start equals its end, no steps, a negative delay, a
- * min delay above the max) is set to `active` with leads carrying its tag:
- * the scheduler sends it back to `draft` with the reason in status_reason,
- * enrols nobody and writes no message, while a good sequence of the same
- * user, activated alongside, is accepted and enrols exactly the leads whose
- * tags hold its trigger as a whole tag. The next-step time is checked across
- * a DST change and a window in another zone (wacast_seq_next_at). */
+ * Each bad sequence (a step whose template does not compile, a step whose
+ * image cannot be prepared (a corrupt data: URL, a loopback link refused by
+ * the address guard), an unknown time zone, a window whose start equals its end, no steps, a
+ * negative delay, a min delay above the max) is set to `active` with leads carrying its tag: the
+ * scheduler sends it back to `draft` with the reason in status_reason, enrols nobody and writes no
+ * message, while a good sequence of the same user, activated alongside, is accepted and enrols
+ * exactly the leads whose tags hold its trigger as a whole tag. The next-step time is checked
+ * across a DST change and a window in another zone (wacast_seq_next_at). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -59,22 +59,28 @@ typedef struct bad_case {
     const char *steps;   /* VALUES rows (step_number, delay_seconds, message) or NULL */
     const char *reason;  /* expected in status_reason */
     char id[40];
+    const char *media; /* "UPDATE sequence_steps SET ..." assignments for step 2, or NULL */
 } bad_case;
 
 static bad_case cases[] = {
     {"broken template", NULL, "(1, 0, 'Hi {{name}}'), (2, 5, 'Then {{name')",
-     "step 2: template error", ""},
-    {"unknown placeholder", NULL, "(1, 0, 'Hi {{nickname}}')", "unknown placeholder 'nickname'",
-     ""},
+     "step 2: template error", "", NULL},
+    {"unknown placeholder", NULL, "(1, 0, 'Hi {{nickname}}')", "unknown placeholder 'nickname'", "",
+     NULL},
     {"unknown time zone", "time_zone = 'Mars/Olympus_Mons'", "(1, 0, 'Hi')",
-     "unknown time zone 'Mars/Olympus_Mons'", ""},
+     "unknown time zone 'Mars/Olympus_Mons'", "", NULL},
     {"window start = end", "send_window_start = '09:00', send_window_end = '09:00'", "(1, 0, 'Hi')",
-     "send window start equals its end", ""},
-    {"no steps", NULL, NULL, "the sequence has no steps", ""},
-    {"negative delay", NULL, "(1, 0, 'Hi'), (2, -5, 'Again')", "step 2: negative delay_seconds",
-     ""},
+     "send window start equals its end", "", NULL},
+    {"no steps", NULL, NULL, "the sequence has no steps", "", NULL},
+    {"negative delay", NULL, "(1, 0, 'Hi'), (2, -5, 'Again')", "step 2: negative delay_seconds", "",
+     NULL},
     {"min delay above max", "min_delay_seconds = 5, max_delay_seconds = 1", "(1, 0, 'Hi')",
-     "min_delay_seconds is greater than max_delay_seconds", ""},
+     "min_delay_seconds is greater than max_delay_seconds", "", NULL},
+    /* Images, prepared at activation: the reason names the step and the code. */
+    {"corrupt image", NULL, "(1, 0, 'Hi'), (2, 5, 'Look')", "step 2: image_", "",
+     "media_url = 'data:image/jpeg;base64,/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAP//////////'"},
+    {"loopback image", NULL, "(1, 0, 'Hi'), (2, 5, 'Look')", "step 2: fetch_address_refused: ", "",
+     "media_url = 'http://127.0.0.1:9/photo.jpg'"},
 };
 #define NCASES (sizeof cases / sizeof cases[0])
 
@@ -126,6 +132,11 @@ static void test_bad_sequences_are_refused_with_a_reason(void **state)
                            "INSERT INTO sequence_steps (sequence_id, step_number, delay_seconds,"
                            " message) SELECT '%s', n, d, m FROM (VALUES %s) AS v(n, d, m)",
                            c->id, c->steps));
+        if (c->media)
+            PQclear(wt_sql(db,
+                           "UPDATE sequence_steps SET %s WHERE sequence_id = '%s'"
+                           " AND step_number = 2",
+                           c->media, c->id));
     }
     wt_sql_text(db, good, sizeof good,
                 "INSERT INTO sequences (user_id, name, \"trigger\") VALUES ('%s', 'good', 'GOOD')"
