@@ -302,7 +302,8 @@ static void reopen_if_offline(device *dv)
 /* The sealed credentials of the devices whose digest changed (or that are
  * new), then the rebalance that may take them: a device is never opened
  * before its credentials are here. On an error the devices keep what they
- * had and the next refresh asks again. */
+ * had (a new one stays untaken) and the next refresh asks again; the others
+ * are rebalanced all the same. */
 static void on_credentials(wc_pg *pg, PGresult *res, const char *err, void *arg)
 {
     (void)pg;
@@ -311,6 +312,7 @@ static void on_credentials(wc_pg *pg, PGresult *res, const char *err, void *arg)
     if (!res) {
         f->m.pg_errors++;
         wc_warn("reading device credentials: %s", err);
+        rebalance(f);
         return;
     }
     for (int r = 0; r < PQntuples(res); r++) {
@@ -429,6 +431,7 @@ static void on_devices(wc_pg *pg, PGresult *res, const char *err, void *arg)
                     1, params, on_credentials, f) < 0) {
         f->m.pg_errors++;
         f->refreshing = false;
+        rebalance(f);
     }
     evbuffer_free(load);
 }
