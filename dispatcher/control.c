@@ -285,19 +285,26 @@ static void device_qr(dispatcher *ds, struct evhttp_request *req, const char *de
     }
 }
 
-static void on_admin(struct evhttp_request *req, void *arg)
+bool dispatcher_admin_authorized(dispatcher *ds, struct evhttp_request *req)
 {
-    dispatcher *ds = arg;
     ds->m.admin_requests++;
     if (!ds->cfg.admin_token[0]) {
         wc_http_reply_error(req, 403, "admin API disabled: set WACAST_ADMIN_TOKEN");
-        return;
+        return false;
     }
     if (!wc_http_bearer_ok(req, ds->cfg.admin_token)) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer");
         wc_http_reply_error(req, 401, "missing or wrong bearer token");
-        return;
+        return false;
     }
+    return true;
+}
+
+static void on_admin(struct evhttp_request *req, void *arg)
+{
+    dispatcher *ds = arg;
+    if (!dispatcher_admin_authorized(ds, req))
+        return;
     const char *path = evhttp_request_get_uri(req);
     char device[64] = "";
     if (sscanf(path, "/admin/devices/%63[^/]/qr", device) == 1) {

@@ -198,6 +198,11 @@ void events_init(dispatcher *ds);
 void control_init(dispatcher *ds);
 void events_free(dispatcher *ds);
 void control_free(dispatcher *ds);
+/* Every admin route starts here (control.c): counts the request, answers
+ * 403 when no admin token is set and 401 without the right bearer token
+ * (compared in constant time), and says whether to go on. */
+struct evhttp_request;
+bool dispatcher_admin_authorized(dispatcher *ds, struct evhttp_request *req);
 /* POST /api/media on the admin listener (media_api.c): routed when that
  * listener is on; the free waits for uploads being prepared. */
 void media_api_init(dispatcher *ds);

@@ -176,16 +176,8 @@ static void on_prepared(void *arg, wc_image_result *r)
 static void on_media(struct evhttp_request *req, void *arg)
 {
     dispatcher *ds = arg;
-    ds->m.admin_requests++;
-    if (!ds->cfg.admin_token[0]) {
-        wc_http_reply_error(req, 403, "admin API disabled: set WACAST_ADMIN_TOKEN");
+    if (!dispatcher_admin_authorized(ds, req))
         return;
-    }
-    if (!wc_http_bearer_ok(req, ds->cfg.admin_token)) {
-        evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer");
-        wc_http_reply_error(req, 401, "missing or wrong bearer token");
-        return;
-    }
     const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
     if (!path || strcmp(path, "/api/media") != 0) {
         wc_http_reply_error(req, 404, "not found");
