@@ -243,12 +243,16 @@ void free_device(device *dv)
 /* A device whose row was deleted: once no sender holds it, the sender it
  * would fall to hands its outbox (lanes, later set) back to the router, so
  * its campaigns' messages go out from the user's other devices instead of
- * waiting for it forever; then every sender forgets it (a minute later, when
- * no reply about it can still be in flight). */
+ * waiting for it forever, and goes on doing so every idle poll (the router
+ * may learn of the deletion later and route there meanwhile, handed-back
+ * jobs included); then every sender forgets it (a minute later, when no
+ * reply about it can still be in flight and the router has long re-read its
+ * devices). */
 static bool forget_if_gone(fleet *f, device *dv)
 {
     if (dv->seen) {
         dv->gone_us = 0;
+        dv->gone_handled = false;
         return false;
     }
     int64_t now = wc_mono_us();
@@ -632,8 +636,10 @@ void on_idle_poll(evutil_socket_t fd, short what, void *arg)
         if (!wc_map_live(&f->devices, i))
             continue;
         device *dv = f->devices.slots[i].value;
-        if (dv->state == DEV_OFFLINE || dv->state == DEV_RESTING) {
-            /* Jobs routed here before the router saw the device leave. */
+        if (dv->state == DEV_OFFLINE || dv->state == DEV_RESTING ||
+            (dv->gone_handled && !dv->seen)) {
+            /* Jobs routed here before the router saw the device leave (a
+             * deleted one: until every sender forgets it). */
             handback_outbox(dv);
             continue;
         }
