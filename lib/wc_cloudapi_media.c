@@ -25,6 +25,7 @@
 #include "wc_daemon.h"
 #include "wc_keys.h"
 #include "wc_log.h"
+#include "wc_lua.h"
 #include "wc_redis.h"
 #include "wc_text.h"
 
@@ -88,8 +89,8 @@ static void upload_done(ca_upload *u, const wc_send_result *res)
         /* Done or failed: the others look again (the id, or their turn). */
         char key[256];
         lock_key(key, sizeof key, u->bucket, u->sha);
-        const char *argv[] = {"DEL", key};
-        (void)!wc_redis_commandv(u->redis, on_redis_void, NULL, 2, argv, NULL);
+        const char *argv[] = {"EVAL", WC_LUA_DEL_IF, "1", key, u->lock_token};
+        (void)!wc_redis_commandv(u->redis, on_redis_void, NULL, 5, argv, NULL);
     }
     u->locked = false;
     u->wait_until_us = 0;
@@ -302,7 +303,9 @@ static void take_lock(ca_upload *u)
     char key[256], px[24];
     lock_key(key, sizeof key, u->bucket, u->sha);
     snprintf(px, sizeof px, "%ld", lock_ms);
-    const char *argv[] = {"SET", key, dev->hj.device_id, "NX", "PX", px};
+    snprintf(u->lock_token, sizeof u->lock_token, "%s:%lld", dev->hj.device_id,
+             (long long)wc_mono_us());
+    const char *argv[] = {"SET", key, u->lock_token, "NX", "PX", px};
     if (wc_redis_commandv(u->redis, on_locked, u, 6, argv, NULL) < 0)
         read_bytes(u);
 }
@@ -409,9 +412,9 @@ bool ca_media_reupload(ca_send *s, const wc_httpc_resp *resp)
     }
     char key[256];
     media_key(key, sizeof key, b, s->sha);
-    const char *argv[] = {"DEL", key};
+    const char *argv[] = {"EVAL", WC_LUA_DEL_IF, "1", key, s->media_id};
     if (s->dev->redis)
-        (void)!wc_redis_commandv(s->dev->redis, on_redis_void, NULL, 2, argv, NULL);
+        (void)!wc_redis_commandv(s->dev->redis, on_redis_void, NULL, 5, argv, NULL);
     wc_warn("cloudapi device %s: media id %s refused; uploading the image again",
             s->dev->hj.device_id, s->media_id);
     s->reuploaded = true;

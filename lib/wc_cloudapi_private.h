@@ -70,6 +70,7 @@ struct ca_upload {
      * look for the id every CA_UPLOAD_POLL_MS until the lock's time is up. */
     struct wc_redis *redis; /* the first waiter's, for this step */
     bool locked;            /* this sender holds the lock */
+    char lock_token[96];    /* the lock's value: released only while it holds this */
     int64_t wait_until_us;  /* monotonic: stop waiting for another's upload (0: not waiting) */
     struct event *poll;
 };

@@ -15,6 +15,8 @@
  *   TTL; while another sender holds the upload lock nothing is uploaded and
  *   the send goes out with the id that sender stores; a lock never released
  *   is waited for only until its time is up, then the image is uploaded;
+ *   a sender releases only its own lock and clears a refused id only while
+ *   Redis still holds that id (not another sender's newer one);
  * - gowa: the image goes as the "image" file part with the caption, and a
  *   missing image fails the message without a request. */
 #include <setjmp.h>
@@ -125,7 +127,20 @@ typedef struct fixture {
     int upload_status; /* 0: 200 with an id */
     bool upload_hang;
     int refuse_ids; /* sends whose image id is answered code 100 */
+    /* Another sender's write lands while a request is answered: this key
+     * set to this value (on an upload, or on a refused id). */
+    redisContext *meanwhile_rc;
+    char meanwhile_key[160];
+    const char *meanwhile_value;
+    bool meanwhile_on_upload;
 } fixture;
+
+static void meanwhile(fixture *fx, bool upload)
+{
+    if (fx->meanwhile_rc && fx->meanwhile_on_upload == upload)
+        freeReplyObject(
+            redisCommand(fx->meanwhile_rc, "SET %s %s", fx->meanwhile_key, fx->meanwhile_value));
+}
 
 static void reply(struct evhttp_request *req, int status, const char *body)
 {
@@ -163,6 +178,7 @@ static void on_request(struct evhttp_request *req, void *arg)
             !body_has(r, "name=\"type\"") || !body_has(r, "image/jpeg") ||
             !body_has(r, "name=\"file\"") || !memmem(r->body, r->len, JPEG, sizeof JPEG))
             fake_http_violation(&fx->srv, "upload lacks messaging_product, type or the file");
+        meanwhile(fx, true);
         if (fx->upload_hang)
             return;
         if (fx->upload_status) {
@@ -184,6 +200,7 @@ static void on_request(struct evhttp_request *req, void *arg)
     json_t *image = json_object_get(r->json, "image");
     if (image && fx->refuse_ids > 0) {
         fx->refuse_ids--;
+        meanwhile(fx, false);
         reply(req, 400,
               "{\"error\":{\"message\":\"(#100) Invalid parameter\",\"type\":\"OAuthException\","
               "\"code\":100,\"error_data\":{\"details\":\"Param image['id'] is not a valid "
@@ -534,6 +551,44 @@ static void test_shared_across_senders(void **state)
     assert_int_equal(fx->uploads, 2);
     assert_true(wc_mono_us() - t0 >= 5000000);
     wc_transport_cloudapi.close(dev);
+
+    /* Our lock ran out during the upload and another sender took it: our
+     * release leaves its lock alone. */
+    fx->meanwhile_rc = rc;
+    fx->meanwhile_on_upload = true;
+    fx->meanwhile_value = "other";
+    snprintf(fx->meanwhile_key, sizeof fx->meanwhile_key,
+             "wacast:cloudapi:media:555103:%s:uploading", SHA);
+    dev = open_cloudapi(fx, "555103", 300);
+    r = send_check_one(&fx->srv, &wc_transport_cloudapi, dev, &req);
+    assert_int_equal(r.outcome, WC_SEND_OK);
+    assert_int_equal(fx->uploads, 3);
+    rep = redisCommand(rc, "GET %s", fx->meanwhile_key);
+    assert_true(rep && rep->type == REDIS_REPLY_STRING);
+    assert_string_equal(rep->str, "other");
+    freeReplyObject(rep);
+    wc_transport_cloudapi.close(dev);
+
+    /* Meta refuses 555100's id just as another sender stores the id of its
+     * new upload: clearing the refused id leaves the newer one, and the send
+     * goes out with it, with no upload here. */
+    fx->meanwhile_on_upload = false;
+    fx->meanwhile_value = "8888";
+    snprintf(fx->meanwhile_key, sizeof fx->meanwhile_key, "wacast:cloudapi:media:555100:%s", SHA);
+    fx->refuse_ids = 1;
+    dev = open_cloudapi(fx, "555100", 300);
+    r = send_check_one(&fx->srv, &wc_transport_cloudapi, dev, &req);
+    assert_int_equal(r.outcome, WC_SEND_OK);
+    assert_int_equal(fx->uploads, 3);
+    image = json_object_get(fx->recs[fx->nrecs - 1].json, "image");
+    assert_string_equal(json_string_value(json_object_get(image, "id")), "8888");
+    image = json_object_get(fx->recs[fx->nrecs - 2].json, "image");
+    assert_string_equal(json_string_value(json_object_get(image, "id")), "1001");
+    rep = redisCommand(rc, "GET %s", fx->meanwhile_key);
+    assert_string_equal(rep->str, "8888");
+    freeReplyObject(rep);
+    wc_transport_cloudapi.close(dev);
+    fx->meanwhile_rc = NULL;
 
     fx->env.redis = NULL;
     wc_redis_free(redis);
