@@ -12,6 +12,9 @@
  * recipients may be messaged twice (the number messaged twice overall is
  * printed). A kill -9 with appendfsync always (nothing lost) must not start a
  * recovery (log, metric and redis_fence say so) and sends nothing twice.
+ * One case runs the second tenant's messages as a two-step drip sequence
+ * instead of a campaign: its step messages come through the same recovery
+ * (rows in broadcast_messages), and every contact completes.
  *
  * Usage: test_redis_loss [SEED]   (no seed: a random one, printed for replay) */
 #include <setjmp.h>
@@ -176,16 +179,26 @@ static bool logs_contain(wt_env *env, const char *needle)
     return false;
 }
 
+typedef enum {
+    V_CAMPAIGNS, /* three campaigns */
+    V_LATE,      /* the third campaign published inside the lost interval */
+    V_SEQUENCE,  /* the second tenant's messages are a drip sequence's two steps */
+} loss_variant;
+
 typedef struct campaigns_arg {
     PGconn *db;
     int n;
+    bool sequence; /* and the sequence's contacts all done */
 } campaigns_arg;
 
 static bool campaigns_final(void *arg)
 {
     campaigns_arg *a = arg;
     return wt_sql_long(a->db, "SELECT count(*) FROM campaigns WHERE title = 'loss' AND status IN "
-                              "('finished', 'failed', 'cancelled')") == a->n;
+                              "('finished', 'failed', 'cancelled')") == a->n &&
+           (!a->sequence ||
+            wt_sql_long(a->db, "SELECT count(*) FROM sequence_contacts WHERE status = 'active'"
+                               " OR claimed_by IS NOT NULL") == 0);
 }
 
 static bool campaign_queued(void *arg)
@@ -213,7 +226,25 @@ static void let_time_pass(int ms)
         usleep(20000);
 }
 
-static void run(run_mode mode, bool late_publication, uint64_t run_seed, run_result *out)
+/* The second tenant's drip sequence: every lead tagged, two steps (the
+ * second 2 s after the first). */
+static void add_sequence(PGconn *db, sc_world *w, int user)
+{
+    char seq[40];
+    wt_sql_text(db, seq, sizeof seq,
+                "INSERT INTO sequences (user_id, name, \"trigger\", target_status) VALUES"
+                " ('%s', 'loss', 'LOSS', 'all') RETURNING id",
+                w->users[user]);
+    PQclear(wt_sql(db,
+                   "INSERT INTO sequence_steps (sequence_id, step_number, delay_seconds, message)"
+                   " VALUES ('%s', 1, 0, 'Step1 {{name}}'), ('%s', 2, 2, 'Step2 {{name}}')",
+                   seq, seq));
+    PQclear(
+        wt_sql(db, "UPDATE leads SET \"trigger\" = 'LOSS' WHERE user_id = '%s'", w->users[user]));
+    PQclear(wt_sql(db, "UPDATE sequences SET status = 'active' WHERE id = '%s'", seq));
+}
+
+static void run(run_mode mode, loss_variant variant, uint64_t run_seed, run_result *out)
 {
     wt_env env;
     sc_world world;
@@ -264,13 +295,18 @@ static void run(run_mode mode, bool late_publication, uint64_t run_seed, run_res
 
     long long t0 = wt_now_ms();
     add_campaign(db, &world, 0, "Hello");
-    add_campaign(db, &world, 1, "Hi");
-    int ncampaigns = 2;
-    if (!late_publication) {
-        add_campaign(db, &world, 0, "Hey");
-        ncampaigns = 3;
+    int ncampaigns = 1;
+    if (variant == V_SEQUENCE) {
+        add_sequence(db, &world, 1);
+    } else {
+        add_campaign(db, &world, 1, "Hi");
+        ncampaigns++;
     }
-    campaigns_arg ca = {db, ncampaigns};
+    if (variant != V_LATE) {
+        add_campaign(db, &world, 0, "Hey");
+        ncampaigns++;
+    }
+    campaigns_arg ca = {db, ncampaigns, variant == V_SEQUENCE};
     /* The crash comes once a quarter of the first campaigns' messages went out. */
     long long deadline = t0 + 60000;
     while (wt_sql_long(db, "SELECT count(*) FROM broadcast_messages WHERE status = 'sent'") <
@@ -281,7 +317,7 @@ static void run(run_mode mode, bool late_publication, uint64_t run_seed, run_res
     if (mode == RUN_LOSS)
         assert_int_equal(wt_redis_copy_aof(&env, "aof-copy"), 0);
     long long crash_from = wt_now_ms();
-    if (late_publication) {
+    if (variant == V_LATE) {
         /* The third campaign is published inside the interval Redis loses. */
         add_campaign(db, &world, 1, "Late");
         ca.n = 3;
@@ -325,7 +361,8 @@ static void run(run_mode mode, bool late_publication, uint64_t run_seed, run_res
         i = j;
     }
     PGresult *rows = wt_sql(db, "SELECT m.id, m.status::text FROM broadcast_messages m"
-                                " JOIN campaigns c ON c.id = m.campaign_id WHERE c.title = 'loss'");
+                                " LEFT JOIN campaigns c ON c.id = m.campaign_id"
+                                " WHERE c.title = 'loss' OR m.sequence_id IS NOT NULL");
     out->messages = PQntuples(rows);
     for (int i = 0; i < PQntuples(rows); i++) {
         long long id = atoll(PQgetvalue(rows, i, 0));
@@ -358,7 +395,9 @@ static void run(run_mode mode, bool late_publication, uint64_t run_seed, run_res
             mode == RUN_PLAIN  ? "no crash"
             : mode == RUN_LOSS ? "power loss"
                                : "kill -9 fsynced",
-            late_publication ? " (publication in the lost second)" : "",
+            variant == V_LATE       ? " (publication in the lost second)"
+            : variant == V_SEQUENCE ? " (a drip sequence)"
+                                    : "",
             (unsigned long long)run_seed, out->messages, out->final_s, out->twice,
             out->twice_sent_at_crash, out->lost, out->losses, out->recoveries,
             out->pg_already_done);
@@ -370,11 +409,11 @@ static void run(run_mode mode, bool late_publication, uint64_t run_seed, run_res
     assert_true(done);
 }
 
-static void loss_case(uint64_t run_seed, bool late_publication)
+static void loss_case(uint64_t run_seed, loss_variant variant)
 {
     run_result plain, crash;
-    run(RUN_PLAIN, late_publication, run_seed, &plain);
-    run(RUN_LOSS, late_publication, run_seed, &crash);
+    run(RUN_PLAIN, variant, run_seed, &plain);
+    run(RUN_LOSS, variant, run_seed, &crash);
     assert_int_equal(plain.lost, 0);
     /* Without a crash nothing looks lost. */
     assert_int_equal(plain.losses, 0);
@@ -391,15 +430,22 @@ static void loss_case(uint64_t run_seed, bool late_publication)
 static void test_power_loss(void **state)
 {
     (void)state;
-    loss_case(seed, false);
-    loss_case(seed + 1, false);
+    loss_case(seed, V_CAMPAIGNS);
+    loss_case(seed + 1, V_CAMPAIGNS);
 }
 
 /* 2. The lost interval holds the publication of a campaign. */
 static void test_publication_lost(void **state)
 {
     (void)state;
-    loss_case(seed + 2, true);
+    loss_case(seed + 2, V_LATE);
+}
+
+/* 4. Power loss while a drip sequence's steps go out. */
+static void test_sequence_power_loss(void **state)
+{
+    (void)state;
+    loss_case(seed + 4, V_SEQUENCE);
 }
 
 /* 3. kill -9 with every write fsynced: no loss, so no recovery. */
@@ -407,7 +453,7 @@ static void test_fsynced_kill_is_no_loss(void **state)
 {
     (void)state;
     run_result r;
-    run(RUN_KILL_FSYNCED, false, seed + 3, &r);
+    run(RUN_KILL_FSYNCED, V_CAMPAIGNS, seed + 3, &r);
     assert_int_equal(r.lost, 0);
     assert_int_equal(r.twice, 0);
     assert_int_equal(r.losses, 0);
@@ -596,9 +642,8 @@ int main(int argc, char **argv)
     if (getenv("TEST_FILTER"))
         cmocka_set_test_filter(getenv("TEST_FILTER"));
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fsynced_kill_is_no_loss),
-        cmocka_unit_test(test_power_loss),
-        cmocka_unit_test(test_publication_lost),
+        cmocka_unit_test(test_fsynced_kill_is_no_loss), cmocka_unit_test(test_power_loss),
+        cmocka_unit_test(test_publication_lost),        cmocka_unit_test(test_sequence_power_loss),
         cmocka_unit_test(test_in_doubt_does_not_stall),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
