@@ -46,10 +46,14 @@ static const char *FEED_SQL =
     "  WHERE q.campaign_id = c.id AND q.status = 'queued'"
     "  ORDER BY q.campaign_id, q.updated_at LIMIT $1::int) q) AS queued"
     " FROM campaigns c WHERE c.status IN ('triggered', 'processing')),"
-    /* What each user has queued across its campaigns: one user's many
-     * campaigns together never hold more than $6 (the jobs stream and the
-     * routers' bounds are shared by every user). */
-    " used AS (SELECT user_id, sum(queued) AS n FROM run GROUP BY user_id),"
+    /* What each user has queued across its campaigns and its drip
+     * sequences' steps: one user's work together never holds more than $6
+     * (the jobs stream and the routers' bounds are shared by every user). */
+    " used AS (SELECT u.user_id, sum(u.n) AS n FROM (SELECT user_id, queued AS n FROM run"
+    "  UNION ALL SELECT s.user_id, (SELECT count(*) FROM (SELECT 1 FROM broadcast_messages q"
+    "  WHERE q.sequence_id = s.id AND q.status = 'queued' LIMIT $1::int) q) FROM sequences s"
+    "  WHERE s.user_id IN (SELECT user_id FROM run) AND s.status IN ('active', 'archived')"
+    "  AND s.activated_at IS NOT NULL) u GROUP BY u.user_id),"
     " camp AS ("
     " SELECT c.id, c.user_id, $1::int - run.queued AS room"
     " FROM run JOIN campaigns c ON c.id = run.id"

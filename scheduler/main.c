@@ -59,8 +59,9 @@ static const wc_cfg_entry cfg_table[] = {
      "messages of one campaign published and not yet done, at most (the rest wait in PostgreSQL)",
      offsetof(scheduler_cfg, inflight), 1, 10000000, false},
     {"WACAST_USER_INFLIGHT", WC_CFG_INT, "50000",
-     "messages of one user's campaigns together published and not yet done, at most (so one user"
-     " never fills the bounds every user shares; keep it well under WACAST_JOBS_MAX)",
+     "messages of one user's campaigns and drip sequences together published and not yet done, at"
+     " most (so one user never fills the bounds every user shares; keep it well under "
+     "WACAST_JOBS_MAX)",
      offsetof(scheduler_cfg, user_inflight), 1, 100000000, false},
     {"WACAST_FEED_MS", WC_CFG_INT, "100", "how often campaigns' waiting messages are published",
      offsetof(scheduler_cfg, feed_ms), 10, 60000, false},

@@ -71,8 +71,8 @@ static const char *CHECK_SQL =
 
 static const char *CLAIM_SQL =
     "WITH seqs AS ("
-    " SELECT s.id, $4::int - (SELECT count(*) FROM (SELECT 1 FROM broadcast_messages q"
-    "  WHERE q.sequence_id = s.id AND q.status = 'queued' LIMIT $4::int) q) AS room"
+    " SELECT s.id, s.user_id, (SELECT count(*) FROM (SELECT 1 FROM broadcast_messages q"
+    "  WHERE q.sequence_id = s.id AND q.status = 'queued' LIMIT $4::int) q) AS queued"
     " FROM sequences s WHERE s.status IN ('active', 'archived') AND s.activated_at IS NOT NULL"
     " AND wacast_in_window(s.send_window_start, s.send_window_end, s.time_zone)"
     " AND wacast_in_window(s.send_window_start, s.send_window_end, s.time_zone,"
@@ -80,12 +80,32 @@ static const char *CLAIM_SQL =
     " AND " HEALTHY_DEVICE_OF("s.user_id", "$5")
     " AND EXISTS (SELECT 1 FROM sequence_contacts sc WHERE sc.sequence_id = s.id"
     "  AND sc.status = 'active' AND sc.next_send_at <= now())),"
+    /* What each of their users has queued, campaigns and sequences together:
+     * one bound ($7, WACAST_USER_INFLIGHT) for all of a user's work, as the
+     * feeder counts it (the jobs stream and the routers' bounds are shared
+     * by every user). */
+    " used AS (SELECT u.user_id, sum(u.n) AS n FROM (SELECT user_id, queued AS n FROM seqs"
+    "  UNION ALL SELECT s.user_id, (SELECT count(*) FROM (SELECT 1 FROM broadcast_messages q"
+    "  WHERE q.sequence_id = s.id AND q.status = 'queued' LIMIT $4::int) q) FROM sequences s"
+    "  WHERE s.user_id IN (SELECT user_id FROM seqs) AND s.id NOT IN (SELECT id FROM seqs)"
+    "  AND s.status IN ('active', 'archived') AND s.activated_at IS NOT NULL"
+    "  UNION ALL SELECT c.user_id, (SELECT count(*) FROM (SELECT 1 FROM broadcast_messages q"
+    "  WHERE q.campaign_id = c.id AND q.status = 'queued'"
+    "  ORDER BY q.campaign_id, q.updated_at LIMIT $4::int) q) FROM campaigns c"
+    "  WHERE c.user_id IN (SELECT user_id FROM seqs) AND c.status IN ('triggered', 'processing'))"
+    "  u GROUP BY u.user_id),"
+    /* The user's room, shared among its sequences with due contacts. */
+    " uroom AS (SELECT seqs.user_id, ceil(greatest(0, $7::bigint - min(used.n))::numeric"
+    "  / count(*))::bigint AS n FROM seqs JOIN used ON used.user_id = seqs.user_id"
+    "  GROUP BY seqs.user_id),"
     " share AS (SELECT greatest(1, $3::int / greatest(1, count(*))) AS n FROM seqs),"
     " picked AS ("
-    " SELECT p.* FROM seqs, share, LATERAL (SELECT sc.id, sc.sequence_id, sc.current_step"
+    " SELECT p.* FROM seqs JOIN uroom ON uroom.user_id = seqs.user_id, share,"
+    "  LATERAL (SELECT sc.id, sc.sequence_id, sc.current_step"
     "  FROM sequence_contacts sc WHERE sc.sequence_id = seqs.id AND sc.status = 'active'"
     "  AND sc.next_send_at <= now() ORDER BY sc.next_send_at"
-    "  LIMIT greatest(0, least(seqs.room, share.n)) FOR UPDATE SKIP LOCKED) p),"
+    "  LIMIT greatest(0, least($4::int - seqs.queued, share.n, uroom.n))"
+    "  FOR UPDATE SKIP LOCKED) p),"
     /* The step after the last one sent: a deleted step is skipped, a step
      * added since is taken. None left: the contact is complete. */
     " stepped AS (SELECT p.id, st.id AS step_id, st.ready FROM picked p LEFT JOIN LATERAL"
@@ -802,14 +822,16 @@ static void on_due_timer(evutil_socket_t fd, short what, void *arg)
     media_todo(s);
     if (s->seq_due_busy || !wc_redis_ready(s->d.redis))
         return;
-    char claim_s[32], batch[32], inflight[32], grace[32], margin[32];
+    char claim_s[32], batch[32], inflight[32], grace[32], margin[32], user_inflight[32];
     snprintf(claim_s, sizeof claim_s, "%ld", s->cfg.seq_claim_s);
     snprintf(batch, sizeof batch, "%ld", s->cfg.seq_batch);
     snprintf(inflight, sizeof inflight, "%ld", s->cfg.inflight);
     snprintf(grace, sizeof grace, "%ld", s->cfg.online_grace_ms);
     snprintf(margin, sizeof margin, "%ld", s->cfg.seq_window_margin_ms);
-    const char *params[] = {s->cfg.c.instance_id, claim_s, batch, inflight, grace, margin};
-    if (wc_pg_query(s->d.pg, CLAIM_SQL, 6, params, on_due_claimed, s) == 0)
+    snprintf(user_inflight, sizeof user_inflight, "%ld", s->cfg.user_inflight);
+    const char *params[] = {s->cfg.c.instance_id, claim_s, batch, inflight, grace, margin,
+                            user_inflight};
+    if (wc_pg_query(s->d.pg, CLAIM_SQL, 7, params, on_due_claimed, s) == 0)
         s->seq_due_busy = true;
     else
         s->m.pg_errors++;
