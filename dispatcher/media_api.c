@@ -26,6 +26,7 @@
 #include "wc_http.h"
 #include "wc_image_worker.h"
 #include "wc_log.h"
+#include "wc_multipart.h"
 
 #include "dispatcher.h"
 
@@ -57,65 +58,6 @@ static const char *header(struct evhttp_request *req, const char *name)
 {
     const char *v = evhttp_find_header(evhttp_request_get_input_headers(req), name);
     return v ? v : "";
-}
-
-/* The file part of a multipart/form-data body: the part named "file", else
- * the first part with a filename. Points into body; -1 when malformed or
- * absent. */
-static int multipart_file(const char *ctype, const unsigned char *body, size_t len,
-                          const unsigned char **part, size_t *partlen)
-{
-    const char *b = strcasestr(ctype, "boundary=");
-    if (!b)
-        return -1;
-    b += 9;
-    char boundary[80] = "\r\n--";
-    size_t n = 0;
-    bool quoted = *b == '"';
-    b += quoted;
-    while (b[n] && b[n] != (quoted ? '"' : ';') && b[n] != ' ' && n < 70)
-        n++;
-    if (n == 0 || n >= 70)
-        return -1;
-    memcpy(boundary + 4, b, n);
-    size_t blen = 4 + n;
-    /* The first delimiter may open the body without the leading CRLF. */
-    const unsigned char *p = memmem(body, len, boundary + 2, blen - 2);
-    const unsigned char *end = body + len;
-    const unsigned char *fallback = NULL;
-    size_t fallback_len = 0;
-    while (p) {
-        p += blen - 2;
-        if (end - p >= 2 && p[0] == '-' && p[1] == '-')
-            break; /* closing delimiter */
-        const unsigned char *headers_end = memmem(p, (size_t)(end - p), "\r\n\r\n", 4);
-        if (!headers_end)
-            return -1;
-        const unsigned char *data = headers_end + 4;
-        const unsigned char *next = memmem(data, (size_t)(end - data), boundary, blen);
-        if (!next)
-            return -1;
-        char heads[1024];
-        size_t hl = (size_t)(headers_end - p) < sizeof heads - 1 ? (size_t)(headers_end - p)
-                                                                 : sizeof heads - 1;
-        memcpy(heads, p, hl);
-        heads[hl] = '\0';
-        if (strcasestr(heads, "name=\"file\"")) {
-            *part = data;
-            *partlen = (size_t)(next - data);
-            return 0;
-        }
-        if (!fallback && strcasestr(heads, "filename=")) {
-            fallback = data;
-            fallback_len = (size_t)(next - data);
-        }
-        p = next + 2; /* at "--boundary" */
-    }
-    if (!fallback)
-        return -1;
-    *part = fallback;
-    *partlen = fallback_len;
-    return 0;
 }
 
 static void upload_free(upload *u)
@@ -195,7 +137,7 @@ static void on_media(struct evhttp_request *req, void *arg)
     const unsigned char *image = body;
     size_t image_len = len;
     if (strncasecmp(ctype, "multipart/form-data", 19) == 0 &&
-        multipart_file(ctype, body, len, &image, &image_len) < 0) {
+        wc_multipart_file(ctype, body, len, &image, &image_len) < 0) {
         wc_http_reply_error(req, 400, "multipart/form-data without a file part (name it \"file\")");
         return;
     }
