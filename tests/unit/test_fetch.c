@@ -499,6 +499,17 @@ static void test_data_url(void **state)
     assert_string_equal(code, WC_FETCH_E_TOO_LARGE);
     assert_int_equal(wc_fetch_data_url("https://x/y.png", 0, &d, &n, &code, why, sizeof why), -1);
     assert_string_equal(code, WC_FETCH_E_URL);
+    /* 57 bytes, wrapped in lines of 8 characters, fit a cap of 57: the line
+     * breaks do not count (the fuzz target found them counted). */
+    static const char wrapped[] = "data:image/"
+                                  "png;base64,"
+                                  "AAECAwQF\r\nBgcICQoL\r\nDA0ODxAR\r\nEhMUFRYX\r\nGBkaGxwd\r\nHh8g"
+                                  "ISIj\r\nJCUmJygp\r\nKissLS4v\r\nMDEyMzQ1\r\nNjc4";
+    assert_int_equal(wc_fetch_data_url(wrapped, 57, &d, &n, &code, why, sizeof why), 0);
+    assert_int_equal(n, 57);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(d[i], i);
+    free(d);
 }
 
 int main(void)
