@@ -3,8 +3,10 @@
  * under one session advisory lock: the second process waits, then finds the
  * files recorded in schema_migrations and applies nothing. Each file runs in
  * its own transaction together with the row that records it, so a file is
- * either applied and recorded, or neither. Blocking libpq on purpose: this
- * runs before the event loop. */
+ * either applied and recorded, or neither, with the file's sha256: a file
+ * changed after it was applied (its new text never runs here) is named in a
+ * warning at every start. Blocking libpq on purpose: this runs before the
+ * event loop. */
 #include "wc_migrate.h"
 
 #include <stdarg.h>
@@ -14,6 +16,7 @@
 #include <string.h>
 
 #include <libpq-fe.h>
+#include <sodium.h>
 
 #include "wc_log.h"
 
@@ -110,18 +113,31 @@ static void notice_to_log(void *arg, const PGresult *res)
     wc_debug("migrate: %s", msg);
 }
 
-/* 1 when name is recorded, 0 when not, -1 on error. */
-static int is_applied(PGconn *conn, const char *name, char *out, size_t outlen)
+/* The sha256 of a file's text, in hex. */
+static void checksum_of(const char *sql, char out[crypto_hash_sha256_BYTES * 2 + 1])
+{
+    unsigned char h[crypto_hash_sha256_BYTES];
+    crypto_hash_sha256(h, (const unsigned char *)sql, strlen(sql));
+    sodium_bin2hex(out, crypto_hash_sha256_BYTES * 2 + 1, h, sizeof h);
+}
+
+/* 1 when name is recorded, 0 when not, -1 on error. A recorded file's
+ * checksum goes into recorded ("" for a file applied before checksums were
+ * kept). */
+static int is_applied(PGconn *conn, const char *name, char *recorded, size_t reclen, char *out,
+                      size_t outlen)
 {
     const char *values[] = {name};
-    PGresult *res = PQexecParams(conn, "SELECT 1 FROM schema_migrations WHERE name = $1", 1, NULL,
-                                 values, NULL, NULL, 0);
+    PGresult *res =
+        PQexecParams(conn, "SELECT coalesce(checksum, '') FROM schema_migrations WHERE name = $1",
+                     1, NULL, values, NULL, NULL, 0);
     int ret;
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
         describe_error(conn, res, NULL, out, outlen);
         ret = -1;
     } else {
         ret = PQntuples(res) > 0;
+        snprintf(recorded, reclen, "%s", ret ? PQgetvalue(res, 0, 0) : "");
     }
     PQclear(res);
     return ret;
@@ -144,8 +160,11 @@ static int apply_one(PGconn *conn, const wc_migration *m, char *out, size_t outl
         snprintf(out, outlen, "the file must not end the transaction (no BEGIN/COMMIT)");
         goto rollback;
     }
-    const char *values[] = {m->name};
-    if (run(conn, "INSERT INTO schema_migrations (name) VALUES ($1)", 1, values, out, outlen) < 0)
+    char sum[crypto_hash_sha256_BYTES * 2 + 1];
+    checksum_of(m->sql, sum);
+    const char *values[] = {m->name, sum};
+    if (run(conn, "INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)", 2, values, out,
+            outlen) < 0)
         goto rollback;
     if (run(conn, "COMMIT", 0, NULL, out, outlen) < 0)
         goto rollback;
@@ -161,10 +180,18 @@ rollback:
 int wc_migrate_apply(const char *conninfo, const wc_migration *migrations, size_t count, char *err,
                      size_t errlen)
 {
+    return wc_migrate_apply_checked(conninfo, migrations, count, NULL, err, errlen);
+}
+
+int wc_migrate_apply_checked(const char *conninfo, const wc_migration *migrations, size_t count,
+                             int *changed, char *err, size_t errlen)
+{
     char why[512];
     char redacted[256];
     int applied = 0;
     int ret = -1;
+    if (changed)
+        *changed = 0;
     bool locked = false;
     const char *key[] = {WC_MIGRATE_LOCK_KEY};
     set_err(err, errlen, "%s", "");
@@ -193,20 +220,41 @@ int wc_migrate_apply(const char *conninfo, const wc_migration *migrations, size_
     if (run(conn,
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             "name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
-            0, NULL, why, sizeof why) < 0) {
+            0, NULL, why, sizeof why) < 0 ||
+        run(conn, "ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS checksum text", 0, NULL,
+            why, sizeof why) < 0) {
         set_err(err, errlen, "schema_migrations: %s", why);
         goto end;
     }
 
     for (size_t i = 0; i < count; i++) {
         const wc_migration *m = &migrations[i];
-        int done = is_applied(conn, m->name, why, sizeof why);
+        char recorded[80], sum[crypto_hash_sha256_BYTES * 2 + 1];
+        int done = is_applied(conn, m->name, recorded, sizeof recorded, why, sizeof why);
         if (done < 0) {
             set_err(err, errlen, "migration %s: %s", m->name, why);
             goto end;
         }
-        if (done)
+        if (done) {
+            checksum_of(m->sql, sum);
+            if (!recorded[0]) {
+                /* Applied before checksums were kept: this text is taken as
+                 * the one that ran. */
+                const char *v[] = {m->name, sum};
+                if (run(conn, "UPDATE schema_migrations SET checksum = $2 WHERE name = $1", 2, v,
+                        why, sizeof why) < 0) {
+                    set_err(err, errlen, "migration %s: %s", m->name, why);
+                    goto end;
+                }
+            } else if (strcmp(recorded, sum) != 0) {
+                wc_warn("migrate: %s changed after it was applied (sha256 %.12s recorded, %.12s "
+                        "now): its new text never runs here; a change belongs in a new file",
+                        m->name, recorded, sum);
+                if (changed)
+                    (*changed)++;
+            }
             continue;
+        }
         if (apply_one(conn, m, why, sizeof why) < 0) {
             set_err(err, errlen, "migration %s: %s", m->name, why);
             wc_error("migrate: %s failed: %s", m->name, why);

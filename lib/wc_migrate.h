@@ -1,5 +1,6 @@
 /* Schema migrations: the numbered files of sql/, embedded in every binary at
- * build time, applied in order, each once, recorded in schema_migrations.
+ * build time, applied in order, each once, recorded in schema_migrations
+ * with its sha256 (a file edited after it was applied is warned about).
  * Several processes may start at once: a session advisory lock serialises
  * them, so each file is applied exactly once. Blocking: call at start-up,
  * before the event loop runs. */
@@ -26,5 +27,11 @@ int wc_migrate(const char *conninfo, char *err, size_t errlen) __attribute__((wa
  * cannot run in a transaction (CREATE INDEX CONCURRENTLY). */
 int wc_migrate_apply(const char *conninfo, const wc_migration *migrations, size_t count, char *err,
                      size_t errlen) __attribute__((warn_unused_result));
+
+/* The same, also counting into *changed the applied files whose text is not
+ * the one recorded (each is also named in a warning). */
+int wc_migrate_apply_checked(const char *conninfo, const wc_migration *migrations, size_t count,
+                             int *changed, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
 
 #endif

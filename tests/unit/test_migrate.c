@@ -1,6 +1,7 @@
 /* wc_migrate against a real PostgreSQL: each file applied once (also when
  * four processes start at the same moment), a failing file rolled back with
- * its name and line in the error, and no password in a connection error.
+ * its name and line in the error, a file edited after it was applied
+ * named, and no password in a connection error.
  * Also the data migration of sealed credentials (`wacast-ctl reseal`).
  * Asserts on what migrate reports and on schema_migrations, never on the
  * content of the real schema. Every test uses its own database. */
@@ -190,6 +191,46 @@ static void test_failure_rolls_back_and_names_the_file(void **state)
     assert_recorded(url, fixed, 3);
 }
 
+/* A file edited after it was applied is not run again; it is counted (and
+ * named in a warning) at every start, and its recorded checksum stays the
+ * one that ran. A row from before checksums were kept takes the current
+ * file's. */
+static void test_changed_file_is_named(void **state)
+{
+    char url[256], err[512];
+    make_db("m_changed", url, sizeof url);
+    const wc_migration first[] = {{"001_a.sql", "CREATE TABLE t_ck (x int);"},
+                                  {"002_b.sql", "CREATE TABLE t_ck2 (x int);"}};
+    int changed = -1;
+    assert_int_equal(wc_migrate_apply_checked(url, first, 2, &changed, err, sizeof err), 2);
+    assert_int_equal(changed, 0);
+    PGconn *c = connect_db(url);
+    char sum[80];
+    wt_sql_text(c, sum, sizeof sum,
+                "SELECT checksum FROM schema_migrations WHERE name = '001_a.sql'");
+    assert_int_equal(strlen(sum), 64);
+    const wc_migration edited[] = {{"001_a.sql", "CREATE TABLE t_ck (x int, y int);"}, first[1]};
+    assert_int_equal(wc_migrate_apply_checked(url, edited, 2, &changed, err, sizeof err), 0);
+    assert_int_equal(changed, 1);
+    assert_int_equal(wt_sql_long(c, "SELECT count(*) FROM information_schema.columns"
+                                    " WHERE table_name = 't_ck' AND column_name = 'y'"),
+                     0);
+    char still[80];
+    wt_sql_text(c, still, sizeof still,
+                "SELECT checksum FROM schema_migrations WHERE name = '001_a.sql'");
+    assert_string_equal(still, sum);
+    /* Recorded before checksums: the file as it is now is taken as the one
+     * that ran, and nothing is reported. */
+    PQclear(wt_sql(c, "UPDATE schema_migrations SET checksum = NULL"));
+    assert_int_equal(wc_migrate_apply_checked(url, edited, 2, &changed, err, sizeof err), 0);
+    assert_int_equal(changed, 0);
+    assert_int_equal(
+        wt_sql_long(c, "SELECT count(*) FROM schema_migrations WHERE length(checksum) = 64"), 2);
+    assert_int_equal(wc_migrate_apply_checked(url, first, 2, &changed, err, sizeof err), 0);
+    assert_int_equal(changed, 1);
+    PQfinish(c);
+}
+
 static void test_file_may_not_commit(void **state)
 {
     char url[256], err[512];
@@ -341,6 +382,7 @@ int main(void)
         cmocka_unit_test(test_embedded_four_processes),
         cmocka_unit_test(test_four_processes_apply_each_once),
         cmocka_unit_test(test_failure_rolls_back_and_names_the_file),
+        cmocka_unit_test(test_changed_file_is_named),
         cmocka_unit_test(test_file_may_not_commit),
         cmocka_unit_test(test_unreachable_reports_without_password),
         cmocka_unit_test(test_reseal_binds_rows_to_their_device),
