@@ -1,18 +1,19 @@
 /* A sender that loses a device's lease while a send is in flight does not
  * send that message twice. On real redis-server and PostgreSQL: one sim
- * device whose provider takes 2.5 s to answer (sim_latency_ms; the send is
- * in the sim's record, so it went out, before the answer), and whose "sent"
- * status webhook comes 8 s after a send. Once a send is in the record and
- * not yet answered, the device's lease is taken in Redis as another sender
- * would after ours ran out; at its next renewal the sender loses the device
- * and closes its transport with the call in flight. The answer that close()
- * gives is not acted on (the device is being lost): the message keeps its
- * claim, pending. When the other lease expires the sender holds the device
- * again, finds its own claim with an unknown outcome, and waits for the
- * message's status (the webhook, a few seconds later) instead of sending it
- * again. Asserted: the lease was lost once, a message was in doubt and none
- * was sent again for want of a status, the campaign finishes, and every
- * lead is in the record exactly once. */
+ * device whose provider takes 5 s to answer (sim_latency_ms; the send is in
+ * the sim's record, so it went out, before the answer), and whose "sent"
+ * status webhook comes 15 s after a send (well after the sender can hold
+ * the device again). Once the first send is in the record and not yet
+ * answered, the device's lease is taken in Redis as another sender would
+ * after ours ran out; at its next renewal (within a second) the sender loses
+ * the device and closes its transport with the call in flight. The answer
+ * that close() gives is not acted on (the device is being lost): the
+ * message keeps its claim, pending. When the other lease expires the sender
+ * holds the device again, finds its own claim with an unknown outcome, and
+ * waits for the message's status instead of sending it again. Asserted: the
+ * lease was lost once, a message was in doubt and none was sent again for
+ * want of a status, the campaign finishes, and every lead is in the record
+ * exactly once. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -44,7 +45,7 @@ static int setup(void **state)
     wt_sql_text(db, dev, sizeof dev,
                 "INSERT INTO user_devices (user_id, platform, min_delay_seconds,"
                 " max_delay_seconds, settings) VALUES ('%s', 'sim', 0.05, 0.1,"
-                " '{\"sim_latency_ms\": 2500}') RETURNING id",
+                " '{\"sim_latency_ms\": 5000}') RETURNING id",
                 user);
     PQclear(wt_sql(db,
                    "INSERT INTO leads (user_id, device_id, name, phone) SELECT '%s', '%s',"
@@ -57,7 +58,7 @@ static int setup(void **state)
                             "WACAST_POLL_MS=200",
                             "WACAST_LEASE_TTL_MS=3000",
                             "WACAST_SIM_CALLBACKS=sent",
-                            "WACAST_SIM_CALLBACK_DELAY_MS=8000",
+                            "WACAST_SIM_CALLBACK_DELAY_MS=15000",
                             NULL,
                             NULL};
     if (wt_spawn(&env, "wacast-scheduler", "scheduler", common) < 0 ||
@@ -98,7 +99,7 @@ static void test_lease_lost_mid_send(void **state)
         wt_dump_logs(&env, 30);
         fail_msg("no send started");
     }
-    /* In the record, its answer 2.5 s away: another sender takes the lease
+    /* In the record, its answer 5 s away: another sender takes the lease
      * (for 4 s, then it lapses and ours comes back). */
     redisReply *r = redisCommand(rc, "SET wacast:{dev:%s}:lease other-sender PX 4000", dev);
     assert_true(r && r->type == REDIS_REPLY_STATUS);
