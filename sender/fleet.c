@@ -21,6 +21,7 @@
 
 #include "sender.h"
 #include "sender_lua.h"
+#include "wc_lua.h"
 
 static void on_autoclaim(wc_redis *r, redisReply *reply, void *arg);
 
@@ -170,7 +171,8 @@ void device_release(device *dv)
     free_job(dv);
     char lease[128];
     wc_key_lease(lease, sizeof lease, dv->id);
-    const char *argv[] = {"EVAL", LUA_LEASE_RELEASE, "1", lease, f->cfg.c.instance_id};
+    /* Only while this sender holds it (lib/lua/del_if.lua). */
+    const char *argv[] = {"EVAL", WC_LUA_DEL_IF, "1", lease, f->cfg.c.instance_id};
     if (wc_redis_commandv(f->d.redis, on_lease_released, dv, 5, argv, NULL) < 0)
         f->m.redis_errors++;
     f->held--;

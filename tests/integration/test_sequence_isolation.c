@@ -102,8 +102,7 @@ static void test_small_sequence_not_held_back(void **state)
                               seq_a);
     fprintf(stderr, "when B completed: A had %ld of %d contacts unclaimed, %ld sent\n", unclaimed,
             BIG, a_sent);
-    assert_true(unclaimed > 0);
-    assert_true(a_sent < BIG);
+    assert_true(unclaimed > 0); /* so A has not sent everything either */
     assert_true(wt_sql_long(db,
                             "SELECT count(*) FROM broadcast_messages WHERE sequence_id = '%s'"
                             " AND status = 'queued'",
